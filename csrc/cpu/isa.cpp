@@ -1,0 +1,61 @@
+#include "cpu/isa.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+
+namespace fastconv::cpu {
+
+Isa best_supported_isa() {
+  static const Isa best = [] {
+    __builtin_cpu_init();
+    // The AVX-512 kernels use F, BW, VL and DQ instructions (every AVX-512 server CPU since Skylake-SP).
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+      return Isa::avx512;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
+    return Isa::scalar;
+  }();
+  return best;
+}
+
+static std::atomic<int>& active_slot() {
+  static std::atomic<int> slot{[] {
+    Isa isa = best_supported_isa();
+    Isa requested;
+    const char* env = std::getenv("FASTCONV_CPU_ISA");
+    if (env != nullptr && parse_isa(env, &requested) && requested < isa) isa = requested;
+    return static_cast<int>(isa);
+  }()};
+  return slot;
+}
+
+Isa active_isa() { return static_cast<Isa>(active_slot().load(std::memory_order_relaxed)); }
+
+bool set_active_isa(Isa isa) {
+  if (isa > best_supported_isa()) return false;
+  active_slot().store(static_cast<int>(isa), std::memory_order_relaxed);
+  return true;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+bool parse_isa(const char* name, Isa* out) {
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+    if (std::strcmp(name, isa_name(isa)) == 0) {
+      *out = isa;
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace fastconv::cpu

@@ -1,0 +1,19 @@
+// Run-time choice of the CPU instruction set for fastconv's vectorised kernels.
+//
+// Each vectorised kernel exists in an AVX-512 and an AVX2 variant (files *_avx512.cpp, *_avx2.cpp,
+// compiled for that ISA with `#pragma GCC target`) beside a portable scalar version. The widest
+// variant the CPU supports is used, unless FASTCONV_CPU_ISA (scalar|avx2|avx512) asks for a narrower
+// one, or fastconv._C.set_cpu_isa() is called (the tests use it to run every variant).
+#pragma once
+
+namespace fastconv::cpu {
+
+enum class Isa { scalar = 0, avx2 = 1, avx512 = 2 };
+
+Isa best_supported_isa();     // what this CPU can run
+Isa active_isa();             // what kernels use now
+bool set_active_isa(Isa isa); // false (and no change) when the CPU cannot run `isa`
+const char* isa_name(Isa isa);
+bool parse_isa(const char* name, Isa* out);
+
+}  // namespace fastconv::cpu

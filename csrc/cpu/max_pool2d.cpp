@@ -1,0 +1,171 @@
+// CPU glue and portable kernels for fastconv::max_pool2d_with_indices and its backward.
+//
+// Forward: float32 runs the vectorised kernels (max_pool2d_avx512.cpp / _avx2.cpp) chosen at run time;
+// float64, float16, bfloat16 and CPUs without AVX2 run the portable scalar kernel below, which is
+// also the reference the vectorised ones use for their edge columns. Both parallelise over output
+// rows with at::parallel_for.
+// Backward: grad_input starts at zero and each output's gradient is added at its saved index
+// (a scatter). Threads own disjoint input planes (NCHW) or whole images (channels-last), so
+// overlapping windows never race.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "common/pool2d_args.h"
+#include "cpu/isa.h"
+#include "cpu/max_pool2d_kernels.h"
+#include "cpu/memory.h"
+
+namespace fastconv::cpu {
+namespace {
+
+constexpr const char* kForward = "max_pool2d_with_indices";
+constexpr const char* kBackward = "max_pool2d_with_indices_backward";
+
+// Enough work per task that scheduling costs stay small (about 32K output elements).
+int64_t row_grain(int64_t elems_per_row) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, elems_per_row)); }
+
+template <typename T>
+void forward_scalar(const T* in, T* out, int64_t* idx, const MaxPool2dShape& s, bool nhwc) {
+  using acc_t = at::opmath_type<T>;
+  const auto& g = s.g;
+  const int64_t C = s.channels;
+  if (!nhwc) {
+    at::parallel_for(0, s.batch * C * g.out_h, row_grain(g.out_w), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t plane = r / g.out_h, oh = r % g.out_h;
+        const T* in_plane = in + plane * g.in_h * g.in_w;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          acc_t v;
+          max_pool_window<T, acc_t>(in_plane, 1, g, oh, ow, &v, &idx[r * g.out_w + ow]);
+          out[r * g.out_w + ow] = static_cast<T>(v);
+        }
+      }
+    });
+  } else {
+    at::parallel_for(0, s.batch * g.out_h, row_grain(g.out_w * C), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / g.out_h, oh = r % g.out_h;
+        const T* in_img = in + n * g.in_h * g.in_w * C;
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          const int64_t o = (r * g.out_w + ow) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            acc_t v;
+            max_pool_window<T, acc_t>(in_img + c, C, g, oh, ow, &v, &idx[o + c]);
+            out[o + c] = static_cast<T>(v);
+          }
+        }
+      }
+    });
+  }
+}
+
+MaxPool2dRowsFn pick_f32_kernel(const MaxPool2dShape& s, bool nhwc) {
+  // The vector kernels hold plane indices in int32 lanes.
+  if (s.g.in_h * s.g.in_w > std::numeric_limits<int32_t>::max()) return nullptr;
+  switch (active_isa()) {
+    case Isa::avx512: return nhwc ? max_pool2d_nhwc_f32_avx512 : max_pool2d_nchw_f32_avx512;
+    case Isa::avx2: return nhwc ? max_pool2d_nhwc_f32_avx2 : max_pool2d_nchw_f32_avx2;
+    default: return nullptr;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(const at::Tensor& self, at::IntArrayRef kernel_size,
+                                                               at::IntArrayRef stride, at::IntArrayRef padding,
+                                                               at::IntArrayRef dilation, bool ceil_mode) {
+  const MaxPool2dShape s = max_pool2d_shape(self, kernel_size, stride, padding, dilation, ceil_mode, kForward);
+  const auto sizes = max_pool2d_output_sizes(s);
+  at::Tensor out = at::empty(sizes, self.options().memory_format(s.format));
+  at::Tensor idx = at::empty(sizes, self.options().dtype(at::kLong).memory_format(s.format));
+  if (out.numel() == 0) return {out, idx};
+  advise_huge_pages(out);
+  advise_huge_pages(idx);
+  const at::Tensor in = self.contiguous(s.format);
+  const bool nhwc = s.format == at::MemoryFormat::ChannelsLast;
+
+  if (self.scalar_type() == at::kFloat) {
+    if (MaxPool2dRowsFn fn = pick_f32_kernel(s, nhwc)) {
+      const MaxPool2dProblem p{in.data_ptr<float>(), out.data_ptr<float>(), idx.data_ptr<int64_t>(), s.g,
+                               s.channels};
+      const int64_t rows = nhwc ? s.batch * s.g.out_h : s.batch * s.channels * s.g.out_h;
+      const int64_t per_row = nhwc ? s.g.out_w * s.channels : s.g.out_w;
+      at::parallel_for(0, rows, row_grain(per_row), [&](int64_t b, int64_t e) { fn(p, b, e); });
+      return {out, idx};
+    }
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, self.scalar_type(), kForward, [&] {
+    forward_scalar<scalar_t>(in.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), s, nhwc);
+  });
+  return {out, idx};
+}
+
+// One backward task: `cb` channels of one image whose pixels are `step` elements apart (NCHW: one
+// plane, cb = step = 1; channels-last: a whole image, cb = step = C). Zero the task's slice of
+// grad_input, then add every output's gradient at its saved index, walking grad_output and indices in
+// memory order. float32/float64 accumulate in place; float16/bfloat16 through a float buffer, so
+// overlapping windows sum in float as torch does. Offsets outside the plane (only possible for a
+// window with no in-bounds tap, which torch reports the same way) are skipped.
+template <typename T, typename acc_t>
+void scatter_task(const T* go, const int64_t* idx, T* gi, acc_t* acc, int64_t plane_out, int64_t plane_in,
+                  int64_t cb, int64_t step) {
+  acc_t* sum = acc != nullptr ? acc : reinterpret_cast<acc_t*>(gi);
+  for (int64_t i = 0; i < plane_in * step; ++i) sum[i] = acc_t(0);
+  for (int64_t o = 0; o < plane_out; ++o) {
+    for (int64_t c = 0; c < cb; ++c) {
+      const int64_t i = idx[o * step + c];
+      if (i >= 0 && i < plane_in) sum[i * step + c] += static_cast<acc_t>(go[o * step + c]);
+    }
+  }
+  if (acc != nullptr) {
+    for (int64_t i = 0; i < plane_in * step; ++i) gi[i] = static_cast<T>(acc[i]);
+  }
+}
+
+template <typename T>
+void backward_scalar(const T* go, const int64_t* idx, T* gi, const MaxPool2dShape& s, bool nhwc) {
+  using acc_t = at::opmath_type<T>;
+  constexpr bool in_place = std::is_same_v<acc_t, T>;
+  const int64_t plane_in = s.g.in_h * s.g.in_w, plane_out = s.g.out_h * s.g.out_w;
+  const int64_t step = nhwc ? s.channels : 1;
+  const int64_t tasks = nhwc ? s.batch : s.batch * s.channels;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buffer(in_place ? 0 : plane_in * step);
+    for (int64_t t = begin; t < end; ++t) {
+      scatter_task<T, acc_t>(go + t * plane_out * step, idx + t * plane_out * step, gi + t * plane_in * step,
+                             in_place ? nullptr : buffer.data(), plane_out, plane_in, step, step);
+    }
+  });
+}
+
+at::Tensor max_pool2d_with_indices_backward_cpu(const at::Tensor& grad_output, const at::Tensor& self,
+                                                at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                                at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode,
+                                                const at::Tensor& indices) {
+  const MaxPool2dShape s = max_pool2d_shape(self, kernel_size, stride, padding, dilation, ceil_mode, kBackward);
+  check_max_pool2d_backward(grad_output, self, indices, s, kBackward);
+  at::Tensor gi = at::empty(self.sizes(), self.options().memory_format(s.format));
+  if (gi.numel() == 0) return gi;
+  advise_huge_pages(gi);
+  const at::Tensor go = grad_output.contiguous(s.format);
+  const at::Tensor idx = indices.contiguous(s.format);
+  const bool nhwc = s.format == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, self.scalar_type(), kBackward, [&] {
+    backward_scalar<scalar_t>(go.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), gi.data_ptr<scalar_t>(), s, nhwc);
+  });
+  return gi;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
+  m.impl("max_pool2d_with_indices", &max_pool2d_with_indices_cpu);
+  m.impl("max_pool2d_with_indices_backward", &max_pool2d_with_indices_backward_cpu);
+}
+
+}  // namespace fastconv::cpu

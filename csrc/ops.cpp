@@ -1,0 +1,67 @@
+// fastconv's op table: every schema in one TORCH_LIBRARY block. Backends register their kernels with
+// TORCH_LIBRARY_IMPL(fastconv, CPU|CUDA, m) in csrc/cpu/<family>.cpp and csrc/cuda/<family>.cpp;
+// fake (meta) kernels and autograd are registered from Python in fastconv/ops.py.
+//
+// This file is also the Python module fastconv._C: importing it runs the registrations. It exposes
+// no ops through Python bindings, only a few facts about the build and the CPU kernel selection.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/isa.h"
+
+TORCH_LIBRARY(fastconv, m) {
+  // max_pool2d: same schema and semantics as aten::max_pool2d_with_indices(_backward).
+  m.def("max_pool2d_with_indices(Tensor self, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
+  m.def("max_pool2d_with_indices_backward(Tensor grad_output, Tensor self, int[2] kernel_size, "
+        "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode, Tensor indices) -> Tensor");
+}
+
+namespace {
+
+using fastconv::cpu::Isa;
+
+PyObject* py_cpu_isa(PyObject*, PyObject*) {
+  return PyUnicode_FromString(fastconv::cpu::isa_name(fastconv::cpu::active_isa()));
+}
+
+PyObject* py_best_cpu_isa(PyObject*, PyObject*) {
+  return PyUnicode_FromString(fastconv::cpu::isa_name(fastconv::cpu::best_supported_isa()));
+}
+
+PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
+  const char* name = PyUnicode_AsUTF8(arg);
+  if (name == nullptr) return nullptr;
+  Isa isa;
+  if (!fastconv::cpu::parse_isa(name, &isa)) {
+    PyErr_Format(PyExc_ValueError, "fastconv: unknown CPU ISA '%s' (expected scalar, avx2 or avx512)", name);
+    return nullptr;
+  }
+  if (!fastconv::cpu::set_active_isa(isa)) {
+    PyErr_Format(PyExc_ValueError, "fastconv: this CPU cannot run '%s' kernels (best: %s)", name,
+                 fastconv::cpu::isa_name(fastconv::cpu::best_supported_isa()));
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* py_cuda_compiled(PyObject*, PyObject*) {
+#ifdef FASTCONV_WITH_CUDA
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+PyMethodDef methods[] = {
+    {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU ISA the vectorised kernels use now."},
+    {"best_cpu_isa", py_best_cpu_isa, METH_NOARGS, "The widest CPU ISA this machine supports."},
+    {"set_cpu_isa", py_set_cpu_isa, METH_O, "Use 'scalar', 'avx2' or 'avx512' kernels (for tests)."},
+    {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "Whether the CUDA kernels were compiled in."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastconv's compiled kernels", -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }

@@ -1,0 +1,76 @@
+"""Command line of the benchmark: python -m fastconv.bench --help."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+
+import torch
+
+import fastconv
+
+from .runner import measure_copy_bandwidth, run_cases
+from .suites import SUITES
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fastconv.bench", description=__doc__)
+    ap.add_argument("--ops", nargs="+", choices=sorted(SUITES), default=sorted(SUITES),
+                    help="op families to time (default: all)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads for both fastconv and torch (default: torch's default)")
+    ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    ap.add_argument("--quick", action="store_true", help="small shapes, few rounds (a smoke run)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case (default 5, quick 2)")
+    args = ap.parse_args(argv)
+
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            ap.error("--device cuda: no CUDA device is available")
+        if not fastconv.build_info()["cuda_compiled"]:
+            ap.error("--device cuda: this build of fastconv has no CUDA kernels")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rounds = args.rounds or (2 if args.quick else 5)
+    min_run_time = 0.05 if args.quick else 0.3
+
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
+    copy_bw = measure_copy_bandwidth(args.device, (64 << 20) if args.quick else (256 << 20))
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": args.device, "device_name": device_name, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "build": fastconv.build_info(), "quick": args.quick, "rounds": rounds,
+        "copy_GBps": copy_bw,
+    }
+    print(f"fastconv.bench on {device_name} ({args.device}), torch {torch.__version__}, "
+          f"{meta['threads']} thread(s), CPU ISA {meta['build']['cpu_isa']}")
+    print(f"measured copy bandwidth (read + write): {copy_bw:.1f} GB/s")
+    rows = []
+    for name in args.ops:
+        rows += [dict(r, suite=name) for r in run_cases(SUITES[name](args.device, args.quick), rounds, min_run_time)]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Timing machinery for fastconv.bench: interleaved rounds, medians, throughput."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch.utils.benchmark import Timer
+
+
+@dataclass
+class Case:
+    op: str                       # e.g. "max_pool2d fwd"
+    shape: str                    # human-readable problem description
+    dtype: str
+    fastconv: Callable[[], object]
+    torch: Callable[[], object]
+    bytes: float = 0.0            # minimal bytes moved (0 if not memory-bound)
+    flops: float = 0.0            # floating-point operations (0 if not compute-bound)
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _time(fn: Callable[[], object], min_run_time: float) -> float:
+    return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+
+
+def time_pair(case: Case, rounds: int, min_run_time: float) -> tuple[float, float]:
+    """Median seconds of fastconv and torch over `rounds` interleaved rounds (order alternates)."""
+    case.fastconv()
+    case.torch()  # warm-up: allocator, caches, lazy init
+    fc, th = [], []
+    for r in range(rounds):
+        if r % 2 == 0:
+            fc.append(_time(case.fastconv, min_run_time))
+            th.append(_time(case.torch, min_run_time))
+        else:
+            th.append(_time(case.torch, min_run_time))
+            fc.append(_time(case.fastconv, min_run_time))
+    return statistics.median(fc), statistics.median(th)
+
+
+def measure_copy_bandwidth(device: str, nbytes: int = 256 << 20) -> float:
+    """GB/s of a large tensor copy, counting read + write, as the memory roofline."""
+    n = nbytes // 4
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    t = _time(lambda: dst.copy_(src), 0.5)
+    return 2 * nbytes / t / 1e9
+
+
+def run_cases(cases: list[Case], rounds: int, min_run_time: float, log=print) -> list[dict]:
+    rows = []
+    header = f"{'op':<26} {'shape':<44} {'dtype':<8} {'fastconv ms':>11} {'torch ms':>9} {'speedup':>8} {'throughput':>16}"
+    log(header)
+    log("-" * len(header))
+    for case in cases:
+        t_fc, t_th = time_pair(case, rounds, min_run_time)
+        row = {
+            "op": case.op, "shape": case.shape, "dtype": case.dtype,
+            "fastconv_ms": t_fc * 1e3, "torch_ms": t_th * 1e3, "speedup": t_th / t_fc,
+            "note": case.note, **case.extra,
+        }
+        if case.bytes:
+            row["fastconv_GBps"] = case.bytes / t_fc / 1e9
+            row["torch_GBps"] = case.bytes / t_th / 1e9
+            thr = f"{row['fastconv_GBps']:.1f} GB/s"
+        elif case.flops:
+            row["fastconv_GFLOPs"] = case.flops / t_fc / 1e9
+            row["torch_GFLOPs"] = case.flops / t_th / 1e9
+            thr = f"{row['fastconv_GFLOPs']:.1f} GFLOP/s"
+        else:
+            thr = ""
+        log(f"{case.op:<26} {case.shape:<44} {case.dtype:<8} {t_fc * 1e3:>11.3f} {t_th * 1e3:>9.3f} "
+            f"{row['speedup']:>7.2f}x {thr:>16}")
+        rows.append(row)
+    return rows

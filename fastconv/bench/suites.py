@@ -1,0 +1,58 @@
+"""Benchmark cases, one suite per op family, on shapes from real networks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as TF
+
+import fastconv.functional as F
+
+from .runner import Case
+
+
+def _fmt_name(memory_format) -> str:
+    return "channels_last" if memory_format is torch.channels_last else "NCHW"
+
+
+def max_pool2d_cases(device: str, quick: bool) -> list[Case]:
+    # (network, N, C, H, W, kernel, stride, padding)
+    shapes = [
+        ("ResNet-18 stem", 32, 64, 112, 112, 3, 2, 1),
+        ("VGG-16 pool2", 16, 128, 112, 112, 2, 2, 0),
+        ("LeNet-5 pool1", 256, 6, 28, 28, 2, 2, 0),
+    ]
+    if quick:
+        shapes = [(net, max(1, n // 4), c, h, w, k, s, p) for net, n, c, h, w, k, s, p in shapes[:1]]
+    cases = []
+    for net, n, c, h, w, k, s, p in shapes:
+        for mf in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(n, c, h, w, device=device).contiguous(memory_format=mf)
+            oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+            elem = x.element_size()
+            out_elems = n * c * oh * ow
+            fwd_bytes = x.numel() * elem + out_elems * (elem + 8)   # input, output, int64 indices
+            shape = f"{n}x{c}x{h}x{w} k{k} s{s} p{p} {_fmt_name(mf)}"
+            cases.append(Case(
+                op="max_pool2d fwd", shape=shape, dtype="float32",
+                fastconv=lambda x=x, k=k, s=s, p=p: F.max_pool2d(x, k, s, p),
+                torch=lambda x=x, k=k, s=s, p=p: TF.max_pool2d(x, k, s, p),
+                bytes=fwd_bytes, note=net))
+            xg = x.detach().clone().requires_grad_(True)
+            go = torch.randn(n, c, oh, ow, device=device).contiguous(memory_format=mf)
+
+            def fwd_bwd(pool, xg=xg, go=go, k=k, s=s, p=p):
+                xg.grad = None
+                pool(xg, k, s, p).backward(go)
+
+            # backward reads grad_output and indices and writes grad_input
+            bwd_bytes = out_elems * (elem + 8) + x.numel() * elem
+            cases.append(Case(
+                op="max_pool2d fwd+bwd", shape=shape, dtype="float32",
+                fastconv=lambda f=fwd_bwd: f(F.max_pool2d), torch=lambda f=fwd_bwd: f(TF.max_pool2d),
+                bytes=fwd_bytes + bwd_bytes, note=net))
+    return cases
+
+
+SUITES = {
+    "max_pool2d": max_pool2d_cases,
+}
