@@ -28,6 +28,10 @@ namespace {
 constexpr const char* kForward = "max_pool2d_with_indices";
 constexpr const char* kBackward = "max_pool2d_with_indices_backward";
 
+// Outputs at least this large (output + indices) bypass the caches on the way out: they cannot stay
+// cached anyway, and write-allocate would first read every line they overwrite.
+constexpr size_t kStreamingBytes = size_t(32) << 20;
+
 // Enough work per task that scheduling costs stay small (about 32K output elements).
 int64_t row_grain(int64_t elems_per_row) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, elems_per_row)); }
 
@@ -91,8 +95,9 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(const at::Tensor&
 
   if (self.scalar_type() == at::kFloat) {
     if (MaxPool2dRowsFn fn = pick_f32_kernel(s, nhwc)) {
+      const bool stream = nhwc && (out.nbytes() + idx.nbytes()) >= kStreamingBytes;
       const MaxPool2dProblem p{in.data_ptr<float>(), out.data_ptr<float>(), idx.data_ptr<int64_t>(), s.g,
-                               s.channels};
+                               s.channels, stream};
       const int64_t rows = nhwc ? s.batch * s.g.out_h : s.batch * s.channels * s.g.out_h;
       const int64_t per_row = nhwc ? s.g.out_w * s.channels : s.g.out_w;
       at::parallel_for(0, rows, row_grain(per_row), [&](int64_t b, int64_t e) { fn(p, b, e); });

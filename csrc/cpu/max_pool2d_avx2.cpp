@@ -18,6 +18,7 @@ namespace {
 
 struct Avx2 {
   static constexpr int L = 8;
+  static constexpr int kMaxUnroll = 4;   // 16 ymm registers
   using F = __m256;
   using I = __m256i;
   using M = __m256;   // AVX2 has no mask registers: a compare yields all-ones lanes
@@ -54,6 +55,12 @@ struct Avx2 {
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
   static I load_i32(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   static void store_i32(int32_t* p, I i) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), i); }
+  static void stream(float* p, F v) { _mm256_stream_ps(p, v); }
+  static void stream_indices(int64_t* p, I i) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(i)));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(i, 1)));
+  }
+  static void fence() { _mm_sfence(); }
   static void store_indices(int64_t* p, I i) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(i)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(i, 1)));

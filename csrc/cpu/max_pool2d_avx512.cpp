@@ -22,6 +22,7 @@ namespace {
 
 struct Avx512 {
   static constexpr int L = 16;
+  static constexpr int kMaxUnroll = 8;   // 32 zmm registers
   using F = __m512;
   using I = __m512i;
   using M = __mmask16;
@@ -51,6 +52,12 @@ struct Avx512 {
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
   static I load_i32(const int32_t* p) { return _mm512_loadu_si512(p); }
   static void store_i32(int32_t* p, I i) { _mm512_storeu_si512(p, i); }
+  static void stream(float* p, F v) { _mm512_stream_ps(p, v); }
+  static void stream_indices(int64_t* p, I i) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(i)));
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p + 8), _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(i, 1)));
+  }
+  static void fence() { _mm_sfence(); }
   static void store_indices(int64_t* p, I i) {
     _mm512_storeu_si512(p, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(i)));
     _mm512_storeu_si512(p + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(i, 1)));

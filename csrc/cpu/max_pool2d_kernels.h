@@ -19,6 +19,9 @@ struct MaxPool2dProblem {
   int64_t* indices;
   Pool2dGeometry g;
   int64_t channels;
+  // Write output and indices with non-temporal stores (channels-last kernels): set for outputs much
+  // larger than the caches, where write-allocate reads would only evict the input.
+  bool stream_stores;
 };
 
 using MaxPool2dRowsFn = void (*)(const MaxPool2dProblem&, int64_t begin, int64_t end);
