@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from . import ops
 
-__all__ = ["max_pool2d"]
+__all__ = ["batch_norm", "max_pool2d"]
 
 
 def _pair(value, name: str, op: str) -> list[int]:
@@ -39,3 +40,34 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
     d = _pair(dilation, "dilation", "max_pool2d")
     out, indices = ops.max_pool2d_with_indices(input, k, s, p, d, bool(ceil_mode))
     return (out, indices) if return_indices else out
+
+
+def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None = None,
+               bias: Tensor | None = None, training: bool = False, momentum: float = 0.1, eps: float = 1e-5, *,
+               relu: bool = False) -> Tensor:
+    """Batch normalisation, as :func:`torch.nn.functional.batch_norm` (input (N, C, *), running
+    statistics updated in place in training with ``momentum`` and the unbiased batch variance), on
+    fastconv's kernels. ``relu=True`` applies ReLU in the same pass (forward and backward).
+
+    Statistics are per-channel shifted sums accumulated in double on the CPU (and combined in double
+    on CUDA), accurate when the mean is large against the spread."""
+    if training:
+        size = input.shape
+        values = size[0]
+        for s in size[2:]:
+            values *= s
+        if values == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+    out, save_mean, _save_invstd, batch_var = ops.batch_norm(
+        input, weight, bias, running_mean, running_var, bool(training), float(eps), bool(relu))
+    if training and input.numel() > 0 and (running_mean is not None or running_var is not None):
+        # torch's update: running = (1 - momentum) * running + momentum * batch statistic, with the
+        # unbiased variance n / (n - 1) * var.
+        n = input.numel() // input.shape[1]
+        with torch.no_grad():
+            if running_mean is not None:
+                running_mean.mul_(1 - momentum).add_(save_mean.detach().to(running_mean.dtype), alpha=momentum)
+            if running_var is not None:
+                unbiased = batch_var.detach().to(running_var.dtype) * (n / (n - 1))
+                running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+    return out

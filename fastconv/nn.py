@@ -7,7 +7,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["MaxPool2d"]
+__all__ = ["BatchNorm2d", "MaxPool2d"]
 
 
 class MaxPool2d(torch.nn.MaxPool2d):
@@ -16,3 +16,29 @@ class MaxPool2d(torch.nn.MaxPool2d):
     def forward(self, input: torch.Tensor):
         return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class BatchNorm2d(torch.nn.BatchNorm2d):
+    """:class:`torch.nn.BatchNorm2d` on fastconv's kernels, with ``relu=True`` to fuse the ReLU that
+    usually follows. Same constructor, parameters, buffers (``num_batches_tracked`` included), state_dict
+    and initialisation as torch's; ``momentum=None`` is the cumulative moving average."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None, *, relu: bool = False):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.relu = relu
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # The same bookkeeping as torch.nn.modules.batchnorm._BatchNorm.forward.
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        track = not self.training or self.track_running_stats
+        return F.batch_norm(input, self.running_mean if track else None, self.running_var if track else None,
+                            self.weight, self.bias, use_batch_stats, factor, self.eps, relu=self.relu)

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-__all__ = ["max_pool2d_with_indices", "max_pool2d_with_indices_backward", "pool_output_size"]
+__all__ = ["batch_norm", "batch_norm_backward", "max_pool2d_with_indices", "max_pool2d_with_indices_backward",
+           "pool_output_size"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,3 +119,84 @@ def _max_pool2d_double_backward(ctx, grad_grad_in):
 torch.library.register_autograd(
     "fastconv::max_pool2d_with_indices_backward", _max_pool2d_double_backward,
     setup_context=_max_pool2d_backward_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# batch_norm (+ fused ReLU)
+# ------------------------------------------------------------------------------------------------
+def _stat_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _batch_norm_format(x: Tensor):
+    return suggest_memory_format(x) if x.dim() in (4, 5) else torch.contiguous_format
+
+
+def _check_batch_norm_input(x: Tensor, op: str) -> int:
+    _check(x.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16), op,
+           f"expected input to be float32, float64, float16 or bfloat16, but got {x.dtype}")
+    _check(x.dim() >= 2, op, f"expected input of shape (N, C, ...) with at least 2 dimensions, but got a "
+           f"{x.dim()}-D tensor of shape {tuple(x.shape)}")
+    return x.shape[1]
+
+
+def batch_norm(x: Tensor, weight, bias, running_mean, running_var, training: bool, eps: float, relu: bool):
+    """(out, save_mean, save_invstd, batch_var); see csrc/ops.cpp."""
+    return torch.ops.fastconv.batch_norm.default(x, weight, bias, running_mean, running_var, training, eps, relu)
+
+
+def batch_norm_backward(grad_output, x, weight, bias, save_mean, save_invstd, training, relu, grad_affine):
+    return torch.ops.fastconv.batch_norm_backward.default(
+        grad_output, x, weight, bias, save_mean, save_invstd, training, relu, grad_affine)
+
+
+@torch.library.register_fake("fastconv::batch_norm")
+def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, eps, relu):
+    C = _check_batch_norm_input(x, "batch_norm")
+    sd = _stat_dtype(x)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_batch_norm_format(x))
+    stat = x.new_empty((C,), dtype=sd)
+    return out, stat, stat.new_empty((C,)), stat.new_empty((C if training else 0,))
+
+
+@torch.library.register_fake("fastconv::batch_norm_backward")
+def _batch_norm_backward_fake(grad_output, x, weight, bias, save_mean, save_invstd, training, relu, grad_affine):
+    C = _check_batch_norm_input(x, "batch_norm_backward")
+    affine_dtype = weight.dtype if weight is not None else _stat_dtype(x)
+    n = C if grad_affine else 0
+    gi = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_batch_norm_format(x))
+    return gi, x.new_empty((n,), dtype=affine_dtype), x.new_empty((n,), dtype=affine_dtype)
+
+
+def _batch_norm_setup_context(ctx, inputs, output):
+    x, weight, bias, _running_mean, _running_var, training, _eps, relu = inputs
+    _, save_mean, save_invstd, _ = output
+    ctx.save_for_backward(x, weight, bias, save_mean, save_invstd)
+    ctx.training, ctx.relu = training, relu
+    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+
+
+def _batch_norm_backward(ctx, grad_out, _g_mean, _g_invstd, _g_var):
+    x, weight, bias, save_mean, save_invstd = ctx.saved_tensors
+    grad_affine = bool(ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
+    gi, gw, gb = batch_norm_backward(grad_out, x, weight, bias, save_mean, save_invstd, ctx.training, ctx.relu,
+                                     grad_affine)
+    return (gi, gw if ctx.has_weight and grad_affine else None, gb if ctx.has_bias and grad_affine else None,
+            None, None, None, None, None)
+
+
+torch.library.register_autograd(
+    "fastconv::batch_norm", _batch_norm_backward, setup_context=_batch_norm_setup_context)
+
+
+def _batch_norm_backward_setup_context(ctx, inputs, output):
+    pass
+
+
+def _batch_norm_double_backward(ctx, *grads):
+    raise RuntimeError("fastconv::batch_norm_backward: double backward (gradients of gradients) through "
+                       "fastconv's batch_norm is not implemented")
+
+
+torch.library.register_autograd(
+    "fastconv::batch_norm_backward", _batch_norm_double_backward, setup_context=_batch_norm_backward_setup_context)

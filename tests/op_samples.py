@@ -33,3 +33,32 @@ SAMPLES = {
     "fastconv::max_pool2d_with_indices": _max_pool2d,
     "fastconv::max_pool2d_with_indices_backward": _max_pool2d_backward,
 }
+
+
+def _batch_norm(device):
+    samples = []
+    C = 3
+    for shape, mf, training, relu, affine in [((4, C, 5, 6), torch.contiguous_format, True, True, True),
+                                              ((4, C, 5, 6), torch.channels_last, True, False, False),
+                                              ((5, C), torch.contiguous_format, False, True, True),
+                                              ((2, C, 3, 2, 2), torch.contiguous_format, False, False, True)]:
+        x = torch.randn(shape, device=device).contiguous(memory_format=mf).requires_grad_(True)
+        w = torch.rand(C, device=device, requires_grad=True) if affine else None
+        b = torch.randn(C, device=device, requires_grad=True) if affine else None
+        rm, rv = torch.randn(C, device=device), torch.rand(C, device=device) + 0.5
+        samples.append(((x, w, b, rm, rv, training, 1e-5, relu), {}))
+    return samples
+
+
+def _batch_norm_backward(device):
+    samples = []
+    for (x, w, b, rm, rv, training, eps, relu), _ in _batch_norm(device):
+        _, mean, invstd, _ = torch.ops.fastconv.batch_norm(x.detach(), w, b, rm, rv, training, eps, relu)
+        go = torch.randn_like(x)
+        w, b = (w.detach(), b.detach()) if w is not None else (None, None)
+        samples.append(((go, x.detach(), w, b, mean.detach(), invstd.detach(), training, relu, w is not None), {}))
+    return samples
+
+
+SAMPLES["fastconv::batch_norm"] = _batch_norm
+SAMPLES["fastconv::batch_norm_backward"] = _batch_norm_backward

@@ -53,6 +53,49 @@ def max_pool2d_cases(device: str, quick: bool) -> list[Case]:
     return cases
 
 
+def batch_norm_cases(device: str, quick: bool) -> list[Case]:
+    # (network, N, C, H, W): ResNet-18 layer1's batch-norm (the issue's shape) and its stem's.
+    shapes = [("ResNet-18 layer1", 32, 64, 56, 56), ("ResNet-18 stem", 16, 64, 112, 112)]
+    if quick:
+        shapes = [(net, max(1, n // 4), c, h, w) for net, n, c, h, w in shapes[:1]]
+    cases = []
+    for net, n, c, h, w in shapes:
+        for mf in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(n, c, h, w, device=device).contiguous(memory_format=mf)
+            go = torch.randn_like(x)
+            weight = torch.rand(c, device=device, requires_grad=True)
+            bias = torch.randn(c, device=device, requires_grad=True)
+            rm, rv = torch.zeros(c, device=device), torch.ones(c, device=device)
+            nbytes = x.numel() * x.element_size()
+            shape = f"{n}x{c}x{h}x{w} {_fmt_name(mf)}"
+
+            def ours_eval(x=x, weight=weight, bias=bias, rm=rm, rv=rv):
+                with torch.no_grad():
+                    return F.batch_norm(x, rm, rv, weight, bias, False, relu=True)
+
+            def torch_eval(x=x, weight=weight, bias=bias, rm=rm, rv=rv):
+                with torch.no_grad():   # torch's best: batch_norm, then ReLU in place
+                    return TF.batch_norm(x, rm, rv, weight, bias, False).relu_()
+
+            cases.append(Case(op="batch_norm+relu eval fwd", shape=shape, dtype="float32", fastconv=ours_eval,
+                              torch=torch_eval, bytes=2 * nbytes, note=net))
+            xg = x.detach().clone().requires_grad_(True)
+
+            def ours_train(xg=xg, go=go, weight=weight, bias=bias, rm=rm, rv=rv):
+                xg.grad = weight.grad = bias.grad = None
+                F.batch_norm(xg, rm, rv, weight, bias, True, relu=True).backward(go)
+
+            def torch_train(xg=xg, go=go, weight=weight, bias=bias, rm=rm, rv=rv):
+                xg.grad = weight.grad = bias.grad = None
+                TF.batch_norm(xg, rm, rv, weight, bias, True).relu_().backward(go)
+
+            # forward reads x and writes y; backward reads x and dy and writes dx (minimal traffic)
+            cases.append(Case(op="batch_norm+relu train f+b", shape=shape, dtype="float32", fastconv=ours_train,
+                              torch=torch_train, bytes=5 * nbytes, note=net))
+    return cases
+
+
 SUITES = {
     "max_pool2d": max_pool2d_cases,
+    "batch_norm": batch_norm_cases,
 }

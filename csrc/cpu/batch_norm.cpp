@@ -1,0 +1,290 @@
+// CPU glue for fastconv::batch_norm and fastconv::batch_norm_backward.
+//
+// Passes over the data (M = N * spatial values per channel):
+//   training forward   statistics (one read of x), normalise + ReLU (one read, one write)
+//   inference forward  normalise + ReLU (one read, one write)
+//   training backward  gradient sums (one read of x and dy), grad_input (one more read, one write)
+//   inference backward grad_input (one read of x and dy, one write), plus the sums for
+//                      grad_weight/grad_bias only when they are wanted
+// Per-channel work (statistics to scale/shift, backward coefficients) is O(C) here in double.
+// Planar layouts parallelise over channels (reductions) or rows; interleaved layouts over fixed
+// blocks of positions whose partial sums are combined in block order, so results do not depend on
+// the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "common/batch_norm.h"
+#include "common/batch_norm_args.h"
+#include "cpu/batch_norm_kernels.h"
+#include "cpu/isa.h"
+#include "cpu/memory.h"
+
+namespace fastconv::cpu {
+namespace {
+
+// The baseline-ISA build of the kernels: the portable fallback, and the float16/bfloat16 path.
+#include "cpu/batch_norm_kernels.inc"
+
+constexpr const char* kForward = "batch_norm";
+constexpr const char* kBackward = "batch_norm_backward";
+
+template <typename T>
+const BnKernels<T>& kernels_for() {
+  static const BnKernels<T> baseline = make_bn_kernels<T>();
+  if constexpr (std::is_same_v<T, float>) {
+    if (active_isa() == Isa::avx512) return bn_kernels_f32_avx512;
+    if (active_isa() == Isa::avx2) return bn_kernels_f32_avx2;
+  } else if constexpr (std::is_same_v<T, double>) {
+    if (active_isa() == Isa::avx512) return bn_kernels_f64_avx512;
+    if (active_isa() == Isa::avx2) return bn_kernels_f64_avx2;
+  }
+  return baseline;
+}
+
+std::vector<double> channel_values(const std::optional<at::Tensor>& t, int64_t C, double fallback) {
+  if (!t.has_value() || !t->defined()) return std::vector<double>(C, fallback);
+  const at::Tensor d = t->detach().to(at::kDouble).contiguous();
+  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + C);
+}
+
+// Rounds to the saved-statistics dtype: forward and backward both derive scale/shift from the stored
+// values, so the ReLU mask recomputed in backward is the forward's exactly.
+at::Tensor stat_tensor(const std::vector<double>& v, at::ScalarType type) {
+  at::Tensor t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(at::kDouble));
+  std::copy(v.begin(), v.end(), t.data_ptr<double>());
+  return t.to(type);
+}
+
+template <typename Acc>
+struct ChannelArrays {
+  std::vector<Acc> scale, shift, mean, a, k, b0;
+  BnChannelParams<Acc> params(bool relu) const {
+    return {scale.data(), shift.data(), mean.data(), a.data(), k.data(), b0.data(), relu};
+  }
+};
+
+template <typename Acc>
+ChannelArrays<Acc> scale_shift(const at::Tensor& save_mean, const at::Tensor& save_invstd,
+                               const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                               int64_t C) {
+  const auto mean = channel_values(save_mean, C, 0), invstd = channel_values(save_invstd, C, 0);
+  const auto w = channel_values(weight, C, 1), b = channel_values(bias, C, 0);
+  ChannelArrays<Acc> ch;
+  ch.scale.resize(C);
+  ch.shift.resize(C);
+  ch.mean.resize(C);
+  for (int64_t c = 0; c < C; ++c) {
+    bn_scale_shift<Acc>(mean[c], invstd[c], w[c], b[c], &ch.scale[c], &ch.shift[c]);
+    ch.mean[c] = static_cast<Acc>(mean[c]);
+  }
+  return ch;
+}
+
+// Fixed blocks of interleaved positions for reductions: enough work per block, at most 256 blocks.
+int64_t interleaved_blocks(const BatchNormShape& s) {
+  const int64_t rows_per_block = std::max<int64_t>(1, (int64_t(1) << 15) / s.C);
+  return std::max<int64_t>(1, std::min<int64_t>(256, (s.count() + rows_per_block - 1) / rows_per_block));
+}
+
+int64_t grain(int64_t elems_per_unit) { return std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, elems_per_unit)); }
+
+// Two per-channel sums over the whole tensor, by a planar (per channel) or interleaved (per block,
+// then combined in order) kernel.
+template <typename PlanarFn, typename InterleavedFn>
+void channel_sums(const BatchNormShape& s, std::vector<double>& s1, std::vector<double>& s2, PlanarFn planar,
+                  InterleavedFn interleaved) {
+  const int64_t C = s.C;
+  s1.assign(C, 0);
+  s2.assign(C, 0);
+  if (!s.interleaved) {
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) { planar(c0, c1, s1.data(), s2.data()); });
+    return;
+  }
+  const int64_t blocks = interleaved_blocks(s), M = s.count();
+  const int64_t per = (M + blocks - 1) / blocks;
+  std::vector<double> part1(blocks * C, 0), part2(blocks * C, 0);
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      interleaved(b * per, std::min(M, (b + 1) * per), part1.data() + b * C, part2.data() + b * C);
+    }
+  });
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int64_t c = 0; c < C; ++c) {
+      s1[c] += part1[b * C + c];
+      s2[c] += part2[b * C + c];
+    }
+  }
+}
+
+// An elementwise pass over planar rows (n, c) or interleaved positions.
+template <typename PlanarFn, typename InterleavedFn>
+void elementwise(const BatchNormShape& s, PlanarFn planar, InterleavedFn interleaved) {
+  if (!s.interleaved) {
+    at::parallel_for(0, s.N * s.C, grain(s.S), planar);
+  } else {
+    at::parallel_for(0, s.count(), grain(s.C), interleaved);
+  }
+}
+
+template <typename T>
+void forward_impl(const at::Tensor& x, at::Tensor& out, const BatchNormShape& s, bool training,
+                  const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                  const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+                  double eps, bool relu, at::Tensor& save_mean, at::Tensor& save_invstd, at::Tensor& batch_var) {
+  using Acc = typename BnAcc<T>::type;
+  const auto& kern = kernels_for<T>();
+  const T* xp = x.data_ptr<T>();
+  const BnShape sh{s.N, s.C, s.S, s.interleaved};
+  const int64_t C = s.C;
+  std::vector<double> mean(C), var(C), invstd(C);
+  if (training) {
+    std::vector<double> k(C), s1, s2;
+    if (s.interleaved) {
+      for (int64_t c = 0; c < C; ++c) k[c] = static_cast<double>(xp[c]);
+    }
+    channel_sums(
+        s, s1, s2,
+        [&](int64_t c0, int64_t c1, double* a1, double* a2) { kern.stats_planar(xp, sh, c0, c1, k.data(), a1, a2); },
+        [&](int64_t m0, int64_t m1, double* a1, double* a2) {
+          kern.stats_interleaved(xp, sh, m0, m1, k.data(), a1, a2);
+        });
+    for (int64_t c = 0; c < C; ++c) {
+      bn_moments(k[c], s1[c], s2[c], static_cast<double>(s.count()), &mean[c], &var[c]);
+      invstd[c] = bn_invstd(var[c], eps);
+    }
+    batch_var = stat_tensor(var, s.stat_type);
+  } else {
+    mean = channel_values(running_mean, C, 0);
+    const auto rv = channel_values(running_var, C, 1);
+    for (int64_t c = 0; c < C; ++c) invstd[c] = bn_invstd(rv[c], eps);
+    batch_var = at::empty({0}, x.options().dtype(s.stat_type));
+  }
+  save_mean = stat_tensor(mean, s.stat_type);
+  save_invstd = stat_tensor(invstd, s.stat_type);
+  const auto ch = scale_shift<Acc>(save_mean, save_invstd, weight, bias, C);
+  const auto p = ch.params(relu);
+  T* yp = out.data_ptr<T>();
+  elementwise(
+      s, [&](int64_t r0, int64_t r1) { kern.normalize_planar(xp, yp, sh, r0, r1, p); },
+      [&](int64_t m0, int64_t m1) { kern.normalize_interleaved(xp, yp, sh, m0, m1, p); });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
+    double eps, bool relu) {
+  const BatchNormShape s = batch_norm_shape(input, kForward);
+  check_channel_param(weight, input, s.C, kForward, "weight");
+  check_channel_param(bias, input, s.C, kForward, "bias");
+  check_channel_param(running_mean, input, s.C, kForward, "running_mean");
+  check_channel_param(running_var, input, s.C, kForward, "running_var");
+  FC_CHECK(eps > 0, kForward, "expected eps > 0, but got ", eps);
+  if (!training) {
+    FC_CHECK(running_mean.has_value() && running_mean->defined() && running_var.has_value() &&
+                 running_var->defined(),
+             kForward, "running_mean and running_var must be given in inference (training=False)");
+  }
+  at::Tensor out = at::empty(input.sizes(), input.options().memory_format(s.format));
+  const auto stat_opts = input.options().dtype(s.stat_type);
+  if (input.numel() == 0) {
+    return {out, at::zeros({s.C}, stat_opts), at::zeros({s.C}, stat_opts), at::zeros({training ? s.C : 0}, stat_opts)};
+  }
+  FC_CHECK(!training || s.count() > 1, kForward, "Expected more than 1 value per channel when training, got input size ",
+           input.sizes());
+  advise_huge_pages(out);
+  const at::Tensor x = input.contiguous(s.format);
+  at::Tensor save_mean, save_invstd, batch_var;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), kForward, [&] {
+    forward_impl<scalar_t>(x, out, s, training, weight, bias, running_mean, running_var, eps, relu, save_mean,
+                           save_invstd, batch_var);
+  });
+  return {out, save_mean, save_invstd, batch_var};
+}
+
+template <typename T>
+void backward_impl(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, const BatchNormShape& s,
+                   const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+                   const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training, bool relu,
+                   bool grad_affine, std::vector<double>& sum_g, std::vector<double>& sum_gx) {
+  using Acc = typename BnAcc<T>::type;
+  const auto& kern = kernels_for<T>();
+  const T* xp = x.data_ptr<T>();
+  const T* gp = dy.data_ptr<T>();
+  const BnShape sh{s.N, s.C, s.S, s.interleaved};
+  const int64_t C = s.C;
+  auto ch = scale_shift<Acc>(save_mean, save_invstd, weight, bias, C);
+  if (training || grad_affine) {
+    const auto p = ch.params(relu);
+    channel_sums(
+        s, sum_g, sum_gx,
+        [&](int64_t c0, int64_t c1, double* a1, double* a2) { kern.grad_sums_planar(gp, xp, sh, c0, c1, p, a1, a2); },
+        [&](int64_t m0, int64_t m1, double* a1, double* a2) {
+          kern.grad_sums_interleaved(gp, xp, sh, m0, m1, p, a1, a2);
+        });
+  }
+  const auto w = channel_values(weight, C, 1), invstd = channel_values(save_invstd, C, 0);
+  ch.a.resize(C);
+  ch.k.resize(C);
+  ch.b0.resize(C);
+  for (int64_t c = 0; c < C; ++c) {
+    double a, k, b0;
+    bn_backward_coeffs(training, w[c], invstd[c], training ? sum_g[c] : 0, training ? sum_gx[c] : 0,
+                       static_cast<double>(s.count()), &a, &k, &b0);
+    ch.a[c] = static_cast<Acc>(a);
+    ch.k[c] = static_cast<Acc>(k);
+    ch.b0[c] = static_cast<Acc>(b0);
+  }
+  const auto p = ch.params(relu);
+  T* dp = dx.data_ptr<T>();
+  elementwise(
+      s, [&](int64_t r0, int64_t r1) { kern.grad_input_planar(gp, xp, dp, sh, r0, r1, p); },
+      [&](int64_t m0, int64_t m1) { kern.grad_input_interleaved(gp, xp, dp, sh, m0, m1, p); });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& save_mean, const at::Tensor& save_invstd,
+    bool training, bool relu, bool grad_affine) {
+  const BatchNormShape s = batch_norm_shape(input, kBackward);
+  FC_CHECK(grad_output.sizes() == input.sizes(), kBackward, "expected grad_output of shape ", input.sizes(),
+           ", but got ", grad_output.sizes());
+  FC_CHECK(grad_output.scalar_type() == input.scalar_type(), kBackward, "expected grad_output of dtype ",
+           input.scalar_type(), ", but got ", grad_output.scalar_type());
+  check_channel_param(weight, input, s.C, kBackward, "weight");
+  check_channel_param(bias, input, s.C, kBackward, "bias");
+  check_channel_param(save_mean, input, s.C, kBackward, "save_mean");
+  check_channel_param(save_invstd, input, s.C, kBackward, "save_invstd");
+  at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(s.format));
+  const auto affine_type = weight.has_value() && weight->defined() ? weight->scalar_type() : s.stat_type;
+  const auto affine_opts = input.options().dtype(affine_type);
+  const int64_t affine_n = grad_affine ? s.C : 0;
+  if (input.numel() == 0) return {dx, at::zeros({affine_n}, affine_opts), at::zeros({affine_n}, affine_opts)};
+  advise_huge_pages(dx);
+  const at::Tensor x = input.contiguous(s.format), dy = grad_output.contiguous(s.format);
+  std::vector<double> sum_g, sum_gx;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), kBackward, [&] {
+    backward_impl<scalar_t>(dy, x, dx, s, weight, bias, save_mean, save_invstd, training, relu, grad_affine, sum_g,
+                            sum_gx);
+  });
+  if (!grad_affine) return {dx, at::empty({0}, affine_opts), at::empty({0}, affine_opts)};
+  const auto invstd = channel_values(save_invstd, s.C, 0);
+  std::vector<double> gw(s.C);
+  for (int64_t c = 0; c < s.C; ++c) gw[c] = sum_gx[c] * invstd[c];
+  return {dx, stat_tensor(gw, affine_type), stat_tensor(sum_g, affine_type)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
+  m.impl("batch_norm", &batch_norm_cpu);
+  m.impl("batch_norm_backward", &batch_norm_backward_cpu);
+}
+
+}  // namespace fastconv::cpu

@@ -1,0 +1,124 @@
+// CUDA glue for batch_norm: checks and layout on the torch side (shared with the CPU glue), per-channel
+// parameters converted to the statistics dtype (O(C)), then the raw-pointer launchers of
+// batch_norm.cu on the current stream.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "common/batch_norm_args.h"
+#include "cuda/batch_norm.h"
+
+namespace fastconv::cuda {
+namespace {
+
+constexpr const char* kForward = "batch_norm";
+constexpr const char* kBackward = "batch_norm_backward";
+
+// A per-channel argument as a contiguous tensor of the statistics dtype (undefined if absent).
+at::Tensor as_stat(const std::optional<at::Tensor>& t, at::ScalarType type) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  return t->detach().to(type).contiguous();
+}
+
+const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+BnCudaShape cuda_shape(const BatchNormShape& s) { return {s.N, s.C, s.S, s.interleaved}; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
+    double eps, bool relu) {
+  const BatchNormShape s = batch_norm_shape(input, kForward);
+  check_channel_param(weight, input, s.C, kForward, "weight");
+  check_channel_param(bias, input, s.C, kForward, "bias");
+  check_channel_param(running_mean, input, s.C, kForward, "running_mean");
+  check_channel_param(running_var, input, s.C, kForward, "running_var");
+  FC_CHECK(eps > 0, kForward, "expected eps > 0, but got ", eps);
+  if (!training) {
+    FC_CHECK(running_mean.has_value() && running_mean->defined() && running_var.has_value() &&
+                 running_var->defined(),
+             kForward, "running_mean and running_var must be given in inference (training=False)");
+  }
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto stat_opts = input.options().dtype(s.stat_type);
+  at::Tensor out = at::empty(input.sizes(), input.options().memory_format(s.format));
+  if (input.numel() == 0) {
+    return {out, at::zeros({s.C}, stat_opts), at::zeros({s.C}, stat_opts), at::zeros({training ? s.C : 0}, stat_opts)};
+  }
+  FC_CHECK(!training || s.count() > 1, kForward, "Expected more than 1 value per channel when training, got input size ",
+           input.sizes());
+  const at::Tensor x = input.contiguous(s.format);
+  const at::Tensor w = as_stat(weight, s.stat_type), b = as_stat(bias, s.stat_type);
+  at::Tensor save_mean = at::empty({s.C}, stat_opts), save_invstd = at::empty({s.C}, stat_opts);
+  at::Tensor scale = at::empty({s.C}, stat_opts), shift = at::empty({s.C}, stat_opts);
+  at::Tensor batch_var = at::empty({training ? s.C : 0}, stat_opts);
+  const DType dt = to_dtype(input.scalar_type());
+  const BnCudaShape sh = cuda_shape(s);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (training) {
+    at::Tensor ws = at::empty({2 * s.C * batch_norm_reduce_blocks(sh)}, input.options().dtype(at::kDouble));
+    C10_CUDA_CHECK(batch_norm_stats(dt, x.data_ptr(), sh, eps, ptr_or_null(w), ptr_or_null(b), ws.data_ptr<double>(),
+                                    save_mean.data_ptr(), save_invstd.data_ptr(), batch_var.data_ptr(),
+                                    scale.data_ptr(), shift.data_ptr(), stream));
+  } else {
+    const at::Tensor rm = as_stat(running_mean, s.stat_type), rv = as_stat(running_var, s.stat_type);
+    C10_CUDA_CHECK(batch_norm_prepare(dt, s.C, rm.data_ptr(), rv.data_ptr(), eps, ptr_or_null(w), ptr_or_null(b),
+                                      save_mean.data_ptr(), save_invstd.data_ptr(), scale.data_ptr(),
+                                      shift.data_ptr(), stream));
+  }
+  C10_CUDA_CHECK(batch_norm_normalize(dt, x.data_ptr(), out.data_ptr(), sh, scale.data_ptr(), shift.data_ptr(), relu,
+                                      stream));
+  return {out, save_mean, save_invstd, batch_var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& save_mean, const at::Tensor& save_invstd,
+    bool training, bool relu, bool grad_affine) {
+  const BatchNormShape s = batch_norm_shape(input, kBackward);
+  FC_CHECK(grad_output.sizes() == input.sizes(), kBackward, "expected grad_output of shape ", input.sizes(),
+           ", but got ", grad_output.sizes());
+  FC_CHECK(grad_output.scalar_type() == input.scalar_type(), kBackward, "expected grad_output of dtype ",
+           input.scalar_type(), ", but got ", grad_output.scalar_type());
+  check_channel_param(weight, input, s.C, kBackward, "weight");
+  check_channel_param(bias, input, s.C, kBackward, "bias");
+  check_channel_param(save_mean, input, s.C, kBackward, "save_mean");
+  check_channel_param(save_invstd, input, s.C, kBackward, "save_invstd");
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(s.format));
+  const auto affine_type = weight.has_value() && weight->defined() ? weight->scalar_type() : s.stat_type;
+  const auto affine_opts = input.options().dtype(affine_type);
+  const int64_t affine_n = grad_affine ? s.C : 0;
+  if (input.numel() == 0) return {dx, at::zeros({affine_n}, affine_opts), at::zeros({affine_n}, affine_opts)};
+  const auto stat_opts = input.options().dtype(s.stat_type);
+  const at::Tensor x = input.contiguous(s.format), dy = grad_output.contiguous(s.format);
+  const at::Tensor w = as_stat(weight, s.stat_type), b = as_stat(bias, s.stat_type);
+  const at::Tensor mean = save_mean.detach().to(s.stat_type).contiguous();
+  const at::Tensor invstd = save_invstd.detach().to(s.stat_type).contiguous();
+  at::Tensor scale = at::empty({s.C}, stat_opts), shift = at::empty({s.C}, stat_opts);
+  at::Tensor coeffs = at::empty({3 * s.C}, stat_opts);
+  at::Tensor gw = at::empty({affine_n}, stat_opts), gb = at::empty({affine_n}, stat_opts);
+  const DType dt = to_dtype(input.scalar_type());
+  const BnCudaShape sh = cuda_shape(s);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  C10_CUDA_CHECK(batch_norm_prepare(dt, s.C, mean.data_ptr(), nullptr, 0.0, ptr_or_null(w), ptr_or_null(b), nullptr,
+                                    invstd.data_ptr(), scale.data_ptr(), shift.data_ptr(), stream));
+  at::Tensor ws = at::empty({2 * s.C * batch_norm_reduce_blocks(sh)}, input.options().dtype(at::kDouble));
+  C10_CUDA_CHECK(batch_norm_backward(dt, dy.data_ptr(), x.data_ptr(), dx.data_ptr(), sh, mean.data_ptr(),
+                                     invstd.data_ptr(), ptr_or_null(w), scale.data_ptr(), shift.data_ptr(), training,
+                                     relu, grad_affine, ws.data_ptr<double>(), coeffs.data_ptr(),
+                                     grad_affine ? gw.data_ptr() : nullptr, grad_affine ? gb.data_ptr() : nullptr,
+                                     stream));
+  return {dx, gw.to(affine_type), gb.to(affine_type)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastconv, CUDA, m) {
+  m.impl("batch_norm", &batch_norm_cuda);
+  m.impl("batch_norm_backward", &batch_norm_backward_cuda);
+}
+
+}  // namespace fastconv::cuda

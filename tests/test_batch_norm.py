@@ -1,0 +1,309 @@
+"""fastconv batch_norm (+ fused ReLU) against torch.nn.functional.batch_norm (followed by relu):
+forward, running statistics over several steps and gradients on awkward shapes and layouts, every CPU
+SIMD variant, CUDA when present; accuracy on large-mean data; gradcheck; the module against
+torch.nn.BatchNorm2d for every constructor option; bad inputs."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import fastconv
+import fastconv.functional as F
+
+# (shape, memory format): 2-D to 5-D, C = 1, N = 1 with spatial > 1, primes, channels-last.
+CASES = [
+    ((6, 3), torch.contiguous_format),
+    ((5, 1), torch.contiguous_format),
+    ((3, 4, 10), torch.contiguous_format),
+    ((4, 5, 7, 9), torch.contiguous_format),
+    ((4, 5, 7, 9), torch.channels_last),
+    ((1, 3, 5, 5), torch.contiguous_format),
+    ((8, 1, 6, 6), torch.channels_last),
+    ((3, 17, 13, 11), torch.contiguous_format),
+    ((2, 70, 5, 3), torch.channels_last),
+    ((2, 3, 4, 5, 6), torch.contiguous_format),
+    ((2, 3, 4, 5, 6), torch.channels_last_3d),
+]
+
+
+def _ids(cases):
+    return [f"{'x'.join(map(str, s))}-{str(mf).split('.')[-1]}" for s, mf in cases]
+
+
+def reference(x, rm, rv, w, b, training, momentum, eps, relu):
+    y = TF.batch_norm(x, rm, rv, w, b, training, momentum, eps)
+    return torch.relu(y) if relu else y
+
+
+def run_steps(device, dtype, shape, mf, *, training, relu, affine, track, steps=3, seed=0, offset=0.0):
+    """Several forward/backward steps of fastconv and torch on the same data; returns both sides'
+    outputs, gradients and running statistics."""
+    g = torch.Generator().manual_seed(seed)
+    C = shape[1]
+    pdtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    w0 = torch.randn(C, generator=g, dtype=torch.float64) if affine else None
+    b0 = torch.randn(C, generator=g, dtype=torch.float64) if affine else None
+    rm0 = torch.randn(C, generator=g, dtype=torch.float64) + offset
+    rv0 = torch.rand(C, generator=g, dtype=torch.float64) + 0.5
+    sides = {}
+    for name, fn in (("ours", F.batch_norm), ("torch", reference)):
+        w = w0.to(device, pdtype).requires_grad_(True) if affine else None
+        b = b0.to(device, pdtype).requires_grad_(True) if affine else None
+        rm = rm0.to(device, pdtype) if (track or not training) else None
+        rv = rv0.to(device, pdtype) if (track or not training) else None
+        outs, grads = [], []
+        gs = torch.Generator().manual_seed(seed + 1)
+        for _ in range(steps):
+            x = (torch.randn(shape, generator=gs, dtype=torch.float64) * 2 + offset).to(device, dtype)
+            x = x.contiguous(memory_format=mf).requires_grad_(True)
+            go = torch.randn(shape, generator=gs, dtype=torch.float64).to(device, dtype)
+            if fn is F.batch_norm:
+                y = fn(x, rm, rv, w, b, training, 0.1, 1e-5, relu=relu)
+            else:
+                y = fn(x, rm, rv, w, b, training, 0.1, 1e-5, relu)
+            y.backward(go)
+            outs.append(y.detach())
+            grads.append([x.grad] + ([w.grad.clone(), b.grad.clone()] if affine else []))
+            if affine:
+                w.grad, b.grad = None, None
+        sides[name] = (outs, grads, rm, rv)
+    return sides
+
+
+def assert_sides_close(sides, dtype):
+    (o1, g1, rm1, rv1), (o2, g2, rm2, rv2) = sides["ours"], sides["torch"]
+    tol = {} if dtype in (torch.float32, torch.float64) else {"atol": 2e-2, "rtol": 2e-2}
+    for a, b in zip(o1, o2):
+        assert a.stride() == b.stride(), "output memory format differs from torch's"
+        torch.testing.assert_close(a, b, **tol)
+    for ga, gb in zip(g1, g2):
+        assert ga[0].stride() == gb[0].stride(), "grad_input memory format differs from torch's"
+        for a, b in zip(ga, gb):
+            torch.testing.assert_close(a, b, **({"atol": 1e-4, "rtol": 1e-4} if not tol else tol))
+    if rm1 is not None:
+        torch.testing.assert_close(rm1, rm2)
+        torch.testing.assert_close(rv1, rv2)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_grid_cpu_isas(cpu_isa, case):
+    shape, mf = case
+    for training, relu, affine in itertools.product((True, False), (False, True), (True, False)):
+        assert_sides_close(run_steps("cpu", torch.float32, shape, mf, training=training, relu=relu, affine=affine,
+                                     track=True), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES[2:5] + CASES[-1:], ids=_ids(CASES[2:5] + CASES[-1:]))
+def test_grid_dtypes(device, dtype, case):
+    shape, mf = case
+    for training, relu in itertools.product((True, False), (False, True)):
+        assert_sides_close(run_steps(device, dtype, shape, mf, training=training, relu=relu, affine=True,
+                                     track=True), dtype)
+
+
+def test_no_running_stats_in_training(device):
+    for relu in (False, True):
+        assert_sides_close(run_steps(device, torch.float32, (4, 5, 7, 9), torch.channels_last, training=True,
+                                     relu=relu, affine=True, track=False), torch.float32)
+
+
+def test_non_contiguous_input(device):
+    base = torch.randn(4, 10, 9, 14, device=device)
+    for x in (base[:, ::2], base[..., ::2], base.transpose(2, 3)):
+        rm, rv = torch.zeros(x.shape[1], device=device), torch.ones(x.shape[1], device=device)
+        rm2, rv2 = rm.clone(), rv.clone()
+        torch.testing.assert_close(F.batch_norm(x, rm, rv, training=True, relu=True),
+                                   torch.relu(TF.batch_norm(x, rm2, rv2, training=True)))
+        torch.testing.assert_close(rv, rv2)
+
+
+@pytest.mark.parametrize("mf", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_large_mean_accuracy(device, mf):
+    """x + 1000 with unit spread: error against a float64 reference at most twice torch's, forward and
+    backward (the naive E[x^2] - E[x]^2 would lose every digit here)."""
+    g = torch.Generator().manual_seed(3)
+    x64 = (torch.randn(8, 6, 12, 12, generator=g, dtype=torch.float64) + 1000).to(device)
+    go64 = torch.randn(8, 6, 12, 12, generator=g, dtype=torch.float64).to(device)
+    w64 = torch.rand(6, generator=g, dtype=torch.float64).to(device) + 0.5
+    results = {}
+    for name, fn, dtype in (("ref", reference, torch.float64), ("torch", reference, torch.float32),
+                            ("ours", None, torch.float32)):
+        x = x64.detach().to(dtype).contiguous(memory_format=mf).clone().requires_grad_(True)
+        w = w64.to(dtype)
+        if fn is None:
+            y = F.batch_norm(x, None, None, w, None, True, relu=True)
+        else:
+            y = fn(x, None, None, w, None, True, 0.1, 1e-5, True)
+        y.backward(go64.to(dtype))
+        results[name] = (y.detach().double(), x.grad.double())
+    for i, what in enumerate(("output", "grad_input")):
+        err_ours = (results["ours"][i] - results["ref"][i]).abs().max().item()
+        err_torch = (results["torch"][i] - results["ref"][i]).abs().max().item()
+        assert err_ours <= 2 * err_torch + 1e-5, f"{what}: error {err_ours} vs torch's {err_torch}"
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_gradcheck_float64(device, training, relu):
+    x = torch.randn(3, 4, 5, 2, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
+    rm = torch.randn(4, dtype=torch.float64, device=device)
+    rv = torch.rand(4, dtype=torch.float64, device=device) + 0.5
+
+    def f(x, w, b):
+        return F.batch_norm(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5, relu=relu)
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    x_cl = torch.randn(2, 5, 3, 3, dtype=torch.float64, device=device).contiguous(
+        memory_format=torch.channels_last).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda t: F.batch_norm(t, None, None, None, None, True, relu=relu), (x_cl,))
+
+
+def test_empty_batch(device):
+    x = torch.randn(0, 3, 4, 4, device=device, requires_grad=True)
+    rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
+    w = torch.ones(3, device=device, requires_grad=True)
+    y = F.batch_norm(x, rm, rv, w, None, True, relu=True)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape and w.grad.shape == (3,)
+    torch.testing.assert_close(rm, torch.zeros(3, device=device))   # unchanged, as torch leaves them
+
+
+def test_single_value_per_channel_in_training(device):
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        F.batch_norm(torch.randn(1, 3, device=device), None, None, training=True)
+    with pytest.raises(RuntimeError, match="Expected more than 1 value per channel when training"):
+        torch.ops.fastconv.batch_norm(torch.randn(1, 3, 1, 1, device=device), None, None, None, None, True, 1e-5,
+                                      False)
+    F.batch_norm(torch.randn(1, 3, device=device), torch.zeros(3, device=device), torch.ones(3, device=device))
+
+
+def test_caller_data_untouched(device):
+    x = torch.randn(4, 3, 5, 5, device=device)
+    w, b = torch.randn(3, device=device), torch.randn(3, device=device)
+    rm, rv = torch.randn(3, device=device), torch.rand(3, device=device) + 1
+    copies = [t.clone() for t in (x, w, b, rm, rv)]
+    F.batch_norm(x, rm, rv, w, b, training=False, relu=True)
+    for t, c in zip((x, w, b, rm, rv), copies):
+        assert torch.equal(t, c)
+    F.batch_norm(x, rm, rv, w, b, training=True, relu=True)
+    for t, c in zip((x, w, b), copies):
+        assert torch.equal(t, c)
+    assert not torch.equal(rm, copies[3])   # the running statistics are the documented exception
+
+
+def test_torch_compile_fullgraph(device):
+    x = torch.randn(4, 3, 6, 6, device=device, requires_grad=True)
+    rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
+    w = torch.randn(3, device=device, requires_grad=True)
+
+    def f(t, w):
+        return F.batch_norm(t, rm, rv, w, None, True, relu=True).sum()
+
+    compiled = torch.compile(f, fullgraph=True)
+    torch.testing.assert_close(compiled(x, w), f(x, w))
+    g_c = torch.autograd.grad(compiled(x, w), (x, w))
+    g_e = torch.autograd.grad(f(x, w), (x, w))
+    for a, b in zip(g_c, g_e):
+        torch.testing.assert_close(a, b)
+
+
+MODULE_OPTIONS = [
+    dict(), dict(momentum=None), dict(affine=False), dict(track_running_stats=False), dict(eps=1e-3, momentum=0.3),
+    dict(affine=False, track_running_stats=False),
+]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("options", MODULE_OPTIONS, ids=[str(o) or "defaults" for o in MODULE_OPTIONS])
+def test_module_matches_torch(device, options, relu):
+    torch.manual_seed(0)
+    ours = fastconv.nn.BatchNorm2d(5, relu=relu, **options).to(device)
+    ref = torch.nn.BatchNorm2d(5, **options).to(device)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    if ours.affine:
+        with torch.no_grad():
+            for p in (ref.weight, ref.bias):
+                p.uniform_(-1, 1)
+    ours.load_state_dict(ref.state_dict())
+    for mode in ("train", "train", "train", "eval", "train", "eval"):
+        ours.train(mode == "train")
+        ref.train(mode == "train")
+        x = torch.randn(4, 5, 6, 7, device=device)
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ya = ours(xa)
+        yb = torch.relu(ref(xb)) if relu else ref(xb)
+        torch.testing.assert_close(ya, yb)
+        go = torch.randn_like(x)
+        ya.backward(go)
+        yb.backward(go)
+        torch.testing.assert_close(xa.grad, xb.grad, atol=1e-4, rtol=1e-4)
+        if ours.affine:
+            torch.testing.assert_close(ours.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(ours.bias.grad, ref.bias.grad, atol=1e-4, rtol=1e-4)
+        for (ka, va), (kb, vb) in zip(ours.state_dict().items(), ref.state_dict().items()):
+            assert ka == kb
+            torch.testing.assert_close(va, vb, msg=f"{ka} after {mode}")
+    assert ("relu=True" in repr(ours)) == relu
+
+
+def test_module_state_dict_round_trip_with_torch():
+    ref = torch.nn.BatchNorm2d(4)
+    ref(torch.randn(3, 4, 5, 5))
+    ours = fastconv.nn.BatchNorm2d(4)
+    ours.load_state_dict(ref.state_dict())
+    back = torch.nn.BatchNorm2d(4)
+    back.load_state_dict(ours.state_dict())
+    for k, v in ref.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v)
+    fresh_ours, fresh_ref = fastconv.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4)
+    for k, v in fresh_ref.state_dict().items():   # the same initialisation
+        assert torch.equal(fresh_ours.state_dict()[k], v)
+
+
+def _bad(device):
+    x = torch.randn(2, 3, 4, 4, device=device)
+    return [
+        ("running_mean of the wrong size", lambda: F.batch_norm(x, torch.zeros(4, device=device),
+                                                                torch.ones(3, device=device)),
+         ["running_mean", "3 elements"]),
+        ("weight of the wrong size", lambda: F.batch_norm(x, None, None, torch.ones(2, device=device), training=True),
+         ["weight", "3 elements"]),
+        ("2-D weight", lambda: F.batch_norm(x, None, None, torch.ones(3, 1, device=device), training=True),
+         ["weight", "1-D"]),
+        ("integer input", lambda: F.batch_norm(x.long(), None, None, training=True), ["float32", "Long"]),
+        ("1-D input", lambda: F.batch_norm(torch.randn(5, device=device), None, None, training=True),
+         ["at least 2 dimensions"]),
+        ("eval without running stats", lambda: F.batch_norm(x, None, None, training=False),
+         ["running_mean and running_var"]),
+        ("float64 weight with float32 input", lambda: F.batch_norm(x, None, None, torch.ones(3, device=device,
+                                                                                             dtype=torch.float64),
+                                                                   training=True), ["weight", "dtype"]),
+    ]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_bad_input_raises_clear_error(device, index):
+    name, call, words = _bad(device)[index]
+    with pytest.raises(RuntimeError) as info:
+        call()
+    msg = str(info.value)
+    assert "fastconv::batch_norm" in msg, msg
+    for w in words:
+        assert w in msg, f"{name}: {w!r} missing from: {msg}"
+
+
+def test_double_backward_says_it_is_not_implemented():
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    y = F.batch_norm(x, None, None, None, None, True)
+    (g,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()
