@@ -50,4 +50,51 @@ inline BatchNormShape batch_norm_shape(const at::Tensor& input, const char* op) 
   return s;
 }
 
+// All checks of fastconv::batch_norm's arguments (the empty-input and one-value cases are the glue's).
+inline BatchNormShape check_batch_norm_forward(const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                                               const std::optional<at::Tensor>& bias,
+                                               const std::optional<at::Tensor>& running_mean,
+                                               const std::optional<at::Tensor>& running_var, bool training, double eps,
+                                               const char* op) {
+  const BatchNormShape s = batch_norm_shape(input, op);
+  check_channel_param(weight, input, s.C, op, "weight");
+  check_channel_param(bias, input, s.C, op, "bias");
+  check_channel_param(running_mean, input, s.C, op, "running_mean");
+  check_channel_param(running_var, input, s.C, op, "running_var");
+  FC_CHECK(eps > 0, op, "expected eps > 0, but got ", eps);
+  if (!training) {
+    FC_CHECK(running_mean.has_value() && running_mean->defined() && running_var.has_value() &&
+                 running_var->defined(),
+             op, "running_mean and running_var must be given in inference (training=False)");
+  }
+  return s;
+}
+
+// Training needs two values per channel for a variance, as torch says.
+inline void check_batch_norm_count(const at::Tensor& input, const BatchNormShape& s, bool training, const char* op) {
+  FC_CHECK(!training || s.count() > 1, op, "Expected more than 1 value per channel when training, got input size ",
+           input.sizes());
+}
+
+inline BatchNormShape check_batch_norm_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                const std::optional<at::Tensor>& weight,
+                                                const std::optional<at::Tensor>& bias, const at::Tensor& save_mean,
+                                                const at::Tensor& save_invstd, const char* op) {
+  const BatchNormShape s = batch_norm_shape(input, op);
+  FC_CHECK(grad_output.sizes() == input.sizes(), op, "expected grad_output of shape ", input.sizes(), ", but got ",
+           grad_output.sizes());
+  FC_CHECK(grad_output.scalar_type() == input.scalar_type(), op, "expected grad_output of dtype ",
+           input.scalar_type(), ", but got ", grad_output.scalar_type());
+  check_channel_param(weight, input, s.C, op, "weight");
+  check_channel_param(bias, input, s.C, op, "bias");
+  check_channel_param(save_mean, input, s.C, op, "save_mean");
+  check_channel_param(save_invstd, input, s.C, op, "save_invstd");
+  return s;
+}
+
+// dtype of grad_weight / grad_bias: the weight's, else the statistics dtype.
+inline at::ScalarType batch_norm_affine_type(const std::optional<at::Tensor>& weight, const BatchNormShape& s) {
+  return weight.has_value() && weight->defined() ? weight->scalar_type() : s.stat_type;
+}
+
 }  // namespace fastconv

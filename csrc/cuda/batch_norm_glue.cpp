@@ -30,25 +30,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
     double eps, bool relu) {
-  const BatchNormShape s = batch_norm_shape(input, kForward);
-  check_channel_param(weight, input, s.C, kForward, "weight");
-  check_channel_param(bias, input, s.C, kForward, "bias");
-  check_channel_param(running_mean, input, s.C, kForward, "running_mean");
-  check_channel_param(running_var, input, s.C, kForward, "running_var");
-  FC_CHECK(eps > 0, kForward, "expected eps > 0, but got ", eps);
-  if (!training) {
-    FC_CHECK(running_mean.has_value() && running_mean->defined() && running_var.has_value() &&
-                 running_var->defined(),
-             kForward, "running_mean and running_var must be given in inference (training=False)");
-  }
+  const BatchNormShape s =
+      check_batch_norm_forward(input, weight, bias, running_mean, running_var, training, eps, kForward);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto stat_opts = input.options().dtype(s.stat_type);
   at::Tensor out = at::empty(input.sizes(), input.options().memory_format(s.format));
   if (input.numel() == 0) {
     return {out, at::zeros({s.C}, stat_opts), at::zeros({s.C}, stat_opts), at::zeros({training ? s.C : 0}, stat_opts)};
   }
-  FC_CHECK(!training || s.count() > 1, kForward, "Expected more than 1 value per channel when training, got input size ",
-           input.sizes());
+  check_batch_norm_count(input, s, training, kForward);
   const at::Tensor x = input.contiguous(s.format);
   const at::Tensor w = as_stat(weight, s.stat_type), b = as_stat(bias, s.stat_type);
   at::Tensor save_mean = at::empty({s.C}, stat_opts), save_invstd = at::empty({s.C}, stat_opts);
@@ -77,18 +67,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& save_mean, const at::Tensor& save_invstd,
     bool training, bool relu, bool grad_affine) {
-  const BatchNormShape s = batch_norm_shape(input, kBackward);
-  FC_CHECK(grad_output.sizes() == input.sizes(), kBackward, "expected grad_output of shape ", input.sizes(),
-           ", but got ", grad_output.sizes());
-  FC_CHECK(grad_output.scalar_type() == input.scalar_type(), kBackward, "expected grad_output of dtype ",
-           input.scalar_type(), ", but got ", grad_output.scalar_type());
-  check_channel_param(weight, input, s.C, kBackward, "weight");
-  check_channel_param(bias, input, s.C, kBackward, "bias");
-  check_channel_param(save_mean, input, s.C, kBackward, "save_mean");
-  check_channel_param(save_invstd, input, s.C, kBackward, "save_invstd");
+  const BatchNormShape s =
+      check_batch_norm_backward(grad_output, input, weight, bias, save_mean, save_invstd, kBackward);
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(s.format));
-  const auto affine_type = weight.has_value() && weight->defined() ? weight->scalar_type() : s.stat_type;
+  const auto affine_type = batch_norm_affine_type(weight, s);
   const auto affine_opts = input.options().dtype(affine_type);
   const int64_t affine_n = grad_affine ? s.C : 0;
   if (input.numel() == 0) return {dx, at::zeros({affine_n}, affine_opts), at::zeros({affine_n}, affine_opts)};
