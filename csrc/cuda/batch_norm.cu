@@ -2,7 +2,7 @@
 //
 // Reductions run in two stages so that a channel's N*S values are spread over many blocks however
 // large H*W is: blocks write per-(channel, block) partial sums to a workspace, and a per-channel
-// kernel combines them in double. Planar data uses a (blocks, C) grid with threads along the
+// kernel combines them in double. Planar data uses a (C, blocks) grid with threads along the
 // contiguous spatial run; interleaved data a (C/32, blocks) grid of 32x8 threads, the 32 lanes of a
 // warp on 32 consecutive channels (coalesced). Elementwise passes are grid-stride loops.
 #include <cuda_bf16.h>
@@ -80,10 +80,11 @@ __device__ void block_reduce2(P* a1, P* a2) {
   }
 }
 
-// Planar: block (b, c) sums the values j in its chunk of the channel's M = N*S values.
+// Planar: block (c, b) sums the values j in its chunk of the channel's M = N*S values. Channels run
+// along grid.x, which has room for any channel count (grid.y and grid.z stop at 65535).
 template <typename T, typename P, typename Term>
 __global__ void reduce_planar(Term term, const T* x, BnCudaShape sh, int64_t chunk, double* partial) {
-  const int64_t c = blockIdx.y, b = blockIdx.x, B = gridDim.x, M = sh.N * sh.S;
+  const int64_t c = blockIdx.x, b = blockIdx.y, B = gridDim.y, M = sh.N * sh.S;
   const P kc = load<T, P>(x, c * sh.S);   // K = the channel's first value (used by StatsTerm)
   P a1 = 0, a2 = 0;
   const int64_t end = (b + 1) * chunk < M ? (b + 1) * chunk : M;
@@ -130,7 +131,7 @@ void launch_reduce(const Term& term, const T* x, const BnCudaShape& sh, int64_t 
     const dim3 grid(static_cast<unsigned>((sh.C + kWarp - 1) / kWarp), static_cast<unsigned>(blocks));
     reduce_interleaved<T, P, Term><<<grid, dim3(kWarp, kRowsPerBlock), 0, stream>>>(term, x, sh, chunk, partial);
   } else {
-    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(sh.C));
+    const dim3 grid(static_cast<unsigned>(sh.C), static_cast<unsigned>(blocks));
     reduce_planar<T, P, Term><<<grid, kThreads, 0, stream>>>(term, x, sh, chunk, partial);
   }
 }
