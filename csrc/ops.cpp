@@ -7,6 +7,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
 
 TORCH_LIBRARY(fastconv, m) {
@@ -27,6 +28,10 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, Tensor save_mean, "
         "Tensor save_invstd, bool training, bool relu, bool grad_affine) -> (Tensor grad_input, "
         "Tensor grad_weight, Tensor grad_bias)");
+
+  // GEMM engine: out = alpha * op(a) @ op(b) + beta * c, op(x) = x^T when trans_x; c (optional) is
+  // broadcast to the output's shape, and not read when beta == 0 (as BLAS).
+  m.def("gemm(Tensor a, Tensor b, Tensor? c, bool trans_a, bool trans_b, float alpha, float beta) -> Tensor");
 }
 
 namespace {
@@ -65,11 +70,22 @@ PyObject* py_cuda_compiled(PyObject*, PyObject*) {
 #endif
 }
 
+PyObject* py_fma_peak(PyObject*, PyObject* args) {
+  int single = 1;
+  double seconds = 0.2;
+  if (!PyArg_ParseTuple(args, "|pd", &single, &seconds)) return nullptr;
+  double gflops;
+  Py_BEGIN_ALLOW_THREADS gflops = fastconv::cpu::measured_fma_peak_gflops(single != 0, seconds);
+  Py_END_ALLOW_THREADS return PyFloat_FromDouble(gflops);
+}
+
 PyMethodDef methods[] = {
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU ISA the vectorised kernels use now."},
     {"best_cpu_isa", py_best_cpu_isa, METH_NOARGS, "The widest CPU ISA this machine supports."},
     {"set_cpu_isa", py_set_cpu_isa, METH_O, "Use 'scalar', 'avx2' or 'avx512' kernels (for tests)."},
     {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "Whether the CUDA kernels were compiled in."},
+    {"fma_peak_gflops", py_fma_peak, METH_VARARGS,
+     "fma_peak_gflops(single=True, seconds=0.2): measured FMA peak of the active CPU ISA on torch's threads."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastconv's compiled kernels", -1, methods};

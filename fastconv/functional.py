@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import ops
 
-__all__ = ["batch_norm", "max_pool2d"]
+__all__ = ["batch_norm", "linear", "max_pool2d"]
 
 
 def _pair(value, name: str, op: str) -> list[int]:
@@ -71,3 +71,17 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
                 unbiased = batch_var.detach().to(running_var.dtype) * (n / (n - 1))
                 running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
     return out
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = input @ weight^T + bias, as :func:`torch.nn.functional.linear` (any leading dimensions,
+    optional bias), on fastconv's GEMM engine: one gemm with the bias as its beta term."""
+    if weight.dim() != 2:
+        raise RuntimeError(f"fastconv.linear: expected a 2-D weight (out_features, in_features), but got shape "
+                           f"{tuple(weight.shape)}")
+    if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
+        raise RuntimeError(f"fastconv.linear: expected input with last dimension {weight.shape[1]} "
+                           f"(in_features), but got shape {tuple(input.shape)}")
+    lead = input.shape[:-1]
+    out = ops.gemm(input.reshape(-1, weight.shape[1]), weight, bias, False, True, 1.0, 0.0 if bias is None else 1.0)
+    return out.reshape(*lead, weight.shape[0])

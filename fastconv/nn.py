@@ -7,7 +7,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["BatchNorm2d", "MaxPool2d"]
+__all__ = ["BatchNorm2d", "Linear", "MaxPool2d"]
 
 
 class MaxPool2d(torch.nn.MaxPool2d):
@@ -42,3 +42,11 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
         track = not self.training or self.track_running_stats
         return F.batch_norm(input, self.running_mean if track else None, self.running_var if track else None,
                             self.weight, self.bias, use_batch_stats, factor, self.eps, relu=self.relu)
+
+
+class Linear(torch.nn.Linear):
+    """:class:`torch.nn.Linear` on fastconv's GEMM engine: same constructor, initialisation and
+    state_dict."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.linear(input, self.weight, self.bias)

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-__all__ = ["batch_norm", "batch_norm_backward", "max_pool2d_with_indices", "max_pool2d_with_indices_backward",
-           "pool_output_size"]
+__all__ = ["batch_norm", "batch_norm_backward", "gemm", "max_pool2d_with_indices",
+           "max_pool2d_with_indices_backward", "pool_output_size"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,3 +200,46 @@ def _batch_norm_double_backward(ctx, *grads):
 
 torch.library.register_autograd(
     "fastconv::batch_norm_backward", _batch_norm_double_backward, setup_context=_batch_norm_backward_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# gemm: out = alpha * op(a) @ op(b) + beta * c
+# ------------------------------------------------------------------------------------------------
+def gemm(a: Tensor, b: Tensor, c: Tensor | None = None, trans_a: bool = False, trans_b: bool = False,
+         alpha: float = 1.0, beta: float = 0.0) -> Tensor:
+    return torch.ops.fastconv.gemm.default(a, b, c, trans_a, trans_b, alpha, beta)
+
+
+@torch.library.register_fake("fastconv::gemm")
+def _gemm_fake(a, b, c, trans_a, trans_b, alpha, beta):
+    _check(a.dim() == 2 and b.dim() == 2, "gemm", f"expected 2-D a and b, but got shapes {tuple(a.shape)} and "
+           f"{tuple(b.shape)}")
+    m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
+    kb, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
+    _check(k == kb, "gemm", f"inner dimensions differ: op(a) is {m}x{k} and op(b) is {kb}x{n}")
+    return a.new_empty((m, n))
+
+
+def _gemm_setup_context(ctx, inputs, output):
+    a, b, c, trans_a, trans_b, alpha, beta = inputs
+    ctx.save_for_backward(a, b)
+    ctx.flags = (trans_a, trans_b, alpha, beta)
+    ctx.c_shape = None if c is None else c.shape
+
+
+def _gemm_backward(ctx, grad):
+    # d op(A) = alpha * grad @ op(B)^T and d op(B) = alpha * op(A)^T @ grad; a transposed operand
+    # receives the transpose, which is again one gemm with the flags swapped.
+    a, b = ctx.saved_tensors
+    trans_a, trans_b, alpha, beta = ctx.flags
+    ga = gb = gc = None
+    if ctx.needs_input_grad[0]:
+        ga = gemm(b, grad, None, trans_b, True, alpha) if trans_a else gemm(grad, b, None, False, not trans_b, alpha)
+    if ctx.needs_input_grad[1]:
+        gb = gemm(grad, a, None, True, trans_a, alpha) if trans_b else gemm(a, grad, None, not trans_a, False, alpha)
+    if ctx.c_shape is not None and ctx.needs_input_grad[2]:
+        gc = (grad * beta).sum_to_size(ctx.c_shape)
+    return ga, gb, gc, None, None, None, None
+
+
+torch.library.register_autograd("fastconv::gemm", _gemm_backward, setup_context=_gemm_setup_context)

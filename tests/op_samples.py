@@ -62,3 +62,17 @@ def _batch_norm_backward(device):
 
 SAMPLES["fastconv::batch_norm"] = _batch_norm
 SAMPLES["fastconv::batch_norm_backward"] = _batch_norm_backward
+
+
+def _gemm(device):
+    samples = []
+    for (m, n, k), ta, tb, with_c in [((5, 7, 3), False, False, True), ((6, 33, 4), True, False, False),
+                                      ((3, 4, 9), False, True, True), ((2, 5, 1), True, True, False)]:
+        a = torch.randn((k, m) if ta else (m, k), device=device, requires_grad=True)
+        b = torch.randn((n, k) if tb else (k, n), device=device, requires_grad=True)
+        c = torch.randn(n, device=device, requires_grad=True) if with_c else None
+        samples.append(((a, b, c, ta, tb, 0.5, 1.5 if with_c else 0.0), {}))
+    return samples
+
+
+SAMPLES["fastconv::gemm"] = _gemm

@@ -39,13 +39,12 @@ template <typename T>
 const BnKernels<T>& kernels_for() {
   static const BnKernels<T> baseline = make_bn_kernels<T>();
   if constexpr (std::is_same_v<T, float>) {
-    if (active_isa() == Isa::avx512) return bn_kernels_f32_avx512;
-    if (active_isa() == Isa::avx2) return bn_kernels_f32_avx2;
+    return for_active_isa(bn_kernels_f32_avx512, bn_kernels_f32_avx2, baseline);
   } else if constexpr (std::is_same_v<T, double>) {
-    if (active_isa() == Isa::avx512) return bn_kernels_f64_avx512;
-    if (active_isa() == Isa::avx2) return bn_kernels_f64_avx2;
+    return for_active_isa(bn_kernels_f64_avx512, bn_kernels_f64_avx2, baseline);
+  } else {
+    return baseline;   // float16 / bfloat16
   }
-  return baseline;
 }
 
 std::vector<double> channel_values(const std::optional<at::Tensor>& t, int64_t C, double fallback) {

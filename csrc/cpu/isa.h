@@ -16,4 +16,14 @@ bool set_active_isa(Isa isa); // false (and no change) when the CPU cannot run `
 const char* isa_name(Isa isa);
 bool parse_isa(const char* name, Isa* out);
 
+// The kernel table for the active ISA among a family's three builds.
+template <typename Table>
+const Table& for_active_isa(const Table& avx512, const Table& avx2, const Table& baseline) {
+  switch (active_isa()) {
+    case Isa::avx512: return avx512;
+    case Isa::avx2: return avx2;
+    default: return baseline;
+  }
+}
+
 }  // namespace fastconv::cpu

@@ -21,6 +21,7 @@ class Case:
     flops: float = 0.0            # floating-point operations (0 if not compute-bound)
     note: str = ""
     extra: dict = field(default_factory=dict)
+    peak_gflops: float = 0.0      # if set (compute-bound rows), the row reports the fraction of it
 
 
 def _time(fn: Callable[[], object], min_run_time: float) -> float:
@@ -53,7 +54,7 @@ def measure_copy_bandwidth(device: str, nbytes: int = 256 << 20) -> float:
 
 def run_cases(cases: list[Case], rounds: int, min_run_time: float, log=print) -> list[dict]:
     rows = []
-    header = f"{'op':<26} {'shape':<44} {'dtype':<8} {'fastconv ms':>11} {'torch ms':>9} {'speedup':>8} {'throughput':>16}"
+    header = f"{'op':<26} {'shape':<44} {'dtype':<8} {'fastconv ms':>11} {'torch ms':>9} {'speedup':>8} {'throughput':>24}"
     log(header)
     log("-" * len(header))
     for case in cases:
@@ -71,9 +72,13 @@ def run_cases(cases: list[Case], rounds: int, min_run_time: float, log=print) ->
             row["fastconv_GFLOPs"] = case.flops / t_fc / 1e9
             row["torch_GFLOPs"] = case.flops / t_th / 1e9
             thr = f"{row['fastconv_GFLOPs']:.1f} GFLOP/s"
+            if case.peak_gflops:
+                row["peak_GFLOPs"] = case.peak_gflops
+                row["fraction_of_peak"] = row["fastconv_GFLOPs"] / case.peak_gflops
+                thr += f" ({100 * row['fraction_of_peak']:.0f}% pk)"
         else:
             thr = ""
         log(f"{case.op:<26} {case.shape:<44} {case.dtype:<8} {t_fc * 1e3:>11.3f} {t_th * 1e3:>9.3f} "
-            f"{row['speedup']:>7.2f}x {thr:>16}")
+            f"{row['speedup']:>7.2f}x {thr:>24}")
         rows.append(row)
     return rows

@@ -95,7 +95,43 @@ def batch_norm_cases(device: str, quick: bool) -> list[Case]:
     return cases
 
 
+def gemm_cases(device: str, quick: bool) -> list[Case]:
+    import fastconv
+    from fastconv.ops import gemm
+
+    # The roofline: on the CPU the measured FMA throughput of the active ISA on the benchmark's threads.
+    peak32 = fastconv._C.fma_peak_gflops(True, 0.3) if device == "cpu" else 0.0
+    peak64 = fastconv._C.fma_peak_gflops(False, 0.3) if device == "cpu" else 0.0
+    cases = []
+    sizes = [1024] if quick else [1024, 2048]
+    if device == "cuda" and not quick:
+        sizes.append(4096)
+    for n in sizes:
+        for dtype, peak in ((torch.float32, peak32), (torch.float64, peak64)):
+            if dtype == torch.float64 and n > 1024:
+                continue
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+            cases.append(Case(op="gemm", shape=f"{n}x{n}x{n}", dtype=str(dtype).split(".")[-1],
+                              fastconv=lambda a=a, b=b: gemm(a, b), torch=lambda a=a, b=b: torch.mm(a, b),
+                              flops=2.0 * n ** 3, peak_gflops=peak, note="square"))
+    # Linear layers from real models: an LSTM's input projection (T*B = 50*32 rows, 256 -> 4*512) and
+    # a classifier head (batch 256, 512 -> 1000).
+    for rows, fin, fout, note in [(1600, 256, 2048, "LSTM input proj."), (256, 512, 1000, "ResNet-18 fc")]:
+        if quick:
+            rows //= 4
+        x = torch.randn(rows, fin, device=device)
+        w = torch.randn(fout, fin, device=device)
+        bias = torch.randn(fout, device=device)
+        cases.append(Case(op="linear", shape=f"{rows}x{fin} -> {fout}", dtype="float32",
+                          fastconv=lambda x=x, w=w, bias=bias: F.linear(x, w, bias),
+                          torch=lambda x=x, w=w, bias=bias: TF.linear(x, w, bias),
+                          flops=2.0 * rows * fin * fout, peak_gflops=peak32, note=note))
+    return cases
+
+
 SUITES = {
     "max_pool2d": max_pool2d_cases,
     "batch_norm": batch_norm_cases,
+    "gemm": gemm_cases,
 }

@@ -1,0 +1,49 @@
+// Argument checks and output shape for fastconv::gemm, shared by the CPU and CUDA glue (torch side).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "common/checks.h"
+
+namespace fastconv {
+
+struct GemmShape {
+  int64_t m, n, k;
+};
+
+// out = alpha * op(a) * op(b) + beta * c, op(x) = trans ? x^T : x; c broadcastable to (m, n).
+inline GemmShape check_gemm(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c,
+                            bool trans_a, bool trans_b, const char* op) {
+  FC_CHECK(a.dim() == 2 && b.dim() == 2, op, "expected 2-D a and b, but got shapes ", a.sizes(), " and ", b.sizes());
+  FC_CHECK(a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble, op,
+           "expected a to be float32 or float64, but got ", a.scalar_type());
+  FC_CHECK(b.scalar_type() == a.scalar_type(), op, "expected b of dtype ", a.scalar_type(), ", but got ",
+           b.scalar_type());
+  FC_CHECK(b.device() == a.device(), op, "expected a and b on one device, but got ", a.device(), " and ", b.device());
+  GemmShape s;
+  s.m = trans_a ? a.size(1) : a.size(0);
+  s.k = trans_a ? a.size(0) : a.size(1);
+  const int64_t kb = trans_b ? b.size(1) : b.size(0);
+  s.n = trans_b ? b.size(0) : b.size(1);
+  FC_CHECK(s.k == kb, op, "inner dimensions differ: op(a) is ", s.m, "x", s.k, " and op(b) is ", kb, "x", s.n,
+           " (a ", a.sizes(), trans_a ? " transposed" : "", ", b ", b.sizes(), trans_b ? " transposed" : "", ")");
+  if (c.has_value() && c->defined()) {
+    FC_CHECK(c->scalar_type() == a.scalar_type(), op, "expected c of dtype ", a.scalar_type(), ", but got ",
+             c->scalar_type());
+    FC_CHECK(c->device() == a.device(), op, "expected c on ", a.device(), ", but got ", c->device());
+    const bool ok = c->dim() <= 2 && (c->dim() < 1 || c->size(-1) == s.n || c->size(-1) == 1) &&
+                    (c->dim() < 2 || c->size(0) == s.m || c->size(0) == 1);
+    FC_CHECK(ok, op, "expected c broadcastable to the output shape [", s.m, ", ", s.n, "], but got ", c->sizes());
+  }
+  return s;
+}
+
+// The output before the product is added: beta * c broadcast to (m, n), or (beta == 0 / no c) left
+// for the kernel to overwrite without reading.
+inline bool gemm_reads_c(const std::optional<at::Tensor>& c, double beta) {
+  return c.has_value() && c->defined() && beta != 0.0;
+}
+
+}  // namespace fastconv

@@ -1,0 +1,135 @@
+// CPU glue and driver of the GEMM engine (fastconv::gemm): the blocked loop nest over the packing
+// routines and macro-kernel of gemm_kernels.inc, parallel over blocks of rows with at::parallel_for.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+
+#include "common/gemm_args.h"
+#include "cpu/gemm_kernels.h"
+#include "cpu/isa.h"
+
+namespace fastconv::cpu {
+namespace {
+
+// The baseline-ISA build (16-byte vectors): the portable fallback.
+constexpr int kVecBytes = 16;
+#include "cpu/gemm_kernels.inc"
+
+constexpr const char* kOp = "gemm";
+
+template <typename T>
+const GemmKernels<T>& kernels_for() {
+  static const GemmKernels<T> baseline = make_gemm_kernels<T>();
+  if constexpr (std::is_same_v<T, float>) {
+    return for_active_isa(gemm_kernels_f32_avx512, gemm_kernels_f32_avx2, baseline);
+  } else {
+    return for_active_isa(gemm_kernels_f64_avx512, gemm_kernels_f64_avx2, baseline);
+  }
+}
+
+// Block sizes: a KC x NR panel of B (32 KB in float32 at NR = 32) stays in L1 while the micro-kernel
+// streams it, an MC x KC block of A (240 KB) in L2, a KC x NC block of B (3 MB) in L3.
+constexpr int64_t kKC = 256, kMC = 240, kNC = 3072;
+
+template <typename T>
+void gemm_cpu_impl(const GemmArgs<T>& g) {
+  const auto& kern = kernels_for<T>();
+  const int64_t mr = kern.mr, nr = kern.nr;
+  // Enough row blocks to keep every thread busy, each a multiple of the micro-tile height.
+  const int64_t threads = at::get_num_threads();
+  int64_t mc = std::min<int64_t>(kMC, (g.m + 2 * threads - 1) / (2 * threads));
+  mc = std::max<int64_t>(mr, (mc + mr - 1) / mr * mr);
+  const int64_t ncap = std::min<int64_t>(kNC, (g.n + nr - 1) / nr * nr);
+  // at::empty: 64-byte aligned, as the micro-kernel's aligned loads of the B panel need.
+  at::Tensor bpack =
+      at::empty({std::min<int64_t>(kKC, g.k) * ncap}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  T* bp = bpack.data_ptr<T>();
+  for (int64_t j0 = 0; j0 < g.n; j0 += kNC) {
+    const int64_t nc = std::min(kNC, g.n - j0);
+    for (int64_t k0 = 0; k0 < g.k; k0 += kKC) {
+      const int64_t kc = std::min(kKC, g.k - k0);
+      const bool first = k0 == 0;   // the first K block applies beta; later ones accumulate
+      const int64_t panels = (nc + nr - 1) / nr;
+      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          kern.pack_b(g, k0, kc, j0 + p * nr, std::min(nr, nc - p * nr), bp + p * nr * kc);
+        }
+      });
+      const int64_t blocks = (g.m + mc - 1) / mc;
+      at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+        at::Tensor apack = at::empty({mc * kc}, bpack.options());
+        T* ap = apack.data_ptr<T>();
+        for (int64_t blk = b0; blk < b1; ++blk) {
+          const int64_t i0 = blk * mc, m_here = std::min(mc, g.m - i0);
+          kern.pack_a(g, i0, m_here, k0, kc, ap);
+          kern.macro(g, ap, bp, i0, m_here, j0, nc, kc, first);
+        }
+      });
+    }
+  }
+}
+
+at::Tensor gemm_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c, bool trans_a,
+                    bool trans_b, double alpha, double beta) {
+  const GemmShape s = check_gemm(a, b, c, trans_a, trans_b, kOp);
+  at::Tensor out = at::empty({s.m, s.n}, a.options());
+  const bool reads_c = gemm_reads_c(c, beta);
+  if (reads_c) out.copy_(c->expand({s.m, s.n}));
+  if (out.numel() == 0) return out;
+  if (s.k == 0 || alpha == 0.0) {   // nothing to multiply: beta * c, or zeros
+    return reads_c ? out.mul_(beta) : out.zero_();
+  }
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), kOp, [&] {
+    GemmArgs<scalar_t> g;
+    g.m = s.m; g.n = s.n; g.k = s.k;
+    g.alpha = static_cast<scalar_t>(alpha);
+    g.beta = static_cast<scalar_t>(reads_c ? beta : 0.0);
+    g.a = a.data_ptr<scalar_t>();
+    g.rs_a = trans_a ? a.stride(1) : a.stride(0);
+    g.cs_a = trans_a ? a.stride(0) : a.stride(1);
+    g.b = b.data_ptr<scalar_t>();
+    g.rs_b = trans_b ? b.stride(1) : b.stride(0);
+    g.cs_b = trans_b ? b.stride(0) : b.stride(1);
+    g.c = out.data_ptr<scalar_t>();
+    g.rs_c = s.n;
+    g.cs_c = 1;
+    gemm_cpu_impl<scalar_t>(g);
+  });
+  return out;
+}
+
+template <typename T>
+double peak_gflops(double seconds) {
+  const auto& kern = kernels_for<T>();
+  const int64_t threads = at::get_num_threads();
+  int64_t iters = 1 << 16;
+  for (;;) {
+    std::atomic<double> flops{0};
+    const auto t0 = std::chrono::steady_clock::now();
+    at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+      double f = 0;
+      for (int64_t t = b; t < e; ++t) f += kern.fma_peak(iters);
+      double cur = flops.load();
+      while (!flops.compare_exchange_weak(cur, cur + f)) {
+      }
+    });
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (dt >= seconds) return flops.load() / dt / 1e9;
+    iters *= 2;
+  }
+}
+
+}  // namespace
+
+double measured_fma_peak_gflops(bool single, double seconds) {
+  return single ? peak_gflops<float>(seconds) : peak_gflops<double>(seconds);
+}
+
+TORCH_LIBRARY_IMPL(fastconv, CPU, m) { m.impl("gemm", &gemm_cpu); }
+
+}  // namespace fastconv::cpu

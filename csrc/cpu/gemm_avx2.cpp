@@ -1,0 +1,23 @@
+// The GEMM engine (gemm_kernels.inc) compiled for AVX2: 32-byte vectors.
+#include <algorithm>
+#include <cstdint>
+
+#include "cpu/gemm_kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace fastconv::cpu {
+namespace {
+
+constexpr int kVecBytes = 32;
+#include "cpu/gemm_kernels.inc"
+
+}  // namespace
+
+const GemmKernels<float> gemm_kernels_f32_avx2 = make_gemm_kernels<float>();
+const GemmKernels<double> gemm_kernels_f64_avx2 = make_gemm_kernels<double>();
+
+}  // namespace fastconv::cpu
+
+#pragma GCC pop_options

@@ -1,0 +1,52 @@
+// The CPU GEMM engine's entry points (torch-free): C = alpha * op(A) * op(B) + beta * C on strided
+// operands. Transposes are strides: element (i, k) of op(A) is a[i * rs_a + k * cs_a], and likewise
+// for op(B) and C, so callers express op() by swapping strides.
+//
+// Structure, in CUTLASS's vocabulary (and BLIS's loop order):
+//   block tile    NC columns of B and KC of K are packed into NR-wide panels (L3/L2 resident), then
+//                 MC rows of A into MR-tall panels (L2 resident), per thread;
+//   main loop     the micro-kernel runs over KC: per step one NR-wide row of the B panel and MR
+//                 broadcasts of A feed MR x NR accumulators held in registers (the warp/register tile);
+//   epilogue      C = alpha * acc + beta * C, where later fused ops (bias, activation) will go.
+// One templated source (gemm_kernels.inc) compiled for AVX-512, AVX2 and the baseline ISA.
+#pragma once
+
+#include <cstdint>
+
+namespace fastconv::cpu {
+
+template <typename T>
+struct GemmArgs {
+  int64_t m, n, k;
+  T alpha, beta;
+  const T* a;
+  int64_t rs_a, cs_a;
+  const T* b;
+  int64_t rs_b, cs_b;
+  T* c;                     // beta == 0: C is not read (it may hold garbage or NaN)
+  int64_t rs_c, cs_c;
+};
+
+// The blocked loop nest above runs in gemm.cpp, parallel over MC blocks of rows with at::parallel_for.
+template <typename T>
+struct GemmKernels {
+  int mr, nr;               // the micro-tile
+  // pack a KC x NC block of op(B) (rows k0.., cols j0..) into NR-wide panels, zero-padded
+  void (*pack_b)(const GemmArgs<T>& g, int64_t k0, int64_t kc, int64_t j0, int64_t nc, T* dst);
+  // pack an MC x KC block of op(A) into MR-tall panels, zero-padded
+  void (*pack_a)(const GemmArgs<T>& g, int64_t i0, int64_t mc, int64_t k0, int64_t kc, T* dst);
+  // C[i0:i0+mc, j0:j0+nc] (+)= alpha * Apacked * Bpacked; first = true applies beta, else accumulates
+  void (*macro)(const GemmArgs<T>& g, const T* ap, const T* bp, int64_t i0, int64_t mc, int64_t j0, int64_t nc,
+                int64_t kc, bool first);
+  // runs `iters` steps of independent vector FMAs and returns the flops done (the roofline probe)
+  double (*fma_peak)(int64_t iters);
+};
+
+// GFLOP/s of the active ISA's FMA loop on every thread of at::parallel_for, for about `seconds`
+// (float32 when single, else float64): the measured peak that GEMM throughput is set against.
+double measured_fma_peak_gflops(bool single, double seconds);
+
+extern const GemmKernels<float> gemm_kernels_f32_avx512, gemm_kernels_f32_avx2;
+extern const GemmKernels<double> gemm_kernels_f64_avx512, gemm_kernels_f64_avx2;
+
+}  // namespace fastconv::cpu

@@ -1,0 +1,18 @@
+// Launcher of the CUDA GEMM kernel (torch-free): C = alpha * op(A) * op(B) + beta * C on strided
+// operands, as the CPU engine (cpu/gemm_kernels.h): element (i, k) of op(A) is a[i*rs_a + k*cs_a].
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/dtype.h"
+
+namespace fastconv::cuda {
+
+// beta == 0: C is not read. dtype: f32 or f64.
+cudaError_t gemm(DType dtype, int64_t m, int64_t n, int64_t k, double alpha, const void* a, int64_t rs_a,
+                 int64_t cs_a, const void* b, int64_t rs_b, int64_t cs_b, double beta, void* c, int64_t rs_c,
+                 cudaStream_t stream);
+
+}  // namespace fastconv::cuda
