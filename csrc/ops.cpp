@@ -32,6 +32,14 @@ TORCH_LIBRARY(fastconv, m) {
   // GEMM engine: out = alpha * op(a) @ op(b) + beta * c, op(x) = x^T when trans_x; c (optional) is
   // broadcast to the output's shape, and not read when beta == 0 (as BLAS).
   m.def("gemm(Tensor a, Tensor b, Tensor? c, bool trans_a, bool trans_b, float alpha, float beta) -> Tensor");
+
+  // conv2d: torch's convolution with symmetric padding (fastconv.functional.conv2d turns 'same',
+  // 'valid' and asymmetric padding into this); algorithm: "auto" or "im2col" so far.
+  m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
+        "int groups, str algorithm) -> Tensor");
+  // Outputs where output_mask is false are empty (0 elements).
+  m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
+        "int[2] dilation, int groups, str algorithm, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

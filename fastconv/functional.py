@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import ops
 
-__all__ = ["batch_norm", "linear", "max_pool2d"]
+__all__ = ["batch_norm", "conv2d", "linear", "max_pool2d"]
 
 
 def _pair(value, name: str, op: str) -> list[int]:
@@ -85,3 +85,40 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     lead = input.shape[:-1]
     out = ops.gemm(input.reshape(-1, weight.shape[1]), weight, bias, False, True, 1.0, 0.0 if bias is None else 1.0)
     return out.reshape(*lead, weight.shape[0])
+
+
+ALGORITHMS = ("auto", "im2col")
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
+           groups: int = 1, *, algorithm: str = "auto") -> Tensor:
+    """2-D convolution, as :func:`torch.nn.functional.conv2d` (4-D or unbatched 3-D input, int or pair
+    arguments, ``padding='same'``/``'valid'``, dilation, groups, optional bias, channels-last input), on
+    fastconv's kernels.
+
+    ``algorithm``: ``"im2col"`` lowers each image to columns (in chunks of at most 64 MiB) and runs the
+    GEMM engine; ``"auto"`` currently always picks it (the direct and Winograd algorithms are not
+    written yet)."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"fastconv.conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+    s = _pair(stride, "stride", "conv2d")
+    d = _pair(dilation, "dilation", "conv2d")
+    if isinstance(padding, str):
+        if padding == "valid":
+            p = [0, 0]
+        elif padding == "same":
+            if s != [1, 1]:
+                raise ValueError("fastconv.conv2d: padding='same' is not supported for strided convolutions")
+            if weight.dim() != 4:
+                raise RuntimeError(f"fastconv::conv2d: expected a 4-D weight, but got shape {tuple(weight.shape)}")
+            # torch's rule: total padding d*(k-1) per dimension, the odd one out at the end.
+            total = [d[0] * (weight.shape[2] - 1), d[1] * (weight.shape[3] - 1)]
+            p = [total[0] // 2, total[1] // 2]
+            extra = [total[0] - 2 * p[0], total[1] - 2 * p[1]]
+            if any(extra):
+                input = torch.nn.functional.pad(input, (0, extra[1], 0, extra[0]))
+        else:
+            raise ValueError(f"fastconv.conv2d: padding must be 'valid', 'same', an int or a pair, got {padding!r}")
+    else:
+        p = _pair(padding, "padding", "conv2d")
+    return ops.conv2d(input, weight, bias, s, p, d, int(groups), algorithm)

@@ -7,7 +7,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["BatchNorm2d", "Linear", "MaxPool2d"]
+__all__ = ["BatchNorm2d", "Conv2d", "Linear", "MaxPool2d"]
 
 
 class MaxPool2d(torch.nn.MaxPool2d):
@@ -50,3 +50,28 @@ class Linear(torch.nn.Linear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.linear(input, self.weight, self.bias)
+
+
+class Conv2d(torch.nn.Conv2d):
+    """:class:`torch.nn.Conv2d` on fastconv's convolution: same constructor (plus keyword-only
+    ``algorithm``), initialisation, state_dict and padding modes (non-zero modes pad first, as torch)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
+                 algorithm: str = "auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        if algorithm not in F.ALGORITHMS:
+            raise ValueError(f"fastconv.nn.Conv2d: algorithm must be one of {F.ALGORITHMS}, got {algorithm!r}")
+        self.algorithm = algorithm
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", algorithm={self.algorithm!r}" if self.algorithm != "auto" else "")
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups,
+                            algorithm=self.algorithm)
+        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                        algorithm=self.algorithm)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-__all__ = ["batch_norm", "batch_norm_backward", "gemm", "max_pool2d_with_indices",
+__all__ = ["batch_norm", "batch_norm_backward", "conv2d", "gemm", "max_pool2d_with_indices",
            "max_pool2d_with_indices_backward", "pool_output_size"]
 
 
@@ -243,3 +243,58 @@ def _gemm_backward(ctx, grad):
 
 
 torch.library.register_autograd("fastconv::gemm", _gemm_backward, setup_context=_gemm_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# conv2d (symmetric padding; fastconv.functional.conv2d handles 'same'/'valid' and asymmetric padding)
+# ------------------------------------------------------------------------------------------------
+def conv2d(x: Tensor, weight: Tensor, bias, stride, padding, dilation, groups: int, algorithm: str) -> Tensor:
+    return torch.ops.fastconv.conv2d.default(x, weight, bias, stride, padding, dilation, groups, algorithm)
+
+
+def _conv2d_format(x: Tensor, weight: Tensor):
+    if x.dim() == 4 and torch.channels_last in (suggest_memory_format(x), suggest_memory_format(weight)):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+@torch.library.register_fake("fastconv::conv2d")
+def _conv2d_fake(x, weight, bias, stride, padding, dilation, groups, algorithm):
+    _check(x.dim() in (3, 4), "conv2d", f"expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, but got a {x.dim()}-D "
+           f"tensor of shape {tuple(x.shape)}")
+    _check(weight.dim() == 4, "conv2d", f"expected a 4-D weight, but got shape {tuple(weight.shape)}")
+    oh = (x.shape[-2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
+    ow = (x.shape[-1] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
+    _check(oh >= 1 and ow >= 1, "conv2d", f"output size is too small: {oh}x{ow}")
+    shape = (*x.shape[:-3], weight.shape[0], oh, ow)
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_conv2d_format(x, weight))
+
+
+@torch.library.register_fake("fastconv::conv2d_backward")
+def _conv2d_backward_fake(grad_output, x, weight, stride, padding, dilation, groups, algorithm, output_mask):
+    empty = x.new_empty((0,))
+    fmt = _conv2d_format(x, weight)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    dw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device, memory_format=fmt)
+    db = x.new_empty((weight.shape[0],))
+    return (dx if output_mask[0] else empty, dw if output_mask[1] else empty.clone(),
+            db if output_mask[2] else empty.clone())
+
+
+def _conv2d_setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, groups, algorithm = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.args = (stride, padding, dilation, groups, algorithm)
+    ctx.has_bias = bias is not None
+
+
+def _conv2d_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]),
+            bool(ctx.has_bias and ctx.needs_input_grad[2])]
+    dx, dw, db = torch.ops.fastconv.conv2d_backward.default(grad, x, weight, *ctx.args, mask)
+    return (dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None,
+            None, None, None, None, None)
+
+
+torch.library.register_autograd("fastconv::conv2d", _conv2d_backward, setup_context=_conv2d_setup_context)

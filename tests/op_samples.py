@@ -76,3 +76,33 @@ def _gemm(device):
 
 
 SAMPLES["fastconv::gemm"] = _gemm
+
+
+def _conv2d(device):
+    samples = []
+    for x_shape, w_shape, s, p, d, g, bias, mf in [
+            ((2, 4, 7, 6), (6, 2, 3, 2), [2, 1], [1, 0], [1, 2], 2, True, torch.contiguous_format),
+            ((2, 3, 5, 5), (4, 3, 1, 1), [1, 1], [0, 0], [1, 1], 1, False, torch.channels_last),
+            ((3, 6, 6), (2, 3, 3, 3), [1, 1], [1, 1], [1, 1], 1, True, torch.contiguous_format)]:
+        x = torch.randn(x_shape, device=device)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=mf)
+        x.requires_grad_(True)
+        w = torch.randn(w_shape, device=device, requires_grad=True)
+        b = torch.randn(w_shape[0], device=device, requires_grad=True) if bias else None
+        samples.append(((x, w, b, s, p, d, g, "im2col"), {}))
+    return samples
+
+
+def _conv2d_backward(device):
+    samples = []
+    for (x, w, b, s, p, d, g, algo), _ in _conv2d(device):
+        y = torch.ops.fastconv.conv2d(x.detach(), w.detach(), None, s, p, d, g, algo)
+        samples.append(((torch.randn_like(y), x.detach(), w.detach(), s, p, d, g, algo, [True, True, b is not None]),
+                        {}))
+    samples.append(((torch.randn_like(y), x.detach(), w.detach(), s, p, d, g, algo, [False, True, False]), {}))
+    return samples
+
+
+SAMPLES["fastconv::conv2d"] = _conv2d
+SAMPLES["fastconv::conv2d_backward"] = _conv2d_backward

@@ -36,8 +36,20 @@ const GemmKernels<T>& kernels_for() {
 // streams it, an MC x KC block of A (240 KB) in L2, a KC x NC block of B (3 MB) in L3.
 constexpr int64_t kKC = 256, kMC = 240, kNC = 3072;
 
+}  // namespace
+
 template <typename T>
-void gemm_cpu_impl(const GemmArgs<T>& g) {
+void gemm(const GemmArgs<T>& g) {
+  if (g.m == 0 || g.n == 0) return;
+  if (g.k == 0) {   // an empty product: C = beta * C (C not read when beta == 0)
+    for (int64_t i = 0; i < g.m; ++i) {
+      for (int64_t j = 0; j < g.n; ++j) {
+        T& c = g.c[i * g.rs_c + j * g.cs_c];
+        c = g.beta == T(0) ? T(0) : g.beta * c;
+      }
+    }
+    return;
+  }
   const auto& kern = kernels_for<T>();
   const int64_t mr = kern.mr, nr = kern.nr;
   // Enough row blocks to keep every thread busy, each a multiple of the micro-tile height.
@@ -74,6 +86,11 @@ void gemm_cpu_impl(const GemmArgs<T>& g) {
   }
 }
 
+template void gemm<float>(const GemmArgs<float>& g);
+template void gemm<double>(const GemmArgs<double>& g);
+
+namespace {
+
 at::Tensor gemm_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c, bool trans_a,
                     bool trans_b, double alpha, double beta) {
   const GemmShape s = check_gemm(a, b, c, trans_a, trans_b, kOp);
@@ -98,7 +115,7 @@ at::Tensor gemm_cpu(const at::Tensor& a, const at::Tensor& b, const std::optiona
     g.c = out.data_ptr<scalar_t>();
     g.rs_c = s.n;
     g.cs_c = 1;
-    gemm_cpu_impl<scalar_t>(g);
+    gemm<scalar_t>(g);
   });
   return out;
 }

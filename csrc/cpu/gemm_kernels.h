@@ -42,6 +42,12 @@ struct GemmKernels {
   double (*fma_peak)(int64_t iters);
 };
 
+// The engine: C = alpha * op(A) * op(B) + beta * C for the strided operands in `g`, with the active
+// ISA's kernels, parallel over blocks of rows (at::parallel_for). Instantiated for float and double.
+// Other CPU ops (convolution, linear) call it directly.
+template <typename T>
+void gemm(const GemmArgs<T>& g);
+
 // GFLOP/s of the active ISA's FMA loop on every thread of at::parallel_for, for about `seconds`
 // (float32 when single, else float64): the measured peak that GEMM throughput is set against.
 double measured_fma_peak_gflops(bool single, double seconds);

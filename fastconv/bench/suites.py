@@ -130,8 +130,43 @@ def gemm_cases(device: str, quick: bool) -> list[Case]:
     return cases
 
 
+def conv2d_cases(device: str, quick: bool) -> list[Case]:
+    import fastconv
+
+    peak = fastconv._C.fma_peak_gflops(True, 0.3) if device == "cpu" else 0.0
+    # ResNet-18's 3x3 layers at batch 8 (the issue's shapes), then its 7x7/2 stem and a 1x1 downsample.
+    layers = [("ResNet-18 conv2_x", 8, 64, 56, 64, 3, 1, 1), ("ResNet-18 conv3_x", 8, 128, 28, 128, 3, 1, 1),
+              ("ResNet-18 conv4_x", 8, 256, 14, 256, 3, 1, 1), ("ResNet-18 conv5_x", 8, 512, 7, 512, 3, 1, 1),
+              ("ResNet-18 stem", 8, 3, 224, 64, 7, 2, 3), ("ResNet-18 downsample", 8, 64, 56, 128, 1, 2, 0)]
+    if quick:
+        layers = [(net, 2, c, hw, k, r, st, pd) for net, _, c, hw, k, r, st, pd in layers[:2]]
+    cases = []
+    for net, n, c, hw, k, r, st, pd in layers:
+        x = torch.randn(n, c, hw, hw, device=device)
+        w = torch.randn(k, c, r, r, device=device) * (2.0 / (c * r * r)) ** 0.5
+        out_hw = (hw + 2 * pd - r) // st + 1
+        flops = 2.0 * n * k * out_hw * out_hw * c * r * r
+        shape = f"{n}x{c}x{hw}x{hw} * {k}x{c}x{r}x{r} s{st} p{pd}"
+        cases.append(Case(op="conv2d im2col fwd", shape=shape, dtype="float32",
+                          fastconv=lambda x=x, w=w, st=st, pd=pd: F.conv2d(x, w, None, st, pd, algorithm="im2col"),
+                          torch=lambda x=x, w=w, st=st, pd=pd: TF.conv2d(x, w, None, st, pd),
+                          flops=flops, peak_gflops=peak, note=net))
+        xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        go = torch.randn(n, k, out_hw, out_hw, device=device)
+
+        def fwd_bwd(conv, xg=xg, wg=wg, go=go, st=st, pd=pd):
+            xg.grad = wg.grad = None
+            conv(xg, wg, None, st, pd).backward(go)
+
+        cases.append(Case(op="conv2d im2col fwd+bwd", shape=shape, dtype="float32",
+                          fastconv=lambda f=fwd_bwd: f(lambda *a: F.conv2d(*a, algorithm="im2col")),
+                          torch=lambda f=fwd_bwd: f(TF.conv2d), flops=3 * flops, peak_gflops=peak, note=net))
+    return cases
+
+
 SUITES = {
     "max_pool2d": max_pool2d_cases,
     "batch_norm": batch_norm_cases,
     "gemm": gemm_cases,
+    "conv2d": conv2d_cases,
 }

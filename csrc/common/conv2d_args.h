@@ -1,0 +1,128 @@
+// Argument checks and output geometry for conv2d, shared by the CPU and CUDA glue (torch side).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string_view>
+
+#include "common/checks.h"
+#include "common/conv2d.h"
+
+namespace fastconv {
+
+struct Conv2dShape {
+  Conv2dGeometry g;
+  int64_t batch, in_channels, out_channels, groups;
+  bool batched;
+  at::MemoryFormat format;   // of the output (torch: channels-last if input or weight is)
+};
+
+inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                std::string_view algorithm, const char* op) {
+  check_pair(stride, op, "stride");
+  check_pair(padding, op, "padding");
+  check_pair(dilation, op, "dilation");
+  FC_CHECK(algorithm == "auto" || algorithm == "im2col", op, "unknown or unavailable algorithm '", algorithm,
+           "' (this build has: auto, im2col)");
+  FC_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+           "expected input to be float32 or float64, but got ", input.scalar_type());
+  FC_CHECK(weight.scalar_type() == input.scalar_type(), op, "expected weight of dtype ", input.scalar_type(),
+           ", but got ", weight.scalar_type());
+  FC_CHECK(input.dim() == 3 || input.dim() == 4, op, "expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, but got ",
+           "a ", input.dim(), "-D tensor of shape ", input.sizes());
+  FC_CHECK(weight.dim() == 4, op, "expected a 4-D weight (out_channels, in_channels/groups, kH, kW), but got ",
+           "shape ", weight.sizes());
+  FC_CHECK(weight.device() == input.device(), op, "expected input and weight on one device, but got ",
+           input.device(), " and ", weight.device());
+  FC_CHECK(groups > 0, op, "groups must be positive, but got ", groups);
+  Conv2dShape s;
+  s.batched = input.dim() == 4;
+  s.batch = s.batched ? input.size(0) : 1;
+  s.in_channels = input.size(-3);
+  s.out_channels = weight.size(0);
+  s.groups = groups;
+  FC_CHECK(s.in_channels % groups == 0, op, "groups=", groups, " must divide in_channels=", s.in_channels);
+  FC_CHECK(s.out_channels % groups == 0, op, "groups=", groups, " must divide out_channels=", s.out_channels);
+  FC_CHECK(weight.size(1) * groups == s.in_channels, op, "expected input with ", weight.size(1) * groups,
+           " channels (weight ", weight.sizes(), ", groups=", groups, "), but got ", s.in_channels,
+           " channels (input ", input.sizes(), ")");
+  if (bias.has_value() && bias->defined()) {
+    FC_CHECK(bias->dim() == 1 && bias->numel() == s.out_channels, op, "expected bias of shape [",
+             s.out_channels, "], but got ", bias->sizes());
+    FC_CHECK(bias->scalar_type() == input.scalar_type() && bias->device() == input.device(), op,
+             "expected bias of dtype ", input.scalar_type(), " on ", input.device());
+  }
+  auto& g = s.g;
+  g.kh = weight.size(2); g.kw = weight.size(3);
+  g.sh = stride[0]; g.sw = stride[1];
+  g.ph = padding[0]; g.pw = padding[1];
+  g.dh = dilation[0]; g.dw = dilation[1];
+  FC_CHECK(g.sh > 0 && g.sw > 0, op, "stride must be positive, but got ", stride);
+  FC_CHECK(g.dh > 0 && g.dw > 0, op, "dilation must be positive, but got ", dilation);
+  FC_CHECK(g.ph >= 0 && g.pw >= 0, op, "padding must be non-negative, but got ", padding);
+  g.in_h = input.size(-2);
+  g.in_w = input.size(-1);
+  g.out_h = conv_output_size(g.in_h, g.kh, g.ph, g.sh, g.dh);
+  g.out_w = conv_output_size(g.in_w, g.kw, g.pw, g.sw, g.dw);
+  FC_CHECK(g.out_h >= 1 && g.out_w >= 1, op, "output size is too small: input ", input.sizes(), " with kernel ",
+           g.kh, "x", g.kw, ", stride=", stride, ", padding=", padding, ", dilation=", dilation, " gives ",
+           g.out_h, "x", g.out_w);
+  const bool cl = s.batched && (input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+                                weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast);
+  s.format = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  return s;
+}
+
+inline std::vector<int64_t> conv2d_output_sizes(const Conv2dShape& s) {
+  if (s.batched) return {s.batch, s.out_channels, s.g.out_h, s.g.out_w};
+  return {s.out_channels, s.g.out_h, s.g.out_w};
+}
+
+inline Conv2dShape check_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                         const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                                         at::IntArrayRef dilation, int64_t groups, std::string_view algorithm,
+                                         const char* op) {
+  const Conv2dShape s = check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm, op);
+  const auto out_sizes = conv2d_output_sizes(s);
+  FC_CHECK(grad_output.sizes() == at::IntArrayRef(out_sizes), op, "expected grad_output of shape ",
+           at::IntArrayRef(out_sizes), ", but got ", grad_output.sizes());
+  FC_CHECK(grad_output.scalar_type() == input.scalar_type(), op, "expected grad_output of dtype ",
+           input.scalar_type(), ", but got ", grad_output.scalar_type());
+  return s;
+}
+
+// t laid out in `fmt` with exactly the strides torch gives a fresh tensor of that format (which
+// .contiguous(fmt) does not promise when size-1 dimensions make several layouts equivalent).
+inline at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
+  if (fmt == at::MemoryFormat::Contiguous) return t.contiguous();
+  at::Tensor out = at::empty(t.sizes(), t.options().memory_format(fmt));
+  if (out.strides() == t.strides()) return t;
+  return out.copy_(t);
+}
+
+// The GEMM view of one image and group: M = kg output channels, N = P positions, K = kc; `chunk`
+// positions per column buffer of at most `workspace_bytes`; pointwise (1x1, stride 1, no padding)
+// convolutions need no lowering.
+struct Conv2dGemmDims {
+  int64_t cg, kg, kc, P, HW, chunk;
+  bool pointwise;
+};
+
+inline Conv2dGemmDims conv2d_gemm_dims(const Conv2dShape& s, size_t elem, size_t workspace_bytes) {
+  const auto& g = s.g;
+  Conv2dGemmDims d;
+  d.cg = s.in_channels / s.groups;
+  d.kg = s.out_channels / s.groups;
+  d.kc = d.cg * g.kh * g.kw;
+  d.P = g.out_h * g.out_w;
+  d.HW = g.in_h * g.in_w;
+  const int64_t fit = static_cast<int64_t>(workspace_bytes / (elem * static_cast<size_t>(std::max<int64_t>(1, d.kc))));
+  d.chunk = std::max<int64_t>(1, std::min<int64_t>(d.P, fit));
+  d.pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  return d;
+}
+
+}  // namespace fastconv

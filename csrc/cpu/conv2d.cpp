@@ -1,0 +1,279 @@
+// CPU convolution by im2col + the GEMM engine (fastconv::conv2d, fastconv::conv2d_backward).
+//
+// Per image and group (M = output channels of the group, N = output positions, K = Cg*kh*kw):
+//   forward      out_g = W_g @ cols(x_g) (+ bias, entering as the GEMM's beta term)
+//   grad_input   cols  = W_g^T @ dY_g, then col2im adds each column entry back to its input tap
+//   grad_weight  dW_g += dY_g @ cols(x_g)^T, accumulated over images
+//   grad_bias    sum of dY over images and positions
+// The column buffer holds at most kWorkspaceBytes: output positions are processed in chunks. 1x1,
+// stride-1, unpadded convolutions skip the lowering (the input plane already is the column matrix).
+// Work is parallel over (image, group) items when there are enough of them, else inside the GEMM.
+// Channels-last tensors are computed through NCHW copies.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "common/conv2d_args.h"
+#include "cpu/gemm_kernels.h"
+
+namespace fastconv::cpu {
+namespace {
+
+constexpr const char* kForward = "conv2d";
+constexpr const char* kBackward = "conv2d_backward";
+constexpr size_t kWorkspaceBytes = size_t(64) << 20;
+
+// cols[(c*kh + i)*kw + j][p - p0] for output positions p in [p0, p1) of one image/group (Cg planes).
+// Row by row of output positions: a tap row outside the input is zeros; inside, the in-range columns
+// [ow_lo, ow_hi) are a strided (for stride 1, contiguous) copy and the rest zeros.
+template <typename T>
+void im2col(const T* x, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t p1, T* cols) {
+  const int64_t pc = p1 - p0;
+  for (int64_t c = 0; c < cg; ++c) {
+    const T* plane = x + c * g.in_h * g.in_w;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      for (int64_t j = 0; j < g.kw; ++j) {
+        T* row = cols + ((c * g.kh + i) * g.kw + j) * pc - p0;   // row[p] for p in [p0, p1)
+        const int64_t off = j * g.dw - g.pw;
+        int64_t ow_lo, ow_hi;
+        conv_tap_columns(g, j, &ow_lo, &ow_hi);
+        for (int64_t oh = p0 / g.out_w; oh * g.out_w < p1; ++oh) {
+          const int64_t ih = conv_tap(oh, i, g.sh, g.ph, g.dh);
+          const int64_t q0 = std::max(p0, oh * g.out_w), q1 = std::min(p1, (oh + 1) * g.out_w);
+          T* r = row + oh * g.out_w;   // r[ow]
+          const int64_t a0 = q0 - oh * g.out_w, a1 = q1 - oh * g.out_w;
+          if (ih < 0 || ih >= g.in_h) {
+            std::fill(r + a0, r + a1, T(0));
+            continue;
+          }
+          const T* src = plane + ih * g.in_w + off;   // src[ow * sw]
+          const int64_t lo = std::max(a0, ow_lo), hi = std::min(a1, ow_hi);
+          for (int64_t ow = a0; ow < std::min(a1, lo); ++ow) r[ow] = T(0);
+          if (g.sw == 1) {
+            for (int64_t ow = lo; ow < hi; ++ow) r[ow] = src[ow];
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) r[ow] = src[ow * g.sw];
+          }
+          for (int64_t ow = std::max(lo, hi); ow < a1; ++ow) r[ow] = T(0);
+        }
+      }
+    }
+  }
+}
+
+// The adjoint of im2col, with the same row-by-row structure: dx[tap of (c, i, j, p)] += cols entry.
+template <typename T>
+void col2im_add(const T* cols, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t p1, T* dx) {
+  const int64_t pc = p1 - p0;
+  for (int64_t c = 0; c < cg; ++c) {
+    T* plane = dx + c * g.in_h * g.in_w;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const T* row = cols + ((c * g.kh + i) * g.kw + j) * pc - p0;
+        const int64_t off = j * g.dw - g.pw;
+        int64_t ow_lo, ow_hi;
+        conv_tap_columns(g, j, &ow_lo, &ow_hi);
+        for (int64_t oh = p0 / g.out_w; oh * g.out_w < p1; ++oh) {
+          const int64_t ih = conv_tap(oh, i, g.sh, g.ph, g.dh);
+          if (ih < 0 || ih >= g.in_h) continue;
+          const int64_t a0 = std::max(p0, oh * g.out_w) - oh * g.out_w, a1 = std::min(p1, (oh + 1) * g.out_w) - oh * g.out_w;
+          const T* r = row + oh * g.out_w;
+          T* dst = plane + ih * g.in_w + off;   // dst[ow * sw]
+          const int64_t lo = std::max(a0, ow_lo), hi = std::min(a1, ow_hi);
+          if (g.sw == 1) {
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] += r[ow];
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow * g.sw] += r[ow];
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+GemmArgs<T> gemm_args(int64_t m, int64_t n, int64_t k, const T* a, int64_t rs_a, int64_t cs_a, const T* b,
+                      int64_t rs_b, int64_t cs_b, T* c, int64_t rs_c, T beta) {
+  GemmArgs<T> g;
+  g.m = m; g.n = n; g.k = k;
+  g.alpha = T(1); g.beta = beta;
+  g.a = a; g.rs_a = rs_a; g.cs_a = cs_a;
+  g.b = b; g.rs_b = rs_b; g.cs_b = cs_b;
+  g.c = c; g.rs_c = rs_c; g.cs_c = 1;
+  return g;
+}
+
+// Runs body(n, grp, cols) over all (image, group) items: in parallel when there are at least as many
+// items as threads (each with its own column buffer; GEMMs inside then run serially), else serially
+// with the GEMM parallel inside.
+template <typename T, typename Body>
+void for_each_item(const Conv2dShape& s, int64_t cols_elems, const Body& body) {
+  const int64_t items = s.batch * s.groups;
+  const int64_t threads = at::get_num_threads();
+  const auto run = [&](int64_t b, int64_t e) {
+    std::unique_ptr<T[]> cols(new T[std::max<int64_t>(1, cols_elems)]);   // uninitialised: im2col fills it
+    for (int64_t t = b; t < e; ++t) body(t / s.groups, t % s.groups, cols.get());
+  };
+  if (items >= threads) {
+    at::parallel_for(0, items, 1, run);
+  } else {
+    run(0, items);
+  }
+}
+
+template <typename T>
+void forward_impl(const T* x, const T* w, const T* bias, T* out, const Conv2dShape& s) {
+  const auto& g = s.g;
+  const Conv2dGemmDims d =
+      conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes / std::max<int64_t>(1, at::get_num_threads()));
+  const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW, chunk = d.chunk;
+  const bool pointwise = d.pointwise;
+  for_each_item<T>(s, pointwise ? 0 : kc * chunk, [&](int64_t n, int64_t grp, T* cols) {
+    const T* xg = x + (n * s.in_channels + grp * cg) * HW;
+    const T* wg = w + grp * kg * kc;
+    T* og = out + (n * s.out_channels + grp * kg) * P;
+    if (bias != nullptr) {
+      for (int64_t k = 0; k < kg; ++k) std::fill(og + k * P, og + (k + 1) * P, bias[grp * kg + k]);
+    }
+    const T beta = bias != nullptr ? T(1) : T(0);
+    for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+      const int64_t p1 = std::min(P, p0 + chunk);
+      if (pointwise) {
+        gemm(gemm_args<T>(kg, p1 - p0, kc, wg, kc, 1, xg + p0, HW, 1, og + p0, P, beta));
+      } else {
+        im2col(xg, cg, g, p0, p1, cols);
+        gemm(gemm_args<T>(kg, p1 - p0, kc, wg, kc, 1, cols, p1 - p0, 1, og + p0, P, beta));
+      }
+    }
+  });
+}
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                      c10::string_view algorithm) {
+  const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups,
+                                     std::string_view(algorithm.data(), algorithm.size()), kForward);
+  at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
+  if (out.numel() == 0) return in_format(out, s.format);
+  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
+    forward_impl<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                           b.defined() ? b.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), s);
+  });
+  return in_format(out, s.format);
+}
+
+template <typename T>
+void grad_input_impl(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
+  const auto& g = s.g;
+  const Conv2dGemmDims d =
+      conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes / std::max<int64_t>(1, at::get_num_threads()));
+  const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW, chunk = d.chunk;
+  const bool pointwise = d.pointwise;
+  for_each_item<T>(s, pointwise ? 0 : kc * chunk, [&](int64_t n, int64_t grp, T* cols) {
+    const T* dyg = dy + (n * s.out_channels + grp * kg) * P;
+    const T* wg = w + grp * kg * kc;
+    T* dxg = dx + (n * s.in_channels + grp * cg) * HW;
+    if (pointwise) {   // dx_g = W_g^T @ dY_g directly
+      gemm(gemm_args<T>(kc, P, kg, wg, 1, kc, dyg, P, 1, dxg, HW, T(0)));
+      return;
+    }
+    std::fill(dxg, dxg + cg * HW, T(0));
+    for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+      const int64_t p1 = std::min(P, p0 + chunk), pc = p1 - p0;
+      gemm(gemm_args<T>(kc, pc, kg, wg, 1, kc, dyg + p0, P, 1, cols, pc, T(0)));
+      col2im_add(cols, cg, g, p0, p1, dxg);
+    }
+  });
+}
+
+template <typename T>
+void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
+  const auto& g = s.g;
+  const Conv2dGemmDims d = conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
+  const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW, chunk = d.chunk;
+  const bool pointwise = d.pointwise;
+  std::unique_ptr<T[]> cols(new T[pointwise ? 1 : kc * chunk]);
+  // dW accumulates over images, so images run in order; the GEMMs are parallel inside.
+  for (int64_t grp = 0; grp < s.groups; ++grp) {
+    T* dwg = dw + grp * kg * kc;
+    bool first = true;
+    for (int64_t n = 0; n < s.batch; ++n) {
+      const T* dyg = dy + (n * s.out_channels + grp * kg) * P;
+      const T* xg = x + (n * s.in_channels + grp * cg) * HW;
+      for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+        const int64_t p1 = std::min(P, p0 + chunk), pc = p1 - p0;
+        const T beta = first ? T(0) : T(1);
+        if (pointwise) {
+          gemm(gemm_args<T>(kg, kc, pc, dyg + p0, P, 1, xg + p0, 1, HW, dwg, kc, beta));
+        } else {
+          im2col(xg, cg, g, p0, p1, cols.get());
+          gemm(gemm_args<T>(kg, kc, pc, dyg + p0, P, 1, cols.get(), 1, pc, dwg, kc, beta));
+        }
+        first = false;
+      }
+    }
+    if (first) std::fill(dwg, dwg + kg * kc, T(0));   // empty batch
+  }
+}
+
+template <typename T>
+void grad_bias_impl(const T* dy, T* db, const Conv2dShape& s) {
+  const int64_t P = s.g.out_h * s.g.out_w;
+  at::parallel_for(0, s.out_channels, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      double sum = 0;
+      for (int64_t n = 0; n < s.batch; ++n) {
+        const T* row = dy + (n * s.out_channels + k) * P;
+        for (int64_t p = 0; p < P; ++p) sum += row[p];
+      }
+      db[k] = static_cast<T>(sum);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, c10::string_view algorithm,
+    std::array<bool, 3> output_mask) {
+  const Conv2dShape s = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups,
+                                              std::string_view(algorithm.data(), algorithm.size()), kBackward);
+  const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
+  // Outputs not asked for are returned empty (0 elements).
+  at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
+             db = at::empty({0}, input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
+    if (output_mask[0]) {
+      dx = at::empty(input.sizes(), input.options());
+      if (dx.numel() > 0) grad_input_impl<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                                    dx.data_ptr<scalar_t>(), s);
+      dx = in_format(dx, s.format);   // torch: the convolution's memory format
+    }
+    if (output_mask[1]) {
+      dw = at::empty(weight.sizes(), weight.options());
+      grad_weight_impl<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), s);
+      dw = in_format(dw, s.format);
+    }
+    if (output_mask[2]) {
+      db = at::empty({s.out_channels}, input.options());
+      grad_bias_impl<scalar_t>(dy.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), s);
+    }
+  });
+  return {dx, dw, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
+  m.impl("conv2d", &conv2d_cpu);
+  m.impl("conv2d_backward", &conv2d_backward_cpu);
+}
+
+}  // namespace fastconv::cpu

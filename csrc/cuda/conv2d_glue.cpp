@@ -1,0 +1,134 @@
+// CUDA glue for conv2d by im2col + the tiled GEMM: the same decomposition as the CPU
+// (cpu/conv2d.cpp), launched per image, group and chunk of output positions on the current stream.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <string_view>
+
+#include "common/conv2d_args.h"
+#include "cuda/conv2d.h"
+#include "cuda/gemm.h"
+
+namespace fastconv::cuda {
+namespace {
+
+constexpr const char* kForward = "conv2d";
+constexpr const char* kBackward = "conv2d_backward";
+constexpr size_t kWorkspaceBytes = size_t(64) << 20;
+
+char* at_elem(const at::Tensor& t, int64_t offset) {
+  return static_cast<char*>(t.data_ptr()) + offset * static_cast<int64_t>(t.element_size());
+}
+
+at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                       c10::string_view algorithm) {
+  const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups,
+                                     std::string_view(algorithm.data(), algorithm.size()), kForward);
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
+  if (out.numel() == 0) return in_format(out, s.format);
+  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  const bool has_bias = bias.has_value() && bias->defined();
+  const DType dt = to_dtype(input.scalar_type());
+  const Conv2dGemmDims d = conv2d_gemm_dims(s, input.element_size(), kWorkspaceBytes);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (has_bias) {   // the bias enters as the GEMM's beta term
+    const auto view = s.batched ? std::vector<int64_t>{1, s.out_channels, 1, 1} : std::vector<int64_t>{s.out_channels, 1, 1};
+    out.copy_(bias->reshape(view).expand_as(out));
+  }
+  at::Tensor cols = d.pointwise ? at::Tensor() : at::empty({d.kc * d.chunk}, input.options());
+  for (int64_t n = 0; n < s.batch; ++n) {
+    for (int64_t grp = 0; grp < s.groups; ++grp) {
+      const int64_t x_off = (n * s.in_channels + grp * d.cg) * d.HW, o_off = (n * s.out_channels + grp * d.kg) * d.P;
+      for (int64_t p0 = 0; p0 < d.P; p0 += d.chunk) {
+        const int64_t p1 = std::min(d.P, p0 + d.chunk), pc = p1 - p0;
+        const void* b = at_elem(x, x_off + p0);
+        int64_t rs_b = d.HW;
+        if (!d.pointwise) {
+          C10_CUDA_CHECK(conv2d_im2col(dt, at_elem(x, x_off), d.cg, s.g, p0, p1, cols.data_ptr(), stream));
+          b = cols.data_ptr();
+          rs_b = pc;
+        }
+        C10_CUDA_CHECK(gemm(dt, d.kg, pc, d.kc, 1.0, at_elem(w, grp * d.kg * d.kc), d.kc, 1, b, rs_b, 1,
+                            has_bias ? 1.0 : 0.0, at_elem(out, o_off + p0), d.P, stream));
+      }
+    }
+  }
+  return in_format(out, s.format);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, c10::string_view algorithm,
+    std::array<bool, 3> output_mask) {
+  const Conv2dShape s = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups,
+                                              std::string_view(algorithm.data(), algorithm.size()), kBackward);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
+  const DType dt = to_dtype(input.scalar_type());
+  const Conv2dGemmDims d = conv2d_gemm_dims(s, input.element_size(), kWorkspaceBytes);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
+             db = at::empty({0}, input.options());
+  at::Tensor cols = d.pointwise ? at::Tensor() : at::empty({d.kc * d.chunk}, input.options());
+  if (output_mask[0]) {
+    dx = at::zeros(input.sizes(), input.options());
+    for (int64_t n = 0; n < s.batch; ++n) {
+      for (int64_t grp = 0; grp < s.groups; ++grp) {
+        const int64_t x_off = (n * s.in_channels + grp * d.cg) * d.HW, o_off = (n * s.out_channels + grp * d.kg) * d.P;
+        const void* wg = at_elem(w, grp * d.kg * d.kc);
+        if (d.pointwise) {   // dx_g = W_g^T @ dY_g
+          C10_CUDA_CHECK(gemm(dt, d.kc, d.P, d.kg, 1.0, wg, 1, d.kc, at_elem(dy, o_off), d.P, 1, 0.0,
+                              at_elem(dx, x_off), d.HW, stream));
+          continue;
+        }
+        for (int64_t p0 = 0; p0 < d.P; p0 += d.chunk) {
+          const int64_t p1 = std::min(d.P, p0 + d.chunk), pc = p1 - p0;
+          C10_CUDA_CHECK(gemm(dt, d.kc, pc, d.kg, 1.0, wg, 1, d.kc, at_elem(dy, o_off + p0), d.P, 1, 0.0,
+                              cols.data_ptr(), pc, stream));
+          C10_CUDA_CHECK(conv2d_col2im_add(dt, cols.data_ptr(), d.cg, s.g, p0, p1, at_elem(dx, x_off), stream));
+        }
+      }
+    }
+    dx = in_format(dx, s.format);   // torch: the convolution's memory format
+  }
+  if (output_mask[1]) {
+    dw = at::zeros(weight.sizes(), weight.options());
+    for (int64_t grp = 0; grp < s.groups; ++grp) {
+      for (int64_t n = 0; n < s.batch; ++n) {
+        const int64_t x_off = (n * s.in_channels + grp * d.cg) * d.HW, o_off = (n * s.out_channels + grp * d.kg) * d.P;
+        for (int64_t p0 = 0; p0 < d.P; p0 += d.chunk) {
+          const int64_t p1 = std::min(d.P, p0 + d.chunk), pc = p1 - p0;
+          const void* b = at_elem(x, x_off + p0);
+          int64_t rs_b = 1, cs_b = d.HW;
+          if (!d.pointwise) {
+            C10_CUDA_CHECK(conv2d_im2col(dt, at_elem(x, x_off), d.cg, s.g, p0, p1, cols.data_ptr(), stream));
+            b = cols.data_ptr();
+            cs_b = pc;
+          }
+          C10_CUDA_CHECK(gemm(dt, d.kg, d.kc, pc, 1.0, at_elem(dy, o_off + p0), d.P, 1, b, rs_b, cs_b, 1.0,
+                              at_elem(dw, grp * d.kg * d.kc), d.kc, stream));
+        }
+      }
+    }
+    dw = in_format(dw, s.format);
+  }
+  if (output_mask[2]) {
+    db = at::empty({s.out_channels}, input.options());
+    C10_CUDA_CHECK(conv2d_grad_bias(dt, dy.data_ptr(), s.batch, s.out_channels, d.P, db.data_ptr(), stream));
+  }
+  return {dx, dw, db};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastconv, CUDA, m) {
+  m.impl("conv2d", &conv2d_cuda);
+  m.impl("conv2d_backward", &conv2d_backward_cuda);
+}
+
+}  // namespace fastconv::cuda

@@ -1,0 +1,185 @@
+"""fastconv conv2d (im2col on the GEMM engine) against torch.nn.functional.conv2d: forward, gradients
+and memory format on a grid of awkward geometries (stride > kernel, dilation 4, groups and depthwise,
+1x1, 7x7 stride 2, non-square kernels, padding larger than the kernel, 'same' with even kernels,
+unbatched, channels-last, empty batch), every CPU SIMD variant, CUDA when present; gradcheck; the
+module against torch.nn.Conv2d; bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import fastconv
+import fastconv.functional as F
+
+# (input shape, weight shape, stride, padding, dilation, groups)
+GRID = [
+    ((2, 3, 9, 11), (4, 3, 3, 3), 1, 1, 1, 1),
+    ((2, 4, 9, 11), (6, 2, 3, 2), (2, 1), (1, 0), (1, 2), 2),
+    ((1, 4, 8, 8), (4, 1, 3, 3), 1, 1, 1, 4),                 # depthwise
+    ((2, 6, 8, 8), (12, 1, 3, 3), 2, 1, 1, 6),                # depthwise, channel multiplier 2
+    ((2, 5, 7, 7), (3, 5, 1, 1), 1, 0, 1, 1),                 # 1x1: no lowering
+    ((2, 5, 7, 7), (3, 5, 1, 1), 2, 0, 1, 1),                 # 1x1 strided: lowered
+    ((2, 3, 16, 16), (5, 3, 7, 7), 2, 3, 1, 1),               # ResNet stem shape
+    ((2, 3, 10, 10), (2, 3, 2, 2), 3, 0, 1, 1),               # stride > kernel
+    ((2, 3, 10, 10), (2, 3, 3, 3), 1, 5, 4, 1),               # dilation 4, padding > kernel
+    ((1, 2, 13, 5), (3, 2, 5, 1), (1, 2), (2, 0), 1, 1),      # non-square kernel, primes
+    ((3, 10, 10), (2, 3, 3, 3), 1, "same", 1, 1),             # unbatched
+    ((2, 3, 10, 9), (2, 3, 4, 2), 1, "same", 2, 1),           # 'same' with even kernels (asymmetric)
+    ((2, 3, 10, 9), (2, 3, 4, 2), 1, "valid", 1, 1),
+    ((1, 17, 7, 6), (32, 17, 3, 3), 1, 1, 1, 1),              # > one micro-tile of output channels
+]
+
+
+def run_both(x_shape, w_shape, stride, padding, dilation, groups, *, dtype, device, mf, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(x_shape, generator=g, dtype=dtype).to(device)
+    if len(x_shape) == 4:
+        x0 = x0.contiguous(memory_format=mf)
+    w0 = torch.randn(w_shape, generator=g, dtype=dtype).to(device)
+    b0 = torch.randn(w_shape[0], generator=g, dtype=dtype).to(device) if bias else None
+    results = []
+    for fn in (F.conv2d, TF.conv2d):
+        x = x0.clone().requires_grad_(True)
+        w = w0.clone().requires_grad_(True)
+        b = b0.clone().requires_grad_(True) if bias else None
+        y = fn(x, w, b, stride, padding, dilation, groups)
+        go = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=dtype).to(device)
+        y.backward(go)
+        results.append((y, x.grad, w.grad, b.grad if bias else None))
+    return results
+
+
+def assert_match(ours, ref, dtype):
+    for a, b, name in zip(ours, ref, ("output", "grad_input", "grad_weight", "grad_bias")):
+        if b is None:
+            assert a is None
+            continue
+        assert a.shape == b.shape, name
+        assert a.stride() == b.stride(), f"{name}: memory format differs from torch's"
+        # float32 sums of thousands of terms round differently in any two summation orders: scale the
+        # absolute tolerance with the largest magnitude (float64 stays at the default tolerance).
+        tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5 * (1 + b.abs().max().item()))
+        torch.testing.assert_close(a, b, msg=name, **tol)
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_grid_cpu_isas(cpu_isa, memory_format):
+    mf = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+    for case in GRID:
+        ours, ref = run_both(*case, dtype=torch.float32, device="cpu", mf=mf)
+        assert_match(ours, ref, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grid(device, dtype):
+    for case in GRID:
+        for bias in (True, False):
+            ours, ref = run_both(*case, dtype=dtype, device=device, mf=torch.contiguous_format, bias=bias)
+            assert_match(ours, ref, dtype)
+
+
+def test_channels_last_weight_gives_channels_last_output(device):
+    x = torch.randn(2, 3, 8, 8, device=device)
+    w = torch.randn(4, 3, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    y, ref = F.conv2d(x, w, padding=1), TF.conv2d(x, w, padding=1)
+    assert y.stride() == ref.stride()
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_empty_batch(device):
+    x = torch.randn(0, 3, 8, 8, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
+    y = F.conv2d(x, w, b, padding=1)
+    assert y.shape == (0, 4, 8, 8)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    torch.testing.assert_close(w.grad, torch.zeros_like(w))
+    torch.testing.assert_close(b.grad, torch.zeros_like(b))
+
+
+def test_large_image_uses_bounded_columns(device):
+    # 64 channels x 3x3 x 128x128 positions would need 37 MB of columns per image; still one chunk,
+    # but the batch runs through the per-image loop: compare a batch against torch.
+    ours, ref = run_both((2, 64, 128, 128), (8, 64, 3, 3), 1, 1, 1, 1, dtype=torch.float32, device=device,
+                         mf=torch.contiguous_format)
+    assert_match(ours, ref, torch.float32)
+
+
+def test_gradcheck_float64(device):
+    for x_shape, w_shape, s, p, d, g in [((2, 4, 6, 5), (4, 2, 3, 2), (2, 1), 1, (1, 2), 2),
+                                         ((3, 5, 5), (2, 3, 2, 2), 1, "same", 1, 1)]:
+        x = torch.randn(x_shape, dtype=torch.float64, device=device, requires_grad=True)
+        w = torch.randn(w_shape, dtype=torch.float64, device=device, requires_grad=True)
+        b = torch.randn(w_shape[0], dtype=torch.float64, device=device, requires_grad=True)
+        assert torch.autograd.gradcheck(
+            lambda x, w, b, s=s, p=p, d=d, g=g: F.conv2d(x, w, b, s, p, d, g), (x, w, b))
+
+
+def test_torch_compile_fullgraph(device):
+    x = torch.randn(2, 3, 8, 8, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
+
+    def f(x, w):
+        return torch.relu(F.conv2d(x, w, padding=1)).sum()
+
+    compiled = torch.compile(f, fullgraph=True)
+    torch.testing.assert_close(compiled(x, w), f(x, w))
+    for a, b in zip(torch.autograd.grad(compiled(x, w), (x, w)), torch.autograd.grad(f(x, w), (x, w))):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+def test_module_matches_torch(device, padding_mode):
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(4, 6, (3, 2), stride=(1, 2), padding=(1, 1), dilation=1, groups=2,
+                          padding_mode=padding_mode).to(device)
+    torch.manual_seed(0)
+    ours = fastconv.nn.Conv2d(4, 6, (3, 2), stride=(1, 2), padding=(1, 1), dilation=1, groups=2,
+                              padding_mode=padding_mode).to(device)
+    for k, v in ref.state_dict().items():   # same initialisation
+        assert torch.equal(ours.state_dict()[k], v)
+    x = torch.randn(2, 4, 9, 8, device=device)
+    torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
+    same = fastconv.nn.Conv2d(3, 2, 4, padding="same").to(device)
+    ref_same = torch.nn.Conv2d(3, 2, 4, padding="same").to(device)
+    ref_same.load_state_dict(same.state_dict())
+    x = torch.randn(1, 3, 7, 6, device=device)
+    torch.testing.assert_close(same(x), ref_same(x), rtol=1e-4, atol=1e-4)
+
+
+def _bad(device):
+    x = torch.randn(1, 4, 8, 8, device=device)
+    return [
+        (lambda: F.conv2d(x, torch.randn(2, 3, 3, 3, device=device)), ["expected input with 3 channels"]),
+        (lambda: F.conv2d(x, torch.randn(3, 2, 3, 3, device=device), groups=2), ["groups=2 must divide out_channels"]),
+        (lambda: F.conv2d(x, torch.randn(4, 2, 3, 3, device=device), groups=3), ["groups=3 must divide in_channels"]),
+        (lambda: F.conv2d(x, torch.randn(2, 4, 3, device=device)), ["4-D weight"]),
+        (lambda: F.conv2d(x, torch.randn(2, 4, 9, 9, device=device)), ["output size is too small"]),
+        (lambda: F.conv2d(x.long(), torch.randn(2, 4, 3, 3, device=device).long()), ["float32 or float64"]),
+        (lambda: F.conv2d(x, torch.randn(2, 4, 3, 3, device=device), torch.randn(3, device=device)),
+         ["expected bias of shape [2]"]),
+    ]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_bad_input_raises_clear_error(device, index):
+    call, words = _bad(device)[index]
+    with pytest.raises(RuntimeError) as info:
+        call()
+    msg = str(info.value)
+    assert "fastconv::conv2d" in msg, msg
+    for w in words:
+        assert w in msg, f"{w!r} missing from: {msg}"
+
+
+def test_bad_python_arguments():
+    x, w = torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 3)
+    with pytest.raises(ValueError, match="not supported for strided"):
+        F.conv2d(x, w, stride=2, padding="same")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        F.conv2d(x, w, algorithm="fft")
+    with pytest.raises(RuntimeError, match="unknown or unavailable algorithm 'direct'"):
+        torch.ops.fastconv.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1, "direct")
