@@ -52,8 +52,10 @@ void gemm(const GemmArgs<T>& g) {
   }
   const auto& kern = kernels_for<T>();
   const int64_t mr = kern.mr, nr = kern.nr;
-  // Enough row blocks to keep every thread busy, each a multiple of the micro-tile height.
-  const int64_t threads = at::get_num_threads();
+  // Enough row blocks to keep every thread busy, each a multiple of the micro-tile height. Inside a
+  // parallel region (a caller already splits the work, as conv2d does over images) the GEMM runs on
+  // one thread, and taller row blocks reuse each packed B panel across more micro-tiles.
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   int64_t mc = std::min<int64_t>(kMC, (g.m + 2 * threads - 1) / (2 * threads));
   mc = std::max<int64_t>(mr, (mc + mr - 1) / mr * mr);
   const int64_t ncap = std::min<int64_t>(kNC, (g.n + nr - 1) / nr * nr);
