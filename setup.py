@@ -8,6 +8,7 @@ FASTCONV_CUDA_ARCHS  architectures, e.g. "80;90+PTX", "sm_80,sm_90" or "8.0 9.0+
                      Default: TORCH_CUDA_ARCH_LIST when set, else "8.0;9.0+PTX" (sm_80 and sm_90 machine
                      code, plus PTX for newer GPUs).
 FASTCONV_DEBUG=1     -O0 -g host code and -G device code.
+FASTCONV_SANITIZE    e.g. "address": build the host code with -fsanitize=... (scripts/asan_check.sh).
 MAX_JOBS             parallel compile jobs; default from cores and free memory (about 2 GiB a job).
 """
 
@@ -154,6 +155,8 @@ def main() -> None:
     # The C++ standard is left to torch.utils.cpp_extension: it matches the torch headers (C++20 for 2.14).
     # -fopenmp-simd: `#pragma omp simd` reductions in the CPU kernels (no OpenMP runtime involved).
     cxx = [*opt, "-fvisibility=hidden", "-fopenmp-simd", "-Wall", "-Wno-unused-function"]
+    if os.environ.get("FASTCONV_SANITIZE"):
+        cxx += [f"-fsanitize={os.environ['FASTCONV_SANITIZE']}", "-fno-omit-frame-pointer"]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc")]
     archs = ""

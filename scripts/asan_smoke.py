@@ -1,0 +1,30 @@
+"""Every CPU kernel under AddressSanitizer on many geometries, all SIMD variants (run by
+scripts/asan_check.sh). No call here raises: under a preloaded ASan, C++ exceptions abort the process
+(the runtime's __cxa_throw interceptor), so error paths are left to the normal test suite."""
+
+import itertools, torch, fastconv
+import fastconv.functional as F
+from fastconv.ops import pool_output_size, gemm
+torch.manual_seed(0)
+n = 0  # op invocations
+for isa in ["avx512", "avx2", "scalar"]:
+    fastconv._C.set_cpu_isa(isa)
+    for k, s, d, ceil, W, C, mf in itertools.product([1,2,3,5], [1,2,3], [1,2], [False, True], [1,5,17,33,40], [1,6,17,70], [torch.contiguous_format, torch.channels_last]):
+        for p in range(0, k // 2 + 1):
+            H = 7
+            oh = pool_output_size(H, k, p, s, d, ceil); ow = pool_output_size(W, k, p, s, d, ceil)
+            if oh < 1 or ow < 1: continue
+            x = torch.randn(2, C, H, W).contiguous(memory_format=mf).requires_grad_(True)
+            y = F.max_pool2d(x, k, s, p, d, ceil); y.sum().backward(); n += 1
+    for shape, mf in [((6,3), torch.contiguous_format), ((4,5,7,9), torch.channels_last), ((3,17,13,11), torch.contiguous_format), ((2,70,5,3), torch.channels_last), ((2,3,4,5,6), torch.channels_last_3d)]:
+        for relu, training in itertools.product([False, True], [False, True]):
+            x = torch.randn(shape).contiguous(memory_format=mf).requires_grad_(True)
+            w = torch.rand(shape[1], requires_grad=True); b = torch.randn(shape[1], requires_grad=True)
+            F.batch_norm(x, torch.zeros(shape[1]), torch.ones(shape[1]), w, b, training, relu=relu).sum().backward(); n += 1
+    for (m, nn_, kk), ta, tb in itertools.product([(1,1,1),(7,33,5),(241,65,257),(13,3100,300)], [False, True], [False, True]):
+        a = torch.randn((kk, m) if ta else (m, kk)); b = torch.randn((nn_, kk) if tb else (kk, nn_))
+        gemm(a, b, torch.randn(nn_), ta, tb, 1.0, 1.0); n += 1
+    for xs, ws, s_, p_, d_, g_ in [((2,3,9,11),(4,3,3,3),1,1,1,1), ((2,4,9,11),(6,2,3,2),(2,1),(1,0),(1,2),2), ((1,4,8,8),(4,1,3,3),1,1,1,4), ((2,5,7,7),(3,5,1,1),1,0,1,1), ((2,3,16,16),(5,3,7,7),2,3,1,1), ((2,3,10,10),(2,3,3,3),1,5,4,1), ((3,10,10),(2,3,4,3),1,'same',1,1)]:
+        x = torch.randn(xs, requires_grad=True); w = torch.randn(ws, requires_grad=True); bb = torch.randn(ws[0], requires_grad=True)
+        F.conv2d(x, w, bb, s_, p_, d_, g_).sum().backward(); n += 1
+print("asan smoke ok", n)
