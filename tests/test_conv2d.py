@@ -29,6 +29,7 @@ GRID = [
     ((2, 3, 10, 9), (2, 3, 4, 2), 1, "same", 2, 1),           # 'same' with even kernels (asymmetric)
     ((2, 3, 10, 9), (2, 3, 4, 2), 1, "valid", 1, 1),
     ((1, 17, 7, 6), (32, 17, 3, 3), 1, 1, 1, 1),              # > one micro-tile of output channels
+    ((5, 4, 6, 5), (6, 2, 3, 3), 1, 1, 1, 2),                 # small images batched per GEMM, 5 = 2+2+1
 ]
 
 

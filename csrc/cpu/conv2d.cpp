@@ -29,12 +29,13 @@ constexpr const char* kForward = "conv2d";
 constexpr const char* kBackward = "conv2d_backward";
 constexpr size_t kWorkspaceBytes = size_t(64) << 20;
 
-// cols[(c*kh + i)*kw + j][p - p0] for output positions p in [p0, p1) of one image/group (Cg planes).
+// cols[(c*kh + i)*kw + j][p - p0] for output positions p in [p0, p1) of one image/group (Cg planes);
+// rows are `ld` apart (default p1 - p0), so several images' columns can sit side by side.
 // Row by row of output positions: a tap row outside the input is zeros; inside, the in-range columns
 // [ow_lo, ow_hi) are a strided (for stride 1, contiguous) copy and the rest zeros.
 template <typename T>
-void im2col(const T* x, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t p1, T* cols) {
-  const int64_t pc = p1 - p0;
+void im2col(const T* x, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t p1, T* cols, int64_t ld = 0) {
+  const int64_t pc = ld > 0 ? ld : p1 - p0;   // row stride of the column matrix
   for (int64_t c = 0; c < cg; ++c) {
     const T* plane = x + c * g.in_h * g.in_w;
     for (int64_t i = 0; i < g.kh; ++i) {
@@ -127,6 +128,11 @@ void for_each_item(const Conv2dShape& s, int64_t cols_elems, const Body& body) {
   }
 }
 
+// Images with few output positions make thin GEMMs that re-pack the weights for every image; up to
+// kBatchedPositions positions of several images then share one GEMM (their columns side by side),
+// and the product is scattered to the images afterwards.
+constexpr int64_t kBatchedPositions = 512;
+
 template <typename T>
 void forward_impl(const T* x, const T* w, const T* bias, T* out, const Conv2dShape& s) {
   const auto& g = s.g;
@@ -134,6 +140,35 @@ void forward_impl(const T* x, const T* w, const T* bias, T* out, const Conv2dSha
       conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes / std::max<int64_t>(1, at::get_num_threads()));
   const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW, chunk = d.chunk;
   const bool pointwise = d.pointwise;
+  const int64_t per_gemm = std::min<int64_t>(s.batch, std::max<int64_t>(1, kBatchedPositions / P));
+  if (per_gemm > 1 && !pointwise && kc * per_gemm * P * int64_t(sizeof(T)) <= int64_t(kWorkspaceBytes)) {
+    const int64_t bundles = (s.batch + per_gemm - 1) / per_gemm, items = bundles * s.groups;
+    const auto run = [&](int64_t b0, int64_t b1) {
+      std::unique_ptr<T[]> cols(new T[kc * per_gemm * P]), prod(new T[kg * per_gemm * P]);
+      for (int64_t t = b0; t < b1; ++t) {
+        const int64_t bundle = t / s.groups, grp = t % s.groups;
+        const int64_t n0 = bundle * per_gemm, nb = std::min(per_gemm, s.batch - n0), ld = nb * P;
+        for (int64_t b = 0; b < nb; ++b) {
+          im2col(x + ((n0 + b) * s.in_channels + grp * cg) * HW, cg, g, 0, P, cols.get() + b * P, ld);
+        }
+        gemm(gemm_args<T>(kg, ld, kc, w + grp * kg * kc, kc, 1, cols.get(), ld, 1, prod.get(), ld, T(0)));
+        for (int64_t b = 0; b < nb; ++b) {
+          for (int64_t k = 0; k < kg; ++k) {
+            const T add = bias != nullptr ? bias[grp * kg + k] : T(0);
+            const T* src = prod.get() + k * ld + b * P;
+            T* dst = out + ((n0 + b) * s.out_channels + grp * kg + k) * P;
+            for (int64_t p = 0; p < P; ++p) dst[p] = src[p] + add;
+          }
+        }
+      }
+    };
+    if (items >= at::get_num_threads()) {
+      at::parallel_for(0, items, 1, run);
+    } else {
+      run(0, items);
+    }
+    return;
+  }
   for_each_item<T>(s, pointwise ? 0 : kc * chunk, [&](int64_t n, int64_t grp, T* cols) {
     const T* xg = x + (n * s.in_channels + grp * cg) * HW;
     const T* wg = w + grp * kg * kc;
