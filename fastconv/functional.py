@@ -49,8 +49,9 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     statistics updated in place in training with ``momentum`` and the unbiased batch variance), on
     fastconv's kernels. ``relu=True`` applies ReLU in the same pass (forward and backward).
 
-    Statistics are per-channel shifted sums accumulated in double on the CPU (and combined in double
-    on CUDA), accurate when the mean is large against the spread."""
+    Statistics are per-channel shifted sums (shift = the channel's first value): runs of values summed
+    in float32, the runs' totals in double, so they stay accurate when the mean is large against the
+    spread."""
     if training:
         size = input.shape
         values = size[0]

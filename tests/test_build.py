@@ -1,5 +1,6 @@
 """The build reports what it is, and the op table holds what the package promises."""
 
+import pytest
 import torch
 
 import fastconv
@@ -15,7 +16,5 @@ def test_build_info_fields():
 
 
 def test_set_cpu_isa_rejects_unknown_names():
-    import pytest
-
     with pytest.raises(ValueError, match="unknown CPU ISA"):
         fastconv._C.set_cpu_isa("sse9")

@@ -82,6 +82,14 @@ def test_beta_zero_ignores_nan_in_c(device):
     assert not gemm(a, b, c, False, False, 1.0, 0.0).isnan().any()
 
 
+def test_alpha_zero_reads_neither_a_nor_b(device):
+    a = torch.full((4, 3), float("nan"), device=device)
+    b = torch.randn(3, 5, device=device)
+    c = torch.randn(4, 5, device=device)
+    torch.testing.assert_close(gemm(a, b, c, False, False, 0.0, 2.0), 2 * c)
+    assert torch.equal(gemm(a, b, None, False, False, 0.0, 0.0), torch.zeros(4, 5, device=device))
+
+
 def test_empty_and_k_zero(device):
     assert gemm(torch.randn(0, 4, device=device), torch.randn(4, 3, device=device)).shape == (0, 3)
     out = gemm(torch.randn(3, 0, device=device), torch.randn(0, 5, device=device))

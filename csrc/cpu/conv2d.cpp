@@ -110,22 +110,24 @@ GemmArgs<T> gemm_args(int64_t m, int64_t n, int64_t k, const T* a, int64_t rs_a,
   return g;
 }
 
-// Runs body(n, grp, cols) over all (image, group) items: in parallel when there are at least as many
-// items as threads (each with its own column buffer; GEMMs inside then run serially), else serially
-// with the GEMM parallel inside.
-template <typename T, typename Body>
-void for_each_item(const Conv2dShape& s, int64_t cols_elems, const Body& body) {
-  const int64_t items = s.batch * s.groups;
-  const int64_t threads = at::get_num_threads();
-  const auto run = [&](int64_t b, int64_t e) {
-    std::unique_ptr<T[]> cols(new T[std::max<int64_t>(1, cols_elems)]);   // uninitialised: im2col fills it
-    for (int64_t t = b; t < e; ++t) body(t / s.groups, t % s.groups, cols.get());
-  };
-  if (items >= threads) {
+// Runs run(begin, end) over [0, items): in parallel when there are at least as many items as threads
+// (the GEMMs inside then run serially), else serially with the GEMMs parallel inside.
+template <typename Run>
+void over_items(int64_t items, const Run& run) {
+  if (items >= at::get_num_threads()) {
     at::parallel_for(0, items, 1, run);
   } else {
     run(0, items);
   }
+}
+
+// body(n, grp, cols) for every (image, group), each worker with its own column buffer.
+template <typename T, typename Body>
+void for_each_item(const Conv2dShape& s, int64_t cols_elems, const Body& body) {
+  over_items(s.batch * s.groups, [&](int64_t b, int64_t e) {
+    std::unique_ptr<T[]> cols(new T[std::max<int64_t>(1, cols_elems)]);   // uninitialised: im2col fills it
+    for (int64_t t = b; t < e; ++t) body(t / s.groups, t % s.groups, cols.get());
+  });
 }
 
 // Images with few output positions make thin GEMMs that re-pack the weights for every image; up to
@@ -162,11 +164,7 @@ void forward_impl(const T* x, const T* w, const T* bias, T* out, const Conv2dSha
         }
       }
     };
-    if (items >= at::get_num_threads()) {
-      at::parallel_for(0, items, 1, run);
-    } else {
-      run(0, items);
-    }
+    over_items(items, run);
     return;
   }
   for_each_item<T>(s, pointwise ? 0 : kc * chunk, [&](int64_t n, int64_t grp, T* cols) {

@@ -41,7 +41,7 @@ constexpr int64_t kKC = 256, kMC = 240, kNC = 3072;
 template <typename T>
 void gemm(const GemmArgs<T>& g) {
   if (g.m == 0 || g.n == 0) return;
-  if (g.k == 0) {   // an empty product: C = beta * C (C not read when beta == 0)
+  if (g.k == 0 || g.alpha == T(0)) {   // no product to add (A and B unread): C = beta * C
     for (int64_t i = 0; i < g.m; ++i) {
       for (int64_t j = 0; j < g.n; ++j) {
         T& c = g.c[i * g.rs_c + j * g.cs_c];
@@ -100,9 +100,6 @@ at::Tensor gemm_cpu(const at::Tensor& a, const at::Tensor& b, const std::optiona
   const bool reads_c = gemm_reads_c(c, beta);
   if (reads_c) out.copy_(c->expand({s.m, s.n}));
   if (out.numel() == 0) return out;
-  if (s.k == 0 || alpha == 0.0) {   // nothing to multiply: beta * c, or zeros
-    return reads_c ? out.mul_(beta) : out.zero_();
-  }
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), kOp, [&] {
     GemmArgs<scalar_t> g;
     g.m = s.m; g.n = s.n; g.k = s.k;

@@ -23,7 +23,8 @@ struct GemmArgs {
   int64_t rs_a, cs_a;
   const T* b;
   int64_t rs_b, cs_b;
-  T* c;                     // beta == 0: C is not read (it may hold garbage or NaN)
+  T* c;                     // beta == 0: C is not read (it may hold garbage or NaN); alpha == 0 or
+                            // k == 0: A and B are not read
   int64_t rs_c, cs_c;
 };
 

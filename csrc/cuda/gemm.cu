@@ -86,6 +86,7 @@ cudaError_t gemm(DType dtype, int64_t m, int64_t n, int64_t k, double alpha, con
                  int64_t cs_a, const void* b, int64_t rs_b, int64_t cs_b, double beta, void* c, int64_t rs_c,
                  cudaStream_t stream) {
   if (m == 0 || n == 0) return cudaSuccess;
+  if (alpha == 0.0) k = 0;   // BLAS: A and B are not read; C = beta * C
   if (dtype == DType::f64) return launch<double>(m, n, k, alpha, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, rs_c, stream);
   if (dtype == DType::f32) return launch<float>(m, n, k, alpha, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, rs_c, stream);
   return cudaErrorInvalidValue;

@@ -10,7 +10,7 @@
 
 namespace fastconv::cuda {
 
-// beta == 0: C is not read. dtype: f32 or f64.
+// beta == 0: C is not read; alpha == 0: A and B are not read. dtype: f32 or f64.
 cudaError_t gemm(DType dtype, int64_t m, int64_t n, int64_t k, double alpha, const void* a, int64_t rs_a,
                  int64_t cs_a, const void* b, int64_t rs_b, int64_t cs_b, double beta, void* c, int64_t rs_c,
                  cudaStream_t stream);
