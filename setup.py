@@ -153,8 +153,12 @@ def main() -> None:
     debug = os.environ.get("FASTCONV_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # The C++ standard is left to torch.utils.cpp_extension: it matches the torch headers (C++20 for 2.14).
-    # -fopenmp-simd: `#pragma omp simd` reductions in the CPU kernels (no OpenMP runtime involved).
-    cxx = [*opt, "-fvisibility=hidden", "-fopenmp-simd", "-Wall", "-Wno-unused-function"]
+    # -fopenmp: at::parallel_for is an inline template that runs serially unless the including file
+    # is compiled with OpenMP (ATen/ParallelOpenMP.h checks _OPENMP), and `#pragma omp simd` reductions
+    # in the CPU kernels. Linking with -fopenmp names libgomp.so.1, which resolves to the copy torch
+    # has already loaded: one OpenMP runtime and one thread pool, shared with torch.
+    cxx = [*opt, "-fvisibility=hidden", "-fopenmp", "-Wall", "-Wno-unused-function"]
+    link = ["-fopenmp"]
     if os.environ.get("FASTCONV_SANITIZE"):
         cxx += [f"-fsanitize={os.environ['FASTCONV_SANITIZE']}", "-fno-omit-frame-pointer"]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
@@ -173,11 +177,12 @@ def main() -> None:
         ext = CUDAExtension(
             "fastconv._C", sources, include_dirs=include_dirs,
             define_macros=[("FASTCONV_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link,
         )
         _log(f"CUDA_HOME={CUDA_HOME}, archs={archs}")
     else:
-        ext = CppExtension("fastconv._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx})
+        ext = CppExtension("fastconv._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+                           extra_link_args=link)
     write_build_info(archs)
 
     setup(
