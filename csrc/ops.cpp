@@ -34,7 +34,7 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("gemm(Tensor a, Tensor b, Tensor? c, bool trans_a, bool trans_b, float alpha, float beta) -> Tensor");
 
   // conv2d: torch's convolution with symmetric padding (fastconv.functional.conv2d turns 'same',
-  // 'valid' and asymmetric padding into this); algorithm: "auto" or "im2col" so far.
+  // 'valid' and asymmetric padding into this); algorithm: "auto", "im2col" or "direct".
   m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
         "int groups, str algorithm) -> Tensor");
   // Outputs where output_mask is false are empty (0 elements).

@@ -88,7 +88,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return out.reshape(*lead, weight.shape[0])
 
 
-ALGORITHMS = ("auto", "im2col")
+ALGORITHMS = ("auto", "im2col", "direct")
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
@@ -97,9 +97,17 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     arguments, ``padding='same'``/``'valid'``, dilation, groups, optional bias, channels-last input), on
     fastconv's kernels.
 
-    ``algorithm``: ``"im2col"`` lowers each image to columns (in chunks of at most 64 MiB) and runs the
-    GEMM engine; ``"auto"`` currently always picks it (the direct and Winograd algorithms are not
-    written yet)."""
+    ``algorithm``:
+
+    - ``"im2col"`` lowers each image to columns (in chunks of at most 64 MiB) and runs the GEMM engine;
+      1x1 stride-1 convolutions skip the lowering.
+    - ``"direct"`` runs a loop nest over register-blocked tiles (CPU: 8 pixels x 32 output channels in
+      AVX-512 registers; CUDA: an 8x16 pixel tile with its input patch in shared memory), reading the
+      input in place. Its grad_input is the transposed convolution in the same form; grad_weight is
+      im2col's columns x grad_output.
+    - ``"auto"``: on the CPU, ``"direct"`` when a group has at least 32 output and 16 input channels and
+      the kernel is larger than 1x1 (ResNet/VGG 3x3 layers), ``"im2col"`` otherwise; on CUDA,
+      ``"im2col"`` (the direct kernels have not been measured on a GPU yet)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"fastconv.conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     s = _pair(stride, "stride", "conv2d")

@@ -24,7 +24,8 @@ for isa in ["avx512", "avx2", "scalar"]:
     for (m, nn_, kk), ta, tb in itertools.product([(1,1,1),(7,33,5),(241,65,257),(13,3100,300)], [False, True], [False, True]):
         a = torch.randn((kk, m) if ta else (m, kk)); b = torch.randn((nn_, kk) if tb else (kk, nn_))
         gemm(a, b, torch.randn(nn_), ta, tb, 1.0, 1.0); n += 1
-    for xs, ws, s_, p_, d_, g_ in [((2,3,9,11),(4,3,3,3),1,1,1,1), ((2,4,9,11),(6,2,3,2),(2,1),(1,0),(1,2),2), ((1,4,8,8),(4,1,3,3),1,1,1,4), ((2,5,7,7),(3,5,1,1),1,0,1,1), ((2,3,16,16),(5,3,7,7),2,3,1,1), ((2,3,10,10),(2,3,3,3),1,5,4,1), ((3,10,10),(2,3,4,3),1,'same',1,1), ((5,4,6,5),(6,2,3,3),1,1,1,2)]:
-        x = torch.randn(xs, requires_grad=True); w = torch.randn(ws, requires_grad=True); bb = torch.randn(ws[0], requires_grad=True)
-        F.conv2d(x, w, bb, s_, p_, d_, g_).sum().backward(); n += 1
+    for xs, ws, s_, p_, d_, g_ in [((2,3,9,11),(4,3,3,3),1,1,1,1), ((2,4,9,11),(6,2,3,2),(2,1),(1,0),(1,2),2), ((1,4,8,8),(4,1,3,3),1,1,1,4), ((2,5,7,7),(3,5,1,1),1,0,1,1), ((2,3,16,16),(5,3,7,7),2,3,1,1), ((2,3,10,10),(2,3,3,3),1,5,4,1), ((3,10,10),(2,3,4,3),1,'same',1,1), ((5,4,6,5),(6,2,3,3),1,1,1,2), ((3,40,7,7),(40,40,3,3),1,1,1,1), ((2,20,9,8),(36,20,3,3),2,1,1,1)]:
+        for algo in ("im2col", "direct"):
+            x = torch.randn(xs, requires_grad=True); w = torch.randn(ws, requires_grad=True); bb = torch.randn(ws[0], requires_grad=True)
+            F.conv2d(x, w, bb, s_, p_, d_, g_, algorithm=algo).sum().backward(); n += 1
 print("asan smoke ok:", n, "op calls with", fastconv._C.__file__)

@@ -80,17 +80,20 @@ SAMPLES["fastconv::gemm"] = _gemm
 
 def _conv2d(device):
     samples = []
-    for x_shape, w_shape, s, p, d, g, bias, mf in [
-            ((2, 4, 7, 6), (6, 2, 3, 2), [2, 1], [1, 0], [1, 2], 2, True, torch.contiguous_format),
-            ((2, 3, 5, 5), (4, 3, 1, 1), [1, 1], [0, 0], [1, 1], 1, False, torch.channels_last),
-            ((3, 6, 6), (2, 3, 3, 3), [1, 1], [1, 1], [1, 1], 1, True, torch.contiguous_format)]:
+    for x_shape, w_shape, s, p, d, g, bias, mf, algo in [
+            ((2, 4, 7, 6), (6, 2, 3, 2), [2, 1], [1, 0], [1, 2], 2, True, torch.contiguous_format, "im2col"),
+            ((2, 3, 5, 5), (4, 3, 1, 1), [1, 1], [0, 0], [1, 1], 1, False, torch.channels_last, "im2col"),
+            ((3, 6, 6), (2, 3, 3, 3), [1, 1], [1, 1], [1, 1], 1, True, torch.contiguous_format, "im2col"),
+            ((2, 4, 7, 6), (6, 2, 3, 2), [2, 1], [1, 0], [1, 2], 2, True, torch.contiguous_format, "direct"),
+            ((2, 3, 5, 5), (4, 3, 3, 3), [1, 1], [1, 1], [1, 1], 1, False, torch.channels_last, "direct"),
+            ((2, 16, 5, 5), (32, 16, 3, 3), [1, 1], [1, 1], [1, 1], 1, True, torch.contiguous_format, "auto")]:
         x = torch.randn(x_shape, device=device)
         if x.dim() == 4:
             x = x.contiguous(memory_format=mf)
         x.requires_grad_(True)
         w = torch.randn(w_shape, device=device, requires_grad=True)
         b = torch.randn(w_shape[0], device=device, requires_grad=True) if bias else None
-        samples.append(((x, w, b, s, p, d, g, "im2col"), {}))
+        samples.append(((x, w, b, s, p, d, g, algo), {}))
     return samples
 
 

@@ -1,4 +1,4 @@
-"""fastconv conv2d (im2col on the GEMM engine) against torch.nn.functional.conv2d: forward, gradients
+"""fastconv conv2d (im2col on the GEMM engine, and the direct kernels) against torch.nn.functional.conv2d: forward, gradients
 and memory format on a grid of awkward geometries (stride > kernel, dilation 4, groups and depthwise,
 1x1, 7x7 stride 2, non-square kernels, padding larger than the kernel, 'same' with even kernels,
 unbatched, channels-last, empty batch), every CPU SIMD variant, CUDA when present; gradcheck; the
@@ -33,7 +33,11 @@ GRID = [
 ]
 
 
-def run_both(x_shape, w_shape, stride, padding, dilation, groups, *, dtype, device, mf, bias=True, seed=0):
+ALGORITHMS = ["im2col", "direct", "auto"]
+
+
+def run_both(x_shape, w_shape, stride, padding, dilation, groups, *, dtype, device, mf, bias=True, seed=0,
+             algorithm="auto"):
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(x_shape, generator=g, dtype=dtype).to(device)
     if len(x_shape) == 4:
@@ -41,7 +45,8 @@ def run_both(x_shape, w_shape, stride, padding, dilation, groups, *, dtype, devi
     w0 = torch.randn(w_shape, generator=g, dtype=dtype).to(device)
     b0 = torch.randn(w_shape[0], generator=g, dtype=dtype).to(device) if bias else None
     results = []
-    for fn in (F.conv2d, TF.conv2d):
+    ours = lambda *a: F.conv2d(*a, algorithm=algorithm)  # noqa: E731
+    for fn in (ours, TF.conv2d):
         x = x0.clone().requires_grad_(True)
         w = w0.clone().requires_grad_(True)
         b = b0.clone().requires_grad_(True) if bias else None
@@ -65,20 +70,47 @@ def assert_match(ours, ref, dtype):
         torch.testing.assert_close(a, b, msg=name, **tol)
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
-def test_grid_cpu_isas(cpu_isa, memory_format):
+def test_grid_cpu_isas(cpu_isa, memory_format, algorithm):
     mf = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
     for case in GRID:
-        ours, ref = run_both(*case, dtype=torch.float32, device="cpu", mf=mf)
+        ours, ref = run_both(*case, dtype=torch.float32, device="cpu", mf=mf, algorithm=algorithm)
         assert_match(ours, ref, torch.float32)
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_grid(device, dtype):
+def test_grid(device, dtype, algorithm):
     for case in GRID:
         for bias in (True, False):
-            ours, ref = run_both(*case, dtype=dtype, device=device, mf=torch.contiguous_format, bias=bias)
+            ours, ref = run_both(*case, dtype=dtype, device=device, mf=torch.contiguous_format, bias=bias,
+                                 algorithm=algorithm)
             assert_match(ours, ref, dtype)
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "direct"])
+def test_wide_layers(device, algorithm):
+    # Shapes where "auto" picks direct on the CPU, with more than one channel block, several reduction
+    # chunks (320 input channels), tiles that span two images (7x7 = 49 pixels) and strides.
+    for x_shape, w_shape, stride, padding in [((3, 320, 7, 7), (40, 320, 3, 3), 1, 1),
+                                              ((2, 32, 12, 11), (72, 32, 3, 3), 2, 1),
+                                              ((2, 24, 9, 9), (64, 24, 5, 5), 1, 2)]:
+        ours, ref = run_both(x_shape, w_shape, stride, padding, 1, 1, dtype=torch.float32, device=device,
+                             mf=torch.contiguous_format, algorithm=algorithm)
+        assert_match(ours, ref, torch.float32)
+
+
+def test_nan_propagates(device):
+    # A NaN in the input reaches exactly the outputs whose window covers it, as in torch; padding
+    # taps never turn into NaN.
+    x = torch.randn(1, 32, 6, 6, device=device)
+    x[0, 3, 2, 4] = float("nan")
+    w = torch.randn(32, 32, 3, 3, device=device)
+    for algorithm in ("im2col", "direct"):
+        y, ref = F.conv2d(x, w, padding=1, algorithm=algorithm), TF.conv2d(x, w, padding=1)
+        assert torch.equal(y.isnan(), ref.isnan()), algorithm
+        torch.testing.assert_close(y.nan_to_num(), ref.nan_to_num(), rtol=1e-4, atol=1e-4)
 
 
 def test_channels_last_weight_gives_channels_last_output(device):
@@ -109,14 +141,15 @@ def test_large_image_uses_bounded_columns(device):
     assert_match(ours, ref, torch.float32)
 
 
-def test_gradcheck_float64(device):
+@pytest.mark.parametrize("algorithm", ["im2col", "direct"])
+def test_gradcheck_float64(device, algorithm):
     for x_shape, w_shape, s, p, d, g in [((2, 4, 6, 5), (4, 2, 3, 2), (2, 1), 1, (1, 2), 2),
                                          ((3, 5, 5), (2, 3, 2, 2), 1, "same", 1, 1)]:
         x = torch.randn(x_shape, dtype=torch.float64, device=device, requires_grad=True)
         w = torch.randn(w_shape, dtype=torch.float64, device=device, requires_grad=True)
         b = torch.randn(w_shape[0], dtype=torch.float64, device=device, requires_grad=True)
         assert torch.autograd.gradcheck(
-            lambda x, w, b, s=s, p=p, d=d, g=g: F.conv2d(x, w, b, s, p, d, g), (x, w, b))
+            lambda x, w, b, s=s, p=p, d=d, g=g: F.conv2d(x, w, b, s, p, d, g, algorithm=algorithm), (x, w, b))
 
 
 def test_torch_compile_fullgraph(device):
@@ -182,5 +215,5 @@ def test_bad_python_arguments():
         F.conv2d(x, w, stride=2, padding="same")
     with pytest.raises(ValueError, match="algorithm must be one of"):
         F.conv2d(x, w, algorithm="fft")
-    with pytest.raises(RuntimeError, match="unknown or unavailable algorithm 'direct'"):
-        torch.ops.fastconv.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1, "direct")
+    with pytest.raises(RuntimeError, match="unknown or unavailable algorithm 'fft'"):
+        torch.ops.fastconv.conv2d(x, w, None, [1, 1], [0, 0], [1, 1], 1, "fft")

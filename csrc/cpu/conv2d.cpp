@@ -8,7 +8,8 @@
 // The column buffer holds at most kWorkspaceBytes: output positions are processed in chunks. 1x1,
 // stride-1, unpadded convolutions skip the lowering (the input plane already is the column matrix).
 // Work is parallel over (image, group) items when there are enough of them, else inside the GEMM.
-// Channels-last tensors are computed through NCHW copies.
+// Channels-last tensors are computed through NCHW copies. algorithm="direct" (and "auto" where it
+// picks direct) runs conv2d_direct.cpp's kernels for the forward pass and grad_input instead.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -20,6 +21,7 @@
 #include <string_view>
 
 #include "common/conv2d_args.h"
+#include "cpu/conv2d_direct_kernels.h"
 #include "cpu/gemm_kernels.h"
 
 namespace fastconv::cpu {
@@ -197,8 +199,12 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
-    forward_impl<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-                           b.defined() ? b.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), s);
+    const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    if (s.algorithm == Conv2dAlgorithm::direct) {
+      conv2d_direct_forward<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), s);
+    } else {
+      forward_impl<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), s);
+    }
   });
   return in_format(out, s.format);
 }
@@ -285,8 +291,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
     if (output_mask[0]) {
       dx = at::empty(input.sizes(), input.options());
-      if (dx.numel() > 0) grad_input_impl<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-                                                    dx.data_ptr<scalar_t>(), s);
+      if (dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct) {
+        conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);
+      } else if (dx.numel() > 0) {
+        grad_input_impl<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);
+      }
       dx = in_format(dx, s.format);   // torch: the convolution's memory format
     }
     if (output_mask[1]) {

@@ -1,5 +1,6 @@
-// Launchers of the CUDA convolution helpers (torch-free): im2col, col2im (as a gather, no atomics)
-// and the per-channel bias gradient. The GEMMs between them are cuda/gemm.h's.
+// Launchers of the CUDA convolution kernels (torch-free): im2col, col2im (as a gather, no atomics),
+// the per-channel bias gradient, and the direct algorithm (conv2d_direct.cu). The GEMMs between
+// them are cuda/gemm.h's.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -23,5 +24,26 @@ cudaError_t conv2d_col2im_add(DType dtype, const void* cols, int64_t cg, const C
 // db[k] = sum over n, p of dy[n][k][p].
 cudaError_t conv2d_grad_bias(DType dtype, const void* dy, int64_t batch, int64_t channels, int64_t positions,
                              void* db, cudaStream_t stream);
+
+}  // namespace fastconv::cuda
+
+namespace fastconv::cuda {
+
+// The whole convolution's sizes, for the direct kernels (contiguous NCHW operands).
+struct Conv2dDims {
+  int64_t batch, in_channels, out_channels, groups;
+};
+
+// algorithm="direct": out = conv(x, w) + bias (bias may be null). Each thread block computes an
+// 8x16 tile of output pixels for 8 output channels, with the input patch under the tile and the
+// weights staged in shared memory a chunk of input channels at a time; geometries whose patch does
+// not fit (huge dilation) read global memory directly.
+cudaError_t conv2d_direct_forward(DType dtype, const void* x, const void* w, const void* bias, void* out,
+                                  const Conv2dDims& dims, const Conv2dGeometry& g, cudaStream_t stream);
+
+// algorithm="direct", grad_input as the transposed convolution in gather form: one thread per input
+// element sums w * dy over the output pixels that read it (no atomics, no buffers).
+cudaError_t conv2d_direct_grad_input(DType dtype, const void* dy, const void* w, void* dx, const Conv2dDims& dims,
+                                     const Conv2dGeometry& g, cudaStream_t stream);
 
 }  // namespace fastconv::cuda

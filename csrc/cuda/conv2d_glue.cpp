@@ -1,5 +1,6 @@
-// CUDA glue for conv2d by im2col + the tiled GEMM: the same decomposition as the CPU
-// (cpu/conv2d.cpp), launched per image, group and chunk of output positions on the current stream.
+// CUDA glue for conv2d. im2col + the tiled GEMM: the same decomposition as the CPU (cpu/conv2d.cpp),
+// launched per image, group and chunk of output positions on the current stream. direct: the kernels
+// of conv2d_direct.cu for the forward pass and grad_input; grad_weight is im2col's for both.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -23,6 +24,8 @@ char* at_elem(const at::Tensor& t, int64_t offset) {
   return static_cast<char*>(t.data_ptr()) + offset * static_cast<int64_t>(t.element_size());
 }
 
+Conv2dDims dims_of(const Conv2dShape& s) { return Conv2dDims{s.batch, s.in_channels, s.out_channels, s.groups}; }
+
 at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                        c10::string_view algorithm) {
@@ -36,6 +39,12 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
   const DType dt = to_dtype(input.scalar_type());
   const Conv2dGemmDims d = conv2d_gemm_dims(s, input.element_size(), kWorkspaceBytes);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (s.algorithm == Conv2dAlgorithm::direct) {
+    const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+    C10_CUDA_CHECK(conv2d_direct_forward(dt, x.data_ptr(), w.data_ptr(), has_bias ? b.data_ptr() : nullptr,
+                                         out.data_ptr(), dims_of(s), s.g, stream));
+    return in_format(out, s.format);
+  }
   if (has_bias) {   // the bias enters as the GEMM's beta term
     const auto view = s.batched ? std::vector<int64_t>{1, s.out_channels, 1, 1} : std::vector<int64_t>{s.out_channels, 1, 1};
     out.copy_(bias->reshape(view).expand_as(out));
@@ -75,7 +84,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
              db = at::empty({0}, input.options());
   at::Tensor cols = d.pointwise ? at::Tensor() : at::empty({d.kc * d.chunk}, input.options());
-  if (output_mask[0]) {
+  if (output_mask[0] && s.algorithm == Conv2dAlgorithm::direct) {
+    dx = at::empty(input.sizes(), input.options());
+    C10_CUDA_CHECK(conv2d_direct_grad_input(dt, dy.data_ptr(), w.data_ptr(), dx.data_ptr(), dims_of(s), s.g, stream));
+    dx = in_format(dx, s.format);
+  } else if (output_mask[0]) {
     dx = at::zeros(input.sizes(), input.options());
     for (int64_t n = 0; n < s.batch; ++n) {
       for (int64_t grp = 0; grp < s.groups; ++grp) {
