@@ -12,6 +12,7 @@
 #include "common/gemm_args.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
+#include "cpu/memory.h"
 
 namespace fastconv::cpu {
 namespace {
@@ -59,10 +60,9 @@ void gemm(const GemmArgs<T>& g) {
   int64_t mc = std::min<int64_t>(kMC, (g.m + 2 * threads - 1) / (2 * threads));
   mc = std::max<int64_t>(mr, (mc + mr - 1) / mr * mr);
   const int64_t ncap = std::min<int64_t>(kNC, (g.n + nr - 1) / nr * nr);
-  // at::empty: 64-byte aligned, as the micro-kernel's aligned loads of the B panel need.
-  at::Tensor bpack =
-      at::empty({std::min<int64_t>(kKC, g.k) * ncap}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-  T* bp = bpack.data_ptr<T>();
+  const int64_t m_pad = (g.m + mr - 1) / mr * mr;   // rows of a prepacked A
+  // 64-byte aligned, as the micro-kernel's aligned loads of the B panel need.
+  T* bp = scratch<T>(Scratch::gemm_b, std::min<int64_t>(kKC, g.k) * ncap);
   for (int64_t j0 = 0; j0 < g.n; j0 += kNC) {
     const int64_t nc = std::min(kNC, g.n - j0);
     for (int64_t k0 = 0; k0 < g.k; k0 += kKC) {
@@ -76,12 +76,15 @@ void gemm(const GemmArgs<T>& g) {
       });
       const int64_t blocks = (g.m + mc - 1) / mc;
       at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-        at::Tensor apack = at::empty({mc * kc}, bpack.options());
-        T* ap = apack.data_ptr<T>();
+        T* ap = g.a_packed != nullptr ? nullptr : scratch<T>(Scratch::gemm_a, mc * kc);
         for (int64_t blk = b0; blk < b1; ++blk) {
           const int64_t i0 = blk * mc, m_here = std::min(mc, g.m - i0);
-          kern.pack_a(g, i0, m_here, k0, kc, ap);
-          kern.macro(g, ap, bp, i0, m_here, j0, nc, kc, first);
+          if (g.a_packed != nullptr) {   // K block k0 of all rows, then row i0's panel within it
+            kern.macro(g, g.a_packed + k0 * m_pad + i0 * kc, bp, i0, m_here, j0, nc, kc, first);
+          } else {
+            kern.pack_a(g, i0, m_here, k0, kc, ap);
+            kern.macro(g, ap, bp, i0, m_here, j0, nc, kc, first);
+          }
         }
       });
     }
@@ -90,6 +93,22 @@ void gemm(const GemmArgs<T>& g) {
 
 template void gemm<float>(const GemmArgs<float>& g);
 template void gemm<double>(const GemmArgs<double>& g);
+
+int64_t gemm_packed_a_elems(int64_t m, int64_t k) {
+  const int64_t mr = kernels_for<float>().mr;
+  return (m + mr - 1) / mr * mr * k;
+}
+
+// K block k0 holds the panels of all rows (m_pad x kc), as pack_a lays out one row block.
+template <typename T>
+void gemm_pack_a(const GemmArgs<T>& g, T* dst) {
+  const auto& kern = kernels_for<T>();
+  const int64_t m_pad = (g.m + kern.mr - 1) / kern.mr * kern.mr;
+  for (int64_t k0 = 0; k0 < g.k; k0 += kKC) kern.pack_a(g, 0, g.m, k0, std::min(kKC, g.k - k0), dst + k0 * m_pad);
+}
+
+template void gemm_pack_a<float>(const GemmArgs<float>& g, float* dst);
+template void gemm_pack_a<double>(const GemmArgs<double>& g, double* dst);
 
 namespace {
 

@@ -26,6 +26,9 @@ struct GemmArgs {
   T* c;                     // beta == 0: C is not read (it may hold garbage or NaN); alpha == 0 or
                             // k == 0: A and B are not read
   int64_t rs_c, cs_c;
+  // When set, op(A) already packed by gemm_pack_a (a, rs_a and cs_a are then not read): a constant
+  // operand used many times, such as Winograd's transformed filters, is packed once.
+  const T* a_packed = nullptr;
 };
 
 // The blocked loop nest above runs in gemm.cpp, parallel over MC blocks of rows with at::parallel_for.
@@ -48,6 +51,13 @@ struct GemmKernels {
 // Other CPU ops (convolution, linear) call it directly.
 template <typename T>
 void gemm(const GemmArgs<T>& g);
+
+// Elements of the packed form of an m x k op(A), and the packing itself (reads g.m, g.k, g.a, g.rs_a,
+// g.cs_a): the layout the engine's row and K blocks index into, zero-padded to whole micro-panels.
+// The same for every ISA (all use MR = 6 and the same K blocking).
+int64_t gemm_packed_a_elems(int64_t m, int64_t k);
+template <typename T>
+void gemm_pack_a(const GemmArgs<T>& g, T* dst);
 
 // GFLOP/s of the active ISA's FMA loop on every thread of at::parallel_for, for about `seconds`
 // (float32 when single, else float64): the measured peak that GEMM throughput is set against.

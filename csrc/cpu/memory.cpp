@@ -33,4 +33,22 @@ void advise_huge_pages(const at::Tensor& fresh) {
 #endif
 }
 
+void* scratch_bytes(Scratch slot, size_t bytes) {
+  struct Buffer {
+    void* data = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffers[static_cast<int>(Scratch::count)];
+  Buffer& b = buffers[static_cast<int>(slot)];
+  if (b.size < bytes) {
+    std::free(b.data);
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    b.data = std::aligned_alloc(64, rounded);
+    TORCH_CHECK(b.data != nullptr, "fastconv: out of memory for a ", rounded, "-byte scratch buffer");
+    b.size = rounded;
+  }
+  return b.data;
+}
+
 }  // namespace fastconv::cpu

@@ -13,4 +13,19 @@ namespace fastconv::cpu {
 // on small tensors, or where the kernel declines. FASTCONV_HUGE_PAGES=0 turns it off.
 void advise_huge_pages(const at::Tensor& fresh);
 
+// Per-thread scratch memory that outlives a call. The kernels' temporary buffers (packed GEMM panels,
+// im2col columns, Winograd tiles) would otherwise be fresh mappings on every call above glibc's mmap
+// threshold, faulted in page by page: for a Winograd layer's 36 GEMMs that costs more than the
+// arithmetic. Each slot keeps the largest buffer asked of it on each thread (freed at thread exit).
+enum class Scratch { gemm_b, gemm_a, conv_cols, conv_prod, winograd_v, winograd_m, count };
+
+// `bytes` of 64-byte aligned memory for `slot` on the calling thread, uninitialised, valid until the
+// same thread asks for the same slot again. A function holding a slot must not call one that uses it.
+void* scratch_bytes(Scratch slot, size_t bytes);
+
+template <typename T>
+T* scratch(Scratch slot, int64_t elems) {
+  return static_cast<T*>(scratch_bytes(slot, static_cast<size_t>(elems > 0 ? elems : 1) * sizeof(T)));
+}
+
 }  // namespace fastconv::cpu
