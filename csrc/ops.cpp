@@ -7,6 +7,11 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+#include <vector>
+
+#include "common/winograd.h"
+#include "common/winograd_cache.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
 
@@ -34,7 +39,8 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("gemm(Tensor a, Tensor b, Tensor? c, bool trans_a, bool trans_b, float alpha, float beta) -> Tensor");
 
   // conv2d: torch's convolution with symmetric padding (fastconv.functional.conv2d turns 'same',
-  // 'valid' and asymmetric padding into this); algorithm: "auto", "im2col" or "direct".
+  // 'valid' and asymmetric padding into this); algorithm: "auto", "im2col", "direct", "winograd",
+  // "winograd_2x2" or "winograd_4x4".
   m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
         "int groups, str algorithm) -> Tensor");
   // Outputs where output_mask is false are empty (0 elements).
@@ -87,6 +93,83 @@ PyObject* py_fma_peak(PyObject*, PyObject* args) {
   Py_END_ALLOW_THREADS return PyFloat_FromDouble(gflops);
 }
 
+template <size_t R, size_t C>
+PyObject* matrix_list(const double (&mat)[R][C]) {
+  PyObject* rows = PyList_New(R);
+  for (size_t i = 0; i < R; ++i) {
+    PyObject* row = PyList_New(C);
+    for (size_t j = 0; j < C; ++j) PyList_SET_ITEM(row, j, PyFloat_FromDouble(mat[i][j]));
+    PyList_SET_ITEM(rows, i, row);
+  }
+  return rows;
+}
+
+template <int M>
+PyObject* winograd_matrices() {
+  return Py_BuildValue("{s:N,s:N,s:N}", "BT", matrix_list(fastconv::Winograd<M>::kBT), "G",
+                       matrix_list(fastconv::Winograd<M>::kG), "AT", matrix_list(fastconv::Winograd<M>::kAT));
+}
+
+// The matrices of common/winograd.h, for the tests: {"BT": ..., "G": ..., "AT": ...} as lists of rows.
+PyObject* py_winograd_matrices(PyObject*, PyObject* args) {
+  int m = 0;
+  if (!PyArg_ParseTuple(args, "i", &m)) return nullptr;
+  if (m == 2) return winograd_matrices<2>();
+  if (m == 4) return winograd_matrices<4>();
+  PyErr_Format(PyExc_ValueError, "fastconv: Winograd tile size must be 2 or 4, got %d", m);
+  return nullptr;
+}
+
+template <int M>
+std::vector<double> apply_1d(const std::string& kind, const std::vector<double>& x) {
+  std::vector<double> y(kind == "output" ? M : M + 2);
+  if (kind == "input") fastconv::Winograd<M>::template input<double>(x.data(), 1, y.data(), 1);
+  if (kind == "filter") fastconv::Winograd<M>::template filter<double>(x.data(), 1, y.data(), 1);
+  if (kind == "output") fastconv::Winograd<M>::template output<double>(x.data(), 1, y.data(), 1);
+  return y;
+}
+
+// The straight-line 1-D transform `kind` ("input": B^T x, "filter": G x, "output": A^T x) in float64,
+// for the tests to hold against the explicit matrices.
+PyObject* py_winograd_transform(PyObject*, PyObject* args) {
+  const char* kind = nullptr;
+  int m = 0;
+  PyObject* seq = nullptr;
+  if (!PyArg_ParseTuple(args, "siO", &kind, &m, &seq)) return nullptr;
+  const std::string k(kind);
+  if ((m != 2 && m != 4) || (k != "input" && k != "filter" && k != "output")) {
+    PyErr_SetString(PyExc_ValueError, "fastconv: winograd_transform(kind in input/filter/output, m in 2/4, values)");
+    return nullptr;
+  }
+  const Py_ssize_t want = k == "filter" ? 3 : m + 2;
+  PyObject* fast = PySequence_Fast(seq, "values must be a sequence");
+  if (fast == nullptr) return nullptr;
+  if (PySequence_Fast_GET_SIZE(fast) != want) {
+    Py_DECREF(fast);
+    PyErr_Format(PyExc_ValueError, "fastconv: %s transform of F(%d, 3) takes %zd values", kind, m, want);
+    return nullptr;
+  }
+  std::vector<double> x(static_cast<size_t>(want));
+  for (Py_ssize_t i = 0; i < want; ++i) x[static_cast<size_t>(i)] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
+  Py_DECREF(fast);
+  if (PyErr_Occurred()) return nullptr;
+  const std::vector<double> y = m == 2 ? apply_1d<2>(k, x) : apply_1d<4>(k, x);
+  PyObject* out = PyList_New(static_cast<Py_ssize_t>(y.size()));
+  for (size_t i = 0; i < y.size(); ++i) PyList_SET_ITEM(out, static_cast<Py_ssize_t>(i), PyFloat_FromDouble(y[i]));
+  return out;
+}
+
+PyObject* py_winograd_cache_stats(PyObject*, PyObject*) {
+  const auto s = fastconv::WinogradFilterCache::instance().stats();
+  return Py_BuildValue("{s:L,s:L,s:L}", "entries", static_cast<long long>(s.entries), "hits",
+                       static_cast<long long>(s.hits), "misses", static_cast<long long>(s.misses));
+}
+
+PyObject* py_winograd_cache_clear(PyObject*, PyObject*) {
+  fastconv::WinogradFilterCache::instance().clear();
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU ISA the vectorised kernels use now."},
     {"best_cpu_isa", py_best_cpu_isa, METH_NOARGS, "The widest CPU ISA this machine supports."},
@@ -94,6 +177,14 @@ PyMethodDef methods[] = {
     {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "Whether the CUDA kernels were compiled in."},
     {"fma_peak_gflops", py_fma_peak, METH_VARARGS,
      "fma_peak_gflops(single=True, seconds=0.2): measured FMA peak of the active CPU ISA on torch's threads."},
+    {"winograd_matrices", py_winograd_matrices, METH_VARARGS,
+     "winograd_matrices(m): the B^T, G and A^T matrices of F(m x m, 3 x 3) (m = 2 or 4)."},
+    {"winograd_transform", py_winograd_transform, METH_VARARGS,
+     "winograd_transform(kind, m, values): the straight-line 1-D input/filter/output transform in float64."},
+    {"winograd_cache_stats", py_winograd_cache_stats, METH_NOARGS,
+     "Entries, hits and misses of the cache of transformed Winograd filters."},
+    {"winograd_cache_clear", py_winograd_cache_clear, METH_NOARGS,
+     "Empties the cache of transformed Winograd filters (needed only after writes through .data)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastconv's compiled kernels", -1, methods};

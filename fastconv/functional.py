@@ -88,7 +88,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return out.reshape(*lead, weight.shape[0])
 
 
-ALGORITHMS = ("auto", "im2col", "direct")
+ALGORITHMS = ("auto", "im2col", "direct", "winograd", "winograd_2x2", "winograd_4x4")
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
@@ -105,9 +105,18 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
       AVX-512 registers; CUDA: an 8x16 pixel tile with its input patch in shared memory), reading the
       input in place. Its grad_input is the transposed convolution in the same form; grad_weight is
       im2col's columns x grad_output.
-    - ``"auto"``: on the CPU, ``"direct"`` when a group has at least 32 output and 16 input channels and
-      the kernel is larger than 1x1 (ResNet/VGG 3x3 layers), ``"im2col"`` otherwise; on CUDA,
-      ``"im2col"`` (the direct kernels have not been measured on a GPU yet)."""
+    - ``"winograd_2x2"`` / ``"winograd_4x4"``: Winograd's minimal filtering F(2x2, 3x3) / F(4x4, 3x3)
+      (Lavin & Gray 2015) for 3x3 kernels, stride 1, dilation 1, groups 1, any padding and size:
+      input and output tile transforms around 16 / 36 GEMMs over channels on the GEMM engine; the
+      transformed filters are cached per weight tensor and recomputed when its version counter moves.
+      grad_input is a Winograd convolution with the flipped, transposed filters; grad_weight is
+      im2col's. Other shapes raise an error. ``"winograd"`` picks F(4x4) unless the output is under
+      4 pixels on a side.
+    - ``"auto"``: on the CPU, Winograd F(4x4) for 3x3 stride-1 layers with at least 64 input and
+      output channels and outputs of at least 7x7; ``"direct"`` when a group has at least 32 output and
+      16 input channels and the kernel is larger than 1x1; ``"im2col"`` otherwise. On CUDA,
+      ``"im2col"`` (the other kernels have not been measured on a GPU yet).
+    """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"fastconv.conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     s = _pair(stride, "stride", "conv2d")

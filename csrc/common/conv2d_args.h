@@ -11,7 +11,11 @@
 
 namespace fastconv {
 
-enum class Conv2dAlgorithm { im2col, direct };
+enum class Conv2dAlgorithm { im2col, direct, winograd_2x2, winograd_4x4 };
+
+inline int winograd_tile(Conv2dAlgorithm a) {   // m of F(m x m, 3 x 3), or 0
+  return a == Conv2dAlgorithm::winograd_2x2 ? 2 : a == Conv2dAlgorithm::winograd_4x4 ? 4 : 0;
+}
 
 struct Conv2dShape {
   Conv2dGeometry g;
@@ -21,16 +25,37 @@ struct Conv2dShape {
   at::MemoryFormat format;   // of the output (torch: channels-last if input or weight is)
 };
 
-// algorithm="auto". On the CPU the direct kernel vectorises over 32 output channels of a group (16 in
-// float64) and reduces over input channels x taps: it wins when both are wide, so direct for
-// groups with at least 32 output and 16 input channels and a kernel larger than 1x1 (ResNet/VGG 3x3
-// layers: 0.9-1.7x torch against im2col's 0.5-0.8x, measured in the README); im2col otherwise, where
-// the GEMM engine does better (1x1 layers skip the lowering, few input channels as in a stem,
-// depthwise and other narrow groups). On CUDA: im2col until the kernels have been measured on a GPU.
+// Winograd F(m x m, 3 x 3) as written here: 3x3 kernels, stride 1, dilation 1, one group (grouped
+// convolutions would need per-group GEMMs of a few channels, where Winograd does not pay).
+inline bool winograd_applies(const Conv2dShape& s) {
+  const auto& g = s.g;
+  return g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && s.groups == 1;
+}
+
+// algorithm="winograd": F(4x4) does 2.25 multiplies per output against F(2x2)'s 4, and wins unless
+// the output is so small that its 4x4 tiles are mostly padding: F(2x2) for outputs under 4 pixels
+// on a side.
+inline Conv2dAlgorithm choose_winograd_tile(const Conv2dShape& s) {
+  return s.g.out_h < 4 || s.g.out_w < 4 ? Conv2dAlgorithm::winograd_2x2 : Conv2dAlgorithm::winograd_4x4;
+}
+
+// algorithm="auto", from measurements on this project's CPU (README): on the CPU,
+// - Winograd F(4x4) for 3x3 stride-1 layers with at least 64 input and output channels and outputs
+//   of at least 7x7 (ResNet/VGG 3x3 layers: 1.1-1.8x torch; with fewer channels or tiny outputs the
+//   transforms outweigh the saved multiplies). It rounds differently from direct convolution (at most
+//   ~10x the error, README's accuracy table); ask for "direct" where that matters.
+// - direct for other groups with at least 32 output and 16 input channels and a kernel larger than
+//   1x1 (it vectorises over 32 output channels and reduces over input channels x taps);
+// - im2col otherwise (1x1 layers skip the lowering; few input channels as in a stem; depthwise).
+// On CUDA: im2col, until the other kernels have been measured on a GPU.
 inline Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dShape& s, bool cuda) {
+  if (cuda) return Conv2dAlgorithm::im2col;
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
-  const bool wide = kg >= 32 && cg >= 16 && s.g.kh * s.g.kw > 1;
-  return !cuda && wide ? Conv2dAlgorithm::direct : Conv2dAlgorithm::im2col;
+  if (winograd_applies(s) && cg >= 64 && kg >= 64 && s.g.out_h >= 7 && s.g.out_w >= 7) {
+    return Conv2dAlgorithm::winograd_4x4;
+  }
+  if (kg >= 32 && cg >= 16 && s.g.kh * s.g.kw > 1) return Conv2dAlgorithm::direct;
+  return Conv2dAlgorithm::im2col;
 }
 
 inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weight,
@@ -40,8 +65,10 @@ inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weigh
   check_pair(stride, op, "stride");
   check_pair(padding, op, "padding");
   check_pair(dilation, op, "dilation");
-  FC_CHECK(algorithm == "auto" || algorithm == "im2col" || algorithm == "direct", op,
-           "unknown or unavailable algorithm '", algorithm, "' (this build has: auto, im2col, direct)");
+  const bool winograd = algorithm == "winograd" || algorithm == "winograd_2x2" || algorithm == "winograd_4x4";
+  FC_CHECK(algorithm == "auto" || algorithm == "im2col" || algorithm == "direct" || winograd, op,
+           "unknown or unavailable algorithm '", algorithm,
+           "' (this build has: auto, im2col, direct, winograd, winograd_2x2, winograd_4x4)");
   FC_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
            "expected input to be float32 or float64, but got ", input.scalar_type());
   FC_CHECK(weight.scalar_type() == input.scalar_type(), op, "expected weight of dtype ", input.scalar_type(),
@@ -88,9 +115,17 @@ inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weigh
   const bool cl = s.batched && (input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
                                 weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast);
   s.format = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  s.algorithm = algorithm == "direct" ? Conv2dAlgorithm::direct
-              : algorithm == "im2col" ? Conv2dAlgorithm::im2col
-                                      : choose_conv2d_algorithm(s, input.device().is_cuda());
+  if (winograd) {
+    FC_CHECK(winograd_applies(s), op, "algorithm '", algorithm, "' applies to 3x3 kernels with stride 1, dilation 1 ",
+             "and groups=1, but got kernel ", g.kh, "x", g.kw, ", stride=", stride, ", dilation=", dilation,
+             ", groups=", groups, " (use 'auto', 'im2col' or 'direct')");
+  }
+  s.algorithm = algorithm == "direct"         ? Conv2dAlgorithm::direct
+              : algorithm == "im2col"         ? Conv2dAlgorithm::im2col
+              : algorithm == "winograd_2x2"   ? Conv2dAlgorithm::winograd_2x2
+              : algorithm == "winograd_4x4"   ? Conv2dAlgorithm::winograd_4x4
+              : algorithm == "winograd"       ? choose_winograd_tile(s)
+                                              : choose_conv2d_algorithm(s, input.device().is_cuda());
   return s;
 }
 

@@ -9,7 +9,8 @@
 // stride-1, unpadded convolutions skip the lowering (the input plane already is the column matrix).
 // Work is parallel over (image, group) items when there are enough of them, else inside the GEMM.
 // Channels-last tensors are computed through NCHW copies. algorithm="direct" (and "auto" where it
-// picks direct) runs conv2d_direct.cpp's kernels for the forward pass and grad_input instead.
+// picks direct) runs conv2d_direct.cpp's kernels for the forward pass and grad_input instead, the
+// Winograd algorithms conv2d_winograd.cpp's; grad_weight and grad_bias are always the ones here.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -17,12 +18,13 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 #include <string_view>
 
 #include "common/conv2d_args.h"
 #include "cpu/conv2d_direct_kernels.h"
+#include "cpu/conv2d_winograd.h"
 #include "cpu/gemm_kernels.h"
+#include "cpu/memory.h"
 
 namespace fastconv::cpu {
 namespace {
@@ -127,8 +129,8 @@ void over_items(int64_t items, const Run& run) {
 template <typename T, typename Body>
 void for_each_item(const Conv2dShape& s, int64_t cols_elems, const Body& body) {
   over_items(s.batch * s.groups, [&](int64_t b, int64_t e) {
-    std::unique_ptr<T[]> cols(new T[std::max<int64_t>(1, cols_elems)]);   // uninitialised: im2col fills it
-    for (int64_t t = b; t < e; ++t) body(t / s.groups, t % s.groups, cols.get());
+    T* cols = scratch<T>(Scratch::conv_cols, cols_elems);   // uninitialised: im2col fills it
+    for (int64_t t = b; t < e; ++t) body(t / s.groups, t % s.groups, cols);
   });
 }
 
@@ -148,18 +150,19 @@ void forward_impl(const T* x, const T* w, const T* bias, T* out, const Conv2dSha
   if (per_gemm > 1 && !pointwise && kc * per_gemm * P * int64_t(sizeof(T)) <= int64_t(kWorkspaceBytes)) {
     const int64_t bundles = (s.batch + per_gemm - 1) / per_gemm, items = bundles * s.groups;
     const auto run = [&](int64_t b0, int64_t b1) {
-      std::unique_ptr<T[]> cols(new T[kc * per_gemm * P]), prod(new T[kg * per_gemm * P]);
+      T* cols = scratch<T>(Scratch::conv_cols, kc * per_gemm * P);
+      T* prod = scratch<T>(Scratch::conv_prod, kg * per_gemm * P);
       for (int64_t t = b0; t < b1; ++t) {
         const int64_t bundle = t / s.groups, grp = t % s.groups;
         const int64_t n0 = bundle * per_gemm, nb = std::min(per_gemm, s.batch - n0), ld = nb * P;
         for (int64_t b = 0; b < nb; ++b) {
-          im2col(x + ((n0 + b) * s.in_channels + grp * cg) * HW, cg, g, 0, P, cols.get() + b * P, ld);
+          im2col(x + ((n0 + b) * s.in_channels + grp * cg) * HW, cg, g, 0, P, cols + b * P, ld);
         }
-        gemm(gemm_args<T>(kg, ld, kc, w + grp * kg * kc, kc, 1, cols.get(), ld, 1, prod.get(), ld, T(0)));
+        gemm(gemm_args<T>(kg, ld, kc, w + grp * kg * kc, kc, 1, cols, ld, 1, prod, ld, T(0)));
         for (int64_t b = 0; b < nb; ++b) {
           for (int64_t k = 0; k < kg; ++k) {
             const T add = bias != nullptr ? bias[grp * kg + k] : T(0);
-            const T* src = prod.get() + k * ld + b * P;
+            const T* src = prod + k * ld + b * P;
             T* dst = out + ((n0 + b) * s.out_channels + grp * kg + k) * P;
             for (int64_t p = 0; p < P; ++p) dst[p] = src[p] + add;
           }
@@ -198,6 +201,10 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   if (out.numel() == 0) return in_format(out, s.format);
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  if (const int m = winograd_tile(s.algorithm)) {   // the cache keys on the caller's weight tensor
+    conv2d_winograd_forward(x, weight, b, out, s, m);
+    return in_format(out, s.format);
+  }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
     const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
     if (s.algorithm == Conv2dAlgorithm::direct) {
@@ -239,7 +246,7 @@ void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
   const Conv2dGemmDims d = conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
   const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW, chunk = d.chunk;
   const bool pointwise = d.pointwise;
-  std::unique_ptr<T[]> cols(new T[pointwise ? 1 : kc * chunk]);
+  T* cols = scratch<T>(Scratch::conv_cols, pointwise ? 1 : kc * chunk);
   // dW accumulates over images, so images run in order; the GEMMs are parallel inside.
   for (int64_t grp = 0; grp < s.groups; ++grp) {
     T* dwg = dw + grp * kg * kc;
@@ -253,8 +260,8 @@ void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
         if (pointwise) {
           gemm(gemm_args<T>(kg, kc, pc, dyg + p0, P, 1, xg + p0, 1, HW, dwg, kc, beta));
         } else {
-          im2col(xg, cg, g, p0, p1, cols.get());
-          gemm(gemm_args<T>(kg, kc, pc, dyg + p0, P, 1, cols.get(), 1, pc, dwg, kc, beta));
+          im2col(xg, cg, g, p0, p1, cols);
+          gemm(gemm_args<T>(kg, kc, pc, dyg + p0, P, 1, cols, 1, pc, dwg, kc, beta));
         }
         first = false;
       }
@@ -291,7 +298,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
     if (output_mask[0]) {
       dx = at::empty(input.sizes(), input.options());
-      if (dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct) {
+      if (dx.numel() > 0 && winograd_tile(s.algorithm) != 0) {
+        conv2d_winograd_grad_input(dy, weight, dx, s, winograd_tile(s.algorithm));
+      } else if (dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct) {
         conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);
       } else if (dx.numel() > 0) {
         grad_input_impl<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);

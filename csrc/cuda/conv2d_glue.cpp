@@ -1,16 +1,20 @@
 // CUDA glue for conv2d. im2col + the tiled GEMM: the same decomposition as the CPU (cpu/conv2d.cpp),
 // launched per image, group and chunk of output positions on the current stream. direct: the kernels
-// of conv2d_direct.cu for the forward pass and grad_input; grad_weight is im2col's for both.
+// of conv2d_direct.cu for the forward pass and grad_input; Winograd: conv2d_winograd.cu's transforms
+// around alpha^2 tiled GEMMs, filters cached; grad_weight is im2col's for all of them.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <string_view>
 
 #include "common/conv2d_args.h"
+#include "common/winograd_cache.h"
 #include "cuda/conv2d.h"
+#include "cuda/conv2d_winograd.h"
 #include "cuda/gemm.h"
 
 namespace fastconv::cuda {
@@ -26,6 +30,48 @@ char* at_elem(const at::Tensor& t, int64_t offset) {
 
 Conv2dDims dims_of(const Conv2dShape& s) { return Conv2dDims{s.batch, s.in_channels, s.out_channels, s.groups}; }
 
+// The transformed filters U[e][kout][cin] of `weight` (flipped and transposed for grad_input), cached.
+at::Tensor winograd_filters(const at::Tensor& weight, int m, bool transposed, const Conv2dShape& s,
+                            cudaStream_t stream) {
+  return WinogradFilterCache::instance().get(weight, m * 2 + (transposed ? 1 : 0), [&] {
+    const at::Tensor w = weight.contiguous();
+    const int64_t kout = transposed ? s.in_channels : s.out_channels, cin = transposed ? s.out_channels : s.in_channels;
+    at::Tensor u = at::empty({(m + 2) * (m + 2), kout, cin}, w.options());
+    const DType dt = to_dtype(w.scalar_type());
+    if (transposed) {   // g'[c][k][i][j] = w[k][c][2 - i][2 - j]
+      C10_CUDA_CHECK(winograd_filter_transform(dt, m, at_elem(w, 8), 9, s.in_channels * 9, -3, -1, kout, cin,
+                                               u.data_ptr(), stream));
+    } else {
+      C10_CUDA_CHECK(winograd_filter_transform(dt, m, w.data_ptr(), s.in_channels * 9, 9, 3, 1, kout, cin,
+                                               u.data_ptr(), stream));
+    }
+    return u;
+  });
+}
+
+// The Winograd pipeline of cpu/conv2d_winograd.cpp on the GPU: per chunk of tile rows, the input
+// transform, alpha^2 GEMMs and the output transform.
+void winograd_run(int m, const at::Tensor& x, const at::Tensor& u, const void* bias, at::Tensor& out,
+                  const WinogradDims& d, cudaStream_t stream) {
+  const DType dt = to_dtype(x.scalar_type());
+  const int64_t E = (m + 2) * (m + 2), elem = x.element_size();
+  const int64_t tiles_h = (d.out_h + m - 1) / m, tiles_w = (d.out_w + m - 1) / m, rows = d.batch * tiles_h;
+  const int64_t per_row = E * (d.in_ch + d.out_ch) * tiles_w * elem;
+  const int64_t fit = std::clamp<int64_t>(static_cast<int64_t>(kWorkspaceBytes) / per_row, 1, rows);
+  const int64_t chunks = (rows + fit - 1) / fit, rows_per_chunk = (rows + chunks - 1) / chunks;
+  at::Tensor v = at::empty({E * d.in_ch * rows_per_chunk * tiles_w}, x.options());
+  at::Tensor mt = at::empty({E * d.out_ch * rows_per_chunk * tiles_w}, x.options());
+  for (int64_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
+    const int64_t nrows = std::min(rows_per_chunk, rows - r0), tc = nrows * tiles_w;
+    C10_CUDA_CHECK(winograd_input_transform(dt, m, x.data_ptr(), d, r0, nrows, v.data_ptr(), stream));
+    for (int64_t e = 0; e < E; ++e) {
+      C10_CUDA_CHECK(gemm(dt, d.out_ch, tc, d.in_ch, 1.0, at_elem(u, e * d.out_ch * d.in_ch), d.in_ch, 1,
+                          at_elem(v, e * d.in_ch * tc), tc, 1, 0.0, at_elem(mt, e * d.out_ch * tc), tc, stream));
+    }
+    C10_CUDA_CHECK(winograd_output_transform(dt, m, mt.data_ptr(), bias, d, r0, nrows, out.data_ptr(), stream));
+  }
+}
+
 at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                        c10::string_view algorithm) {
@@ -39,6 +85,14 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
   const DType dt = to_dtype(input.scalar_type());
   const Conv2dGemmDims d = conv2d_gemm_dims(s, input.element_size(), kWorkspaceBytes);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (const int m = winograd_tile(s.algorithm)) {
+    const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+    const at::Tensor u = winograd_filters(weight, m, false, s, stream);
+    const WinogradDims wd{s.batch, s.in_channels, s.out_channels, s.g.in_h, s.g.in_w, s.g.out_h, s.g.out_w,
+                          s.g.ph, s.g.pw};
+    winograd_run(m, x, u, has_bias ? b.data_ptr() : nullptr, out, wd, stream);
+    return in_format(out, s.format);
+  }
   if (s.algorithm == Conv2dAlgorithm::direct) {
     const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
     C10_CUDA_CHECK(conv2d_direct_forward(dt, x.data_ptr(), w.data_ptr(), has_bias ? b.data_ptr() : nullptr,
@@ -84,7 +138,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
              db = at::empty({0}, input.options());
   at::Tensor cols = d.pointwise ? at::Tensor() : at::empty({d.kc * d.chunk}, input.options());
-  if (output_mask[0] && s.algorithm == Conv2dAlgorithm::direct) {
+  if (output_mask[0] && winograd_tile(s.algorithm) != 0) {
+    const int m = winograd_tile(s.algorithm);
+    dx = at::empty(input.sizes(), input.options());
+    const at::Tensor u = winograd_filters(weight, m, true, s, stream);
+    const WinogradDims wd{s.batch, s.out_channels, s.in_channels, s.g.out_h, s.g.out_w, s.g.in_h, s.g.in_w,
+                          2 - s.g.ph, 2 - s.g.pw};
+    if (dx.numel() > 0) winograd_run(m, dy, u, nullptr, dx, wd, stream);
+    dx = in_format(dx, s.format);
+  } else if (output_mask[0] && s.algorithm == Conv2dAlgorithm::direct) {
     dx = at::empty(input.sizes(), input.options());
     C10_CUDA_CHECK(conv2d_direct_grad_input(dt, dy.data_ptr(), w.data_ptr(), dx.data_ptr(), dims_of(s), s.g, stream));
     dx = in_format(dx, s.format);

@@ -147,10 +147,6 @@ def conv2d_cases(device: str, quick: bool) -> list[Case]:
         out_hw = (hw + 2 * pd - r) // st + 1
         flops = 2.0 * n * k * out_hw * out_hw * c * r * r
         shape = f"{n}x{c}x{hw}x{hw} * {k}x{c}x{r}x{r} s{st} p{pd}"
-        cases.append(Case(op="conv2d im2col fwd", shape=shape, dtype="float32",
-                          fastconv=lambda x=x, w=w, st=st, pd=pd: F.conv2d(x, w, None, st, pd, algorithm="im2col"),
-                          torch=lambda x=x, w=w, st=st, pd=pd: TF.conv2d(x, w, None, st, pd),
-                          flops=flops, peak_gflops=peak, note=net))
         xg, wg = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
         go = torch.randn(n, k, out_hw, out_hw, device=device)
 
@@ -158,9 +154,14 @@ def conv2d_cases(device: str, quick: bool) -> list[Case]:
             xg.grad = wg.grad = None
             conv(xg, wg, None, st, pd).backward(go)
 
-        cases.append(Case(op="conv2d im2col fwd+bwd", shape=shape, dtype="float32",
-                          fastconv=lambda f=fwd_bwd: f(lambda *a: F.conv2d(*a, algorithm="im2col")),
-                          torch=lambda f=fwd_bwd: f(TF.conv2d), flops=3 * flops, peak_gflops=peak, note=net))
+        for algo in ("im2col", "direct", "auto"):
+            cases.append(Case(op=f"conv2d {algo} fwd", shape=shape, dtype="float32",
+                              fastconv=lambda x=x, w=w, st=st, pd=pd, a=algo: F.conv2d(x, w, None, st, pd, algorithm=a),
+                              torch=lambda x=x, w=w, st=st, pd=pd: TF.conv2d(x, w, None, st, pd),
+                              flops=flops, peak_gflops=peak, note=net))
+            cases.append(Case(op=f"conv2d {algo} fwd+bwd", shape=shape, dtype="float32",
+                              fastconv=lambda f=fwd_bwd, a=algo: f(lambda *args: F.conv2d(*args, algorithm=a)),
+                              torch=lambda f=fwd_bwd: f(TF.conv2d), flops=3 * flops, peak_gflops=peak, note=net))
     return cases
 
 

@@ -1,0 +1,103 @@
+// The cache of transformed Winograd filters (torch side, shared by the CPU and CUDA glue).
+//
+// A model in eval mode calls a convolution again and again with the same weight: its filter
+// transform U = G g G^T is computed once and kept. An entry is valid while the weight is the same
+// live tensor (a weak reference), at the same address with the same shape, and its version counter
+// has not moved: every in-place update through autograd-visible ops (an optimizer step,
+// load_state_dict, copy_ under no_grad) bumps the counter and the next call recomputes. Writes that
+// bypass the counter (through `.data`) are not seen: call fastconv._C.winograd_cache_clear() after
+// those. Inference-mode tensors have no version counter and are never cached.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/intrusive_ptr.h>
+
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <vector>
+
+namespace fastconv {
+
+struct WinogradCacheStats {
+  int64_t entries = 0, hits = 0, misses = 0;
+};
+
+class WinogradFilterCache {
+ public:
+  static WinogradFilterCache& instance() {
+    static WinogradFilterCache cache;
+    return cache;
+  }
+
+  // U for `weight` in variant `variant` (tile size, direction), from the cache or from compute().
+  at::Tensor get(const at::Tensor& weight, int variant, const std::function<at::Tensor()>& compute) {
+    if (weight.is_inference()) return compute();
+    const int64_t version = weight._version();
+    std::lock_guard<std::mutex> lock(mu_);
+    ++clock_;
+    std::vector<Entry> live;
+    for (auto& e : entries_) {   // drop entries whose weight has died
+      if (!e.impl.expired()) live.push_back(std::move(e));
+    }
+    entries_ = std::move(live);
+    for (auto& e : entries_) {
+      if (e.impl._unsafe_get_target() == weight.unsafeGetTensorImpl() && e.variant == variant &&
+          e.data == weight.data_ptr() && e.sizes == weight.sizes().vec() && e.strides == weight.strides().vec()) {
+        if (e.version == version) {
+          ++stats_.hits;
+          e.used = clock_;
+          return e.u;
+        }
+        e.u = compute();   // the weight was updated in place
+        e.version = version;
+        e.used = clock_;
+        ++stats_.misses;
+        return e.u;
+      }
+    }
+    ++stats_.misses;
+    if (static_cast<int64_t>(entries_.size()) >= kMaxEntries) {   // evict the least recently used
+      size_t oldest = 0;
+      for (size_t i = 1; i < entries_.size(); ++i) {
+        if (entries_[i].used < entries_[oldest].used) oldest = i;
+      }
+      entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(oldest));
+    }
+    Entry e{c10::weak_intrusive_ptr<c10::TensorImpl>(weight.getIntrusivePtr()), variant, version, weight.data_ptr(),
+            weight.sizes().vec(), weight.strides().vec(), compute(), clock_};
+    entries_.push_back(e);
+    return e.u;
+  }
+
+  WinogradCacheStats stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    WinogradCacheStats s = stats_;
+    s.entries = static_cast<int64_t>(entries_.size());
+    return s;
+  }
+
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    entries_.clear();
+    stats_ = WinogradCacheStats{};
+  }
+
+ private:
+  static constexpr int64_t kMaxEntries = 64;   // a ResNet-50 has 16 3x3 convolutions, each two ways
+  struct Entry {
+    c10::weak_intrusive_ptr<c10::TensorImpl> impl;
+    int variant;
+    int64_t version;
+    const void* data;
+    std::vector<int64_t> sizes, strides;
+    at::Tensor u;
+    uint64_t used;
+  };
+  std::mutex mu_;
+  std::vector<Entry> entries_;
+  WinogradCacheStats stats_;
+  uint64_t clock_ = 0;
+};
+
+}  // namespace fastconv

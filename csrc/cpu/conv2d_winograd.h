@@ -1,0 +1,20 @@
+// The Winograd convolution on the CPU (conv2d_winograd.cpp), for the conv2d op's glue: float and
+// double, contiguous NCHW tensors, 3x3 kernels, stride 1, dilation 1, groups 1; m = 2 or 4.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "common/conv2d_args.h"
+
+namespace fastconv::cpu {
+
+// out = conv(x, weight) + bias (bias may be undefined); the filter transform comes from the cache.
+void conv2d_winograd_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out,
+                             const Conv2dShape& s, int m);
+
+// dx = the transposed convolution of dy: a Winograd correlation of dy with the flipped, transposed
+// filters (cached too) and padding 2 - p, which may be negative (then it crops).
+void conv2d_winograd_grad_input(const at::Tensor& dy, const at::Tensor& weight, at::Tensor& dx, const Conv2dShape& s,
+                                int m);
+
+}  // namespace fastconv::cpu

@@ -1,0 +1,24 @@
+// The Winograd transforms (conv2d_winograd.inc) compiled for AVX512: 64-byte vectors.
+#include <algorithm>
+#include <cstdint>
+
+#include "common/winograd.h"
+#include "cpu/conv2d_winograd_kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+
+namespace fastconv::cpu {
+namespace {
+
+constexpr int kVecBytes = 64;
+#include "cpu/conv2d_winograd.inc"
+
+}  // namespace
+
+const WinogradKernels<float> winograd_kernels_f32_avx512 = make_winograd_kernels<float>();
+const WinogradKernels<double> winograd_kernels_f64_avx512 = make_winograd_kernels<double>();
+
+}  // namespace fastconv::cpu
+
+#pragma GCC pop_options

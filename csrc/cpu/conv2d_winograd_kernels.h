@@ -1,0 +1,43 @@
+// The Winograd convolution's transforms on the CPU (torch-free), compiled per ISA from
+// conv2d_winograd.inc: each works on a list of tiles, one tile per SIMD lane (tiles from any row or
+// image, so small images fill the lanes too), with the straight-line transforms of
+// common/winograd.h. Index [0] is F(2x2, 3x3), [1] is F(4x4, 3x3).
+//
+// Layouts (alpha = m + 2, E = alpha^2 transform positions e):
+//   V[e][c][t]   transformed input tiles: e_stride apart per e, tiles t contiguous
+//   M[e][k][t]   the GEMMs' products, likewise
+//   U[e][k][c]   transformed filters
+#pragma once
+
+#include <cstdint>
+
+namespace fastconv::cpu {
+
+// Where the tiles of a chunk sit: tile t's top-left input pixel (ih0, iw0) in image `image` (an
+// offset in elements from image 0's plane of the same channel). Output tiles start at (ih0 + ph,
+// iw0 + pw), i.e. at (th * m, tw * m).
+struct WinogradTile {
+  int64_t image;
+  int64_t ih0, iw0;
+};
+
+template <typename T>
+struct WinogradKernels {
+  // V[e][t] = B^T d B for the `tiles` tiles of one row of one input plane (H x W), tile t's top-left
+  // pixel at (ih0, iw0 + t * m); pixels outside the plane read zero.
+  void (*input[2])(const T* plane, int64_t H, int64_t W, int64_t ih0, int64_t iw0, int64_t tiles, T* v,
+                   int64_t e_stride);
+  // out[oh][ow] = (A^T M A)[i][j] + bias for tiles t < count of one output channel (plane: that
+  // channel of image 0, OH x OW), each tile's m x m block clipped to the plane.
+  void (*output[2])(const T* mt, int64_t e_stride, const WinogradTile* tiles, int64_t count, int64_t ph, int64_t pw,
+                    T* plane, int64_t OH, int64_t OW, T bias);
+  // U[e][k][c] = G g G^T for c < cin of filter k, where g[i][j] = w[k * s_out + c * s_in + i * s_i + j * s_j]
+  // (strides let the backward pass read the flipped, transposed filters in place).
+  void (*filter[2])(const T* w, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j, int64_t k, int64_t cin,
+                    int64_t kout, T* u);
+};
+
+extern const WinogradKernels<float> winograd_kernels_f32_avx512, winograd_kernels_f32_avx2;
+extern const WinogradKernels<double> winograd_kernels_f64_avx512, winograd_kernels_f64_avx2;
+
+}  // namespace fastconv::cpu
