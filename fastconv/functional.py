@@ -139,4 +139,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
             raise ValueError(f"fastconv.conv2d: padding must be 'valid', 'same', an int or a pair, got {padding!r}")
     else:
         p = _pair(padding, "padding", "conv2d")
+    if algorithm != "im2col" and algorithm != "direct" and not torch.is_grad_enabled() and weight.requires_grad:
+        # No gradient can reach the weight: hand over a detached view (same storage and version
+        # counter), which the Winograd filter cache may keep (see csrc/common/winograd_cache.h).
+        weight = weight.detach()
     return ops.conv2d(input, weight, bias, s, p, d, int(groups), algorithm)

@@ -86,7 +86,9 @@ def _conv2d(device):
             ((3, 6, 6), (2, 3, 3, 3), [1, 1], [1, 1], [1, 1], 1, True, torch.contiguous_format, "im2col"),
             ((2, 4, 7, 6), (6, 2, 3, 2), [2, 1], [1, 0], [1, 2], 2, True, torch.contiguous_format, "direct"),
             ((2, 3, 5, 5), (4, 3, 3, 3), [1, 1], [1, 1], [1, 1], 1, False, torch.channels_last, "direct"),
-            ((2, 16, 5, 5), (32, 16, 3, 3), [1, 1], [1, 1], [1, 1], 1, True, torch.contiguous_format, "auto")]:
+            ((2, 16, 5, 5), (32, 16, 3, 3), [1, 1], [1, 1], [1, 1], 1, True, torch.contiguous_format, "auto"),
+            ((2, 3, 7, 6), (4, 3, 3, 3), [1, 1], [1, 1], [1, 1], 1, True, torch.contiguous_format, "winograd_2x2"),
+            ((2, 3, 5, 9), (4, 3, 3, 3), [1, 1], [2, 0], [1, 1], 1, False, torch.channels_last, "winograd_4x4")]:
         x = torch.randn(x_shape, device=device)
         if x.dim() == 4:
             x = x.contiguous(memory_format=mf)

@@ -1,12 +1,15 @@
 // The cache of transformed Winograd filters (torch side, shared by the CPU and CUDA glue).
 //
 // A model in eval mode calls a convolution again and again with the same weight: its filter
-// transform U = G g G^T is computed once and kept. An entry is valid while the weight is the same
-// live tensor (a weak reference), at the same address with the same shape, and its version counter
-// has not moved: every in-place update through autograd-visible ops (an optimizer step,
-// load_state_dict, copy_ under no_grad) bumps the counter and the next call recomputes. Writes that
-// bypass the counter (through `.data`) are not seen: call fastconv._C.winograd_cache_clear() after
-// those. Inference-mode tensors have no version counter and are never cached.
+// transform U = G g G^T is computed once and kept. Only weights that do not require grad are cached
+// (fastconv.functional.conv2d passes weight.detach() when grad mode is off, as under torch.no_grad()
+// in eval): a weight that requires grad is either being trained, so it changes every step, or being
+// checked by gradcheck, which perturbs it through `.data` behind its version counter. An entry is
+// valid while its storage is alive, at the same address with the same shape and strides, and the
+// version counter (shared by a parameter and its detach()) has not moved: every update through
+// autograd-visible ops (an optimizer step, load_state_dict, copy_ under no_grad) bumps it and the
+// next call recomputes. Writes through `.data` are not seen: call fastconv._C.winograd_cache_clear()
+// after those. Inference-mode tensors have no version counter and are never cached.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -32,17 +35,17 @@ class WinogradFilterCache {
 
   // U for `weight` in variant `variant` (tile size, direction), from the cache or from compute().
   at::Tensor get(const at::Tensor& weight, int variant, const std::function<at::Tensor()>& compute) {
-    if (weight.is_inference()) return compute();
+    if (weight.requires_grad() || weight.is_inference()) return compute();
     const int64_t version = weight._version();
     std::lock_guard<std::mutex> lock(mu_);
     ++clock_;
     std::vector<Entry> live;
     for (auto& e : entries_) {   // drop entries whose weight has died
-      if (!e.impl.expired()) live.push_back(std::move(e));
+      if (!e.storage.expired()) live.push_back(std::move(e));
     }
     entries_ = std::move(live);
     for (auto& e : entries_) {
-      if (e.impl._unsafe_get_target() == weight.unsafeGetTensorImpl() && e.variant == variant &&
+      if (e.storage._unsafe_get_target() == weight.storage().unsafeGetStorageImpl() && e.variant == variant &&
           e.data == weight.data_ptr() && e.sizes == weight.sizes().vec() && e.strides == weight.strides().vec()) {
         if (e.version == version) {
           ++stats_.hits;
@@ -64,7 +67,8 @@ class WinogradFilterCache {
       }
       entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(oldest));
     }
-    Entry e{c10::weak_intrusive_ptr<c10::TensorImpl>(weight.getIntrusivePtr()), variant, version, weight.data_ptr(),
+    Entry e{weight.storage().getWeakStorageImpl(), variant, version,
+            weight.data_ptr(),
             weight.sizes().vec(), weight.strides().vec(), compute(), clock_};
     entries_.push_back(e);
     return e.u;
@@ -86,7 +90,7 @@ class WinogradFilterCache {
  private:
   static constexpr int64_t kMaxEntries = 64;   // a ResNet-50 has 16 3x3 convolutions, each two ways
   struct Entry {
-    c10::weak_intrusive_ptr<c10::TensorImpl> impl;
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage;
     int variant;
     int64_t version;
     const void* data;

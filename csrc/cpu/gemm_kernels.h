@@ -29,6 +29,10 @@ struct GemmArgs {
   // When set, op(A) already packed by gemm_pack_a (a, rs_a and cs_a are then not read): a constant
   // operand used many times, such as Winograd's transformed filters, is packed once.
   const T* a_packed = nullptr;
+  // K block of the loop nest (0: the engine's default, 256). Each block's products are summed in
+  // registers and then added to C, so a smaller block also shortens the chains of float additions:
+  // Winograd's GEMMs use 64, as their rounding errors are amplified by the output transform.
+  int64_t k_block = 0;
 };
 
 // The blocked loop nest above runs in gemm.cpp, parallel over MC blocks of rows with at::parallel_for.
@@ -53,7 +57,8 @@ template <typename T>
 void gemm(const GemmArgs<T>& g);
 
 // Elements of the packed form of an m x k op(A), and the packing itself (reads g.m, g.k, g.a, g.rs_a,
-// g.cs_a): the layout the engine's row and K blocks index into, zero-padded to whole micro-panels.
+// g.cs_a, g.k_block): the layout the engine's row and K blocks index into, zero-padded to whole
+// micro-panels; the GEMMs that read it must use the same k_block.
 // The same for every ISA (all use MR = 6 and the same K blocking).
 int64_t gemm_packed_a_elems(int64_t m, int64_t k);
 template <typename T>
