@@ -122,7 +122,12 @@ def test_empty_batch(device):
     torch.testing.assert_close(w.grad, torch.zeros_like(w))
 
 
+def _close(a, b):   # F(4x4) rounds ~5x worse than direct convolution: tolerance scaled to the values
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * (1 + b.abs().max().item()))
+
+
 def test_filter_cache_follows_the_weight(device):
+    torch.manual_seed(0)
     fastconv._C.winograd_cache_clear()
     conv = fastconv.nn.Conv2d(8, 8, 3, padding=1, algorithm="winograd").to(device).eval()
     ref = torch.nn.Conv2d(8, 8, 3, padding=1).to(device).eval()
@@ -130,7 +135,7 @@ def test_filter_cache_follows_the_weight(device):
     x = torch.randn(2, 8, 9, 9, device=device)
     with torch.no_grad():
         for _ in range(3):
-            torch.testing.assert_close(conv(x), ref(x), rtol=1e-4, atol=1e-4)
+            _close(conv(x), ref(x))
     stats = fastconv._C.winograd_cache_stats()
     assert stats["misses"] == 1 and stats["hits"] == 2, stats
     # An optimizer step updates the weight in place: the next call sees the new weight.
@@ -141,10 +146,10 @@ def test_filter_cache_follows_the_weight(device):
     conv.eval()
     ref.load_state_dict(conv.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(conv(x), ref(x), rtol=1e-4, atol=1e-4)
+        _close(conv(x), ref(x))
         conv.weight.copy_(torch.randn_like(conv.weight))   # load_state_dict's way: copy_ under no_grad
         ref.load_state_dict(conv.state_dict())
-        torch.testing.assert_close(conv(x), ref(x), rtol=1e-4, atol=1e-4)
+        _close(conv(x), ref(x))
 
 
 def test_accuracy_against_float64(device):
