@@ -2,10 +2,12 @@
 // the kernel), any strides (so transposes are free).
 //
 // Block tile BM x BN = 64 x 64, K main loop in steps of BK = 16 staged through shared memory
-// (A tile stored k-major, As[k][m], so a thread's TM consecutive rows are contiguous and load as one
-// vector); each of the 256 threads owns a TM x TN = 4 x 4 register tile; the epilogue applies alpha
+// (A tile stored k-major, As[k][m], so a thread's TM consecutive rows are contiguous); full tiles of
+// 16-byte-aligned row-major float operands are loaded as float4 (one per thread per operand); each of the 256 threads owns a TM x TN = 4 x 4 register tile; the epilogue applies alpha
 // and beta. Out-of-range elements are loaded as zero, and stores are bounds-checked.
 #include "cuda/gemm.h"
+
+#include <cstdint>
 
 namespace fastconv::cuda {
 namespace {
@@ -13,10 +15,40 @@ namespace {
 constexpr int BM = 64, BN = 64, BK = 16, TM = 4, TN = 4;
 constexpr int kThreads = (BM / TM) * (BN / TN);   // 256
 
+// Whether an operand's rows can be read as aligned float4s: unit stride along the row, a row pitch
+// and base address that keep every 4-element group 16-byte aligned (float only).
+template <typename T>
+bool rows_vectorisable(const T* p, int64_t row_stride, int64_t elem_stride) {
+  return sizeof(T) == 4 && elem_stride == 1 && row_stride % 4 == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// The general staging, one element per step, zero outside the matrices. Consecutive threads take
+// consecutive m (for A) and n (for B), coalesced when those are the unit-stride dimensions.
+template <typename T>
+__device__ void stage_a(T (&As)[BK][BM], const T* __restrict__ a, int64_t m, int64_t k, int64_t rs_a, int64_t cs_a,
+                        int64_t row0, int64_t k0, int tid) {
+  for (int e = tid; e < BM * BK; e += kThreads) {
+    const int mm = e % BM, kk = e / BM;
+    const int64_t gi = row0 + mm, gk = k0 + kk;
+    As[kk][mm] = (gi < m && gk < k) ? a[gi * rs_a + gk * cs_a] : T(0);
+  }
+}
+
+template <typename T>
+__device__ void stage_b(T (&Bs)[BK][BN], const T* __restrict__ b, int64_t n, int64_t k, int64_t rs_b, int64_t cs_b,
+                        int64_t col0, int64_t k0, int tid) {
+  for (int e = tid; e < BK * BN; e += kThreads) {
+    const int nn = e % BN, kk = e / BN;
+    const int64_t gk = k0 + kk, gj = col0 + nn;
+    Bs[kk][nn] = (gk < k && gj < n) ? b[gk * rs_b + gj * cs_b] : T(0);
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
 gemm_kernel(int64_t m, int64_t n, int64_t k, T alpha, const T* __restrict__ a, int64_t rs_a, int64_t cs_a,
-            const T* __restrict__ b, int64_t rs_b, int64_t cs_b, T beta, T* __restrict__ c, int64_t rs_c) {
+            const T* __restrict__ b, int64_t rs_b, int64_t cs_b, T beta, T* __restrict__ c, int64_t rs_c,
+            bool vec_a, bool vec_b) {
   __shared__ __align__(16) T As[BK][BM];
   __shared__ __align__(16) T Bs[BK][BN];
   const int tid = threadIdx.x;
@@ -24,18 +56,30 @@ gemm_kernel(int64_t m, int64_t n, int64_t k, T alpha, const T* __restrict__ a, i
   const int64_t row0 = int64_t(blockIdx.y) * BM, col0 = int64_t(blockIdx.x) * BN;
   T acc[TM][TN] = {};
   for (int64_t k0 = 0; k0 < k; k0 += BK) {
-    // Stage the tiles: each thread loads BM*BK/256 = 4 elements of A and 4 of B. Consecutive threads
-    // take consecutive m (for A) and n (for B), which is coalesced when those are the unit-stride
-    // dimensions (the common, untransposed case).
-    for (int e = tid; e < BM * BK; e += kThreads) {
-      const int mm = e % BM, kk = e / BM;
-      const int64_t gi = row0 + mm, gk = k0 + kk;
-      As[kk][mm] = (gi < m && gk < k) ? a[gi * rs_a + gk * cs_a] : T(0);
-    }
-    for (int e = tid; e < BK * BN; e += kThreads) {
-      const int nn = e % BN, kk = e / BN;
-      const int64_t gk = k0 + kk, gj = col0 + nn;
-      Bs[kk][nn] = (gk < k && gj < n) ? b[gk * rs_b + gj * cs_b] : T(0);
+    // Stage the tiles: BM*BK/256 = 4 elements of A and 4 of B per thread.
+    // Full tiles of row-major operands instead load one float4 per thread (BM*BK/4 = 256): A along
+    // k, transposed into As on the way; B along n, straight into Bs.
+    const bool full_k = k0 + BK <= k;
+    if constexpr (sizeof(T) == 4) {
+      if (vec_a && full_k && row0 + BM <= m) {
+        const int mm = tid / (BK / 4), kk = tid % (BK / 4) * 4;
+        const float4 v = *reinterpret_cast<const float4*>(a + (row0 + mm) * rs_a + k0 + kk);
+        As[kk][mm] = v.x;
+        As[kk + 1][mm] = v.y;
+        As[kk + 2][mm] = v.z;
+        As[kk + 3][mm] = v.w;
+      } else {
+        stage_a<T>(As, a, m, k, rs_a, cs_a, row0, k0, tid);
+      }
+      if (vec_b && full_k && col0 + BN <= n) {
+        const int kk = tid / (BN / 4), nn = tid % (BN / 4) * 4;
+        *reinterpret_cast<float4*>(&Bs[kk][nn]) = *reinterpret_cast<const float4*>(b + (k0 + kk) * rs_b + col0 + nn);
+      } else {
+        stage_b<T>(Bs, b, n, k, rs_b, cs_b, col0, k0, tid);
+      }
+    } else {
+      stage_a<T>(As, a, m, k, rs_a, cs_a, row0, k0, tid);
+      stage_b<T>(Bs, b, n, k, rs_b, cs_b, col0, k0, tid);
     }
     __syncthreads();
 #pragma unroll
@@ -76,7 +120,9 @@ cudaError_t launch(int64_t m, int64_t n, int64_t k, double alpha, const void* a,
   if (grid.y > 65535) return cudaErrorInvalidConfiguration;   // the glue checks m first
   gemm_kernel<T><<<grid, kThreads, 0, stream>>>(m, n, k, static_cast<T>(alpha), static_cast<const T*>(a), rs_a,
                                                 cs_a, static_cast<const T*>(b), rs_b, cs_b, static_cast<T>(beta),
-                                                static_cast<T*>(c), rs_c);
+                                                static_cast<T*>(c), rs_c,
+                                                rows_vectorisable(static_cast<const T*>(a), rs_a, cs_a),
+                                                rows_vectorisable(static_cast<const T*>(b), rs_b, cs_b));
   return cudaGetLastError();
 }
 
