@@ -113,7 +113,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
       im2col's. Other shapes raise an error. ``"winograd"`` picks F(4x4) unless the output is under
       4 pixels on a side.
     - ``"auto"``: on the CPU, Winograd F(4x4) for 3x3 stride-1 layers with at least 64 input and
-      output channels and outputs of at least 7x7; ``"direct"`` when a group has at least 32 output and
+      output channels and outputs of at least 7x7 (when the weight requires grad, so its transform
+      cannot be cached, also at least 128 4x4 tiles in the batch); ``"direct"`` when a group has at least 32 output and
       16 input channels and the kernel is larger than 1x1; ``"im2col"`` otherwise. On CUDA,
       ``"im2col"`` (the other kernels have not been measured on a GPU yet).
     """

@@ -115,8 +115,8 @@ at::Tensor transform_filters(int m, const T* w, int64_t s_out, int64_t s_in, int
   const auto& kern = kernels_for<T>();
   const int64_t E = (m + 2) * (m + 2), packed = gemm_packed_a_elems(kout, cin);
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  at::Tensor u = at::empty({E, kout, cin}, opts), out = at::empty({E, packed}, opts);
-  T* up = u.data_ptr<T>();
+  at::Tensor out = at::empty({E, packed}, opts);
+  T* up = scratch<T>(Scratch::winograd_v, E * kout * cin);   // not in use between calls to run()
   at::parallel_for(0, kout, 1, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) kern.filter[m == 4 ? 1 : 0](w, s_out, s_in, s_i, s_j, k, cin, kout, up);
   });

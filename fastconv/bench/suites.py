@@ -154,7 +154,8 @@ def conv2d_cases(device: str, quick: bool) -> list[Case]:
             xg.grad = wg.grad = None
             conv(xg, wg, None, st, pd).backward(go)
 
-        for algo in ("im2col", "direct", "auto"):
+        algos = ["im2col", "direct", "auto"] + (["winograd"] if r == 3 and st == 1 else [])
+        for algo in algos:
             cases.append(Case(op=f"conv2d {algo} fwd", shape=shape, dtype="float32",
                               fastconv=lambda x=x, w=w, st=st, pd=pd, a=algo: F.conv2d(x, w, None, st, pd, algorithm=a),
                               torch=lambda x=x, w=w, st=st, pd=pd: TF.conv2d(x, w, None, st, pd),
