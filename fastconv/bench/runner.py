@@ -25,7 +25,10 @@ class Case:
 
 
 def _time(fn: Callable[[], object], min_run_time: float) -> float:
-    return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median
+    # torch.utils.benchmark.Timer runs at num_threads=1 unless told otherwise: pass the thread count
+    # the run asked for (--threads), or every row is a one-thread comparison.
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 def time_pair(case: Case, rounds: int, min_run_time: float) -> tuple[float, float]:
