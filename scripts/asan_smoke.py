@@ -28,4 +28,10 @@ for isa in ["avx512", "avx2", "scalar"]:
         for algo in ("im2col", "direct"):
             x = torch.randn(xs, requires_grad=True); w = torch.randn(ws, requires_grad=True); bb = torch.randn(ws[0], requires_grad=True)
             F.conv2d(x, w, bb, s_, p_, d_, g_, algorithm=algo).sum().backward(); n += 1
+    for xs, k, p_ in [((2,3,7,6),4,1), ((1,17,13,5),16,2), ((3,32,9,9),40,0), ((2,5,4,4),3,4)]:
+        for algo in ("winograd_2x2", "winograd_4x4"):
+            x = torch.randn(xs, requires_grad=True); w = torch.randn(k, xs[1], 3, 3, requires_grad=True); bb = torch.randn(k, requires_grad=True)
+            F.conv2d(x, w, bb, 1, p_, algorithm=algo).sum().backward(); n += 1
+            with torch.no_grad():
+                F.conv2d(x, w, bb, 1, p_, algorithm=algo); n += 1   # the cached-filter path
 print("asan smoke ok:", n, "op calls with", fastconv._C.__file__)

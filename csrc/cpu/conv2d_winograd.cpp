@@ -3,7 +3,8 @@
 // math and cpu/conv2d_winograd_kernels.h for the layouts.
 //
 // Per chunk of tile rows (so the transformed buffers stay within kChunkBytes):
-//   1. input transform   V[e][c][t] = B^T d B, parallel over (channel, tile row), one tile per lane;
+//   1. input transform   V[e][c][t] = B^T d B, parallel over (channel, run of tile rows), one tile
+//                        per lane (narrow images put several rows of tiles in one vector);
 //   2. alpha^2 GEMMs     M[e] (K x T) = U[e] (K x C) . V[e] (C x T), parallel over e, U[e] prepacked;
 //   3. output transform  Y = A^T M A + bias, parallel over output channels, written
 //                        straight into the NCHW output, partial tiles clipped.
@@ -46,6 +47,7 @@ const WinogradKernels<T>& kernels_for() {
 // 512 channels) so that its 37 MB of transformed filters stream from memory twice, 16 MiB makes
 // conv2_x's per-GEMM slices spill L2; 8 MiB suits all four.
 constexpr int64_t kChunkBytes = int64_t(8) << 20;
+constexpr int64_t kRowsPerItem = 8;   // tile rows per input-transform work item (narrow rows share lanes)
 
 // The GEMMs' K block: chains of at most 64 float additions per partial sum. With the engine's
 // default 256, F(4x4)'s error on ResNet's 256- and 512-channel layers was 11x direct convolution's
@@ -71,6 +73,7 @@ void run(int m, const T* x, const T* u, const T* bias, T* out, const WinogradPro
   T* v = scratch<T>(Scratch::winograd_v, E * p.in_ch * rows_per_chunk * tiles_w);
   T* mt = scratch<T>(Scratch::winograd_m, E * p.out_ch * rows_per_chunk * tiles_w);
   std::vector<WinogradTile> out_tiles(rows_per_chunk * tiles_w);
+  std::vector<int64_t> row_image(rows_per_chunk), row_ih0(rows_per_chunk);
   const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h * p.out_w;
   for (int64_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
     const int64_t nrows = std::min(rows_per_chunk, rows - r0), tc = nrows * tiles_w;
@@ -78,11 +81,16 @@ void run(int m, const T* x, const T* u, const T* bias, T* out, const WinogradPro
       const int64_t row = r0 + t / tiles_w, n = row / tiles_h, th = row % tiles_h, tw = t % tiles_w;
       out_tiles[t] = WinogradTile{n * p.out_ch * out_plane, th * m - p.ph, tw * m - p.pw};
     }
-    at::parallel_for(0, p.in_ch * nrows, 1, [&](int64_t b, int64_t e) {
+    for (int64_t rr = 0; rr < nrows; ++rr) {
+      row_image[rr] = (r0 + rr) / tiles_h;
+      row_ih0[rr] = (r0 + rr) % tiles_h * m - p.ph;
+    }
+    const int64_t blocks = (nrows + kRowsPerItem - 1) / kRowsPerItem;
+    at::parallel_for(0, p.in_ch * blocks, 1, [&](int64_t b, int64_t e) {
       for (int64_t item = b; item < e; ++item) {
-        const int64_t c = item / nrows, rr = item % nrows, n = (r0 + rr) / tiles_h, th = (r0 + rr) % tiles_h;
-        kern.input[which](x + (n * p.in_ch + c) * in_plane, p.in_h, p.in_w, th * m - p.ph, -p.pw, tiles_w,
-                          v + c * tc + rr * tiles_w, p.in_ch * tc);
+        const int64_t c = item / blocks, rr = item % blocks * kRowsPerItem, nr = std::min(kRowsPerItem, nrows - rr);
+        kern.input[which](x + c * in_plane, p.in_ch * in_plane, p.in_h, p.in_w, row_image.data() + rr,
+                          row_ih0.data() + rr, nr, -p.pw, tiles_w, v + c * tc + rr * tiles_w, p.in_ch * tc);
       }
     });
     at::parallel_for(0, E, 1, [&](int64_t b, int64_t e_end) {

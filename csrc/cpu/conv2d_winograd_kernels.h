@@ -23,10 +23,12 @@ struct WinogradTile {
 
 template <typename T>
 struct WinogradKernels {
-  // V[e][t] = B^T d B for the `tiles` tiles of one row of one input plane (H x W), tile t's top-left
-  // pixel at (ih0, iw0 + t * m); pixels outside the plane read zero.
-  void (*input[2])(const T* plane, int64_t H, int64_t W, int64_t ih0, int64_t iw0, int64_t tiles, T* v,
-                   int64_t e_stride);
+  // V[e][t] = B^T d B for `rows` rows of `tiles` tiles of one input channel: x_c is that channel's
+  // H x W plane in image 0, row r lies in image row_image[r] (planes image_stride apart) with its
+  // tiles' top-left pixels at (row_ih0[r], iw0 + t * m), and its tiles go to v + r * tiles. Pixels
+  // outside the plane read zero.
+  void (*input[2])(const T* x_c, int64_t image_stride, int64_t H, int64_t W, const int64_t* row_image,
+                   const int64_t* row_ih0, int64_t rows, int64_t iw0, int64_t tiles, T* v, int64_t e_stride);
   // out[oh][ow] = (A^T M A)[i][j] + bias for tiles t < count of one output channel (plane: that
   // channel of image 0, OH x OW), each tile's m x m block clipped to the plane.
   void (*output[2])(const T* mt, int64_t e_stride, const WinogradTile* tiles, int64_t count, int64_t ph, int64_t pw,
