@@ -44,8 +44,8 @@ const WinogradKernels<T>& kernels_for() {
 }
 
 // V and M of one chunk of tile rows. Measured on the ResNet-18 layers: 4 MiB splits conv5_x (7x7,
-// 512 channels) so that its 37 MB of transformed filters stream from memory twice, 16 MiB makes
-// conv2_x's per-GEMM slices spill L2; 8 MiB suits all four.
+// 512 channels) so that its 37 MB of transformed filters stream from memory twice; 16 MiB was
+// slower on conv2_x (larger per-GEMM slices); 8 MiB suits all four.
 constexpr int64_t kChunkBytes = int64_t(8) << 20;
 constexpr int64_t kRowsPerItem = 8;   // tile rows per input-transform work item (narrow rows share lanes)
 
