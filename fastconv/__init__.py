@@ -59,4 +59,7 @@ def build_info() -> dict:
     }
 
 
-__all__ = ["build_info", "functional", "nn", "ops"]
+from . import models  # noqa: E402
+from .fold import fold_batchnorm  # noqa: E402
+
+__all__ = ["build_info", "fold_batchnorm", "functional", "models", "nn", "ops"]

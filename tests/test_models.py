@@ -1,0 +1,66 @@
+"""fastconv.models: output shapes, and the fastconv build against the identical torch.nn build (same
+seed, same initialisation, state_dicts interchangeable; eval outputs, a training step's loss, every
+gradient and the running statistics match)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastconv.models import LeNet5, ResNet18
+
+
+def _pair(make, device):
+    torch.manual_seed(0)
+    ours = make("fastconv").to(device)
+    torch.manual_seed(0)
+    ref = make("torch").to(device)
+    return ours, ref
+
+
+def _check_parity(ours, ref, x, y, tol):
+    theirs = ref.state_dict()
+    for k, v in ours.state_dict().items():   # same names, same initialisation
+        assert torch.equal(v, theirs[k]), k
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), **tol)
+    ours.train(), ref.train()
+    losses = [torch.nn.functional.cross_entropy(m(x), y) for m in (ours, ref)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[0], losses[1], **tol)
+    named = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, named[name].grad, msg=name, **tol)
+    buffers = dict(ref.named_buffers())
+    for name, b in ours.named_buffers():
+        torch.testing.assert_close(b, buffers[name], msg=name, **tol)
+
+
+@pytest.mark.parametrize("size", [8, 28])
+def test_lenet5(device, size):
+    ours, ref = _pair(lambda backend: LeNet5(10, size, backend=backend), device)
+    x = torch.randn(16, 1, size, size, device=device)
+    y = torch.randint(0, 10, (16,), device=device)
+    _check_parity(ours, ref, x, y, dict(rtol=1e-4, atol=1e-5))
+    assert ours(x).shape == (16, 10)
+
+
+@pytest.mark.parametrize("stem, size", [("cifar", 16), ("imagenet", 64)])
+def test_resnet18(device, stem, size):
+    ours, ref = _pair(lambda backend: ResNet18(10, stem, backend=backend), device)
+    x = torch.randn(4, 3, size, size, device=device)
+    y = torch.randint(0, 10, (4,), device=device)
+    # auto may pick Winograd F(4x4) on the 64-channel layers: tolerance for its rounding.
+    _check_parity(ours, ref, x, y, dict(rtol=2e-3, atol=2e-4))
+    assert ours(x).shape == (4, 10)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        LeNet5(backend="numpy")
+    with pytest.raises(ValueError, match="input_size must be 8 or 28"):
+        LeNet5(input_size=32)
+    with pytest.raises(ValueError, match="stem must be"):
+        ResNet18(stem="tiny")
