@@ -60,6 +60,7 @@ def build_info() -> dict:
 
 
 from . import models  # noqa: E402
+from .convert import convert  # noqa: E402
 from .fold import fold_batchnorm  # noqa: E402
 
-__all__ = ["build_info", "fold_batchnorm", "functional", "models", "nn", "ops"]
+__all__ = ["build_info", "convert", "fold_batchnorm", "functional", "models", "nn", "ops"]

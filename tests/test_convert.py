@@ -1,0 +1,92 @@
+"""fastconv.convert: every torch layer fastconv has a twin for is swapped, parameters and buffers carried
+over, BatchNorm2d + ReLU fused in Sequentials; the converted model computes what the original did, in
+eval and through a training step, and runs under torch.compile."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fastconv
+import fastconv.nn as fnn
+from fastconv.models import LeNet5, ResNet18
+
+
+def _small_cnn():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+                         nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                         nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+
+
+def _step(model, x, y):
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    return loss
+
+
+@pytest.mark.parametrize("make", [lambda: ResNet18(10, "cifar", backend="torch"), _small_cnn],
+                         ids=["resnet18", "sequential"])
+def test_converted_model_matches(device, make):
+    torch.manual_seed(0)
+    ref = make().to(device)
+    ours = fastconv.convert(copy.deepcopy(ref))
+    kinds = {type(m) for m in ours.modules()}
+    assert not kinds & {nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.MaxPool2d}, kinds
+    x = torch.randn(4, 3, 8 if make is _small_cnn else 16, 8 if make is _small_cnn else 16, device=device)
+    y = torch.randint(0, 5, (4,), device=device)
+    ref.eval(), ours.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=2e-3, atol=2e-4)
+    ref.train(), ours.train()
+    torch.testing.assert_close(_step(ours, x, y), _step(ref, x, y), rtol=1e-4, atol=1e-5)
+    params = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, params[name].grad, rtol=2e-3, atol=2e-4, msg=name)
+    buffers = dict(ref.named_buffers())
+    for name, b in ours.named_buffers():
+        torch.testing.assert_close(b, buffers[name], msg=name)
+
+
+def test_sequential_fuses_batch_norm_and_relu():
+    model = fastconv.convert(_small_cnn())
+    assert isinstance(model[1], fnn.BatchNorm2d) and model[1].relu and isinstance(model[2], nn.Identity)
+    assert isinstance(model[5], fnn.BatchNorm2d) and not model[5].relu   # no ReLU after it
+
+
+def test_original_untouched_or_shared_inplace():
+    torch.manual_seed(0)
+    ref = _small_cnn().eval()
+    out = fastconv.convert(ref, algorithm="direct")
+    assert type(ref[0]) is nn.Conv2d and out[0].algorithm == "direct"
+    assert not out.training and out[1].weight is not ref[1].weight
+    same = fastconv.convert(ref, inplace=True)
+    assert same is ref and isinstance(ref[0], fnn.Conv2d)
+    conv = nn.Conv2d(2, 3, 3)
+    twin = fastconv.convert(conv, inplace=True)   # a bare layer converts too
+    assert isinstance(twin, fnn.Conv2d) and twin.weight is conv.weight
+
+
+def test_subclasses_are_left_alone():
+    class MyConv(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    model = fastconv.convert(nn.Sequential(MyConv(1, 1, 1)))
+    assert type(model[0]) is MyConv
+
+
+def test_bad_algorithm():
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        fastconv.convert(_small_cnn(), algorithm="fft")
+
+
+def test_converted_model_under_torch_compile():
+    torch.manual_seed(0)
+    model = fastconv.convert(LeNet5(10, 8, backend="torch")).eval()
+    x = torch.randn(3, 1, 8, 8)
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
