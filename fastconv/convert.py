@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from . import nn as fnn
+from .functional import ALGORITHMS
 
 __all__ = ["convert"]
 
@@ -64,8 +65,6 @@ def convert(model: nn.Module, *, inplace: bool = False, algorithm: str = "auto")
     ``nn.Identity``). ReLUs a block's forward applies itself (torchvision's BasicBlock shares one
     ``self.relu`` between two places) are left alone. The original model is untouched (deep-copied)
     unless ``inplace=True``, in which case the parameters stay the same tensor objects."""
-    from .functional import ALGORITHMS
-
     if algorithm not in ALGORITHMS:
         raise ValueError(f"fastconv.convert: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     if not inplace:

@@ -45,7 +45,8 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         shift = shift * bn.weight
     if bn.bias is not None:
         shift = shift + bn.bias
-    # y = scale * (conv(x) + b - mean) / ... : per output channel, w' = w * s, b' = b * s + shift.
+    # bn(conv(x)) = s * (w * x + b) + shift per output channel, s = gamma / sqrt(var + eps) and
+    # shift = beta - s * mean: so w' = s * w and b' = s * b + shift.
     conv.weight.mul_(scale.to(conv.weight.dtype).reshape(-1, 1, 1, 1))
     bias = shift if conv.bias is None else conv.bias * scale + shift
     conv.bias = nn.Parameter(bias.to(conv.weight.dtype))

@@ -88,7 +88,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return out.reshape(*lead, weight.shape[0])
 
 
-ALGORITHMS = ("auto", "im2col", "direct", "winograd", "winograd_2x2", "winograd_4x4")
+ALGORITHMS = ops.CONV2D_ALGORITHMS   # the names the op accepts
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0, dilation=1,
@@ -140,8 +140,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
             raise ValueError(f"fastconv.conv2d: padding must be 'valid', 'same', an int or a pair, got {padding!r}")
     else:
         p = _pair(padding, "padding", "conv2d")
-    if algorithm != "im2col" and algorithm != "direct" and not torch.is_grad_enabled() and weight.requires_grad:
+    if not torch.is_grad_enabled() and weight.requires_grad:
         # No gradient can reach the weight: hand over a detached view (same storage and version
-        # counter), which the Winograd filter cache may keep (see csrc/common/winograd_cache.h).
+        # counter), which the Winograd filter cache may keep (csrc/common/winograd_cache.h) and which
+        # tells "auto" that this is inference.
         weight = weight.detach()
     return ops.conv2d(input, weight, bias, s, p, d, int(groups), algorithm)

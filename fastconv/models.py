@@ -66,7 +66,7 @@ class LeNet5(nn.Module):
             raise ValueError(f"fastconv.models.LeNet5: input_size must be 8 or 28, got {input_size}")
         make = _Layers(backend, algorithm)
         c3_padding = 2 if input_size == 8 else 0
-        side = input_size // 4 if input_size == 8 else (input_size // 2 - 4) // 2   # after S4: 2 or 5
+        side = 2 if input_size == 8 else 5   # after S4: 8 -> 8, 4, 4, 2; 28 -> 28, 14, 10, 5
         self.c1 = make.conv(in_channels, 6, 5, padding=2)
         self.s2 = make.max_pool(2)
         self.c3 = make.conv(6, 16, 5, padding=c3_padding)

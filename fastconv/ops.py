@@ -258,8 +258,24 @@ def _conv2d_format(x: Tensor, weight: Tensor):
     return torch.contiguous_format
 
 
+CONV2D_ALGORITHMS = ("auto", "im2col", "direct", "winograd", "winograd_2x2", "winograd_4x4")
+
+
+def _check_conv2d_algorithm(weight: Tensor, stride, dilation, groups: int, algorithm: str, op: str) -> None:
+    """The kernels' algorithm checks (csrc/common/conv2d_args.h), so traced code fails as eager does."""
+    _check(algorithm in CONV2D_ALGORITHMS, op, f"unknown or unavailable algorithm '{algorithm}' (this build has: "
+           f"{', '.join(CONV2D_ALGORITHMS)})")
+    if algorithm.startswith("winograd"):
+        ok = (weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3) and list(stride) == [1, 1]
+              and list(dilation) == [1, 1] and groups == 1)
+        _check(ok, op, f"algorithm '{algorithm}' applies to 3x3 kernels with stride 1, dilation 1 and groups=1, "
+               f"but got weight {tuple(weight.shape)}, stride={list(stride)}, dilation={list(dilation)}, "
+               f"groups={groups} (use 'auto', 'im2col' or 'direct')")
+
+
 @torch.library.register_fake("fastconv::conv2d")
 def _conv2d_fake(x, weight, bias, stride, padding, dilation, groups, algorithm):
+    _check_conv2d_algorithm(weight, stride, dilation, groups, algorithm, "conv2d")
     _check(x.dim() in (3, 4), "conv2d", f"expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, but got a {x.dim()}-D "
            f"tensor of shape {tuple(x.shape)}")
     _check(weight.dim() == 4, "conv2d", f"expected a 4-D weight, but got shape {tuple(weight.shape)}")
@@ -272,6 +288,7 @@ def _conv2d_fake(x, weight, bias, stride, padding, dilation, groups, algorithm):
 
 @torch.library.register_fake("fastconv::conv2d_backward")
 def _conv2d_backward_fake(grad_output, x, weight, stride, padding, dilation, groups, algorithm, output_mask):
+    _check_conv2d_algorithm(weight, stride, dilation, groups, algorithm, "conv2d_backward")
     empty = x.new_empty((0,))
     fmt = _conv2d_format(x, weight)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)

@@ -180,3 +180,15 @@ def test_shapes_winograd_does_not_apply_to(device, kwargs, words):
             F.conv2d(x, w, padding=1, algorithm=algorithm, **kwargs)
         assert "fastconv::conv2d" in str(info.value) and words in str(info.value)
         assert f"algorithm '{algorithm}'" in str(info.value)
+
+
+def test_fake_kernel_refuses_what_the_kernels_refuse():
+    # Traced code (fake tensors) raises the same errors as eager calls.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x, w5 = torch.randn(1, 3, 9, 9), torch.randn(4, 3, 5, 5)
+        with pytest.raises(RuntimeError, match="applies to 3x3 kernels"):
+            torch.ops.fastconv.conv2d(x, w5, None, [1, 1], [1, 1], [1, 1], 1, "winograd")
+        with pytest.raises(RuntimeError, match="unknown or unavailable algorithm 'fft'"):
+            torch.ops.fastconv.conv2d(x, w5, None, [1, 1], [1, 1], [1, 1], 1, "fft")

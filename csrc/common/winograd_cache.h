@@ -33,9 +33,13 @@ class WinogradFilterCache {
     return cache;
   }
 
+  // Whether a transform of `weight` is kept (see the top of this file); when not, compute() may
+  // build it in scratch memory that the next call reuses.
+  static bool cacheable(const at::Tensor& weight) { return !weight.requires_grad() && !weight.is_inference(); }
+
   // U for `weight` in variant `variant` (tile size, direction), from the cache or from compute().
   at::Tensor get(const at::Tensor& weight, int variant, const std::function<at::Tensor()>& compute) {
-    if (weight.requires_grad() || weight.is_inference()) return compute();
+    if (!cacheable(weight)) return compute();
     const int64_t version = weight._version();
     std::lock_guard<std::mutex> lock(mu_);
     ++clock_;

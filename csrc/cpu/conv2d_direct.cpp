@@ -41,8 +41,7 @@ constexpr int64_t kTilesPerItem = 16;
 // Reduction channels per pass over a run of tiles. The kernel sweeps the chunk's channels once per
 // tap, reading per channel NR weights and about three lines of source pixels; the chunk is sized so
 // one sweep (~40 KB) stays in L1 for the next tap, which reads mostly the same lines.
-int64_t depth_chunk(int64_t taps, int64_t depth, int64_t nr, size_t elem) {
-  (void)taps;
+int64_t depth_chunk(int64_t depth, int64_t nr, size_t elem) {
   const int64_t per_channel = nr * static_cast<int64_t>(elem) + 3 * 64;
   return std::min(depth, std::max<int64_t>(16, (int64_t(40) << 10) / per_channel));
 }
@@ -55,7 +54,7 @@ template <typename T>
 at::Tensor pack_weights(const T* w, const Conv2dShape& s, int64_t nr, bool transposed) {
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups, taps = s.g.kh * s.g.kw;
   const int64_t vec = transposed ? cg : kg, depth = transposed ? kg : cg;
-  const int64_t blocks = (vec + nr - 1) / nr, chunk = depth_chunk(taps, depth, nr, sizeof(T));
+  const int64_t blocks = (vec + nr - 1) / nr, chunk = depth_chunk(depth, nr, sizeof(T));
   at::Tensor packed = at::empty({s.groups * blocks * taps * depth * nr},
                                 at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
   T* dst = packed.data_ptr<T>();
@@ -99,7 +98,7 @@ template <typename T, typename Tap>
 void run_tiles(const DirectConvKernels<T>& kern, const T* packed, const TileOperands<T>& o, int64_t batch,
                int64_t groups, int64_t vec, int64_t depth, int64_t taps, const Tap& tap) {
   const int64_t positions = o.positions;
-  const int64_t mr = kern.mr, nr = kern.nr, chunk = depth_chunk(taps, depth, nr, sizeof(T));
+  const int64_t mr = kern.mr, nr = kern.nr, chunk = depth_chunk(depth, nr, sizeof(T));
   const int64_t blocks = (vec + nr - 1) / nr, total = batch * positions, tiles = (total + mr - 1) / mr;
   const int64_t runs = (tiles + kTilesPerItem - 1) / kTilesPerItem;
   // What taps outside the image read: zeros for every reduction channel.

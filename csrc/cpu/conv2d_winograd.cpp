@@ -116,14 +116,17 @@ void run(int m, const T* x, const T* u, const T* bias, T* out, const WinogradPro
 }
 
 // U[e] (kout x cin) for the filters w viewed through the strides (see WinogradKernels::filter), each
-// in the GEMM engine's packed-A form, which the alpha^2 GEMMs then read without packing.
+// in the GEMM engine's packed-A form, which the alpha^2 GEMMs then read without packing. A transform
+// the cache keeps gets its own tensor; one used once (a trained weight's, every step) is built in
+// scratch memory, so each step does not fault in fresh pages for it.
 template <typename T>
 at::Tensor transform_filters(int m, const T* w, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j, int64_t kout,
-                             int64_t cin) {
+                             int64_t cin, bool keep) {
   const auto& kern = kernels_for<T>();
   const int64_t E = (m + 2) * (m + 2), packed = gemm_packed_a_elems(kout, cin);
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  at::Tensor out = at::empty({E, packed}, opts);
+  at::Tensor out = keep ? at::empty({E, packed}, opts)
+                        : at::from_blob(scratch<T>(Scratch::winograd_u, E * packed), {E, packed}, opts);
   T* up = scratch<T>(Scratch::winograd_v, E * kout * cin);   // not in use between calls to run()
   at::parallel_for(0, kout, 1, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) kern.filter[m == 4 ? 1 : 0](w, s_out, s_in, s_i, s_j, k, cin, kout, up);
@@ -153,7 +156,7 @@ void conv2d_winograd_forward(const at::Tensor& x, const at::Tensor& weight, cons
     const at::Tensor u = WinogradFilterCache::instance().get(weight, variant(m, false), [&] {
       const at::Tensor w = weight.contiguous();   // g[k][c][i][j]
       return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>(), s.in_channels * 9, 9, 3, 1, s.out_channels,
-                                         s.in_channels);
+                                         s.in_channels, WinogradFilterCache::cacheable(weight));
     });
     const WinogradProblem p{s.batch, s.in_channels, s.out_channels, g.in_h, g.in_w, g.out_h, g.out_w, g.ph, g.pw};
     run<scalar_t>(m, x.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
@@ -170,7 +173,7 @@ void conv2d_winograd_grad_input(const at::Tensor& dy, const at::Tensor& weight, 
     const at::Tensor u = WinogradFilterCache::instance().get(weight, variant(m, true), [&] {
       const at::Tensor w = weight.contiguous();
       return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>() + 8, 9, s.in_channels * 9, -3, -1,
-                                         s.in_channels, s.out_channels);
+                                         s.in_channels, s.out_channels, WinogradFilterCache::cacheable(weight));
     });
     const WinogradProblem p{s.batch, s.out_channels, s.in_channels, g.out_h, g.out_w, g.in_h, g.in_w, 2 - g.ph,
                             2 - g.pw};

@@ -37,6 +37,11 @@ const GemmKernels<T>& kernels_for() {
 // streams it, an MC x KC block of A (240 KB) in L2, a KC x NC block of B (3 MB) in L3.
 constexpr int64_t kDefaultKC = 256, kMC = 240, kNC = 3072;
 
+template <typename T>
+int64_t k_block_of(const GemmArgs<T>& g) {   // the K block: the caller's, or the default
+  return g.k_block > 0 ? g.k_block : kDefaultKC;
+}
+
 }  // namespace
 
 template <typename T>
@@ -62,7 +67,7 @@ void gemm(const GemmArgs<T>& g) {
   const int64_t ncap = std::min<int64_t>(kNC, (g.n + nr - 1) / nr * nr);
   const int64_t m_pad = (g.m + mr - 1) / mr * mr;   // rows of a prepacked A
   // 64-byte aligned, as the micro-kernel's aligned loads of the B panel need.
-  const int64_t kKC = g.k_block > 0 ? g.k_block : kDefaultKC;
+  const int64_t kKC = k_block_of(g);
   T* bp = scratch<T>(Scratch::gemm_b, std::min<int64_t>(kKC, g.k) * ncap);
   for (int64_t j0 = 0; j0 < g.n; j0 += kNC) {
     const int64_t nc = std::min(kNC, g.n - j0);
@@ -105,7 +110,7 @@ template <typename T>
 void gemm_pack_a(const GemmArgs<T>& g, T* dst) {
   const auto& kern = kernels_for<T>();
   const int64_t m_pad = (g.m + kern.mr - 1) / kern.mr * kern.mr;
-  const int64_t kKC = g.k_block > 0 ? g.k_block : kDefaultKC;
+  const int64_t kKC = k_block_of(g);
   for (int64_t k0 = 0; k0 < g.k; k0 += kKC) kern.pack_a(g, 0, g.m, k0, std::min(kKC, g.k - k0), dst + k0 * m_pad);
 }
 

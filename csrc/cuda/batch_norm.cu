@@ -11,6 +11,7 @@
 #include "common/batch_norm.h"
 #include "common/convert.h"
 #include "cuda/batch_norm.h"
+#include "cuda/launch.h"
 
 namespace fastconv::cuda {
 namespace {
@@ -22,10 +23,7 @@ constexpr int kRowsPerBlock = 8;   // interleaved reductions: blockDim = (32, 8)
 template <typename T> struct StatOf { using type = float; };
 template <> struct StatOf<double> { using type = double; };
 
-int grid_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(b < 65535 * 8 ? b : 65535 * 8);
-}
+int grid_for(int64_t n) { return grid_stride_blocks(n, kThreads); }
 
 template <typename T, typename P>
 __device__ __forceinline__ P load(const T* p, int64_t i) { return ::fastconv::convert<P>(p[i]); }

@@ -1,16 +1,14 @@
 // CUDA convolution helpers on raw pointers: im2col, col2im as a gather (each input element sums the
 // column entries that read it: deterministic, no atomics) and the bias gradient (a block per channel).
 #include "cuda/conv2d.h"
+#include "cuda/launch.h"
 
 namespace fastconv::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 
-int grid_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(b < 65535 * 8 ? b : 65535 * 8);
-}
+int grid_for(int64_t n) { return grid_stride_blocks(n, kThreads); }
 
 template <typename T>
 __global__ void im2col_kernel(const T* __restrict__ x, int64_t cg, Conv2dGeometry g, int64_t p0, int64_t p1,

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/conv2d.h"
+#include "cuda/launch.h"
 
 namespace fastconv::cuda {
 namespace {
@@ -131,10 +132,7 @@ __global__ void direct_grad_input_kernel(const T* __restrict__ dy, const T* __re
   }
 }
 
-int flat_grid(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(b < 65535 * 8 ? b : 65535 * 8);
-}
+int flat_grid(int64_t n) { return grid_stride_blocks(n, kThreads); }
 
 DirectLaunch make_launch(const Conv2dDims& dims, const Conv2dGeometry& g, size_t elem) {
   DirectLaunch a;

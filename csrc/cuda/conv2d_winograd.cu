@@ -4,16 +4,14 @@
 #include "cuda/conv2d_winograd.h"
 
 #include "common/winograd.h"
+#include "cuda/launch.h"
 
 namespace fastconv::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 
-int grid_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(b < 65535 * 8 ? b : 65535 * 8);
-}
+int grid_for(int64_t n) { return grid_stride_blocks(n, kThreads); }
 
 template <typename T, int M>
 __global__ void filter_kernel(const T* __restrict__ w, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j,

@@ -15,6 +15,7 @@
 
 #include "common/pool2d.h"
 #include "cuda/max_pool2d.h"
+#include "cuda/launch.h"
 
 namespace fastconv::cuda {
 namespace {
@@ -24,10 +25,7 @@ constexpr int kThreads = 256;
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
 
-inline int blocks_for(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(b < 65535 * 8 ? b : 65535 * 8);   // the grid-stride loop covers the rest
-}
+inline int blocks_for(int64_t n) { return grid_stride_blocks(n, kThreads); }
 
 template <typename T>
 __global__ void forward_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t* __restrict__ idx,
