@@ -43,22 +43,61 @@ def _reexec_with_steady_memory(argv: list[str]) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "fastconv.bench", *argv], env)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fastconv.bench", description=__doc__)
+def plot_speedups(path: str, meta: dict, rows: list[dict]) -> None:
+    """A horizontal bar per row from 1x to torch time / fastconv time, on a log axis, coloured by op
+    family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['op']}  {r['shape']}  {r['dtype']}" for r in rows]
+    speedups = [r["speedup"] for r in rows]
+    suites = list(dict.fromkeys(r["suite"] for r in rows))
+    colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(suites)}
+    fig, ax = plt.subplots(figsize=(11, 1.0 + 0.24 * len(rows)), layout="constrained")
+    y = range(len(rows))[::-1]
+    # bars grow from 1x: right when fastconv is faster, left when it is slower
+    ax.barh(list(y), [s - 1.0 for s in speedups], left=1.0, color=[colours[r["suite"]] for r in rows])
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", lw=1)
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.set_xlabel("speedup over torch (torch time / fastconv time; > 1 is faster)")
+    for yi, s in zip(y, speedups):
+        ax.text(max(s, 1.0), yi, f" {s:.2f}x", va="center", fontsize=7)
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[s]) for s in suites], labels=suites,
+              loc="lower right", fontsize=8)
+    ax.set_title(f"fastconv vs torch {meta['torch']} on {meta['device_name']} ({meta['device']}, "
+                 f"{meta['threads']} thread(s){', quick' if meta['quick'] else ''})", fontsize=9)
+    ax.grid(axis="x", alpha=0.3, which="both")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None, *, default_outputs: bool = False) -> int:
+    """``default_outputs`` (``python -m fastconv bench``): write the JSON and the PNG even when not asked,
+    as fastconv-bench-<device>.json/.png in the current directory."""
+    ap = argparse.ArgumentParser(prog="python -m fastconv bench" if default_outputs else "python -m fastconv.bench",
+                                 description=__doc__)
     ap.add_argument("--ops", nargs="+", choices=sorted(SUITES), default=sorted(SUITES),
                     help="op families to time (default: all)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads for both fastconv and torch (default: torch's default)")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    ap.add_argument("--png", metavar="FILE", help="write a bar chart of the speedups (needs matplotlib)")
     ap.add_argument("--quick", action="store_true", help="small shapes, few rounds (a smoke run)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case (default 5, quick 2)")
     ap.add_argument("--memory", choices=["steady", "os"], default="steady",
                     help="steady (default): CPU allocations are recycled without page faults, so kernels are "
                          "compared; os: glibc's defaults, where large outputs are fresh pages each call")
     args = ap.parse_args(argv)
+    if default_outputs:
+        args.json = args.json or f"fastconv-bench-{args.device}.json"
+        args.png = args.png or f"fastconv-bench-{args.device}.png"
     if args.device == "cpu" and args.memory == "steady":
-        _reexec_with_steady_memory(sys.argv[1:] if argv is None else argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        _reexec_with_steady_memory(argv + ["--json", args.json] * bool(args.json) + ["--png", args.png] * bool(args.png))
 
     if args.device == "cuda":
         if not torch.cuda.is_available():
@@ -89,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
-        print(f"wrote {args.json}")
+        print(f"wrote {os.path.abspath(args.json)}")
+    if args.png:
+        plot_speedups(args.png, meta, rows)
+        print(f"wrote {os.path.abspath(args.png)}")
     return 0
 
 

@@ -1,0 +1,21 @@
+"""``python -m fastconv``: the main job (see :mod:`fastconv.demo`); ``python -m fastconv bench``: the
+benchmark of every op against torch, written as JSON and as a PNG bar chart of speedups."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .bench.__main__ import main as bench_main
+
+        return bench_main(argv[1:], default_outputs=True)
+    from .demo import main as demo_main
+
+    return demo_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The main job (python -m fastconv) end to end in its short mode, its attacks, and the benchmark
+subcommand's outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("sklearn", reason="the main job needs scikit-learn (requirements-ci.txt installs it)")
+pytest.importorskip("matplotlib", reason="the main job needs matplotlib (requirements-ci.txt installs it)")
+
+from fastconv import demo  # noqa: E402
+from fastconv.models import LeNet5  # noqa: E402
+
+
+def _run(args, cwd):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "fastconv", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _png_shape(path):
+    import matplotlib.image
+
+    return matplotlib.image.imread(path).shape
+
+
+def test_main_job_quick(tmp_path):
+    png = tmp_path / "digits.png"
+    proc = _run(["--epochs", "1", "--quick", "--device", "cpu", "--png", str(png)], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "identical initial weights" in out
+    assert re.search(r"epoch  1/1 \| fastconv .* \| torch\.nn ", out), out
+    final = re.search(r"final test accuracy: fastconv ([\d.]+)%, torch\.nn ([\d.]+)%", out)
+    assert final and abs(float(final[1]) - float(final[2])) <= 1.0, out
+    grad = re.search(r"max relative difference ([\d.e+-]+)", out)
+    assert grad and float(grad[1]) < 1e-4, out
+    for attack in ("FGSM", "PGD"):
+        row = re.search(rf"^  {attack} +((?:[\d.]+% *){{4}})$", out, re.M)
+        assert row, out
+        accs = [float(a) for a in re.findall(r"[\d.]+", row[1])]
+        assert accs[0] == pytest.approx(float(final[1]))   # epsilon 0 is the clean accuracy
+    assert f"wrote {png}" in out
+    h, w, _ = _png_shape(png)
+    assert h > 300 and w > 600
+
+
+def test_bench_subcommand_writes_json_and_png(tmp_path):
+    proc = _run(["bench", "--quick", "--ops", "max_pool2d", "--rounds", "1", "--threads", "1"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((tmp_path / "fastconv-bench-cpu.json").read_text())
+    assert data["meta"]["threads"] == 1 and data["rows"]
+    assert all(r["suite"] == "max_pool2d" and r["speedup"] > 0 for r in data["rows"])
+    assert _png_shape(tmp_path / "fastconv-bench-cpu.png")[0] > 100
+
+
+def test_console_script():
+    script = os.path.join(os.path.dirname(sys.executable), "fastconv")
+    if not os.path.exists(script):
+        pytest.skip("fastconv is not installed with its console scripts in this environment")
+    proc = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--epochs" in proc.stdout and "bench" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    torch.manual_seed(0)
+    model = LeNet5(10, input_size=8).eval()
+    x = torch.rand(16, 1, 8, 8)
+    y = torch.randint(0, 10, (16,))
+    return model, x, y
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.2])
+def test_attacks_stay_in_the_ball_and_the_image_range(digits_model, eps):
+    model, x, y = digits_model
+    adv_fgsm = demo.fgsm(model, x, y, eps)
+    adv_pgd = demo.pgd(model, x, y, eps, steps=3, generator=torch.Generator().manual_seed(0))
+    for adv in (adv_fgsm, adv_pgd):
+        assert (adv - x).abs().max() <= eps + 1e-6
+        assert adv.min() >= 0 and adv.max() <= 1
+    # FGSM moves every pixel by exactly eps along the gradient's sign unless the range clips it
+    grad = demo.input_gradient(model, x, y)
+    free = (x + eps * grad.sign() >= 0) & (x + eps * grad.sign() <= 1) & (grad != 0)
+    torch.testing.assert_close((adv_fgsm - x)[free], eps * grad.sign()[free])
+    # and it raises the loss
+    loss = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        assert loss(model(adv_fgsm), y) > loss(model(x), y)
+        assert loss(model(adv_pgd), y) > loss(model(x), y)
+
+
+def test_input_gradient_matches_torch_twin(digits_model):
+    model, x, y = digits_model
+    twin = LeNet5(10, input_size=8, backend="torch").eval()
+    twin.load_state_dict(model.state_dict())
+    torch.testing.assert_close(demo.input_gradient(model, x, y), demo.input_gradient(twin, x, y),
+                               rtol=1e-4, atol=1e-6)
