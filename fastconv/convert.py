@@ -10,7 +10,7 @@ from torch import nn
 from . import nn as fnn
 from .functional import ALGORITHMS
 
-__all__ = ["convert"]
+__all__ = ["convert", "FusedBasicBlock", "FusedBottleneck"]
 
 
 def _adopt(new: nn.Module, old: nn.Module) -> nn.Module:
@@ -41,6 +41,63 @@ def _twin(m: nn.Module, algorithm: str) -> nn.Module | None:
     return _adopt(new, m)
 
 
+class _FusedResNetBlock(nn.Module):
+    """torchvision's ResNet ``BasicBlock`` or ``Bottleneck`` after conversion, with the ReLU after every
+    inner batch norm fused into it. Same submodules under the same names (state_dict unchanged); only
+    forward differs: torchvision's applies the one shared ``self.relu`` after each inner batch norm and
+    after the residual sum, and here it is applied only after the sum."""
+
+    def __init__(self, block: nn.Module, inner: tuple[str, ...]):
+        super().__init__()
+        for name, child in block.named_children():
+            setattr(self, name, child)
+        self.downsample = block.downsample        # None is a plain attribute, not a child
+        self.stride = block.stride
+        self._inner = inner                       # ("1",) for BasicBlock, ("1", "2") for Bottleneck
+        self._last = str(len(inner) + 1)
+        for i in inner:
+            getattr(self, f"bn{i}").relu = True
+        self.train(block.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for i in (*self._inner, self._last):
+            out = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class FusedBasicBlock(_FusedResNetBlock):
+    __doc__ = _FusedResNetBlock.__doc__
+
+
+class FusedBottleneck(_FusedResNetBlock):
+    __doc__ = _FusedResNetBlock.__doc__
+
+
+# torchvision's blocks whose inner BatchNorm2d + ReLU pairs are safe to fuse: their forward is known
+# (exact types, matched by name so torchvision is not imported), and the ReLU module they share is a
+# plain nn.ReLU. (module, class) -> (fused class, the numbers of the inner conv/bn pairs)
+_KNOWN_BLOCKS = {
+    ("torchvision.models.resnet", "BasicBlock"): (FusedBasicBlock, ("1",)),
+    ("torchvision.models.resnet", "Bottleneck"): (FusedBottleneck, ("1", "2")),
+}
+
+
+def _fuse_known_block(block: nn.Module) -> nn.Module | None:
+    known = _KNOWN_BLOCKS.get((type(block).__module__, type(block).__name__))
+    if known is None:
+        return None
+    fused, inner = known
+    last = str(len(inner) + 1)
+    names = [f"{kind}{i}" for i in (*inner, last) for kind in ("conv", "bn")]
+    if type(getattr(block, "relu", None)) is not nn.ReLU or not all(
+            isinstance(getattr(block, n, None), fnn.Conv2d if n.startswith("conv") else fnn.BatchNorm2d)
+            and not getattr(getattr(block, n), "relu", False) for n in names):
+        return None   # not the block we know (or its layers were not converted): leave it alone
+    return fused(block, inner)
+
+
 def _convert_children(module: nn.Module, algorithm: str) -> None:
     for name, child in list(module.named_children()):
         twin = _twin(child, algorithm)
@@ -48,6 +105,9 @@ def _convert_children(module: nn.Module, algorithm: str) -> None:
             setattr(module, name, twin)
         else:
             _convert_children(child, algorithm)
+            fused = _fuse_known_block(child)
+            if fused is not None:
+                setattr(module, name, fused)
     if isinstance(module, nn.Sequential):   # BatchNorm2d then ReLU: one fused module
         names = list(module._modules)
         for a, b in zip(names, names[1:]):
@@ -62,8 +122,10 @@ def convert(model: nn.Module, *, inplace: bool = False, algorithm: str = "auto")
     (exactly those types, not subclasses) replaced by its fastconv twin carrying the same parameters,
     buffers and training mode; convolutions get ``algorithm``. A ``BatchNorm2d`` followed by an
     ``nn.ReLU`` in an ``nn.Sequential`` becomes one ``BatchNorm2d(relu=True)`` (the ReLU an
-    ``nn.Identity``). ReLUs a block's forward applies itself (torchvision's BasicBlock shares one
-    ``self.relu`` between two places) are left alone. The original model is untouched (deep-copied)
+    ``nn.Identity``), and so do the inner pairs of torchvision's ResNet ``BasicBlock`` and
+    ``Bottleneck``, which become :class:`FusedBasicBlock` / :class:`FusedBottleneck` (same submodules
+    and state_dict; their forward skips the ReLU calls the fused batch norms now make). ReLUs in any
+    other block's forward are left alone. The original model is untouched (deep-copied)
     unless ``inplace=True``, in which case the parameters stay the same tensor objects."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"fastconv.convert: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
