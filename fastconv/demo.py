@@ -84,8 +84,9 @@ def train(models: dict, data: tuple, epochs: int, batch_size: int, lr: float, se
         seconds = {name: 0.0 for name in models}
         for m in models.values():
             m.train()
-        bar = tqdm(range(steps), desc=f"epoch {epoch:>2}/{epochs}", leave=False, disable=not progress,
-                   unit="batch", file=sys.stderr)
+        # the bar is for a terminal: piped into a file, its redraws would only bury the epoch lines
+        bar = tqdm(range(steps), desc=f"epoch {epoch:>2}/{epochs}", leave=False, unit="batch", file=sys.stderr,
+                   disable=not progress or not sys.stderr.isatty())
         for step in bar:
             batch = perm[step * batch_size:(step + 1) * batch_size]
             xb, yb = x_train[batch], y_train[batch]
