@@ -141,6 +141,21 @@ def test_large_image_uses_bounded_columns(device):
     assert_match(ours, ref, torch.float32)
 
 
+def test_im2col_planes_too_large_to_pad():
+    # The CPU forward lowers from zero-padded copies of each image's planes unless they would exceed
+    # the 64 MiB workspace across threads: 2 planes of 3002^2 floats on 2 threads do (144 MB), and take
+    # the plain im2col into a bounded column buffer instead.
+    torch.manual_seed(0)
+    x, w, b = torch.randn(1, 2, 3000, 3000), torch.randn(3, 2, 3, 3), torch.randn(3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ours = F.conv2d(x, w, b, 1, 1, algorithm="im2col")
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(ours, TF.conv2d(x, w, b, 1, 1), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 def test_gradcheck_float64(device, algorithm):
     for x_shape, w_shape, s, p, d, g in [((2, 4, 6, 5), (4, 2, 3, 2), (2, 1), 1, (1, 2), 2),

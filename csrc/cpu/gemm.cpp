@@ -66,20 +66,26 @@ void gemm(const GemmArgs<T>& g) {
   mc = std::max<int64_t>(mr, (mc + mr - 1) / mr * mr);
   const int64_t ncap = std::min<int64_t>(kNC, (g.n + nr - 1) / nr * nr);
   const int64_t m_pad = (g.m + mr - 1) / mr * mr;   // rows of a prepacked A
-  // 64-byte aligned, as the micro-kernel's aligned loads of the B panel need.
   const int64_t kKC = k_block_of(g);
-  T* bp = scratch<T>(Scratch::gemm_b, std::min<int64_t>(kKC, g.k) * ncap);
+  const int64_t n_pad = (g.n + nr - 1) / nr * nr;   // columns of a prepacked B
+  // 64-byte aligned, as the micro-kernel's aligned loads of the B panel need (so must b_packed be).
+  T* b_scratch = g.b_packed != nullptr ? nullptr : scratch<T>(Scratch::gemm_b, std::min<int64_t>(kKC, g.k) * ncap);
+  const T* bp = b_scratch;
   for (int64_t j0 = 0; j0 < g.n; j0 += kNC) {
     const int64_t nc = std::min(kNC, g.n - j0);
     for (int64_t k0 = 0; k0 < g.k; k0 += kKC) {
       const int64_t kc = std::min(kKC, g.k - k0);
       const bool first = k0 == 0;   // the first K block applies beta; later ones accumulate
-      const int64_t panels = (nc + nr - 1) / nr;
-      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1; ++p) {
-          kern.pack_b(g, k0, kc, j0 + p * nr, std::min(nr, nc - p * nr), bp + p * nr * kc);
-        }
-      });
+      if (g.b_packed != nullptr) {   // K block k0 of all panels, then column j0's panel within it
+        bp = g.b_packed + k0 * n_pad + j0 * kc;
+      } else {
+        const int64_t panels = (nc + nr - 1) / nr;
+        at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+          for (int64_t p = p0; p < p1; ++p) {
+            kern.pack_b(g, k0, kc, j0 + p * nr, std::min(nr, nc - p * nr), b_scratch + p * nr * kc);
+          }
+        });
+      }
       const int64_t blocks = (g.m + mc - 1) / mc;
       at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
         T* ap = g.a_packed != nullptr ? nullptr : scratch<T>(Scratch::gemm_a, mc * kc);
@@ -104,6 +110,15 @@ int64_t gemm_packed_a_elems(int64_t m, int64_t k) {
   const int64_t mr = kernels_for<float>().mr;
   return (m + mr - 1) / mr * mr * k;
 }
+
+template <typename T>
+GemmPackedB gemm_packed_b_layout(int64_t n, int64_t k_block) {
+  const int64_t nr = kernels_for<T>().nr;
+  return GemmPackedB{nr, k_block > 0 ? k_block : kDefaultKC, (n + nr - 1) / nr * nr};
+}
+
+template GemmPackedB gemm_packed_b_layout<float>(int64_t n, int64_t k_block);
+template GemmPackedB gemm_packed_b_layout<double>(int64_t n, int64_t k_block);
 
 // K block k0 holds the panels of all rows (m_pad x kc), as pack_a lays out one row block.
 template <typename T>

@@ -29,6 +29,9 @@ struct GemmArgs {
   // When set, op(A) already packed by gemm_pack_a (a, rs_a and cs_a are then not read): a constant
   // operand used many times, such as Winograd's transformed filters, is packed once.
   const T* a_packed = nullptr;
+  // When set, op(B) already in the engine's panel layout (see GemmPackedB; b, rs_b and cs_b are then
+  // not read): a producer that writes B anyway, such as im2col, writes it packed and saves a pass.
+  const T* b_packed = nullptr;
   // K block of the loop nest (0: the engine's default, 256). Each block's products are summed in
   // registers and then added to C, so a smaller block also shortens the chains of float additions:
   // Winograd's GEMMs use 64, as their rounding errors are amplified by the output transform.
@@ -63,6 +66,27 @@ void gemm(const GemmArgs<T>& g);
 int64_t gemm_packed_a_elems(int64_t m, int64_t k);
 template <typename T>
 void gemm_pack_a(const GemmArgs<T>& g, T* dst);
+
+// The layout of a prepacked op(B) for the active ISA (GemmArgs::b_packed): K blocks of k_block rows
+// one after another; the block starting at row k0, kc rows deep, holds all n_pad / nr panels, panel q
+// at q * nr * kc and its row r at r * nr. Element (k, j) of op(B) therefore sits at
+//   k0 * n_pad + (j / nr) * nr * kc + (k - k0) * nr + j % nr,   n_pad = ceil(n / nr) * nr.
+// Columns n..n_pad of the last panel only feed results that are discarded.
+struct GemmPackedB {
+  int64_t nr, k_block, n_pad;
+  int64_t elems(int64_t k_rows) const { return n_pad * k_rows; }
+  // where row k of op(B) (k_rows rows in all) starts: in its first panel; the next panels of the row
+  // follow panel_stride(k, k_rows) apart
+  int64_t row_offset(int64_t k) const { return k / k_block * k_block * n_pad + k % k_block * nr; }
+  int64_t panel_stride(int64_t k, int64_t k_rows) const {
+    const int64_t k0 = k / k_block * k_block;
+    return nr * (k_rows - k0 < k_block ? k_rows - k0 : k_block);
+  }
+};
+// The layout for an op(B) of n columns, K blocks of `k_block` rows (0: the engine's default), for the
+// active ISA's kernels of element type T.
+template <typename T>
+GemmPackedB gemm_packed_b_layout(int64_t n, int64_t k_block);
 
 // GFLOP/s of the active ISA's FMA loop on every thread of at::parallel_for, for about `seconds`
 // (float32 when single, else float64): the measured peak that GEMM throughput is set against.
