@@ -40,13 +40,13 @@ constexpr size_t kWorkspaceBytes = size_t(64) << 20;
 // 256-768 KiB all beat whole images (64@56: 0.69x -> 0.80-0.88x torch); 384 KiB was the best.
 constexpr int64_t kForwardChunkBytes = int64_t(384) << 10;
 
-// cols[(c*kh + i)*kw + j][p - p0] for output positions p in [p0, p1) of one image/group (Cg planes);
-// rows are `ld` apart (default p1 - p0), so several images' columns can sit side by side.
+// cols[(c*kh + i)*kw + j][p - p0] for output positions p in [p0, p1) of one image/group (Cg planes).
 // Row by row of output positions: a tap row outside the input is zeros; inside, the in-range columns
-// [ow_lo, ow_hi) are a strided (for stride 1, contiguous) copy and the rest zeros.
+// [ow_lo, ow_hi) are a strided (for stride 1, contiguous) copy and the rest zeros. (The forward pass
+// uses im2col_packed below; grad_weight and planes too large to pad use this.)
 template <typename T>
-void im2col(const T* x, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t p1, T* cols, int64_t ld = 0) {
-  const int64_t pc = ld > 0 ? ld : p1 - p0;   // row stride of the column matrix
+void im2col(const T* x, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t p1, T* cols) {
+  const int64_t pc = p1 - p0;   // row stride of the column matrix
   for (int64_t c = 0; c < cg; ++c) {
     const T* plane = x + c * g.in_h * g.in_w;
     for (int64_t i = 0; i < g.kh; ++i) {

@@ -71,12 +71,13 @@ void gemm_pack_a(const GemmArgs<T>& g, T* dst);
 // one after another; the block starting at row k0, kc rows deep, holds all n_pad / nr panels, panel q
 // at q * nr * kc and its row r at r * nr. Element (k, j) of op(B) therefore sits at
 //   k0 * n_pad + (j / nr) * nr * kc + (k - k0) * nr + j % nr,   n_pad = ceil(n / nr) * nr.
-// Columns n..n_pad of the last panel only feed results that are discarded.
+// Columns n..n_pad of the last panel only feed results that are discarded. The GEMM that reads it must
+// use the same k_block.
 struct GemmPackedB {
   int64_t nr, k_block, n_pad;
   int64_t elems(int64_t k_rows) const { return n_pad * k_rows; }
-  // where row k of op(B) (k_rows rows in all) starts: in its first panel; the next panels of the row
-  // follow panel_stride(k, k_rows) apart
+  // where row k of op(B) starts (in its first panel); the row's next panels follow
+  // panel_stride(k, k_rows) apart, k_rows being the rows of op(B) in all
   int64_t row_offset(int64_t k) const { return k / k_block * k_block * n_pad + k % k_block * nr; }
   int64_t panel_stride(int64_t k, int64_t k_rows) const {
     const int64_t k0 = k / k_block * k_block;

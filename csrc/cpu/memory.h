@@ -17,7 +17,12 @@ void advise_huge_pages(const at::Tensor& fresh);
 // im2col columns, Winograd tiles) would otherwise be fresh mappings on every call above glibc's mmap
 // threshold, faulted in page by page: for a Winograd layer's 36 GEMMs that costs more than the
 // arithmetic. Each slot keeps the largest buffer asked of it on each thread (freed at thread exit).
-enum class Scratch { gemm_b, gemm_a, conv_cols, conv_prod, conv_pad, conv_wpack, winograd_v, winograd_m, winograd_u, count };
+enum class Scratch {
+  gemm_b, gemm_a,                                  // the GEMM engine's packed panels
+  conv_cols, conv_prod, conv_pad, conv_wpack,      // im2col: columns, products, padded planes, packed weights
+  winograd_v, winograd_m, winograd_u,              // Winograd: transformed inputs, products, filters
+  count
+};
 
 // `bytes` of 64-byte aligned memory for `slot` on the calling thread, uninitialised, valid until the
 // same thread asks for the same slot again. A function holding a slot must not call one that uses it.

@@ -22,25 +22,17 @@ bool rows_vectorisable(const T* p, int64_t row_stride, int64_t elem_stride) {
   return sizeof(T) == 4 && elem_stride == 1 && row_stride % 4 == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
-// The general staging, one element per step, zero outside the matrices. Consecutive threads take
-// consecutive m (for A) and n (for B), coalesced when those are the unit-stride dimensions.
-template <typename T>
-__device__ void stage_a(T (&As)[BK][BM], const T* __restrict__ a, int64_t m, int64_t k, int64_t rs_a, int64_t cs_a,
-                        int64_t row0, int64_t k0, int tid) {
-  for (int e = tid; e < BM * BK; e += kThreads) {
-    const int mm = e % BM, kk = e / BM;
-    const int64_t gi = row0 + mm, gk = k0 + kk;
-    As[kk][mm] = (gi < m && gk < k) ? a[gi * rs_a + gk * cs_a] : T(0);
-  }
-}
-
-template <typename T>
-__device__ void stage_b(T (&Bs)[BK][BN], const T* __restrict__ b, int64_t n, int64_t k, int64_t rs_b, int64_t cs_b,
-                        int64_t col0, int64_t k0, int tid) {
-  for (int e = tid; e < BK * BN; e += kThreads) {
-    const int nn = e % BN, kk = e / BN;
-    const int64_t gk = k0 + kk, gj = col0 + nn;
-    Bs[kk][nn] = (gk < k && gj < n) ? b[gk * rs_b + gj * cs_b] : T(0);
+// The general staging, one element per step, zero outside the matrices: S[kk][x] = element (base + x,
+// k0 + kk) of an extent x k operand, `ext_stride` apart along the extent and `k_stride` along K. A
+// stages with (m, rs_a, cs_a), B with (n, cs_b, rs_b). Consecutive threads take consecutive x,
+// coalesced when the extent is the unit-stride dimension.
+template <typename T, int W>
+__device__ void stage_tile(T (&S)[BK][W], const T* __restrict__ p, int64_t extent, int64_t k, int64_t ext_stride,
+                           int64_t k_stride, int64_t base, int64_t k0, int tid) {
+  for (int e = tid; e < W * BK; e += kThreads) {
+    const int x = e % W, kk = e / W;
+    const int64_t gx = base + x, gk = k0 + kk;
+    S[kk][x] = (gx < extent && gk < k) ? p[gx * ext_stride + gk * k_stride] : T(0);
   }
 }
 
@@ -69,17 +61,17 @@ gemm_kernel(int64_t m, int64_t n, int64_t k, T alpha, const T* __restrict__ a, i
         As[kk + 2][mm] = v.z;
         As[kk + 3][mm] = v.w;
       } else {
-        stage_a<T>(As, a, m, k, rs_a, cs_a, row0, k0, tid);
+        stage_tile<T, BM>(As, a, m, k, rs_a, cs_a, row0, k0, tid);
       }
       if (vec_b && full_k && col0 + BN <= n) {
         const int kk = tid / (BN / 4), nn = tid % (BN / 4) * 4;
         *reinterpret_cast<float4*>(&Bs[kk][nn]) = *reinterpret_cast<const float4*>(b + (k0 + kk) * rs_b + col0 + nn);
       } else {
-        stage_b<T>(Bs, b, n, k, rs_b, cs_b, col0, k0, tid);
+        stage_tile<T, BN>(Bs, b, n, k, cs_b, rs_b, col0, k0, tid);
       }
     } else {
-      stage_a<T>(As, a, m, k, rs_a, cs_a, row0, k0, tid);
-      stage_b<T>(Bs, b, n, k, rs_b, cs_b, col0, k0, tid);
+      stage_tile<T, BM>(As, a, m, k, rs_a, cs_a, row0, k0, tid);
+      stage_tile<T, BN>(Bs, b, n, k, cs_b, rs_b, col0, k0, tid);
     }
     __syncthreads();
 #pragma unroll
