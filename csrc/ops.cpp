@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "common/winograd.h"
-#include "common/winograd_cache.h"
+#include "common/weight_cache.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
 
@@ -159,14 +159,14 @@ PyObject* py_winograd_transform(PyObject*, PyObject* args) {
   return out;
 }
 
-PyObject* py_winograd_cache_stats(PyObject*, PyObject*) {
-  const auto s = fastconv::WinogradFilterCache::instance().stats();
+PyObject* py_weight_cache_stats(PyObject*, PyObject*) {
+  const auto s = fastconv::WeightCache::instance().stats();
   return Py_BuildValue("{s:L,s:L,s:L}", "entries", static_cast<long long>(s.entries), "hits",
                        static_cast<long long>(s.hits), "misses", static_cast<long long>(s.misses));
 }
 
-PyObject* py_winograd_cache_clear(PyObject*, PyObject*) {
-  fastconv::WinogradFilterCache::instance().clear();
+PyObject* py_weight_cache_clear(PyObject*, PyObject*) {
+  fastconv::WeightCache::instance().clear();
   Py_RETURN_NONE;
 }
 
@@ -181,10 +181,10 @@ PyMethodDef methods[] = {
      "winograd_matrices(m): the B^T, G and A^T matrices of F(m x m, 3 x 3) (m = 2 or 4)."},
     {"winograd_transform", py_winograd_transform, METH_VARARGS,
      "winograd_transform(kind, m, values): the straight-line 1-D input/filter/output transform in float64."},
-    {"winograd_cache_stats", py_winograd_cache_stats, METH_NOARGS,
-     "Entries, hits and misses of the cache of transformed Winograd filters."},
-    {"winograd_cache_clear", py_winograd_cache_clear, METH_NOARGS,
-     "Empties the cache of transformed Winograd filters (needed only after writes through .data)."},
+    {"weight_cache_stats", py_weight_cache_stats, METH_NOARGS,
+     "Entries, hits and misses of the cache of prepared weights (Winograd transforms, im2col packed filters)."},
+    {"weight_cache_clear", py_weight_cache_clear, METH_NOARGS,
+     "Empties the cache of prepared weights (needed only after writes through .data)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastconv's compiled kernels", -1, methods};

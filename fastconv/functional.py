@@ -142,7 +142,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         p = _pair(padding, "padding", "conv2d")
     if not torch.is_grad_enabled() and weight.requires_grad:
         # No gradient can reach the weight: hand over a detached view (same storage and version
-        # counter), which the Winograd filter cache may keep (csrc/common/winograd_cache.h) and which
+        # counter), which the weight cache may keep (csrc/common/weight_cache.h) and which
         # tells "auto" that this is inference.
         weight = weight.detach()
     return ops.conv2d(input, weight, bias, s, p, d, int(groups), algorithm)

@@ -156,6 +156,59 @@ def test_im2col_planes_too_large_to_pad():
     torch.testing.assert_close(ours, TF.conv2d(x, w, b, 1, 1), rtol=1e-4, atol=1e-4)
 
 
+# The CPU im2col forward's packed path (csrc/cpu/conv2d.cpp, forward_packed) in each of its ways of
+# sharing out work; which one a shape takes depends on the thread count, so each runs on 1 and 2
+# threads. (input, weight, groups)
+PACKED_PATHS = [
+    ((4, 16, 40, 40), (24, 16, 3, 3), 1),    # images in parallel, 5 chunks of positions each
+    ((1, 16, 40, 40), (24, 16, 3, 3), 1),    # one image: its chunks in parallel
+    ((8, 32, 7, 7), (250, 32, 3, 3), 1),     # one bundle of 8 images, 2 K blocks: channels split too
+    ((20, 4, 6, 5), (12, 2, 3, 3), 2),       # bundles of 17 and 3 images, a chunk ending mid-image
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_im2col_packed_paths_cpu_isas(cpu_isa, threads, dtype):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for x_shape, w_shape, groups in PACKED_PATHS:
+            for stride, dilation in ((1, 1), (2, 2)):   # runs of the lowering, and lane-by-lane gathers
+                ours, ref = run_both(x_shape, w_shape, stride, 1, dilation, groups, dtype=dtype, device="cpu",
+                                     mf=torch.contiguous_format, algorithm="im2col")
+                assert_match(ours[:1], ref[:1], dtype)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_im2col_weight_cache_follows_the_weight():
+    # In eval under no_grad the CPU im2col forward keeps its packed filters per weight (and per ISA: the
+    # packed layout depends on the micro-tile), recomputed when the weight changes in place.
+    torch.manual_seed(0)
+    fastconv._C.weight_cache_clear()
+    conv = fastconv.nn.Conv2d(16, 24, 3, padding=1, algorithm="im2col").eval()
+    ref = torch.nn.Conv2d(16, 24, 3, padding=1).eval()
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 16, 9, 9)
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # noqa: E731
+    with torch.no_grad():
+        for _ in range(3):
+            close(conv(x), ref(x))
+        stats = fastconv._C.weight_cache_stats()
+        assert stats["misses"] == 1 and stats["hits"] == 2, stats
+        conv.weight.mul_(-2)
+        ref.weight.mul_(-2)
+        close(conv(x), ref(x))
+        before, order = fastconv._C.cpu_isa(), ["scalar", "avx2", "avx512"]
+        try:
+            for isa in order[:order.index(fastconv._C.best_cpu_isa()) + 1]:
+                fastconv._C.set_cpu_isa(isa)
+                close(conv(x), ref(x))
+        finally:
+            fastconv._C.set_cpu_isa(before)
+
+
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 def test_gradcheck_float64(device, algorithm):
     for x_shape, w_shape, s, p, d, g in [((2, 4, 6, 5), (4, 2, 3, 2), (2, 1), 1, (1, 2), 2),

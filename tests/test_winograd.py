@@ -128,7 +128,7 @@ def _close(a, b):   # F(4x4) rounds ~5x worse than direct convolution: tolerance
 
 def test_filter_cache_follows_the_weight(device):
     torch.manual_seed(0)
-    fastconv._C.winograd_cache_clear()
+    fastconv._C.weight_cache_clear()
     conv = fastconv.nn.Conv2d(8, 8, 3, padding=1, algorithm="winograd").to(device).eval()
     ref = torch.nn.Conv2d(8, 8, 3, padding=1).to(device).eval()
     ref.load_state_dict(conv.state_dict())
@@ -136,7 +136,7 @@ def test_filter_cache_follows_the_weight(device):
     with torch.no_grad():
         for _ in range(3):
             _close(conv(x), ref(x))
-    stats = fastconv._C.winograd_cache_stats()
+    stats = fastconv._C.weight_cache_stats()
     assert stats["misses"] == 1 and stats["hits"] == 2, stats
     # An optimizer step updates the weight in place: the next call sees the new weight.
     opt = torch.optim.SGD(conv.parameters(), lr=0.5)

@@ -51,7 +51,7 @@ inline Conv2dAlgorithm choose_winograd_tile(const Conv2dShape& s) {
 inline Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dShape& s, bool cuda, bool training) {
   if (cuda) return Conv2dAlgorithm::im2col;
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
-  // A weight that requires grad is not cached (winograd_cache.h): each call pays the filter transform,
+  // A weight that requires grad is not cached (weight_cache.h): each call pays the filter transform,
   // 36 x C x K values, which the GEMMs must amortise over enough tiles (ResNet-18's conv5_x at batch 8,
   // 32 tiles, trains faster with direct).
   const int64_t tiles = s.batch * ((s.g.out_h + 3) / 4) * ((s.g.out_w + 3) / 4);

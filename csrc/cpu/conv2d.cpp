@@ -7,10 +7,12 @@
 //   grad_bias    sum of dY over images and positions
 // The column buffer holds at most kWorkspaceBytes: output positions are processed in chunks. 1x1,
 // stride-1, unpadded convolutions skip the lowering (the input plane already is the column matrix).
-// The forward pass lowers straight into the GEMM engine's packed-B layout (im2col_packed, from
-// zero-padded copies of the planes), kForwardChunkBytes of columns at a time so they are still in L2
-// when the GEMM reads them, with the weights packed once per call.
-// Work is parallel over (image, group) items when there are enough of them, else inside the GEMM.
+// The forward pass (forward_packed) lowers straight into the GEMM engine's packed-B layout
+// (gemm_pack_b_offsets, reading zero-padded copies of the planes through offset tables), one K block
+// of kForwardChunkBytes at a time so it is still in L2 when the GEMM reads it, with the weights packed
+// once (and kept by the weight cache for weights that do not require grad).
+// Work is parallel over (image or bundle, group) items when there are enough of them, else over
+// chunks of positions (and output channels) of each item, or inside the GEMM.
 // Channels-last tensors are computed through NCHW copies. algorithm="direct" (and "auto" where it
 // picks direct) runs conv2d_direct.cpp's kernels for the forward pass and grad_input instead, the
 // Winograd algorithms conv2d_winograd.cpp's; grad_weight and grad_bias are always the ones here.
@@ -22,11 +24,14 @@
 #include <algorithm>
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 #include "common/conv2d_args.h"
+#include "common/weight_cache.h"
 #include "cpu/conv2d_direct_kernels.h"
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm_kernels.h"
+#include "cpu/isa.h"
 #include "cpu/memory.h"
 
 namespace fastconv::cpu {
@@ -35,15 +40,15 @@ namespace {
 constexpr const char* kForward = "conv2d";
 constexpr const char* kBackward = "conv2d_backward";
 constexpr size_t kWorkspaceBytes = size_t(64) << 20;
-// Columns lowered per GEMM in the forward pass: about a third of a 1 MiB L2, so that they, the packed
-// weights' K block and the output rows stay there. Measured on ResNet-18's 3x3 layers (2 threads):
-// 256-768 KiB all beat whole images (64@56: 0.69x -> 0.80-0.88x torch); 384 KiB was the best.
+// Columns lowered per GEMM in the forward pass (one K block of a chunk of positions): about a third of
+// a 1 MiB L2, so that they, the packed weights' K block and the output rows stay there. Measured on
+// ResNet-18's 3x3 layers (2 threads): 256-768 KiB all beat whole images; 384 KiB was the best.
 constexpr int64_t kForwardChunkBytes = int64_t(384) << 10;
 
 // cols[(c*kh + i)*kw + j][p - p0] for output positions p in [p0, p1) of one image/group (Cg planes).
 // Row by row of output positions: a tap row outside the input is zeros; inside, the in-range columns
 // [ow_lo, ow_hi) are a strided (for stride 1, contiguous) copy and the rest zeros. (The forward pass
-// uses im2col_packed below; grad_weight and planes too large to pad use this.)
+// uses forward_packed below; grad_weight and planes too large to pad use this.)
 template <typename T>
 void im2col(const T* x, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t p1, T* cols) {
   const int64_t pc = p1 - p0;   // row stride of the column matrix
@@ -96,56 +101,6 @@ void pad_planes(const T* x, int64_t cg, const Conv2dGeometry& g, T* dst) {
       std::fill(row + g.pw + g.in_w, row + wp, T(0));
     }
     std::fill(d + (g.ph + g.in_h) * wp, d + hp * wp, T(0));
-  }
-}
-
-// The forward pass's column matrix, written straight into the GEMM engine's packed-B layout, so the
-// GEMM skips its own packing pass: rows (c, i, j) as im2col's, columns the output positions [p0, p1)
-// of `images` images side by side, read from their padded planes (pad_planes, `image_stride` apart).
-// Each output row of a column row is one run of a padded input row, dealt out to the NR-wide panels.
-// Channels [c0, c1) only (the rows of different channels are independent: callers may split them
-// across threads).
-template <typename T>
-void im2col_packed(const T* padded, int64_t image_stride, int64_t images, int64_t cg, const Conv2dGeometry& g,
-                   int64_t p0, int64_t p1, const GemmPackedB& layout, T* dst, int64_t c0, int64_t c1) {
-  const int64_t hp = g.in_h + 2 * g.ph, wp = g.in_w + 2 * g.pw;
-  const int64_t kc = cg * g.kh * g.kw, nr = layout.nr;
-  for (int64_t c = c0; c < c1; ++c) {
-    for (int64_t i = 0; i < g.kh; ++i) {
-      for (int64_t j = 0; j < g.kw; ++j) {
-        const int64_t r = (c * g.kh + i) * g.kw + j;
-        // Column q goes to panel q / nr, lane q % nr: walked incrementally (panel, lane), as the
-        // runs are short for small images and a division per run would cost more than the copy.
-        T* panel = dst + layout.row_offset(r);
-        const int64_t stride = layout.panel_stride(r, kc);
-        int64_t lane = 0;
-        for (int64_t b = 0; b < images; ++b) {
-          const T* tap = padded + b * image_stride + c * hp * wp + i * g.dh * wp + j * g.dw;
-          for (int64_t oh = p0 / g.out_w; oh * g.out_w < p1; ++oh) {
-            const int64_t ow0 = std::max(p0, oh * g.out_w) - oh * g.out_w;
-            int64_t len = std::min(p1, (oh + 1) * g.out_w) - oh * g.out_w - ow0;
-            const T* src = tap + oh * g.sh * wp + ow0 * g.sw;
-            while (len > 0) {   // split where the run crosses into the next panel
-              const int64_t take = std::min(len, nr - lane);
-              T* d = panel + lane;
-              if (g.sw == 1) {
-                std::copy(src, src + take, d);
-              } else {
-                for (int64_t t = 0; t < take; ++t) d[t] = src[t * g.sw];
-              }
-              src += take * g.sw;
-              len -= take;
-              lane += take;
-              if (lane == nr) {
-                lane = 0;
-                panel += stride;
-              }
-            }
-          }
-        }
-        if (lane != 0) std::fill(panel + lane, panel + nr, T(0));   // the last panel's unused lanes
-      }
-    }
   }
 }
 
@@ -202,6 +157,11 @@ void over_items(int64_t items, const Run& run) {
   }
 }
 
+// The GEMM view of one (image, group) with a column buffer of each thread's share of the workspace.
+Conv2dGemmDims per_thread_dims(const Conv2dShape& s, size_t elem) {
+  return conv2d_gemm_dims(s, elem, kWorkspaceBytes / std::max<int64_t>(1, at::get_num_threads()));
+}
+
 // body(n, grp, cols) for every (image, group), each worker with its own column buffer.
 template <typename T, typename Body>
 void for_each_item(const Conv2dShape& s, int64_t cols_elems, const Body& body) {
@@ -211,78 +171,195 @@ void for_each_item(const Conv2dShape& s, int64_t cols_elems, const Body& body) {
   });
 }
 
-// Images with few output positions make thin GEMMs that re-pack the weights for every image; up to
-// kBatchedPositions positions of several images then share one GEMM (their columns side by side),
-// and the product is scattered to the images afterwards.
-constexpr int64_t kBatchedPositions = 512;
-// Below this many column entries, splitting one bundle's lowering over threads costs more in waking
-// them than it saves (LeNet-5's layers are far below; ResNet-18's 512@7x7 at batch 8 is 7x above).
-constexpr int64_t kParallelLoweringElems = int64_t(256) << 10;
+// Images with few output positions would make thin GEMMs; up to kBundlePositions positions of several
+// images then form one bundle (their columns side by side), whose products are scattered to the images.
+constexpr int64_t kBundlePositions = 512;
 
+// Lowering a column costs about as much as this many output channels' share of its GEMM work
+// (measured: ResNet-18's 512@7x7 layer spends 1/20 as long in the lowering as in the GEMM).
+constexpr int64_t kLoweringRows = 32;
+
+// How many parts to split kg output channels into (1 or `threads`, in whole micro-tiles of mr rows)
+// when one item's chunks (N positions, `chunk` at a time) are shared out to the threads: whichever
+// ends sooner, given at::parallel_for's even split of the (part, chunk) units and a unit cost of its
+// positions x (its channels + kLoweringRows), each part lowering its chunk itself. Splitting helps when
+// the chunks are few or uneven, as with a whole batch of 7x7 images in one bundle.
+inline int64_t channel_parts(int64_t N, int64_t chunk, int64_t kg, int64_t mr, int64_t threads) {
+  const auto makespan = [&](int64_t parts) {
+    const int64_t rows = ((kg + parts - 1) / parts + mr - 1) / mr * mr;
+    const int64_t chunks = (N + chunk - 1) / chunk, units = chunks * parts;
+    const int64_t per_thread = (units + threads - 1) / threads;
+    int64_t worst = 0;
+    for (int64_t t0 = 0; t0 < units; t0 += per_thread) {
+      int64_t cost = 0;
+      for (int64_t u = t0; u < std::min(units, t0 + per_thread); ++u) {
+        const int64_t q0 = u % chunks * chunk, m0 = u / chunks * rows;
+        const int64_t m = std::max<int64_t>(0, std::min(kg, m0 + rows) - m0);
+        cost += m > 0 ? (std::min(N, q0 + chunk) - q0) * (m + kLoweringRows) : 0;
+      }
+      worst = std::max(worst, cost);
+    }
+    return worst;
+  };
+  return threads > 1 && makespan(threads) < makespan(1) ? threads : 1;
+}
+
+// The packed forward pass. Work items are (bundle of images, group). Per item: copy the bundle's planes
+// zero-padded, then for each chunk of positions and each K block of the column matrix, lower that
+// block into packed panels (gemm_pack_b_offsets) and multiply it with the same K block of the weights,
+// packed once (pack_filters: `wpacked`), accumulating into the chunk's outputs. A lowered block is
+// kForwardChunkBytes, so it is still in L2 when the GEMM reads it, and a chunk spans enough positions
+// that each weight block read serves many of them. With at least as many items as threads the items
+// run in parallel; with fewer (small batches, or a whole batch in one bundle) each item's chunks do,
+// as chunks write disjoint columns of the output, and its output channels too where that evens out
+// the threads' work (channel_parts).
 template <typename T>
-void forward_impl(const T* x, const T* w, const T* bias, T* out, const Conv2dShape& s) {
+void forward_packed(const T* x, const T* wpacked, const T* bias, T* out, const Conv2dShape& s, int64_t bundle) {
   const auto& g = s.g;
-  const Conv2dGemmDims d =
-      conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes / std::max<int64_t>(1, at::get_num_threads()));
-  const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW, chunk = d.chunk;
-  const bool pointwise = d.pointwise;
+  const Conv2dGemmDims d = conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
+  const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW;
   const int64_t padded_hw = (g.in_h + 2 * g.ph) * (g.in_w + 2 * g.pw);
-  const int64_t per_gemm = std::min<int64_t>(s.batch, std::max<int64_t>(1, kBatchedPositions / P));
-  if (per_gemm > 1 && !pointwise && kc * per_gemm * P * int64_t(sizeof(T)) <= int64_t(kWorkspaceBytes)) {
-    const int64_t bundles = (s.batch + per_gemm - 1) / per_gemm, items = bundles * s.groups;
-    const auto run = [&](int64_t b0, int64_t b1) {
-      T* cols = scratch<T>(Scratch::conv_cols, gemm_packed_b_layout<T>(per_gemm * P, 0).elems(kc));
-      T* padded = scratch<T>(Scratch::conv_pad, per_gemm * cg * padded_hw);
-      T* prod = scratch<T>(Scratch::conv_prod, kg * per_gemm * P);
-      for (int64_t t = b0; t < b1; ++t) {
-        const int64_t bundle = t / s.groups, grp = t % s.groups;
-        const int64_t n0 = bundle * per_gemm, nb = std::min(per_gemm, s.batch - n0), ld = nb * P;
-        const GemmPackedB layout = gemm_packed_b_layout<T>(ld, 0);
-        const auto lower = [&](int64_t c0, int64_t c1) {   // channels [c0, c1) of every image
-          for (int64_t b = 0; b < nb; ++b) {
-            pad_planes(x + ((n0 + b) * s.in_channels + grp * cg + c0) * HW, c1 - c0, g,
-                       padded + (b * cg + c0) * padded_hw);
+  const GemmPackedB unit = gemm_packed_b_layout<T>(1, 0);
+  const int64_t nr = unit.nr, kb = unit.k_block;
+  const int64_t packed_a = gemm_packed_a_elems(kg, kc), m_pad = packed_a / kc;
+  const int64_t mr = gemm_packed_a_elems(1, 1);   // the micro-tile's rows
+  // The column matrix by offsets into the padded planes (gemm_pack_b_offsets): row (c, i, j) is tap
+  // (i, j) of channel c, column q output position q % P of image q / P of the bundle.
+  const int64_t wp = g.in_w + 2 * g.pw, image_stride = cg * padded_hw;
+  std::vector<int64_t> row_off(static_cast<size_t>(kc));
+  for (int64_t r = 0; r < kc; ++r) {
+    row_off[r] = r / (g.kh * g.kw) * padded_hw + r / g.kw % g.kh * g.dh * wp + r % g.kw * g.dw;
+  }
+  const int64_t slack = kGemmOffsetsSlackBytes / int64_t(sizeof(T));   // readable memory around the planes
+  const int64_t bundles = (s.batch + bundle - 1) / bundle, items = bundles * s.groups;
+  const int64_t threads = at::get_num_threads();
+  const int64_t max_chunk = std::max(nr, kForwardChunkBytes / (kb * int64_t(sizeof(T))) / nr * nr);
+  // Item t: pad its planes (in parallel when `par`), then run its chunks.
+  const auto run_item = [&](int64_t t, bool par) {
+    const int64_t n0 = t / s.groups * bundle, grp = t % s.groups, nb = std::min(bundle, s.batch - n0);
+    const int64_t N = nb * P;
+    // Chunks of at most max_chunk positions, as even as whole panels allow.
+    const int64_t pieces = (N + max_chunk - 1) / max_chunk;
+    const int64_t chunk = ((N + pieces - 1) / pieces + nr - 1) / nr * nr, chunks = (N + chunk - 1) / chunk;
+    const int64_t parts = par ? channel_parts(N, chunk, kg, mr, threads) : 1;
+    const int64_t part_rows = ((kg + parts - 1) / parts + mr - 1) / mr * mr;
+    T* padded = scratch<T>(Scratch::conv_pad, nb * image_stride + 2 * slack) + slack;
+    std::fill(padded - slack, padded, T(0));
+    std::fill(padded + nb * image_stride, padded + nb * image_stride + slack, T(0));
+    const auto pad = [&](int64_t e0, int64_t e1) {   // planes e = b * cg + c
+      for (int64_t e = e0; e < e1; ++e) {
+        pad_planes(x + ((n0 + e / cg) * s.in_channels + grp * cg + e % cg) * HW, 1, g, padded + e * padded_hw);
+      }
+    };
+    par ? at::parallel_for(0, nb * cg, 1, pad) : pad(0, nb * cg);
+    T* og = out + (n0 * s.out_channels + grp * kg) * P;
+    // Unit u: output channels [m0, m1) of part u / chunks, chunk u % chunks of the positions (so that
+    // with as many parts as threads, each thread gets one part).
+    const auto run_units = [&](int64_t u0, int64_t u1) {
+      T* cols = scratch<T>(Scratch::conv_cols, (std::min(chunk, N) + nr - 1) / nr * nr * std::min(kb, kc));
+      T* prod = nb > 1 ? scratch<T>(Scratch::conv_prod, kg * std::min(chunk, N)) : nullptr;
+      std::vector<int64_t> col_off(static_cast<size_t>(std::min(chunk, N)));
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t q0 = u % chunks * chunk, q1 = std::min(N, q0 + chunk), nq = q1 - q0;
+        const int64_t m0 = u / chunks * part_rows, m1 = std::min(kg, m0 + part_rows);
+        if (m0 >= m1) continue;
+        for (int64_t q = q0, b = q0 / P, oh = q0 % P / g.out_w, ow = q0 % P % g.out_w; q < q1; ++q) {
+          col_off[q - q0] = b * image_stride + oh * g.sh * wp + ow * g.sw;
+          if (++ow == g.out_w) {
+            ow = 0;
+            if (++oh == g.out_h) {
+              oh = 0;
+              ++b;
+            }
           }
-          im2col_packed(padded, cg * padded_hw, nb, cg, g, 0, P, layout, cols, c0, c1);
-        };
-        if (at::in_parallel_region() || kc * ld < kParallelLoweringElems) {
-          lower(0, cg);
-        } else {   // one bundle at a time (few items): the lowering is split over the threads too
-          at::parallel_for(0, cg, 1, lower);
         }
-        GemmArgs<T> args = gemm_args<T>(kg, ld, kc, w + grp * kg * kc, kc, 1, nullptr, 0, 0, prod, ld, T(0));
-        args.b_packed = cols;
-        gemm(args);
-        for (int64_t b = 0; b < nb; ++b) {
-          for (int64_t k = 0; k < kg; ++k) {
+        // One image: straight into its output, the bias entering as beta * C. A bundle: into `prod`,
+        // then scattered to the images with the bias added.
+        const int64_t rs_c = nb == 1 ? P : nq;
+        T* c = (nb == 1 ? og + q0 : prod) + m0 * rs_c;
+        T beta = T(0);
+        if (nb == 1 && bias != nullptr) {
+          beta = T(1);
+          for (int64_t k = m0; k < m1; ++k) std::fill(og + k * P + q0, og + k * P + q1, bias[grp * kg + k]);
+        }
+        for (int64_t r0 = 0; r0 < kc; r0 += kb) {   // K blocks, accumulated into C
+          const int64_t r1 = std::min(kc, r0 + kb);
+          gemm_pack_b_offsets(padded, row_off.data() + r0, r1 - r0, col_off.data(), nq, cols);
+          GemmArgs<T> args =
+              gemm_args<T>(m1 - m0, nq, r1 - r0, nullptr, 0, 0, nullptr, 0, 0, c, rs_c, r0 == 0 ? beta : T(1));
+          args.a_packed = wpacked + grp * packed_a + r0 * m_pad + m0 * (r1 - r0);   // K block r0, rows m0..
+          args.b_packed = cols;
+          gemm(args);
+        }
+        for (int64_t q = q0; nb > 1 && q < q1;) {   // scatter the bundle's products, run by run
+          const int64_t b = q / P, p = q % P, len = std::min(q1 - q, P - p);
+          for (int64_t k = m0; k < m1; ++k) {
             const T add = bias != nullptr ? bias[grp * kg + k] : T(0);
-            const T* src = prod + k * ld + b * P;
-            T* dst = out + ((n0 + b) * s.out_channels + grp * kg + k) * P;
-            for (int64_t p = 0; p < P; ++p) dst[p] = src[p] + add;
+            const T* src = prod + k * nq + (q - q0);
+            T* dst = og + (b * s.out_channels + k) * P + p;
+            for (int64_t e = 0; e < len; ++e) dst[e] = src[e] + add;
           }
+          q += len;
         }
       }
     };
-    over_items(items, run);
+    // Units in parallel only when every thread gets one; otherwise one after another, each GEMM
+    // parallel inside over rows (outside a parallel region).
+    const int64_t units = chunks * parts;
+    par && units >= threads ? at::parallel_for(0, units, 1, run_units) : run_units(0, units);
+  };
+  if (items >= threads) {
+    at::parallel_for(0, items, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) run_item(t, false);
+    });
+  } else {
+    for (int64_t t = 0; t < items; ++t) run_item(t, true);
+  }
+}
+
+// Images per bundle of the packed forward pass, or 0 where it does not apply: 1x1 stride-1 unpadded
+// convolutions need no lowering, and planes too large to copy padded (more than kWorkspaceBytes across
+// threads) take the plain im2col into a bounded column buffer instead.
+int64_t packed_bundle(const Conv2dShape& s, int64_t elem) {
+  const auto& g = s.g;
+  const Conv2dGemmDims d = conv2d_gemm_dims(s, elem, kWorkspaceBytes);
+  const int64_t padded_bytes = d.cg * (g.in_h + 2 * g.ph) * (g.in_w + 2 * g.pw) * elem;
+  const int64_t budget = int64_t(kWorkspaceBytes) / at::get_num_threads();
+  if (d.pointwise || padded_bytes > budget) return 0;
+  return std::min({s.batch, std::max<int64_t>(1, kBundlePositions / d.P), budget / padded_bytes});
+}
+
+// The filters of every group in the GEMM engine's packed-A form (what forward_packed multiplies by):
+// a tensor of their own when the weight cache keeps them, else scratch memory reused by the next call.
+template <typename T>
+at::Tensor pack_filters(const T* w, const Conv2dShape& s, bool keep) {
+  const Conv2dGemmDims d = conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
+  const int64_t packed = gemm_packed_a_elems(d.kg, d.kc);
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor out = keep ? at::empty({s.groups, packed}, opts)
+                        : at::from_blob(scratch<T>(Scratch::conv_wpack, s.groups * packed), {s.groups, packed}, opts);
+  over_items(s.groups, [&](int64_t g0, int64_t g1) {   // gemm_pack_a is parallel inside over K blocks
+    for (int64_t grp = g0; grp < g1; ++grp) {
+      gemm_pack_a(gemm_args<T>(d.kg, 0, d.kc, w + grp * d.kg * d.kc, d.kc, 1, nullptr, 0, 0, nullptr, 0, T(0)),
+                  out.data_ptr<T>() + grp * packed);
+    }
+  });
+  return out;
+}
+
+// The forward pass by im2col: the packed path when `wpacked` is given (see packed_bundle), else per
+// (image, group) in chunks of the bounded column buffer (or straight from the input for 1x1).
+template <typename T>
+void forward_impl(const T* x, const T* w, const T* wpacked, const T* bias, T* out, const Conv2dShape& s) {
+  if (wpacked != nullptr) {
+    forward_packed(x, wpacked, bias, out, s, packed_bundle(s, sizeof(T)));
     return;
   }
-  // Lowered columns are produced and consumed a cache-sized chunk of positions (whole panels) at a
-  // time, the weights packed once for all of them. Planes too large to copy padded (more than
-  // kWorkspaceBytes per thread) take the plain im2col into a bounded column buffer instead.
-  const bool packed = !pointwise && cg * padded_hw * int64_t(sizeof(T)) * at::get_num_threads() <=
-                                        int64_t(kWorkspaceBytes);
-  const int64_t nr = gemm_packed_b_layout<T>(1, 0).nr;
-  const int64_t chunk_pos =
-      packed ? std::min(chunk, std::max(nr, kForwardChunkBytes / (kc * int64_t(sizeof(T))) / nr * nr)) : chunk;
-  const int64_t packed_a = gemm_packed_a_elems(kg, kc);
-  T* wpacked = packed ? scratch<T>(Scratch::conv_wpack, packed_a * s.groups) : nullptr;   // read by all threads
-  for (int64_t grp = 0; packed && grp < s.groups; ++grp) {
-    gemm_pack_a(gemm_args<T>(kg, 0, kc, w + grp * kg * kc, kc, 1, nullptr, 0, 0, nullptr, 0, T(0)),
-                wpacked + grp * packed_a);
-  }
-  const int64_t cols_elems =
-      pointwise ? 0 : (packed ? gemm_packed_b_layout<T>(chunk_pos, 0).elems(kc) : kc * chunk_pos);
-  for_each_item<T>(s, cols_elems, [&](int64_t n, int64_t grp, T* cols) {
+  const auto& g = s.g;
+  const Conv2dGemmDims d = per_thread_dims(s, sizeof(T));
+  const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW, chunk = d.chunk;
+  const bool pointwise = d.pointwise;
+  for_each_item<T>(s, pointwise ? 0 : kc * chunk, [&](int64_t n, int64_t grp, T* cols) {
     const T* xg = x + (n * s.in_channels + grp * cg) * HW;
     const T* wg = w + grp * kg * kc;
     T* og = out + (n * s.out_channels + grp * kg) * P;
@@ -290,21 +367,10 @@ void forward_impl(const T* x, const T* w, const T* bias, T* out, const Conv2dSha
       for (int64_t k = 0; k < kg; ++k) std::fill(og + k * P, og + (k + 1) * P, bias[grp * kg + k]);
     }
     const T beta = bias != nullptr ? T(1) : T(0);
-    T* padded = nullptr;
-    if (packed) {
-      padded = scratch<T>(Scratch::conv_pad, cg * padded_hw);
-      pad_planes(xg, cg, g, padded);
-    }
-    for (int64_t p0 = 0; p0 < P; p0 += chunk_pos) {
-      const int64_t p1 = std::min(P, p0 + chunk_pos);
+    for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+      const int64_t p1 = std::min(P, p0 + chunk);
       if (pointwise) {
         gemm(gemm_args<T>(kg, p1 - p0, kc, wg, kc, 1, xg + p0, HW, 1, og + p0, P, beta));
-      } else if (packed) {   // the columns go straight into the GEMM's packed layout
-        im2col_packed(padded, 0, 1, cg, g, p0, p1, gemm_packed_b_layout<T>(p1 - p0, 0), cols, 0, cg);
-        GemmArgs<T> args = gemm_args<T>(kg, p1 - p0, kc, wg, kc, 1, nullptr, 0, 0, og + p0, P, beta);
-        args.a_packed = wpacked + grp * packed_a;
-        args.b_packed = cols;
-        gemm(args);
       } else {
         im2col(xg, cg, g, p0, p1, cols);
         gemm(gemm_args<T>(kg, p1 - p0, kc, wg, kc, 1, cols, p1 - p0, 1, og + p0, P, beta));
@@ -331,7 +397,15 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
     if (s.algorithm == Conv2dAlgorithm::direct) {
       conv2d_direct_forward<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), s);
     } else {
-      forward_impl<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), s);
+      at::Tensor wpacked;   // the cache keys on the caller's weight tensor
+      if (packed_bundle(s, x.element_size()) > 0) {
+        const int variant = WeightCache::for_isa(WeightCache::kIm2colPacked, int(active_isa()));
+        wpacked = WeightCache::instance().get(weight, variant, [&] {
+          return pack_filters<scalar_t>(w.data_ptr<scalar_t>(), s, WeightCache::cacheable(weight));
+        });
+      }
+      forward_impl<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                             wpacked.defined() ? wpacked.data_ptr<scalar_t>() : nullptr, bp, out.data_ptr<scalar_t>(), s);
     }
   });
   return in_format(out, s.format);
@@ -340,8 +414,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
 template <typename T>
 void grad_input_impl(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
   const auto& g = s.g;
-  const Conv2dGemmDims d =
-      conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes / std::max<int64_t>(1, at::get_num_threads()));
+  const Conv2dGemmDims d = per_thread_dims(s, sizeof(T));
   const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW, chunk = d.chunk;
   const bool pointwise = d.pointwise;
   for_each_item<T>(s, pointwise ? 0 : kc * chunk, [&](int64_t n, int64_t grp, T* cols) {

@@ -8,7 +8,7 @@
 //   2. alpha^2 GEMMs     M[e] (K x T) = U[e] (K x C) . V[e] (C x T), parallel over e, U[e] prepacked;
 //   3. output transform  Y = A^T M A + bias, parallel over output channels, written
 //                        straight into the NCHW output, partial tiles clipped.
-// The filter transform U = G g G^T comes from the WinogradFilterCache (computed once per weight
+// The filter transform U = G g G^T comes from the WeightCache (computed once per weight
 // version). grad_input is the same pipeline on grad_output with the flipped, transposed filters.
 #include "cpu/conv2d_winograd.h"
 
@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "common/winograd.h"
-#include "common/winograd_cache.h"
+#include "common/weight_cache.h"
 #include "cpu/conv2d_winograd_kernels.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
@@ -143,20 +143,17 @@ at::Tensor transform_filters(int m, const T* w, int64_t s_out, int64_t s_in, int
   return out;
 }
 
-// Cache variants: the tile size and the direction (CPU entries hold packed-A forms; the weight's
-// device keeps them apart from CUDA's).
-int variant(int m, bool transposed) { return m * 2 + (transposed ? 1 : 0); }
-
 }  // namespace
 
 void conv2d_winograd_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out,
                              const Conv2dShape& s, int m) {
   const auto& g = s.g;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
-    const at::Tensor u = WinogradFilterCache::instance().get(weight, variant(m, false), [&] {
+    const int variant = WeightCache::for_isa(WeightCache::winograd(m, false), int(active_isa()));
+    const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
       const at::Tensor w = weight.contiguous();   // g[k][c][i][j]
       return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>(), s.in_channels * 9, 9, 3, 1, s.out_channels,
-                                         s.in_channels, WinogradFilterCache::cacheable(weight));
+                                         s.in_channels, WeightCache::cacheable(weight));
     });
     const WinogradProblem p{s.batch, s.in_channels, s.out_channels, g.in_h, g.in_w, g.out_h, g.out_w, g.ph, g.pw};
     run<scalar_t>(m, x.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
@@ -170,10 +167,11 @@ void conv2d_winograd_grad_input(const at::Tensor& dy, const at::Tensor& weight, 
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "conv2d_backward", [&] {
     // dx[c][ih][iw] = sum over k, i, j of dy[k][ih + i - (2 - ph)][iw + j - (2 - pw)] * w[k][c][2 - i][2 - j]:
     // filters g'[c][k][i][j] = w[k][c][2 - i][2 - j], read in place (start at w[0][0][2][2], step back).
-    const at::Tensor u = WinogradFilterCache::instance().get(weight, variant(m, true), [&] {
+    const int variant = WeightCache::for_isa(WeightCache::winograd(m, true), int(active_isa()));
+    const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
       const at::Tensor w = weight.contiguous();
       return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>() + 8, 9, s.in_channels * 9, -3, -1,
-                                         s.in_channels, s.out_channels, WinogradFilterCache::cacheable(weight));
+                                         s.in_channels, s.out_channels, WeightCache::cacheable(weight));
     });
     const WinogradProblem p{s.batch, s.out_channels, s.in_channels, g.out_h, g.out_w, g.in_h, g.in_w, 2 - g.ph,
                             2 - g.pw};

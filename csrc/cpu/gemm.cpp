@@ -120,13 +120,26 @@ GemmPackedB gemm_packed_b_layout(int64_t n, int64_t k_block) {
 template GemmPackedB gemm_packed_b_layout<float>(int64_t n, int64_t k_block);
 template GemmPackedB gemm_packed_b_layout<double>(int64_t n, int64_t k_block);
 
+template <typename T>
+void gemm_pack_b_offsets(const T* base, const int64_t* row_off, int64_t rows, const int64_t* col_off, int64_t cols,
+                         T* dst) {
+  kernels_for<T>().pack_b_offsets(base, row_off, rows, col_off, cols, dst);
+}
+
+template void gemm_pack_b_offsets<float>(const float*, const int64_t*, int64_t, const int64_t*, int64_t, float*);
+template void gemm_pack_b_offsets<double>(const double*, const int64_t*, int64_t, const int64_t*, int64_t, double*);
+
 // K block k0 holds the panels of all rows (m_pad x kc), as pack_a lays out one row block.
 template <typename T>
 void gemm_pack_a(const GemmArgs<T>& g, T* dst) {
   const auto& kern = kernels_for<T>();
   const int64_t m_pad = (g.m + kern.mr - 1) / kern.mr * kern.mr;
   const int64_t kKC = k_block_of(g);
-  for (int64_t k0 = 0; k0 < g.k; k0 += kKC) kern.pack_a(g, 0, g.m, k0, std::min(kKC, g.k - k0), dst + k0 * m_pad);
+  at::parallel_for(0, (g.k + kKC - 1) / kKC, 1, [&](int64_t b0, int64_t b1) {   // K blocks
+    for (int64_t k0 = b0 * kKC; k0 < std::min(g.k, b1 * kKC); k0 += kKC) {
+      kern.pack_a(g, 0, g.m, k0, std::min(kKC, g.k - k0), dst + k0 * m_pad);
+    }
+  });
 }
 
 template void gemm_pack_a<float>(const GemmArgs<float>& g, float* dst);

@@ -51,6 +51,9 @@ struct GemmKernels {
                 int64_t kc, bool first);
   // runs `iters` steps of independent vector FMAs and returns the flops done (the roofline probe)
   double (*fma_peak)(int64_t iters);
+  // pack a K block of an op(B) given by offset tables (see gemm_pack_b_offsets)
+  void (*pack_b_offsets)(const T* base, const int64_t* row_off, int64_t rows, const int64_t* col_off, int64_t cols,
+                         T* dst);
 };
 
 // The engine: C = alpha * op(A) * op(B) + beta * C for the strided operands in `g`, with the active
@@ -62,7 +65,8 @@ void gemm(const GemmArgs<T>& g);
 // Elements of the packed form of an m x k op(A), and the packing itself (reads g.m, g.k, g.a, g.rs_a,
 // g.cs_a, g.k_block): the layout the engine's row and K blocks index into, zero-padded to whole
 // micro-panels; the GEMMs that read it must use the same k_block.
-// The same for every ISA (all use MR = 6 and the same K blocking).
+// The layout depends on the active ISA (its micro-tile height MR: 8 for AVX-512, 6 otherwise): a packed
+// form kept across calls must be rebuilt when the ISA changes (the weight cache keys on it).
 int64_t gemm_packed_a_elems(int64_t m, int64_t k);
 template <typename T>
 void gemm_pack_a(const GemmArgs<T>& g, T* dst);
@@ -84,6 +88,17 @@ struct GemmPackedB {
     return nr * (k_rows - k0 < k_block ? k_rows - k0 : k_block);
   }
 };
+// Packs one K block (rows <= the GEMM's k_block) of an op(B) that is given by offset tables, element
+// (k, j) = base[row_off[k] + col_off[j]], into the GemmPackedB layout of a `cols`-column, `rows`-deep
+// B, with the active ISA's kernel: im2col's column matrix read straight from a (padded) image. Runs
+// of consecutive column offsets are copied a vector at a time, by unaligned loads that may reach up
+// to kGemmOffsetsSlackBytes before the smallest and after the largest offset used: that memory must
+// be readable. `dst` must be 64-byte aligned.
+constexpr int64_t kGemmOffsetsSlackBytes = 64;
+template <typename T>
+void gemm_pack_b_offsets(const T* base, const int64_t* row_off, int64_t rows, const int64_t* col_off, int64_t cols,
+                         T* dst);
+
 // The layout for an op(B) of n columns, K blocks of `k_block` rows (0: the engine's default), for the
 // active ISA's kernels of element type T.
 template <typename T>

@@ -12,7 +12,7 @@
 #include <string_view>
 
 #include "common/conv2d_args.h"
-#include "common/winograd_cache.h"
+#include "common/weight_cache.h"
 #include "cuda/conv2d.h"
 #include "cuda/conv2d_winograd.h"
 #include "cuda/gemm.h"
@@ -33,7 +33,7 @@ Conv2dDims dims_of(const Conv2dShape& s) { return Conv2dDims{s.batch, s.in_chann
 // The transformed filters U[e][kout][cin] of `weight` (flipped and transposed for grad_input), cached.
 at::Tensor winograd_filters(const at::Tensor& weight, int m, bool transposed, const Conv2dShape& s,
                             cudaStream_t stream) {
-  return WinogradFilterCache::instance().get(weight, m * 2 + (transposed ? 1 : 0), [&] {
+  return WeightCache::instance().get(weight, WeightCache::winograd(m, transposed), [&] {
     const at::Tensor w = weight.contiguous();
     const int64_t kout = transposed ? s.in_channels : s.out_channels, cin = transposed ? s.out_channels : s.in_channels;
     at::Tensor u = at::empty({(m + 2) * (m + 2), kout, cin}, w.options());

@@ -1,14 +1,15 @@
-// The cache of transformed Winograd filters (torch side, shared by the CPU and CUDA glue).
+// The cache of prepared weights (torch side, shared by the CPU and CUDA glue): Winograd's transformed
+// filters U = G g G^T and im2col's filters in the GEMM engine's packed-A form.
 //
-// A model in eval mode calls a convolution again and again with the same weight: its filter
-// transform U = G g G^T is computed once and kept. Only weights that do not require grad are cached
+// A model in eval mode calls a convolution again and again with the same weight: what the kernels
+// make of it is computed once and kept. Only weights that do not require grad are cached
 // (fastconv.functional.conv2d passes weight.detach() when grad mode is off, as under torch.no_grad()
 // in eval): a weight that requires grad is either being trained, so it changes every step, or being
 // checked by gradcheck, which perturbs it through `.data` behind its version counter. An entry is
 // valid while its storage is alive, at the same address with the same shape and strides, and the
 // version counter (shared by a parameter and its detach()) has not moved: every update through
 // autograd-visible ops (an optimizer step, load_state_dict, copy_ under no_grad) bumps it and the
-// next call recomputes. Writes through `.data` are not seen: call fastconv._C.winograd_cache_clear()
+// next call recomputes. Writes through `.data` are not seen: call fastconv._C.weight_cache_clear()
 // after those. Inference-mode tensors have no version counter and are never cached.
 #pragma once
 
@@ -22,22 +23,28 @@
 
 namespace fastconv {
 
-struct WinogradCacheStats {
+struct WeightCacheStats {
   int64_t entries = 0, hits = 0, misses = 0;
 };
 
-class WinogradFilterCache {
+class WeightCache {
  public:
-  static WinogradFilterCache& instance() {
-    static WinogradFilterCache cache;
+  static WeightCache& instance() {
+    static WeightCache cache;
     return cache;
   }
+
+  // Variants: what an entry holds for its weight (the weight's device keeps CPU and CUDA forms apart).
+  static constexpr int kIm2colPacked = 1;                                      // im2col's packed-A filters
+  static int winograd(int m, bool transposed) { return m * 2 + (transposed ? 1 : 0); }   // 4, 5, 8, 9
+  // A CPU variant made for one instruction set (the GEMM's packed layout depends on its micro-tile).
+  static int for_isa(int variant, int isa) { return variant * 8 + isa; }
 
   // Whether a transform of `weight` is kept (see the top of this file); when not, compute() may
   // build it in scratch memory that the next call reuses.
   static bool cacheable(const at::Tensor& weight) { return !weight.requires_grad() && !weight.is_inference(); }
 
-  // U for `weight` in variant `variant` (tile size, direction), from the cache or from compute().
+  // The prepared form of `weight` in variant `variant`, from the cache or from compute().
   at::Tensor get(const at::Tensor& weight, int variant, const std::function<at::Tensor()>& compute) {
     if (!cacheable(weight)) return compute();
     const int64_t version = weight._version();
@@ -78,9 +85,9 @@ class WinogradFilterCache {
     return e.u;
   }
 
-  WinogradCacheStats stats() {
+  WeightCacheStats stats() {
     std::lock_guard<std::mutex> lock(mu_);
-    WinogradCacheStats s = stats_;
+    WeightCacheStats s = stats_;
     s.entries = static_cast<int64_t>(entries_.size());
     return s;
   }
@@ -88,11 +95,11 @@ class WinogradFilterCache {
   void clear() {
     std::lock_guard<std::mutex> lock(mu_);
     entries_.clear();
-    stats_ = WinogradCacheStats{};
+    stats_ = WeightCacheStats{};
   }
 
  private:
-  static constexpr int64_t kMaxEntries = 64;   // a ResNet-50 has 16 3x3 convolutions, each two ways
+  static constexpr int64_t kMaxEntries = 128;   // a ResNet-50 has 53 convolutions, 3x3 ones cached two ways
   struct Entry {
     c10::weak_intrusive_ptr<c10::StorageImpl> storage;
     int variant;
@@ -104,7 +111,7 @@ class WinogradFilterCache {
   };
   std::mutex mu_;
   std::vector<Entry> entries_;
-  WinogradCacheStats stats_;
+  WeightCacheStats stats_;
   uint64_t clock_ = 0;
 };
 
