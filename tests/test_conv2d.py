@@ -156,9 +156,10 @@ def test_im2col_planes_too_large_to_pad():
     torch.testing.assert_close(ours, TF.conv2d(x, w, b, 1, 1), rtol=1e-4, atol=1e-4)
 
 
-# The CPU im2col forward's packed path (csrc/cpu/conv2d.cpp, forward_packed) in each of its ways of
-# sharing out work; which one a shape takes depends on the thread count, so each runs on 1 and 2
-# threads. (input, weight, groups)
+# The CPU im2col paths (csrc/cpu/conv2d.cpp) in each of their ways of sharing out work, which depend on
+# the thread count, so each shape runs on 1 and 2 threads: the forward pass's images, chunks or
+# channel parts in parallel; grad_input's bundles and parallel col2im; grad_weight's per-thread
+# partial sums. (input, weight, groups)
 PACKED_PATHS = [
     ((4, 16, 40, 40), (24, 16, 3, 3), 1),    # images in parallel, 5 chunks of positions each
     ((1, 16, 40, 40), (24, 16, 3, 3), 1),    # one image: its chunks in parallel
@@ -169,7 +170,7 @@ PACKED_PATHS = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_im2col_packed_paths_cpu_isas(cpu_isa, threads, dtype):
+def test_im2col_parallel_paths_cpu_isas(cpu_isa, threads, dtype):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -177,7 +178,7 @@ def test_im2col_packed_paths_cpu_isas(cpu_isa, threads, dtype):
             for stride, dilation in ((1, 1), (2, 2)):   # runs of the lowering, and lane-by-lane gathers
                 ours, ref = run_both(x_shape, w_shape, stride, 1, dilation, groups, dtype=dtype, device="cpu",
                                      mf=torch.contiguous_format, algorithm="im2col")
-                assert_match(ours[:1], ref[:1], dtype)
+                assert_match(ours, ref, dtype)
     finally:
         torch.set_num_threads(before)
 

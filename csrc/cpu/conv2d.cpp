@@ -104,15 +104,15 @@ void pad_planes(const T* x, int64_t cg, const Conv2dGeometry& g, T* dst) {
   }
 }
 
-// The adjoint of im2col, with the same row-by-row structure: dx[tap of (c, i, j, p)] += cols entry.
+// The adjoint of im2col, with the same row-by-row structure: dx[tap of (c, i, j, p)] += cols entry, the
+// entries for positions [p0, p1) of a column row being `ld` apart from one row to the next.
 template <typename T>
-void col2im_add(const T* cols, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t p1, T* dx) {
-  const int64_t pc = p1 - p0;
+void col2im_add(const T* cols, int64_t ld, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t p1, T* dx) {
   for (int64_t c = 0; c < cg; ++c) {
     T* plane = dx + c * g.in_h * g.in_w;
     for (int64_t i = 0; i < g.kh; ++i) {
       for (int64_t j = 0; j < g.kw; ++j) {
-        const T* row = cols + ((c * g.kh + i) * g.kw + j) * pc - p0;
+        const T* row = cols + ((c * g.kh + i) * g.kw + j) * ld - p0;
         const int64_t off = j * g.dw - g.pw;
         int64_t ow_lo, ow_hi;
         conv_tap_columns(g, j, &ow_lo, &ow_hi);
@@ -411,57 +411,137 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   return in_format(out, s.format);
 }
 
+// dx_g = col2im(W_g^T @ dY_g) per image and group, W_g^T packed once for all of them. Small images
+// form bundles as in the forward pass: their grad_output copied side by side, one GEMM, then col2im
+// image by image from the bundle's columns.
 template <typename T>
 void grad_input_impl(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
   const auto& g = s.g;
   const Conv2dGemmDims d = per_thread_dims(s, sizeof(T));
   const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW, chunk = d.chunk;
   const bool pointwise = d.pointwise;
-  for_each_item<T>(s, pointwise ? 0 : kc * chunk, [&](int64_t n, int64_t grp, T* cols) {
-    const T* dyg = dy + (n * s.out_channels + grp * kg) * P;
-    const T* wg = w + grp * kg * kc;
-    T* dxg = dx + (n * s.in_channels + grp * cg) * HW;
-    if (pointwise) {   // dx_g = W_g^T @ dY_g directly
-      gemm(gemm_args<T>(kc, P, kg, wg, 1, kc, dyg, P, 1, dxg, HW, T(0)));
-      return;
+  const int64_t packed_a = gemm_packed_a_elems(kc, kg);
+  T* wt = scratch<T>(Scratch::conv_wpack, packed_a * s.groups);   // read by all threads
+  over_items(s.groups, [&](int64_t g0, int64_t g1) {
+    for (int64_t grp = g0; grp < g1; ++grp) {
+      gemm_pack_a(gemm_args<T>(kc, 0, kg, w + grp * kg * kc, 1, kc, nullptr, 0, 0, nullptr, 0, T(0)),
+                  wt + grp * packed_a);
     }
-    std::fill(dxg, dxg + cg * HW, T(0));
-    for (int64_t p0 = 0; p0 < P; p0 += chunk) {
-      const int64_t p1 = std::min(P, p0 + chunk), pc = p1 - p0;
-      gemm(gemm_args<T>(kc, pc, kg, wg, 1, kc, dyg + p0, P, 1, cols, pc, T(0)));
-      col2im_add(cols, cg, g, p0, p1, dxg);
+  });
+  const int64_t fit = int64_t(kWorkspaceBytes) / at::get_num_threads() / (kc * int64_t(sizeof(T)));   // columns
+  const int64_t bundle =
+      pointwise ? 1 : std::min({s.batch, std::max<int64_t>(1, kBundlePositions / P), std::max<int64_t>(1, fit / P)});
+  const int64_t items = (s.batch + bundle - 1) / bundle * s.groups;
+  over_items(items, [&](int64_t t0, int64_t t1) {
+    T* cols = scratch<T>(Scratch::conv_cols, pointwise ? 0 : kc * std::max(chunk, bundle * P));
+    T* dyb = bundle > 1 ? scratch<T>(Scratch::conv_prod, kg * bundle * P) : nullptr;
+    // col2im of positions [p0, p1) of `nb` images whose columns lie side by side (P apart, rows ld
+    // apart) into their planes from dxg on: parallel over channels when the items are not (a single
+    // item: each thread's channels write their own planes).
+    const auto col2im = [&](const T* c, int64_t ld, int64_t nb, int64_t p0, int64_t p1, T* dxg) {
+      at::parallel_for(0, cg, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t b = 0; b < nb; ++b) {
+          col2im_add(c + c0 * g.kh * g.kw * ld + b * P, ld, c1 - c0, g, p0, p1, dxg + b * s.in_channels * HW + c0 * HW);
+        }
+      });
+    };
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = t / s.groups * bundle, grp = t % s.groups, nb = std::min(bundle, s.batch - n0);
+      const T* dyg = dy + (n0 * s.out_channels + grp * kg) * P;
+      T* dxg = dx + (n0 * s.in_channels + grp * cg) * HW;   // image b's at + b * in_channels * HW
+      GemmArgs<T> args = gemm_args<T>(kc, 0, kg, nullptr, 0, 0, dyg, P, 1, cols, 0, T(0));
+      args.a_packed = wt + grp * packed_a;
+      if (pointwise) {   // dx_g = W_g^T @ dY_g directly
+        args.n = P;
+        args.c = dxg;
+        args.rs_c = HW;
+        gemm(args);
+        continue;
+      }
+      for (int64_t b = 0; b < nb; ++b) {
+        T* planes = dxg + b * s.in_channels * HW;
+        std::fill(planes, planes + cg * HW, T(0));
+      }
+      if (nb == 1) {
+        for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+          const int64_t p1 = std::min(P, p0 + chunk), pc = p1 - p0;
+          args.n = pc;
+          args.b = dyg + p0;
+          args.rs_c = pc;
+          gemm(args);
+          col2im(cols, pc, 1, p0, p1, dxg);
+        }
+        continue;
+      }
+      const int64_t N = nb * P;
+      for (int64_t b = 0; b < nb; ++b) {   // the bundle's grad_output side by side: dyb[k][b * P + p]
+        for (int64_t k = 0; k < kg; ++k) {
+          const T* src = dyg + (b * s.out_channels + k) * P;
+          std::copy(src, src + P, dyb + k * N + b * P);
+        }
+      }
+      args.n = N;
+      args.b = dyb;
+      args.rs_b = N;
+      args.rs_c = N;
+      gemm(args);
+      col2im(cols, N, nb, 0, P, dxg);
     }
   });
 }
 
+// dW_g = sum over images of dY_g(n) @ cols(x_g(n))^T. The images are shared out to the threads, each
+// summing its share into a partial dW of its own (the first straight into dw), and the partials are
+// added at the end: the GEMMs then run one per thread, without a fork per K block. With a single image
+// (or thread) the images run in order and the GEMMs are parallel inside.
 template <typename T>
 void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
   const auto& g = s.g;
-  const Conv2dGemmDims d = conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
+  const int64_t parts = std::min<int64_t>(at::get_num_threads(), s.batch);
+  const Conv2dGemmDims d = parts > 1 ? per_thread_dims(s, sizeof(T)) : conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
   const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW, chunk = d.chunk;
   const bool pointwise = d.pointwise;
-  T* cols = scratch<T>(Scratch::conv_cols, pointwise ? 1 : kc * chunk);
-  // dW accumulates over images, so images run in order; the GEMMs are parallel inside.
-  for (int64_t grp = 0; grp < s.groups; ++grp) {
-    T* dwg = dw + grp * kg * kc;
-    bool first = true;
-    for (int64_t n = 0; n < s.batch; ++n) {
-      const T* dyg = dy + (n * s.out_channels + grp * kg) * P;
-      const T* xg = x + (n * s.in_channels + grp * cg) * HW;
-      for (int64_t p0 = 0; p0 < P; p0 += chunk) {
-        const int64_t p1 = std::min(P, p0 + chunk), pc = p1 - p0;
-        const T beta = first ? T(0) : T(1);
-        if (pointwise) {
-          gemm(gemm_args<T>(kg, kc, pc, dyg + p0, P, 1, xg + p0, 1, HW, dwg, kc, beta));
-        } else {
-          im2col(xg, cg, g, p0, p1, cols);
-          gemm(gemm_args<T>(kg, kc, pc, dyg + p0, P, 1, cols, 1, pc, dwg, kc, beta));
+  const int64_t elems = s.groups * kg * kc;
+  // Images [n0, n1) summed into acc (overwritten; zeros for an empty range).
+  const auto sum_images = [&](int64_t n0, int64_t n1, T* acc) {
+    T* cols = scratch<T>(Scratch::conv_cols, pointwise ? 1 : kc * chunk);
+    for (int64_t grp = 0; grp < s.groups; ++grp) {
+      T* dwg = acc + grp * kg * kc;
+      bool first = true;
+      for (int64_t n = n0; n < n1; ++n) {
+        const T* dyg = dy + (n * s.out_channels + grp * kg) * P;
+        const T* xg = x + (n * s.in_channels + grp * cg) * HW;
+        for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+          const int64_t p1 = std::min(P, p0 + chunk), pc = p1 - p0;
+          const T beta = first ? T(0) : T(1);
+          if (pointwise) {
+            gemm(gemm_args<T>(kg, kc, pc, dyg + p0, P, 1, xg + p0, 1, HW, dwg, kc, beta));
+          } else {
+            im2col(xg, cg, g, p0, p1, cols);
+            gemm(gemm_args<T>(kg, kc, pc, dyg + p0, P, 1, cols, 1, pc, dwg, kc, beta));
+          }
+          first = false;
         }
-        first = false;
       }
+      if (first) std::fill(dwg, dwg + kg * kc, T(0));   // no images
     }
-    if (first) std::fill(dwg, dwg + kg * kc, T(0));   // empty batch
+  };
+  if (parts <= 1) {
+    sum_images(0, s.batch, dw);
+    return;
   }
+  T* partial = scratch<T>(Scratch::conv_dw, (parts - 1) * elems);   // written and read by the workers
+  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      sum_images(s.batch * p / parts, s.batch * (p + 1) / parts, p == 0 ? dw : partial + (p - 1) * elems);
+    }
+  });
+  at::parallel_for(0, elems, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t p = 1; p < parts; ++p) {
+      const T* src = partial + (p - 1) * elems;
+      for (int64_t i = b; i < e; ++i) dw[i] += src[i];
+    }
+  });
 }
 
 template <typename T>

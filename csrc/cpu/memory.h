@@ -20,6 +20,7 @@ void advise_huge_pages(const at::Tensor& fresh);
 enum class Scratch {
   gemm_b, gemm_a,                                  // the GEMM engine's packed panels
   conv_cols, conv_prod, conv_pad, conv_wpack,      // im2col: columns, products, padded planes, packed weights
+  conv_dw,                                         // grad_weight: the threads' partial sums
   winograd_v, winograd_m, winograd_u,              // Winograd: transformed inputs, products, filters
   count
 };
