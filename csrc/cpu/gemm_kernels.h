@@ -91,10 +91,10 @@ struct GemmPackedB {
 // Packs one K block (rows <= the GEMM's k_block) of an op(B) that is given by offset tables, element
 // (k, j) = base[row_off[k] + col_off[j]], into the GemmPackedB layout of a `cols`-column, `rows`-deep
 // B, with the active ISA's kernel: im2col's column matrix read straight from a (padded) image. Runs
-// of consecutive column offsets are copied a vector at a time, by unaligned loads that may reach up
-// to kGemmOffsetsSlackBytes before the smallest and after the largest offset used: that memory must
-// be readable. `dst` must be 64-byte aligned.
-constexpr int64_t kGemmOffsetsSlackBytes = 64;
+// of column offsets one or two apart are copied a vector at a time, by unaligned loads that may reach
+// up to kGemmOffsetsSlackBytes before the smallest and after the largest offset used: that memory
+// must be readable. `dst` must be 64-byte aligned.
+constexpr int64_t kGemmOffsetsSlackBytes = 128;
 template <typename T>
 void gemm_pack_b_offsets(const T* base, const int64_t* row_off, int64_t rows, const int64_t* col_off, int64_t cols,
                          T* dst);
