@@ -114,9 +114,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
       4 pixels on a side.
     - ``"auto"``: on the CPU, Winograd F(4x4) for 3x3 stride-1 layers with at least 64 input and
       output channels and outputs of at least 7x7 (when the weight requires grad, so its transform
-      cannot be cached, also at least 128 4x4 tiles in the batch); ``"direct"`` when a group has at least 32 output and
-      16 input channels and the kernel is larger than 1x1; ``"im2col"`` otherwise. On CUDA,
-      ``"im2col"`` (the other kernels have not been measured on a GPU yet).
+      cannot be cached, also at least 128 4x4 tiles in the batch); ``"im2col"`` otherwise (it is
+      faster than ``"direct"`` on every shape measured). On CUDA, ``"im2col"`` (the other kernels have
+      not been measured on a GPU yet).
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"fastconv.conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")

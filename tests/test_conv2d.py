@@ -91,7 +91,7 @@ def test_grid(device, dtype, algorithm):
 
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 def test_wide_layers(device, algorithm):
-    # Shapes where "auto" picks direct on the CPU, with more than one channel block, several reduction
+    # Shapes that give the direct kernels more than one channel block, several reduction
     # chunks (320 input channels), tiles that span two images (7x7 = 49 pixels) and strides.
     for x_shape, w_shape, stride, padding in [((3, 320, 7, 7), (40, 320, 3, 3), 1, 1),
                                               ((2, 32, 12, 11), (72, 32, 3, 3), 2, 1),

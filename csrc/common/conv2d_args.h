@@ -44,21 +44,21 @@ inline Conv2dAlgorithm choose_winograd_tile(const Conv2dShape& s) {
 //   of at least 7x7 (ResNet/VGG 3x3 layers: 1.1-1.8x torch; with fewer channels or tiny outputs the
 //   transforms outweigh the saved multiplies), and when training at least 128 tiles. It rounds differently from direct convolution (at most
 //   ~10x the error, README's accuracy table); ask for "direct" where that matters.
-// - direct for other groups with at least 32 output and 16 input channels and a kernel larger than
-//   1x1 (it vectorises over 32 output channels and reduces over input channels x taps);
-// - im2col otherwise (1x1 layers skip the lowering; few input channels as in a stem; depthwise).
+// - im2col otherwise. (Direct was the choice for groups of at least 32 output and 16 input channels
+//   until im2col's forward lowered by vector loads into L2-sized blocks: im2col then measured 1.05-3.2x
+//   direct's speed forward and 0.97-2.7x forward+backward on ResNet's 3x3 layers at stride 1 and 2,
+//   batch 1 and 8, a 5x5 layer and LeNet's; "direct" stays available by name.)
 // On CUDA: im2col, until the other kernels have been measured on a GPU.
 inline Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dShape& s, bool cuda, bool training) {
   if (cuda) return Conv2dAlgorithm::im2col;
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
   // A weight that requires grad is not cached (weight_cache.h): each call pays the filter transform,
   // 36 x C x K values, which the GEMMs must amortise over enough tiles (ResNet-18's conv5_x at batch 8,
-  // 32 tiles, trains faster with direct).
+  // 32 tiles, trains faster without Winograd).
   const int64_t tiles = s.batch * ((s.g.out_h + 3) / 4) * ((s.g.out_w + 3) / 4);
   if (winograd_applies(s) && cg >= 64 && kg >= 64 && s.g.out_h >= 7 && s.g.out_w >= 7 && (!training || tiles >= 128)) {
     return Conv2dAlgorithm::winograd_4x4;
   }
-  if (kg >= 32 && cg >= 16 && s.g.kh * s.g.kw > 1) return Conv2dAlgorithm::direct;
   return Conv2dAlgorithm::im2col;
 }
 

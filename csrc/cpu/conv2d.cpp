@@ -13,9 +13,9 @@
 // once (and kept by the weight cache for weights that do not require grad).
 // Work is parallel over (image or bundle, group) items when there are enough of them, else over
 // chunks of positions (and output channels) of each item, or inside the GEMM.
-// Channels-last tensors are computed through NCHW copies. algorithm="direct" (and "auto" where it
-// picks direct) runs conv2d_direct.cpp's kernels for the forward pass and grad_input instead, the
-// Winograd algorithms conv2d_winograd.cpp's; grad_weight and grad_bias are always the ones here.
+// Channels-last tensors are computed through NCHW copies. algorithm="direct" runs conv2d_direct.cpp's
+// kernels for the forward pass and grad_input instead, the Winograd algorithms (and "auto" where it
+// picks them) conv2d_winograd.cpp's; grad_weight and grad_bias are always the ones here.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
