@@ -35,7 +35,7 @@ class WeightCache {
   }
 
   // Variants: what an entry holds for its weight (the weight's device keeps CPU and CUDA forms apart).
-  static constexpr int kIm2colPacked = 1;                                      // im2col's packed-A filters
+  static constexpr int kIm2colPacked = 16;   // im2col's packed-A filters (Winograd's are below)
   static int winograd(int m, bool transposed) { return m * 2 + (transposed ? 1 : 0); }   // 4, 5, 8, 9
   // A CPU variant made for one instruction set (the GEMM's packed layout depends on its micro-tile).
   static int for_isa(int variant, int isa) { return variant * 8 + isa; }
