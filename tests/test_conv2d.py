@@ -185,7 +185,8 @@ def test_im2col_parallel_paths_cpu_isas(cpu_isa, threads, dtype):
 
 def test_im2col_weight_cache_follows_the_weight():
     # In eval under no_grad the CPU im2col forward keeps its packed filters per weight (and per ISA: the
-    # packed layout depends on the micro-tile), recomputed when the weight changes in place.
+    # packed layout depends on the micro-tile), recomputed when the weight changes in place; a frozen
+    # weight's grad_input keeps its packed transpose alike.
     torch.manual_seed(0)
     fastconv._C.weight_cache_clear()
     conv = fastconv.nn.Conv2d(16, 24, 3, padding=1, algorithm="im2col").eval()
@@ -201,6 +202,20 @@ def test_im2col_weight_cache_follows_the_weight():
         conv.weight.mul_(-2)
         ref.weight.mul_(-2)
         close(conv(x), ref(x))
+        # A frozen weight's grad_input keeps the packed transpose the same way.
+        conv.requires_grad_(False)
+        ref.requires_grad_(False)
+        for step in range(3):
+            xg, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+            with torch.enable_grad():
+                conv(xg).square().sum().backward()
+                ref(xr).square().sum().backward()
+            close(xg.grad, xr.grad)
+            if step == 0:
+                assert fastconv._C.weight_cache_stats()["entries"] == 2   # W and W^T packed
+            if step == 1:
+                conv.weight.add_(0.5)
+                ref.weight.add_(0.5)
         before, order = fastconv._C.cpu_isa(), ["scalar", "avx2", "avx512"]
         try:
             for isa in order[:order.index(fastconv._C.best_cpu_isa()) + 1]:

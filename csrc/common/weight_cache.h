@@ -1,5 +1,6 @@
 // The cache of prepared weights (torch side, shared by the CPU and CUDA glue): Winograd's transformed
-// filters U = G g G^T and im2col's filters in the GEMM engine's packed-A form.
+// filters U = G g G^T and im2col's filters (and their transpose, for grad_input) in the GEMM engine's
+// packed-A form.
 //
 // A model in eval mode calls a convolution again and again with the same weight: what the kernels
 // make of it is computed once and kept. Only weights that do not require grad are cached
@@ -35,7 +36,8 @@ class WeightCache {
   }
 
   // Variants: what an entry holds for its weight (the weight's device keeps CPU and CUDA forms apart).
-  static constexpr int kIm2colPacked = 16;   // im2col's packed-A filters (Winograd's are below)
+  static constexpr int kIm2colPacked = 16;             // im2col's packed-A filters (Winograd's are below)
+  static constexpr int kIm2colPackedTransposed = 17;   // the same of W^T, for grad_input
   static int winograd(int m, bool transposed) { return m * 2 + (transposed ? 1 : 0); }   // 4, 5, 8, 9
   // A CPU variant made for one instruction set (the GEMM's packed layout depends on its micro-tile).
   static int for_isa(int variant, int isa) { return variant * 8 + isa; }

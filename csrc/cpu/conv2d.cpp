@@ -89,24 +89,20 @@ void im2col(const T* x, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t
   }
 }
 
-// Zero-padded copies of one image's cg planes, (in_h + 2 ph) x (in_w + 2 pw) each: every tap of every
-// output position then lands inside the copy, so the forward pass's column rows are plain copies with
-// no bounds logic (the copy is 1 / (kh kw) of the columns' size).
+// A zero-padded copy of one input plane, (in_h + 2 ph) x (in_w + 2 pw): every tap of every output
+// position then lands inside the copy, so the forward pass's column rows need no bounds logic (the
+// copy is 1 / (kh kw) of the columns' size).
 template <typename T>
-void pad_planes(const T* x, int64_t cg, const Conv2dGeometry& g, T* dst) {
+void pad_plane(const T* plane, const Conv2dGeometry& g, T* dst) {
   const int64_t hp = g.in_h + 2 * g.ph, wp = g.in_w + 2 * g.pw;
-  for (int64_t c = 0; c < cg; ++c) {
-    const T* plane = x + c * g.in_h * g.in_w;
-    T* d = dst + c * hp * wp;
-    std::fill(d, d + g.ph * wp, T(0));
-    for (int64_t ih = 0; ih < g.in_h; ++ih) {
-      T* row = d + (ih + g.ph) * wp;
-      std::fill(row, row + g.pw, T(0));
-      std::copy(plane + ih * g.in_w, plane + (ih + 1) * g.in_w, row + g.pw);
-      std::fill(row + g.pw + g.in_w, row + wp, T(0));
-    }
-    std::fill(d + (g.ph + g.in_h) * wp, d + hp * wp, T(0));
+  std::fill(dst, dst + g.ph * wp, T(0));
+  for (int64_t ih = 0; ih < g.in_h; ++ih) {
+    T* row = dst + (ih + g.ph) * wp;
+    std::fill(row, row + g.pw, T(0));
+    std::copy(plane + ih * g.in_w, plane + (ih + 1) * g.in_w, row + g.pw);
+    std::fill(row + g.pw + g.in_w, row + wp, T(0));
   }
+  std::fill(dst + (g.ph + g.in_h) * wp, dst + hp * wp, T(0));
 }
 
 // The adjoint of im2col, with the same row-by-row structure: dx[tap of (c, i, j, p)] += cols entry, the
@@ -210,7 +206,7 @@ inline int64_t channel_parts(int64_t N, int64_t chunk, int64_t kg, int64_t mr, i
 }
 
 // The packed forward pass. Work items are (bundle of images, group). Per item: copy the bundle's planes
-// zero-padded, then for each chunk of positions and each K block of the column matrix, lower that
+// zero-padded (pad_plane), then for each chunk of positions and each K block of the column matrix, lower that
 // block into packed panels (gemm_pack_b_offsets) and multiply it with the same K block of the weights,
 // packed once (pack_filters: `wpacked`), accumulating into the chunk's outputs. A lowered block is
 // kForwardChunkBytes, so it is still in L2 when the GEMM reads it, and a chunk spans enough positions
@@ -224,10 +220,9 @@ void forward_packed(const T* x, const T* wpacked, const T* bias, T* out, const C
   const Conv2dGemmDims d = conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
   const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW;
   const int64_t padded_hw = (g.in_h + 2 * g.ph) * (g.in_w + 2 * g.pw);
-  const GemmPackedB unit = gemm_packed_b_layout<T>(1, 0);
-  const int64_t nr = unit.nr, kb = unit.k_block;
+  const GemmTile tile = gemm_tile<T>();
+  const int64_t mr = tile.mr, nr = tile.nr, kb = tile.k_block;
   const int64_t packed_a = gemm_packed_a_elems(kg, kc), m_pad = packed_a / kc;
-  const int64_t mr = gemm_packed_a_elems(1, 1);   // the micro-tile's rows
   // The column matrix by offsets into the padded planes (gemm_pack_b_offsets): row (c, i, j) is tap
   // (i, j) of channel c, column q output position q % P of image q / P of the bundle.
   const int64_t wp = g.in_w + 2 * g.pw, image_stride = cg * padded_hw;
@@ -254,7 +249,7 @@ void forward_packed(const T* x, const T* wpacked, const T* bias, T* out, const C
     std::fill(padded + nb * image_stride, padded + nb * image_stride + slack, T(0));
     const auto pad = [&](int64_t e0, int64_t e1) {   // planes e = b * cg + c
       for (int64_t e = e0; e < e1; ++e) {
-        pad_planes(x + ((n0 + e / cg) * s.in_channels + grp * cg + e % cg) * HW, 1, g, padded + e * padded_hw);
+        pad_plane(x + ((n0 + e / cg) * s.in_channels + grp * cg + e % cg) * HW, g, padded + e * padded_hw);
       }
     };
     par ? at::parallel_for(0, nb * cg, 1, pad) : pad(0, nb * cg);
@@ -335,30 +330,46 @@ int64_t packed_bundle(const Conv2dShape& s, int64_t elem) {
   return std::min({s.batch, std::max<int64_t>(1, kBundlePositions / d.P), budget / padded_bytes});
 }
 
-// The filters of every group in the GEMM engine's packed-A form (what forward_packed multiplies by):
-// a tensor of their own when the weight cache keeps them, else scratch memory reused by the next call.
+// The filters of every group in the GEMM engine's packed-A form: W_g (kg x kc), what forward_packed
+// multiplies by, or with `transposed` W_g^T (kc x kg), grad_input's. A tensor of their own when the
+// weight cache keeps them, else scratch memory reused by the next call.
 template <typename T>
-at::Tensor pack_filters(const T* w, const Conv2dShape& s, bool keep) {
+at::Tensor pack_filters(const T* w, const Conv2dShape& s, bool transposed, bool keep) {
   const Conv2dGemmDims d = conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
-  const int64_t packed = gemm_packed_a_elems(d.kg, d.kc);
+  const int64_t m = transposed ? d.kc : d.kg, k = transposed ? d.kg : d.kc;
+  const int64_t packed = gemm_packed_a_elems(m, k);
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   at::Tensor out = keep ? at::empty({s.groups, packed}, opts)
                         : at::from_blob(scratch<T>(Scratch::conv_wpack, s.groups * packed), {s.groups, packed}, opts);
   over_items(s.groups, [&](int64_t g0, int64_t g1) {   // gemm_pack_a is parallel inside over K blocks
     for (int64_t grp = g0; grp < g1; ++grp) {
-      gemm_pack_a(gemm_args<T>(d.kg, 0, d.kc, w + grp * d.kg * d.kc, d.kc, 1, nullptr, 0, 0, nullptr, 0, T(0)),
+      const T* wg = w + grp * d.kg * d.kc;
+      gemm_pack_a(gemm_args<T>(m, 0, k, wg, transposed ? 1 : d.kc, transposed ? d.kc : 1, nullptr, 0, 0, nullptr, 0,
+                               T(0)),
                   out.data_ptr<T>() + grp * packed);
     }
   });
   return out;
 }
 
-// The forward pass by im2col: the packed path when `wpacked` is given (see packed_bundle), else per
-// (image, group) in chunks of the bounded column buffer (or straight from the input for 1x1).
+// pack_filters through the weight cache, which keys on the caller's weight tensor (and on the ISA: the
+// packed layout depends on the micro-tile).
 template <typename T>
-void forward_impl(const T* x, const T* w, const T* wpacked, const T* bias, T* out, const Conv2dShape& s) {
+at::Tensor packed_filters(const at::Tensor& weight, const T* w, const Conv2dShape& s, bool transposed) {
+  const int variant = WeightCache::for_isa(
+      transposed ? WeightCache::kIm2colPackedTransposed : WeightCache::kIm2colPacked, int(active_isa()));
+  return WeightCache::instance().get(
+      weight, variant, [&] { return pack_filters<T>(w, s, transposed, WeightCache::cacheable(weight)); });
+}
+
+// The forward pass by im2col: the packed path when `wpacked` is given (bundles of `bundle` images, see
+// packed_bundle), else per (image, group) in chunks of the bounded column buffer (or straight from the
+// input for 1x1).
+template <typename T>
+void forward_impl(const T* x, const T* w, const T* wpacked, int64_t bundle, const T* bias, T* out,
+                  const Conv2dShape& s) {
   if (wpacked != nullptr) {
-    forward_packed(x, wpacked, bias, out, s, packed_bundle(s, sizeof(T)));
+    forward_packed(x, wpacked, bias, out, s, bundle);
     return;
   }
   const auto& g = s.g;
@@ -403,37 +414,26 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
     if (s.algorithm == Conv2dAlgorithm::direct) {
       conv2d_direct_forward<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), s);
     } else {
-      at::Tensor wpacked;   // the cache keys on the caller's weight tensor
-      if (packed_bundle(s, x.element_size()) > 0) {
-        const int variant = WeightCache::for_isa(WeightCache::kIm2colPacked, int(active_isa()));
-        wpacked = WeightCache::instance().get(weight, variant, [&] {
-          return pack_filters<scalar_t>(w.data_ptr<scalar_t>(), s, WeightCache::cacheable(weight));
-        });
-      }
+      const int64_t bundle = packed_bundle(s, x.element_size());
+      const at::Tensor wpacked = bundle > 0 ? packed_filters<scalar_t>(weight, w.data_ptr<scalar_t>(), s, false)
+                                            : at::Tensor();
       forward_impl<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-                             wpacked.defined() ? wpacked.data_ptr<scalar_t>() : nullptr, bp, out.data_ptr<scalar_t>(), s);
+                             bundle > 0 ? wpacked.data_ptr<scalar_t>() : nullptr, bundle, bp, out.data_ptr<scalar_t>(), s);
     }
   });
   return in_format(out, s.format);
 }
 
-// dx_g = col2im(W_g^T @ dY_g) per image and group, W_g^T packed once for all of them. Small images
+// dx_g = col2im(W_g^T @ dY_g) per image and group, W_g^T packed once for all of them (`wt`). Small images
 // form bundles as in the forward pass: their grad_output copied side by side, one GEMM, then col2im
 // image by image from the bundle's columns.
 template <typename T>
-void grad_input_impl(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
+void grad_input_impl(const T* dy, const T* wt, T* dx, const Conv2dShape& s) {   // wt: pack_filters' W^T
   const auto& g = s.g;
   const Conv2dGemmDims d = per_thread_dims(s, sizeof(T));
   const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW, chunk = d.chunk;
   const bool pointwise = d.pointwise;
   const int64_t packed_a = gemm_packed_a_elems(kc, kg);
-  T* wt = scratch<T>(Scratch::conv_wpack, packed_a * s.groups);   // read by all threads
-  over_items(s.groups, [&](int64_t g0, int64_t g1) {
-    for (int64_t grp = g0; grp < g1; ++grp) {
-      gemm_pack_a(gemm_args<T>(kc, 0, kg, w + grp * kg * kc, 1, kc, nullptr, 0, 0, nullptr, 0, T(0)),
-                  wt + grp * packed_a);
-    }
-  });
   const int64_t fit = int64_t(kWorkspaceBytes) / at::get_num_threads() / (kc * int64_t(sizeof(T)));   // columns
   const int64_t bundle =
       pointwise ? 1 : std::min({s.batch, std::max<int64_t>(1, kBundlePositions / P), std::max<int64_t>(1, fit / P)});
@@ -583,7 +583,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       } else if (dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct) {
         conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);
       } else if (dx.numel() > 0) {
-        grad_input_impl<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);
+        const at::Tensor wt = packed_filters<scalar_t>(weight, w.data_ptr<scalar_t>(), s, true);
+        grad_input_impl<scalar_t>(dy.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);
       }
       dx = in_format(dx, s.format);   // torch: the convolution's memory format
     }

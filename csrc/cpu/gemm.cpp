@@ -112,13 +112,13 @@ int64_t gemm_packed_a_elems(int64_t m, int64_t k) {
 }
 
 template <typename T>
-GemmPackedB gemm_packed_b_layout(int64_t n, int64_t k_block) {
-  const int64_t nr = kernels_for<T>().nr;
-  return GemmPackedB{nr, k_block > 0 ? k_block : kDefaultKC, (n + nr - 1) / nr * nr};
+GemmTile gemm_tile() {
+  const auto& kern = kernels_for<T>();
+  return GemmTile{kern.mr, kern.nr, kDefaultKC};
 }
 
-template GemmPackedB gemm_packed_b_layout<float>(int64_t n, int64_t k_block);
-template GemmPackedB gemm_packed_b_layout<double>(int64_t n, int64_t k_block);
+template GemmTile gemm_tile<float>();
+template GemmTile gemm_tile<double>();
 
 template <typename T>
 void gemm_pack_b_offsets(const T* base, const int64_t* row_off, int64_t rows, const int64_t* col_off, int64_t cols,

@@ -29,8 +29,12 @@ struct GemmArgs {
   // When set, op(A) already packed by gemm_pack_a (a, rs_a and cs_a are then not read): a constant
   // operand used many times, such as Winograd's transformed filters, is packed once.
   const T* a_packed = nullptr;
-  // When set, op(B) already in the engine's panel layout (see GemmPackedB; b, rs_b and cs_b are then
-  // not read): a producer that writes B anyway, such as im2col, writes it packed and saves a pass.
+  // When set, op(B) already in the engine's panel layout (b, rs_b and cs_b are then not read): K blocks
+  // of k_block rows one after another, the block at row k0 (kc rows deep) holding all ceil(n / nr)
+  // panels, panel q at q * nr * kc and its row r at r * nr, so element (k, j) sits at
+  //   k0 * n_pad + (j / nr) * nr * kc + (k - k0) * nr + j % nr,   n_pad = ceil(n / nr) * nr
+  // (lanes past n only feed discarded results). A producer that writes B anyway, such as im2col
+  // (gemm_pack_b_offsets), writes it packed and saves a pass. 64-byte aligned.
   const T* b_packed = nullptr;
   // K block of the loop nest (0: the engine's default, 256). Each block's products are summed in
   // registers and then added to C, so a smaller block also shortens the chains of float additions:
@@ -71,26 +75,8 @@ int64_t gemm_packed_a_elems(int64_t m, int64_t k);
 template <typename T>
 void gemm_pack_a(const GemmArgs<T>& g, T* dst);
 
-// The layout of a prepacked op(B) for the active ISA (GemmArgs::b_packed): K blocks of k_block rows
-// one after another; the block starting at row k0, kc rows deep, holds all n_pad / nr panels, panel q
-// at q * nr * kc and its row r at r * nr. Element (k, j) of op(B) therefore sits at
-//   k0 * n_pad + (j / nr) * nr * kc + (k - k0) * nr + j % nr,   n_pad = ceil(n / nr) * nr.
-// Columns n..n_pad of the last panel only feed results that are discarded. The GEMM that reads it must
-// use the same k_block.
-struct GemmPackedB {
-  int64_t nr, k_block, n_pad;
-  int64_t elems(int64_t k_rows) const { return n_pad * k_rows; }
-  // where row k of op(B) starts (in its first panel); the row's next panels follow
-  // panel_stride(k, k_rows) apart, k_rows being the rows of op(B) in all
-  int64_t row_offset(int64_t k) const { return k / k_block * k_block * n_pad + k % k_block * nr; }
-  int64_t panel_stride(int64_t k, int64_t k_rows) const {
-    const int64_t k0 = k / k_block * k_block;
-    return nr * (k_rows - k0 < k_block ? k_rows - k0 : k_block);
-  }
-};
 // Packs one K block (rows <= the GEMM's k_block) of an op(B) that is given by offset tables, element
-// (k, j) = base[row_off[k] + col_off[j]], into the GemmPackedB layout of a `cols`-column, `rows`-deep
-// B, with the active ISA's kernel: im2col's column matrix read straight from a (padded) image. Runs
+// (k, j) = base[row_off[k] + col_off[j]], into the b_packed layout of a `cols`-column, `rows`-deep B, with the active ISA's kernel: im2col's column matrix read straight from a (padded) image. Runs
 // of column offsets one or two apart are copied a vector at a time, by unaligned loads that may reach
 // up to kGemmOffsetsSlackBytes before the smallest and after the largest offset used: that memory
 // must be readable. `dst` must be 64-byte aligned.
@@ -99,10 +85,13 @@ template <typename T>
 void gemm_pack_b_offsets(const T* base, const int64_t* row_off, int64_t rows, const int64_t* col_off, int64_t cols,
                          T* dst);
 
-// The layout for an op(B) of n columns, K blocks of `k_block` rows (0: the engine's default), for the
-// active ISA's kernels of element type T.
+// The active ISA's micro-tile (mr x nr) and the engine's default K block, for callers that lay out
+// packed operands themselves.
+struct GemmTile {
+  int64_t mr, nr, k_block;
+};
 template <typename T>
-GemmPackedB gemm_packed_b_layout(int64_t n, int64_t k_block);
+GemmTile gemm_tile();
 
 // GFLOP/s of the active ISA's FMA loop on every thread of at::parallel_for, for about `seconds`
 // (float32 when single, else float64): the measured peak that GEMM throughput is set against.
