@@ -46,6 +46,26 @@ TORCH_LIBRARY(fastconv, m) {
   // Outputs where output_mask is false are empty (0 elements).
   m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, str algorithm, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  // RNN layers: one layer, one direction, over a packed sequence (common/rnn_args.h): input (N, I) holds
+  // the rows of every time step, step t has batch_sizes[t] (an int64 CPU tensor, non-increasing) rows;
+  // a padded (T, B, I) input is the same with batch_sizes = [B] * T. hx (and the LSTM's cx) hold one row
+  // per sequence; hy / cy are the states each sequence ended with. reverse runs the steps from last to
+  // first (the backward direction of a bidirectional layer). workspace is what the backward needs
+  // (csrc/cpu/rnn.cpp says what). Backward output_mask: (grad_input, grad_hx [and grad_cx], weights and
+  // biases); masked-off outputs are empty. LSTM grad_bias is the gradient of bias_ih and of bias_hh
+  // alike; grad_w_hr is empty without a projection.
+  m.def("lstm_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+        "Tensor? b_hh, Tensor? w_hr, bool reverse) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
+  m.def("lstm_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor batch_sizes, "
+        "Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor output, Tensor workspace, bool reverse, "
+        "bool[3] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, "
+        "Tensor grad_w_hh, Tensor grad_bias, Tensor grad_w_hr)");
+  m.def("gru_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+        "bool reverse) -> (Tensor output, Tensor hy, Tensor workspace)");
+  m.def("gru_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor batch_sizes, Tensor hx, "
+        "Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool[3] output_mask) -> "
+        "(Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
 }
 
 namespace {

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from . import ops
 
-__all__ = ["batch_norm", "conv2d", "linear", "max_pool2d"]
+__all__ = ["batch_norm", "conv2d", "gru", "gru_cell", "linear", "lstm", "lstm_cell", "max_pool2d"]
 
 
 def _pair(value, name: str, op: str) -> list[int]:
@@ -146,3 +146,138 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         # tells "auto" that this is inference.
         weight = weight.detach()
     return ops.conv2d(input, weight, bias, s, p, d, int(groups), algorithm)
+
+
+# ------------------------------------------------------------------------------------------------
+# RNNs: cells and whole (multi-layer, bidirectional, packed) sequences
+# ------------------------------------------------------------------------------------------------
+def _steps(T: int, B: int) -> Tensor:
+    """batch_sizes of a padded sequence: every one of the T steps has all B rows."""
+    return torch.full((T,), B, dtype=torch.int64)
+
+
+def _cell_input(op: str, input: Tensor, w_ih: Tensor) -> None:
+    if input.dim() != 2:
+        raise RuntimeError(f"fastconv.{op}: expected a 2-D input (batch, input_size), but got shape "
+                           f"{tuple(input.shape)}")
+    if w_ih.dim() != 2 or input.shape[1] != w_ih.shape[1]:
+        raise RuntimeError(f"fastconv.{op}: input has {input.shape[1]} features but weight_ih expects "
+                           f"{w_ih.shape[-1] if w_ih.dim() else '?'} (input_size)")
+
+
+def _cell_state(op: str, name: str, state: Tensor, batch: int, size: int) -> None:
+    if tuple(state.shape) != (batch, size):
+        raise RuntimeError(f"fastconv.{op}: expected {name} of shape ({batch}, {size}), but got {tuple(state.shape)}")
+
+
+def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
+              b_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """One LSTM step, as ``torch.lstm_cell`` (what :class:`torch.nn.LSTMCell` calls): ``input`` (B, I),
+    ``hx = (h, c)`` (B, H) each, ``w_ih`` (4H, I), ``w_hh`` (4H, H) in torch's gate order i, f, g, o;
+    returns ``(h', c')``. Runs as a one-step :func:`lstm` layer: the two products accumulate into one
+    gate buffer, then one fused pass applies the nonlinearities and the state update.
+
+    >>> h, c = torch.zeros(8, 64), torch.zeros(8, 64)
+    >>> w_ih, w_hh = torch.randn(256, 32) * 0.1, torch.randn(256, 64) * 0.1
+    >>> h, c = lstm_cell(torch.randn(8, 32), (h, c), w_ih, w_hh)"""
+    _cell_input("lstm_cell", input, w_ih)
+    h, c = hx
+    H = w_ih.shape[0] // 4
+    _cell_state("lstm_cell", "hx[0]", h, input.shape[0], w_hh.shape[1] if w_hh.dim() == 2 else H)
+    _cell_state("lstm_cell", "hx[1]", c, input.shape[0], H)
+    _, hy, cy, _ = ops.lstm_layer(input, _steps(1, input.shape[0]), h, c, w_ih, w_hh, b_ih, b_hh, None, False)
+    return hy, cy
+
+
+def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None,
+             b_hh: Tensor | None = None) -> Tensor:
+    """One GRU step, as ``torch.gru_cell`` (what :class:`torch.nn.GRUCell` calls): ``input`` (B, I), ``hx``
+    (B, H), ``w_ih`` (3H, I), ``w_hh`` (3H, H) in torch's gate order r, z, n, with
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``; returns ``h'``.
+
+    >>> h = gru_cell(torch.randn(8, 32), torch.zeros(8, 64), torch.randn(192, 32), torch.randn(192, 64))"""
+    _cell_input("gru_cell", input, w_ih)
+    _cell_state("gru_cell", "hx", hx, input.shape[0], w_ih.shape[0] // 3)
+    _, hy, _ = ops.gru_layer(input, _steps(1, input.shape[0]), hx, w_ih, w_hh, b_ih, b_hh, False)
+    return hy
+
+
+def _rnn(mode: str, input: Tensor, hx: list[Tensor], params, has_biases: bool, num_layers: int, dropout: float,
+         train: bool, bidirectional: bool, batch_first: bool, batch_sizes: Tensor | None):
+    """The layers of :func:`lstm` / :func:`gru`: returns (output, h_n[, c_n])."""
+    dirs = 2 if bidirectional else 1
+    proj = mode == "lstm" and hx[0].shape[-1] != hx[1].shape[-1]
+    per = 2 + 2 * bool(has_biases) + int(proj)
+    params = list(params)
+    if len(params) != per * num_layers * dirs:
+        raise RuntimeError(f"fastconv.{mode}: expected {per * num_layers * dirs} parameter tensors ({per} per layer "
+                           f"and direction), but got {len(params)}")
+    for i, h in enumerate(hx):
+        if h.dim() != 3 or h.shape[0] != num_layers * dirs:
+            raise RuntimeError(f"fastconv.{mode}: expected hx[{i}] of shape ({num_layers * dirs}, batch, size), but "
+                               f"got {tuple(h.shape)}")
+    if batch_sizes is None:
+        if input.dim() != 3:
+            raise RuntimeError(f"fastconv.{mode}: expected a 3-D input, but got shape {tuple(input.shape)}")
+        x = input.transpose(0, 1) if batch_first else input
+        T, B = x.shape[0], x.shape[1]
+        data, steps = x.reshape(T * B, x.shape[2]), _steps(T, B)
+    else:
+        data, steps = input, batch_sizes
+    states: list[list[Tensor]] = [[] for _ in hx]
+    for layer in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            w = params[k * per:(k + 1) * per]
+            b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
+            if mode == "lstm":
+                out, hy, cy, _ = ops.lstm_layer(data, steps, hx[0][k], hx[1][k], w[0], w[1], b_ih, b_hh,
+                                                w[-1] if proj else None, d == 1)
+                states[1].append(cy)
+            else:
+                out, hy, _ = ops.gru_layer(data, steps, hx[0][k], w[0], w[1], b_ih, b_hh, d == 1)
+            states[0].append(hy)
+            outs.append(out)
+        data = torch.cat(outs, 1) if dirs == 2 else outs[0]
+        if dropout > 0 and train and layer < num_layers - 1:
+            data = torch.nn.functional.dropout(data, dropout, True)
+    if batch_sizes is None:
+        data = data.view(T, B, data.shape[1])
+        if batch_first:
+            data = data.transpose(0, 1)
+    return (data, *(torch.stack(s) for s in states))
+
+
+def lstm(input: Tensor, hx, params, has_biases: bool = True, num_layers: int = 1, dropout: float = 0.0,
+         train: bool = False, bidirectional: bool = False, batch_first: bool = False, *,
+         batch_sizes: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """A multi-layer LSTM over a whole sequence, as ``torch.lstm`` (what :class:`torch.nn.LSTM` calls):
+    ``input`` (T, B, I) (or (B, T, I) with ``batch_first``), or the packed rows of a
+    ``PackedSequence`` with its ``batch_sizes``; ``hx = (h_0, c_0)`` of shape (layers * directions, B,
+    H_out) and (layers * directions, B, H); ``params`` the weights in :class:`torch.nn.LSTM`'s order
+    (``module._flat_weights``: per layer and direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``), a
+    projection inferred, as torch does, from h_0 being narrower than c_0. Returns
+    ``(output, h_n, c_n)``. Dropout between layers when ``train``.
+
+    Each layer and direction is one ``fastconv::lstm_layer``: the input projection of every step as one
+    GEMM, then per step the recurrent GEMM and a fused gate kernel, on a step's real rows only.
+
+    >>> lstm_ = torch.nn.LSTM(32, 64, num_layers=2)
+    >>> x, h0 = torch.randn(50, 8, 32), torch.zeros(2, 8, 64)
+    >>> out, h_n, c_n = lstm(x, (h0, h0), lstm_._flat_weights, True, 2)"""
+    return _rnn("lstm", input, list(hx), params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
+                batch_sizes)
+
+
+def gru(input: Tensor, hx: Tensor, params, has_biases: bool = True, num_layers: int = 1, dropout: float = 0.0,
+        train: bool = False, bidirectional: bool = False, batch_first: bool = False, *,
+        batch_sizes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """A multi-layer GRU over a whole sequence, as ``torch.gru`` (what :class:`torch.nn.GRU` calls); the
+    arguments as :func:`lstm`'s with one state ``hx`` (layers * directions, B, H) and per layer and
+    direction ``w_ih, w_hh[, b_ih, b_hh]``. Returns ``(output, h_n)``.
+
+    >>> gru_ = torch.nn.GRU(32, 64)
+    >>> out, h_n = gru(torch.randn(50, 8, 32), torch.zeros(1, 8, 64), gru_._flat_weights)"""
+    return _rnn("gru", input, [hx], params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
+                batch_sizes)

@@ -3,11 +3,14 @@ state_dict and repr) whose forward runs fastconv's kernels."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 from . import functional as F
 
-__all__ = ["BatchNorm2d", "Conv2d", "Linear", "MaxPool2d"]
+__all__ = ["BatchNorm2d", "Conv2d", "GRU", "GRUCell", "LSTM", "LSTMCell", "Linear", "MaxPool2d"]
 
 
 class MaxPool2d(torch.nn.MaxPool2d):
@@ -75,3 +78,136 @@ class Conv2d(torch.nn.Conv2d):
                             algorithm=self.algorithm)
         return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                         algorithm=self.algorithm)
+
+
+def _named_errors(forward):
+    """Errors raised while checking a module's arguments (torch's own checks, which the RNN modules
+    reuse, say only "input.size(-1) must be equal to input_size") name the module: the same exception
+    type, the message prefixed with ``fastconv.nn.<Module>``."""
+    @functools.wraps(forward)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return forward(self, *args, **kwargs)
+        except (RuntimeError, ValueError) as e:
+            if str(e).startswith("fastconv"):
+                raise
+            raise type(e)(f"fastconv.nn.{type(self).__name__}: {e}") from e
+    return wrapped
+
+
+class _RNNMixin:
+    """The forward of :class:`torch.nn.LSTM` / :class:`torch.nn.GRU` (input forms, hidden-state checks
+    and permutations, PackedSequence in and out, unbatched input) with fastconv's layers under it."""
+
+    def _run(self, mode: str, input, hx):
+        self._update_flat_weights()
+        orig_input = input
+        dirs = 2 if self.bidirectional else 1
+        lstm = mode == "lstm"
+        real_hidden = self.proj_size if lstm and self.proj_size > 0 else self.hidden_size
+        batch_sizes = None
+        is_batched = True
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch = int(batch_sizes[0]) if batch_sizes.numel() else 0
+            if hx is not None:
+                hx = self.permute_hidden(hx, sorted_indices)
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            max_batch = input.size(0) if self.batch_first else input.size(1)
+            sorted_indices = unsorted_indices = None
+            if hx is not None:
+                want = 3 if is_batched else 2
+                states = hx if lstm else (hx,)
+                if any(h.dim() != want for h in states):
+                    dims = ", ".join(f"{h.dim()}-D" for h in states)
+                    raise RuntimeError(f"For {'batched 3-D' if is_batched else 'unbatched 2-D'} input, hx "
+                                       f"{'and cx ' if lstm else ''}should also be {want}-D but got ({dims}) tensors")
+                if not is_batched:
+                    hx = tuple(h.unsqueeze(1) for h in hx) if lstm else hx.unsqueeze(1)
+        if hx is None:
+            zeros = functools.partial(torch.zeros, dtype=input.dtype, device=input.device)
+            h0 = zeros(self.num_layers * dirs, max_batch, real_hidden)
+            hx = (h0, zeros(self.num_layers * dirs, max_batch, self.hidden_size)) if lstm else h0
+        self.check_forward_args(input, hx, batch_sizes)
+        fn = F.lstm if lstm else F.gru
+        result = fn(input, hx, self._flat_weights, self.bias, self.num_layers, self.dropout, self.training,
+                    self.bidirectional, self.batch_first, batch_sizes=batch_sizes)
+        output, hidden = result[0], (result[1:] if lstm else result[1])
+        if isinstance(orig_input, PackedSequence):
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), \
+                self.permute_hidden(hidden, unsorted_indices)
+        if not is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            hidden = tuple(h.squeeze(1) for h in hidden) if lstm else hidden.squeeze(1)
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+
+class LSTM(_RNNMixin, torch.nn.LSTM):
+    """:class:`torch.nn.LSTM` on fastconv's LSTM layers: the same constructor (num_layers, bias,
+    batch_first, dropout, bidirectional, proj_size, device, dtype), parameters and their names
+    (``weight_ih_l0``, ``weight_hh_l0_reverse``, ``weight_hr_l0``, ...), initialisation, state_dict and
+    repr; padded, unbatched or PackedSequence input (sorted or not), optional ``(h_0, c_0)``."""
+
+    @_named_errors
+    def forward(self, input, hx=None):
+        return self._run("lstm", input, hx)
+
+
+class GRU(_RNNMixin, torch.nn.GRU):
+    """:class:`torch.nn.GRU` on fastconv's GRU layers: the same constructor, parameters, initialisation,
+    state_dict, repr and input forms as torch's."""
+
+    @_named_errors
+    def forward(self, input, hx=None):
+        return self._run("gru", input, hx)
+
+
+class LSTMCell(torch.nn.LSTMCell):
+    """:class:`torch.nn.LSTMCell` on fastconv's fused LSTM step: same constructor, parameters,
+    initialisation and state_dict; unbatched input and a missing state as torch's."""
+
+    @_named_errors
+    def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (zeros, zeros)
+        elif not is_batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        h, c = F.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
+
+
+class GRUCell(torch.nn.GRUCell):
+    """:class:`torch.nn.GRUCell` on fastconv's fused GRU step: same constructor, parameters,
+    initialisation and state_dict; unbatched input and a missing state as torch's."""
+
+    @_named_errors
+    def forward(self, input: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        h = F.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return h if is_batched else h.squeeze(0)

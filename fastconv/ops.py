@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-__all__ = ["batch_norm", "batch_norm_backward", "conv2d", "gemm", "max_pool2d_with_indices",
+__all__ = ["batch_norm", "batch_norm_backward", "conv2d", "gemm", "gru_layer", "lstm_layer", "max_pool2d_with_indices",
            "max_pool2d_with_indices_backward", "pool_output_size"]
 
 
@@ -315,3 +315,140 @@ def _conv2d_backward(ctx, grad):
 
 
 torch.library.register_autograd("fastconv::conv2d", _conv2d_backward, setup_context=_conv2d_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# RNN layers: one layer, one direction, over a packed sequence (see csrc/ops.cpp)
+# ------------------------------------------------------------------------------------------------
+def lstm_layer(x: Tensor, batch_sizes: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih, b_hh,
+               w_hr, reverse: bool):
+    """(output, hy, cy, workspace) of one LSTM layer in one direction; see csrc/ops.cpp."""
+    return torch.ops.fastconv.lstm_layer.default(x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+
+
+def gru_layer(x: Tensor, batch_sizes: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih, b_hh, reverse: bool):
+    """(output, hy, workspace) of one GRU layer in one direction; see csrc/ops.cpp."""
+    return torch.ops.fastconv.gru_layer.default(x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse)
+
+
+def _rnn_layer_shapes(op: str, gates: int, x: Tensor, batch_sizes: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor,
+                      w_hr) -> tuple[int, int]:
+    """The checks of csrc/common/rnn_args.h that shapes alone decide (batch_sizes' values are data)."""
+    _check(x.dtype in (torch.float32, torch.float64), op, f"expected input to be float32 or float64, but got {x.dtype}")
+    _check(x.dim() == 2, op, f"expected a 2-D input (N x input_size), but got shape {tuple(x.shape)}")
+    _check(batch_sizes.dim() == 1 and batch_sizes.dtype == torch.int64, op,
+           "expected batch_sizes to be a 1-D int64 tensor on the CPU")
+    _check(w_ih.dim() == 2 and w_ih.shape[0] % gates == 0 and w_ih.shape[0] > 0 and w_ih.shape[1] == x.shape[1], op,
+           f"expected weight_ih of shape ({gates} * hidden_size, {x.shape[1]}), but got {tuple(w_ih.shape)}")
+    H = w_ih.shape[0] // gates
+    P = w_hr.shape[0] if w_hr is not None else H
+    _check(tuple(w_hh.shape) == (gates * H, P), op, f"expected weight_hh of shape ({gates * H}, {P}), but got "
+           f"{tuple(w_hh.shape)}")
+    _check(hx.dim() == 2 and hx.shape[1] == P, op, f"expected hx of shape (batch, {P}), but got {tuple(hx.shape)}")
+    return H, P
+
+
+@torch.library.register_fake("fastconv::lstm_layer")
+def _lstm_layer_fake(x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    H, P = _rnn_layer_shapes("lstm_layer", 4, x, batch_sizes, hx, w_ih, w_hh, w_hr)
+    n = x.shape[0]
+    return (x.new_empty((n, P)), hx.new_empty(hx.shape), cx.new_empty(cx.shape),
+            x.new_empty((n, (6 if w_hr is not None else 5) * H)))
+
+
+@torch.library.register_fake("fastconv::lstm_layer_backward")
+def _lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, x, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
+                              workspace, reverse, output_mask):
+    H, P = _rnn_layer_shapes("lstm_layer_backward", 4, x, batch_sizes, hx, w_ih, w_hh, w_hr)
+
+    def maybe(on: bool, shape):
+        return x.new_empty(shape if on else (0,))
+
+    return (maybe(output_mask[0], x.shape), maybe(output_mask[1], hx.shape), maybe(output_mask[1], cx.shape),
+            maybe(output_mask[2], w_ih.shape), maybe(output_mask[2], w_hh.shape), maybe(output_mask[2], (4 * H,)),
+            maybe(output_mask[2] and w_hr is not None, (P, H)))
+
+
+@torch.library.register_fake("fastconv::gru_layer")
+def _gru_layer_fake(x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
+    H, _ = _rnn_layer_shapes("gru_layer", 3, x, batch_sizes, hx, w_ih, w_hh, None)
+    return x.new_empty((x.shape[0], H)), hx.new_empty(hx.shape), x.new_empty((x.shape[0], 4 * H))
+
+
+@torch.library.register_fake("fastconv::gru_layer_backward")
+def _gru_layer_backward_fake(grad_output, grad_hy, x, batch_sizes, hx, w_ih, w_hh, output, workspace, reverse,
+                             output_mask):
+    H, _ = _rnn_layer_shapes("gru_layer_backward", 3, x, batch_sizes, hx, w_ih, w_hh, None)
+
+    def maybe(on: bool, shape):
+        return x.new_empty(shape if on else (0,))
+
+    return (maybe(output_mask[0], x.shape), maybe(output_mask[1], hx.shape), maybe(output_mask[2], w_ih.shape),
+            maybe(output_mask[2], w_hh.shape), maybe(output_mask[2], (3 * H,)), maybe(output_mask[2], (3 * H,)))
+
+
+def _zeros_if_none(grad, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _lstm_layer_setup_context(ctx, inputs, output):
+    x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
+    out, hy, cy, workspace = output
+    ctx.save_for_backward(x, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, workspace)
+    ctx.reverse = reverse
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+    ctx.mark_non_differentiable(workspace)
+
+
+def _lstm_layer_backward(ctx, g_out, g_hy, g_cy, _g_ws):
+    x, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, workspace = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [bool(need[0]), bool(need[2] or need[3]), bool(any(need[4:9]))]
+    gx, ghx, gcx, gw_ih, gw_hh, gb, gw_hr = torch.ops.fastconv.lstm_layer_backward.default(
+        _zeros_if_none(g_out, out), _zeros_if_none(g_hy, hx), _zeros_if_none(g_cy, cx), x, batch_sizes, hx, cx, w_ih,
+        w_hh, w_hr, out, workspace, ctx.reverse, mask)
+    w = mask[2]
+    return (gx if mask[0] else None, None, ghx if mask[1] else None, gcx if mask[1] else None,
+            gw_ih if w else None, gw_hh if w else None, gb if w and ctx.has_bias[0] else None,
+            gb if w and ctx.has_bias[1] else None, gw_hr if w and w_hr is not None else None, None)
+
+
+torch.library.register_autograd("fastconv::lstm_layer", _lstm_layer_backward, setup_context=_lstm_layer_setup_context)
+
+
+def _gru_layer_setup_context(ctx, inputs, output):
+    x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse = inputs
+    out, hy, workspace = output
+    ctx.save_for_backward(x, batch_sizes, hx, w_ih, w_hh, out, workspace)
+    ctx.reverse = reverse
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+    ctx.mark_non_differentiable(workspace)
+
+
+def _gru_layer_backward(ctx, g_out, g_hy, _g_ws):
+    x, batch_sizes, hx, w_ih, w_hh, out, workspace = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [bool(need[0]), bool(need[2]), bool(any(need[3:7]))]
+    gx, ghx, gw_ih, gw_hh, gb_ih, gb_hh = torch.ops.fastconv.gru_layer_backward.default(
+        _zeros_if_none(g_out, out), _zeros_if_none(g_hy, hx), x, batch_sizes, hx, w_ih, w_hh, out, workspace,
+        ctx.reverse, mask)
+    w = mask[2]
+    return (gx if mask[0] else None, None, ghx if mask[1] else None, gw_ih if w else None, gw_hh if w else None,
+            gb_ih if w and ctx.has_bias[0] else None, gb_hh if w and ctx.has_bias[1] else None, None)
+
+
+torch.library.register_autograd("fastconv::gru_layer", _gru_layer_backward, setup_context=_gru_layer_setup_context)
+
+
+def _rnn_backward_setup_context(ctx, inputs, output):
+    ctx.op = "lstm_layer_backward" if len(inputs) == 14 else "gru_layer_backward"
+
+
+def _rnn_double_backward(ctx, *grads):
+    raise RuntimeError(f"fastconv::{ctx.op}: double backward (gradients of gradients) through fastconv's RNN layers "
+                       "is not implemented")
+
+
+for _name in ("lstm_layer_backward", "gru_layer_backward"):
+    torch.library.register_autograd(f"fastconv::{_name}", _rnn_double_backward,
+                                    setup_context=_rnn_backward_setup_context)

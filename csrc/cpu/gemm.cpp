@@ -145,6 +145,33 @@ void gemm_pack_a(const GemmArgs<T>& g, T* dst) {
 template void gemm_pack_a<float>(const GemmArgs<float>& g, float* dst);
 template void gemm_pack_a<double>(const GemmArgs<double>& g, double* dst);
 
+// K block k0 holds all the panels of op(B) (kc x n_pad), as the b_packed layout of GemmArgs says.
+template <typename T>
+void gemm_pack_b(const GemmArgs<T>& g, T* dst) {
+  const auto& kern = kernels_for<T>();
+  const int64_t n_pad = (g.n + kern.nr - 1) / kern.nr * kern.nr;
+  const int64_t kKC = k_block_of(g);
+  const int64_t blocks = (g.k + kKC - 1) / kKC, panels = n_pad / kern.nr;
+  at::parallel_for(0, blocks * panels, 1, [&](int64_t u0, int64_t u1) {   // (K block, panel) pairs
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t k0 = u / panels * kKC, kc = std::min(kKC, g.k - k0), j0 = u % panels * kern.nr;
+      kern.pack_b(g, k0, kc, j0, std::min<int64_t>(kern.nr, g.n - j0), dst + k0 * n_pad + j0 * kc);
+    }
+  });
+}
+
+template void gemm_pack_b<float>(const GemmArgs<float>& g, float* dst);
+template void gemm_pack_b<double>(const GemmArgs<double>& g, double* dst);
+
+template <typename T>
+int64_t gemm_packed_b_elems(int64_t k, int64_t n) {
+  const int64_t nr = kernels_for<T>().nr;
+  return (n + nr - 1) / nr * nr * k;
+}
+
+template int64_t gemm_packed_b_elems<float>(int64_t k, int64_t n);
+template int64_t gemm_packed_b_elems<double>(int64_t k, int64_t n);
+
 namespace {
 
 at::Tensor gemm_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c, bool trans_a,

@@ -75,6 +75,15 @@ int64_t gemm_packed_a_elems(int64_t m, int64_t k);
 template <typename T>
 void gemm_pack_a(const GemmArgs<T>& g, T* dst);
 
+// Elements of the packed form of a k x n op(B), and the packing itself (reads g.n, g.k, g.b, g.rs_b,
+// g.cs_b, g.k_block) into the b_packed layout above: a constant operand used by many GEMMs of the
+// same k_block, such as an RNN layer's W_hh^T across its time steps, is packed once. Like packed A, the
+// layout depends on the active ISA (its NR). `dst` must be 64-byte aligned.
+template <typename T>
+int64_t gemm_packed_b_elems(int64_t k, int64_t n);
+template <typename T>
+void gemm_pack_b(const GemmArgs<T>& g, T* dst);
+
 // Packs one K block (rows <= the GEMM's k_block) of an op(B) that is given by offset tables, element
 // (k, j) = base[row_off[k] + col_off[j]], into the b_packed layout of a `cols`-column, `rows`-deep B, with the active ISA's kernel: im2col's column matrix read straight from a (padded) image. Runs
 // of column offsets one or two apart are copied a vector at a time, by unaligned loads that may reach
