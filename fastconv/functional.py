@@ -221,6 +221,8 @@ def _rnn(mode: str, input: Tensor, hx: list[Tensor], params, has_biases: bool, n
             raise RuntimeError(f"fastconv.{mode}: expected a 3-D input, but got shape {tuple(input.shape)}")
         x = input.transpose(0, 1) if batch_first else input
         T, B = x.shape[0], x.shape[1]
+        if T == 0:
+            raise RuntimeError(f"fastconv.{mode}: Expected sequence length to be larger than 0 in RNN")
         data, steps = x.reshape(T * B, x.shape[2]), _steps(T, B)
     else:
         data, steps = input, batch_sizes

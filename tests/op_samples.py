@@ -111,3 +111,65 @@ def _conv2d_backward(device):
 
 SAMPLES["fastconv::conv2d"] = _conv2d
 SAMPLES["fastconv::conv2d_backward"] = _conv2d_backward
+
+
+def _rnn_weights(gates: int, I: int, H: int, P: int, device, bias: bool, dtype=torch.float32):
+    w_ih = torch.randn(gates * H, I, device=device, dtype=dtype, requires_grad=True)
+    w_hh = torch.randn(gates * H, P or H, device=device, dtype=dtype, requires_grad=True)
+    b = [torch.randn(gates * H, device=device, dtype=dtype, requires_grad=True) for _ in range(2)] if bias else [None, None]
+    w_hr = torch.randn(P, H, device=device, dtype=dtype, requires_grad=True) if P else None
+    return w_ih, w_hh, b[0], b[1], w_hr
+
+
+# (batch_sizes, I, H, proj_size, bias, reverse): padded, packed (lengths 3, 2, 2, 1), a projection
+_RNN_CASES = [([3, 3, 3], 4, 5, 0, True, False), ([4, 3, 1], 3, 6, 0, False, True), ([2, 2], 3, 5, 3, True, True)]
+
+
+def _lstm_layer(device):
+    samples = []
+    for bs, I, H, P, bias, rev in _RNN_CASES:
+        x = torch.randn(sum(bs), I, device=device, requires_grad=True)
+        hx = torch.randn(bs[0], P or H, device=device, requires_grad=True)
+        cx = torch.randn(bs[0], H, device=device, requires_grad=True)
+        w_ih, w_hh, b_ih, b_hh, w_hr = _rnn_weights(4, I, H, P, device, bias)
+        samples.append(((x, torch.tensor(bs), hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, rev), {}))
+    return samples
+
+
+def _lstm_layer_backward(device):
+    samples = []
+    for (x, bs, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, rev), _ in _lstm_layer(device):
+        out, hy, cy, ws = torch.ops.fastconv.lstm_layer(x.detach(), bs, hx.detach(), cx.detach(), w_ih.detach(),
+                                                        w_hh.detach(), None, None,
+                                                        None if w_hr is None else w_hr.detach(), rev)
+        grads = [torch.randn_like(t) for t in (out, hy, cy)]
+        samples.append(((*grads, x.detach(), bs, hx.detach(), cx.detach(), w_ih.detach(), w_hh.detach(),
+                         None if w_hr is None else w_hr.detach(), out, ws, rev, [True, True, True]), {}))
+    return samples
+
+
+def _gru_layer(device):
+    samples = []
+    for bs, I, H, _P, bias, rev in _RNN_CASES:
+        x = torch.randn(sum(bs), I, device=device, requires_grad=True)
+        hx = torch.randn(bs[0], H, device=device, requires_grad=True)
+        w_ih, w_hh, b_ih, b_hh, _ = _rnn_weights(3, I, H, 0, device, bias)
+        samples.append(((x, torch.tensor(bs), hx, w_ih, w_hh, b_ih, b_hh, rev), {}))
+    return samples
+
+
+def _gru_layer_backward(device):
+    samples = []
+    for (x, bs, hx, w_ih, w_hh, b_ih, b_hh, rev), _ in _gru_layer(device):
+        out, hy, ws = torch.ops.fastconv.gru_layer(x.detach(), bs, hx.detach(), w_ih.detach(), w_hh.detach(), None,
+                                                   None, rev)
+        grads = [torch.randn_like(t) for t in (out, hy)]
+        samples.append(((*grads, x.detach(), bs, hx.detach(), w_ih.detach(), w_hh.detach(), out, ws, rev,
+                         [True, False, True]), {}))
+    return samples
+
+
+SAMPLES["fastconv::lstm_layer"] = _lstm_layer
+SAMPLES["fastconv::lstm_layer_backward"] = _lstm_layer_backward
+SAMPLES["fastconv::gru_layer"] = _gru_layer
+SAMPLES["fastconv::gru_layer_backward"] = _gru_layer_backward

@@ -2,14 +2,15 @@
 // backwards) on the GEMM engine. The structure of a layer, in the engine's vocabulary:
 //
 //   forward   one large GEMM for the input projection of every time step, x W_ih^T + bias, straight into
-//             the gate buffer; W_hh^T packed once per call (the engine's prepacked B); then per step,
-//             in one parallel region over blocks of the step's rows, the recurrent GEMM h W_hh^T
-//             accumulated into the gates and the fused step kernel (rnn_kernels.inc: nonlinearities,
-//             cell update, h) on those rows while they are in cache. A row's gates depend on its own
-//             h only, so the blocks never wait on each other within a step.
-//   backward  through time in the opposite order, per step the fused gate gradients and one GEMM
-//             dgates W_hh for dh_prev (W_hh packed once), again row-local; then the weight gradients
-//             as a few large GEMMs over all tokens: dW_ih = dgates^T x, dW_hh = dgates^T h_prev.
+//             the gate buffer; W_hh^T packed once per call (the engine's prepacked B) in column slices,
+//             one per thread; then per step two parallel regions: the recurrent GEMM h W_hh^T
+//             accumulated into the gates, each thread on its slice of columns (so each streams only
+//             its share of W_hh from the cache: a step is a thin GEMM, M = batch, and re-reading the
+//             whole weight per thread cost more than the arithmetic), then the fused step kernel
+//             (rnn_kernels.inc: nonlinearities, cell update, h) over blocks of rows.
+//   backward  through time in the opposite order, per step the fused gate gradients over blocks of rows
+//             and one column-sliced GEMM dgates W_hh for dh_prev; then the weight gradients as a few
+//             large GEMMs over all tokens: dW_ih = dgates^T x, dW_hh = dgates^T h_prev.
 //
 // Packed sequences: step t runs on its batch_sizes[t] rows only (common/rnn_args.h), so a packed
 // batch costs what its real tokens cost.
@@ -22,11 +23,13 @@
 #include <cstdint>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "common/rnn.h"
 #include "common/rnn_args.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
+#include "cpu/memory.h"
 #include "cpu/rnn_kernels.h"
 
 namespace fastconv::cpu {
@@ -61,28 +64,76 @@ void gemm_into(int64_t m, int64_t n, int64_t k, const T* a, int64_t rs_a, int64_
   gemm<T>(g);
 }
 
-// op(B) = b (k x n, strides rs_b, cs_b) packed once, for the per-step GEMMs.
+// op(B) = b (k x n, strides rs_b, cs_b) packed once per call in column slices, one per thread (in
+// per-thread scratch memory of the calling thread, slot `slot`), for the per-step GEMMs.
 template <typename T>
-at::Tensor pack_b(const T* b, int64_t k, int64_t n, int64_t rs_b, int64_t cs_b, const at::TensorOptions& opts) {
-  at::Tensor packed = at::empty({gemm_packed_b_elems<T>(k, n)}, opts);   // 64-byte aligned (CPU allocator)
-  GemmArgs<T> g{};
-  g.k = k; g.n = n; g.b = b; g.rs_b = rs_b; g.cs_b = cs_b;
-  gemm_pack_b<T>(g, packed.data_ptr<T>());
-  return packed;
+struct SlicedB {
+  int64_t k = 0, n = 0, width = 0;   // slice s: columns [s * width, min(n, (s + 1) * width))
+  std::vector<const T*> packed;
+};
+
+template <typename T>
+SlicedB<T> pack_sliced(const T* b, int64_t k, int64_t n, int64_t rs_b, int64_t cs_b, Scratch slot) {
+  const int64_t nr = gemm_tile<T>().nr;
+  const int64_t panels = (n + nr - 1) / nr;
+  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), panels));
+  SlicedB<T> w;
+  w.k = k;
+  w.n = n;
+  w.width = (panels + slices - 1) / slices * nr;
+  T* dst = scratch<T>(slot, gemm_packed_b_elems<T>(k, n));   // whole panels: slices start 64-byte aligned
+  for (int64_t j0 = 0; j0 < n; j0 += w.width) {
+    GemmArgs<T> g{};
+    g.k = k;
+    g.n = std::min(w.width, n - j0);
+    g.b = b + j0 * cs_b;
+    g.rs_b = rs_b;
+    g.cs_b = cs_b;
+    gemm_pack_b<T>(g, dst);
+    w.packed.push_back(dst);
+    dst += gemm_packed_b_elems<T>(k, g.n);
+  }
+  return w;
 }
 
-// Splits a step's rows into blocks (whole micro-tiles, one block per thread where there are enough
-// rows) and runs fn(r0, r1) on each in one parallel region.
+// C (m x n, row stride rs_c) (+)= A op(B), one parallel region over the slices of op(B). With `fill`,
+// each row of C is first set to fill[0, n) (a bias) and the product added to it.
+template <typename T>
+void sliced_gemm(int64_t m, const SlicedB<T>& w, const T* a, int64_t rs_a, T* c, int64_t rs_c, bool accumulate,
+                 const T* fill = nullptr) {
+  if (m == 0) return;
+  at::parallel_for(0, static_cast<int64_t>(w.packed.size()), 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t j0 = s * w.width, n = std::min(w.width, w.n - j0);
+      if (fill != nullptr) {
+        for (int64_t r = 0; r < m; ++r) std::copy(fill + j0, fill + j0 + n, c + r * rs_c + j0);
+      }
+      gemm_into<T>(m, n, w.k, a, rs_a, 1, nullptr, 0, 0, c + j0, rs_c, accumulate || fill != nullptr,
+                   w.packed[static_cast<size_t>(s)]);
+    }
+  });
+}
+
+// Splits a step's rows into one block per thread (fewer when there are few rows) and runs fn(r0, r1)
+// on each in one parallel region.
 template <typename F>
-void for_row_blocks(int64_t rows, int64_t mr, const F& fn) {
+void for_row_blocks(int64_t rows, const F& fn) {
   if (rows == 0) return;
-  const int64_t threads = at::get_num_threads();
-  int64_t block = (rows + threads - 1) / threads;
-  block = std::max<int64_t>(mr, (block + mr - 1) / mr * mr);
-  const int64_t blocks = (rows + block - 1) / block;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  const int64_t block = (rows + threads - 1) / threads;
+  at::parallel_for(0, (rows + block - 1) / block, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t blk = b0; blk < b1; ++blk) fn(blk * block, std::min(rows, (blk + 1) * block));
   });
+}
+
+// op(B) packed whole (for GEMMs that run inside a row block: the projection's).
+template <typename T>
+const T* pack_whole(const T* b, int64_t k, int64_t n, int64_t rs_b, int64_t cs_b, Scratch slot) {
+  T* dst = scratch<T>(slot, gemm_packed_b_elems<T>(k, n));
+  GemmArgs<T> g{};
+  g.k = k; g.n = n; g.b = b; g.rs_b = rs_b; g.cs_b = cs_b;
+  gemm_pack_b<T>(g, dst);
+  return dst;
 }
 
 // x W_ih^T + the biases, into the first cols columns of out (row stride ld).
@@ -123,10 +174,9 @@ void lstm_forward(const RnnLayerShape& s, bool reverse, const at::Tensor& x, con
   const bool proj = w_hr.defined();
   T* wsp = ws.data_ptr<T>();
   input_projection<T>(s, x.data_ptr<T>(), w_ih.data_ptr<T>(), bias, 4 * H, wsp, ldw);
-  const at::Tensor whh_packed = pack_b<T>(w_hh.data_ptr<T>(), P, 4 * H, 1, P, x.options());
-  const at::Tensor whr_packed = proj ? pack_b<T>(w_hr.data_ptr<T>(), H, P, 1, H, x.options()) : at::Tensor();
+  const SlicedB<T> whh = pack_sliced<T>(w_hh.data_ptr<T>(), P, 4 * H, 1, P, Scratch::rnn_w);
+  const T* whr = proj ? pack_whole<T>(w_hr.data_ptr<T>(), H, P, 1, H, Scratch::rnn_w2) : nullptr;
   const auto& kern = rnn_kernels<T>();
-  const int64_t mr = gemm_tile<T>().mr;
   T* hs = hy.data_ptr<T>();
   T* cs = cy.data_ptr<T>();
   T* o = out.data_ptr<T>();
@@ -135,13 +185,12 @@ void lstm_forward(const RnnLayerShape& s, bool reverse, const at::Tensor& x, con
     T* gates = wsp + off * ldw;
     LstmForwardStep<T> st{H, gates, ldw, gates + 4 * H, ldw, cs, proj ? gates + 5 * H : o + off * P,
                           proj ? ldw : P, proj ? nullptr : hs};
-    for_row_blocks(s.batch_sizes[t], mr, [&](int64_t r0, int64_t r1) {
-      gemm_into<T>(r1 - r0, 4 * H, P, hs + r0 * P, P, 1, nullptr, 0, 0, gates + r0 * ldw, ldw, true,
-                   whh_packed.data_ptr<T>());
+    sliced_gemm<T>(s.batch_sizes[t], whh, hs, P, gates, ldw, true);   // gates += h W_hh^T
+    for_row_blocks(s.batch_sizes[t], [&](int64_t r0, int64_t r1) {
       kern.lstm_forward(st, r0, r1);
       if (proj) {   // h = r W_hr^T, the output row and the next step's state
         gemm_into<T>(r1 - r0, P, H, gates + 5 * H + r0 * ldw, ldw, 1, nullptr, 0, 0, o + (off + r0) * P, P, false,
-                     whr_packed.data_ptr<T>());
+                     whr);
         std::copy(o + (off + r0) * P, o + (off + r1) * P, hs + r0 * P);
       }
     });
@@ -158,6 +207,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cpu(
   at::Tensor hy = hx.contiguous().clone();   // the running states, final after the last step
   at::Tensor cy = cx.contiguous().clone();
   at::Tensor ws = at::empty({s.N, (proj ? 6 : 5) * s.H}, input.options());
+  advise_huge_pages(ws);   // written once through; first-touch faults of 4 KiB pages cost ~10% here
   if (s.N > 0) {
     const at::Tensor whr = proj ? w_hr->contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kLstm, [&] {
@@ -174,11 +224,10 @@ void lstm_backward(const RnnLayerShape& s, bool reverse, const at::Tensor& gout,
                    at::Tensor& dh_all, at::Tensor& dh, at::Tensor& dc) {
   const int64_t H = s.H, P = s.Hout, ldw = ws.size(1);
   const bool proj = w_hr.defined();
-  const at::Tensor whh_packed = pack_b<T>(w_hh.data_ptr<T>(), 4 * H, P, P, 1, gout.options());
-  const at::Tensor whr_packed = proj ? pack_b<T>(w_hr.data_ptr<T>(), P, H, H, 1, gout.options()) : at::Tensor();
+  const SlicedB<T> whh = pack_sliced<T>(w_hh.data_ptr<T>(), 4 * H, P, P, 1, Scratch::rnn_w);
+  const T* whr = proj ? pack_whole<T>(w_hr.data_ptr<T>(), P, H, H, 1, Scratch::rnn_w2) : nullptr;
   at::Tensor dr = proj ? at::empty({s.B, H}, gout.options()) : at::Tensor();   // dL/dr per row, projecting
   const auto& kern = rnn_kernels<T>();
-  const int64_t mr = gemm_tile<T>().mr;
   const T* wsp = ws.data_ptr<T>();
   const T* go = gout.data_ptr<T>();
   T* dg = dgates.data_ptr<T>();
@@ -189,19 +238,17 @@ void lstm_backward(const RnnLayerShape& s, bool reverse, const at::Tensor& gout,
     LstmBackwardStep<T> st{H, gates, ldw, gates + 4 * H, ldw, c_prev.data_ptr<T>() + off * H, H,
                            proj ? dr.data_ptr<T>() : dhs, proj ? H : P, proj ? nullptr : go + off * P, P,
                            dc.data_ptr<T>(), dg + off * 4 * H, 4 * H};
-    for_row_blocks(s.batch_sizes[t], mr, [&](int64_t r0, int64_t r1) {
+    for_row_blocks(s.batch_sizes[t], [&](int64_t r0, int64_t r1) {
       if (proj) {   // dL/dh = dh_state + grad_output, kept for dW_hr; dL/dr = dL/dh W_hr
         T* dha = dh_all.data_ptr<T>() + off * P;
         for (int64_t r = r0; r < r1; ++r) {
           for (int64_t j = 0; j < P; ++j) dha[r * P + j] = dhs[r * P + j] + go[(off + r) * P + j];
         }
-        gemm_into<T>(r1 - r0, H, P, dha + r0 * P, P, 1, nullptr, 0, 0, dr.data_ptr<T>() + r0 * H, H, false,
-                     whr_packed.data_ptr<T>());
+        gemm_into<T>(r1 - r0, H, P, dha + r0 * P, P, 1, nullptr, 0, 0, dr.data_ptr<T>() + r0 * H, H, false, whr);
       }
       kern.lstm_backward(st, r0, r1);
-      gemm_into<T>(r1 - r0, P, 4 * H, dg + (off + r0) * 4 * H, 4 * H, 1, nullptr, 0, 0, dhs + r0 * P, P, false,
-                   whh_packed.data_ptr<T>());
     });
+    sliced_gemm<T>(s.batch_sizes[t], whh, dg + off * 4 * H, 4 * H, dhs, P, false);   // dh_prev = dgates W_hh
   }
 }
 
@@ -229,6 +276,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_shape(workspace, {s.N, (proj ? 6 : 5) * s.H}, kLstmBackward, "workspace");
   at::Tensor dh = grad_hy.contiguous().clone(), dc = grad_cy.contiguous().clone();   // end as grad_hx, grad_cx
   at::Tensor dgates = at::empty({s.N, 4 * s.H}, input.options());
+  advise_huge_pages(dgates);
   at::Tensor dh_all = proj ? at::empty({s.N, s.Hout}, input.options()) : at::Tensor();
   at::Tensor gx, gw_ih, gw_hh, gb, gw_hr;
   const at::Tensor ws = workspace.contiguous();
@@ -274,10 +322,9 @@ void gru_forward(const RnnLayerShape& s, bool reverse, const at::Tensor& x, cons
   const int64_t H = s.H;
   at::Tensor ax = at::empty({s.N, 3 * H}, x.options());
   input_projection<T>(s, x.data_ptr<T>(), w_ih.data_ptr<T>(), b_ih, 3 * H, ax.data_ptr<T>(), 3 * H);
-  const at::Tensor whh_packed = pack_b<T>(w_hh.data_ptr<T>(), H, 3 * H, 1, H, x.options());
+  const SlicedB<T> whh = pack_sliced<T>(w_hh.data_ptr<T>(), H, 3 * H, 1, H, Scratch::rnn_w);
   at::Tensor ah = at::empty({s.B, 3 * H}, x.options());
   const auto& kern = rnn_kernels<T>();
-  const int64_t mr = gemm_tile<T>().mr;
   T* hs = hy.data_ptr<T>();
   T* ahp = ah.data_ptr<T>();
   const T* bhh = b_hh.defined() ? b_hh.data_ptr<T>() : nullptr;
@@ -285,14 +332,8 @@ void gru_forward(const RnnLayerShape& s, bool reverse, const at::Tensor& x, cons
     const int64_t t = reverse ? s.T - 1 - q : q, off = s.offsets[t];
     GruForwardStep<T> st{H, ax.data_ptr<T>() + off * 3 * H, 3 * H, ahp, hs, ws.data_ptr<T>() + off * 4 * H, 4 * H,
                          out.data_ptr<T>() + off * H, H};
-    for_row_blocks(s.batch_sizes[t], mr, [&](int64_t r0, int64_t r1) {
-      if (bhh != nullptr) {
-        for (int64_t r = r0; r < r1; ++r) std::copy(bhh, bhh + 3 * H, ahp + r * 3 * H);
-      }
-      gemm_into<T>(r1 - r0, 3 * H, H, hs + r0 * H, H, 1, nullptr, 0, 0, ahp + r0 * 3 * H, 3 * H, bhh != nullptr,
-                   whh_packed.data_ptr<T>());
-      kern.gru_forward(st, r0, r1);
-    });
+    sliced_gemm<T>(s.batch_sizes[t], whh, hs, H, ahp, 3 * H, false, bhh);   // ah = h W_hh^T + b_hh
+    for_row_blocks(s.batch_sizes[t], [&](int64_t r0, int64_t r1) { kern.gru_forward(st, r0, r1); });
   }
 }
 
@@ -305,6 +346,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_cpu(
   at::Tensor out = at::empty({s.N, s.H}, input.options());
   at::Tensor hy = hx.contiguous().clone();
   at::Tensor ws = at::empty({s.N, 4 * s.H}, input.options());
+  advise_huge_pages(ws);
   if (s.N > 0) {
     const auto bias = [](const std::optional<at::Tensor>& b) {
       return b.has_value() && b->defined() ? b->contiguous() : at::Tensor();
@@ -321,20 +363,16 @@ template <typename T>
 void gru_backward(const RnnLayerShape& s, bool reverse, const at::Tensor& gout, const at::Tensor& w_hh,
                   const at::Tensor& ws, const at::Tensor& h_prev, at::Tensor& dax, at::Tensor& dah, at::Tensor& dh) {
   const int64_t H = s.H;
-  const at::Tensor whh_packed = pack_b<T>(w_hh.data_ptr<T>(), 3 * H, H, H, 1, gout.options());
+  const SlicedB<T> whh = pack_sliced<T>(w_hh.data_ptr<T>(), 3 * H, H, H, 1, Scratch::rnn_w);
   const auto& kern = rnn_kernels<T>();
-  const int64_t mr = gemm_tile<T>().mr;
   T* dhs = dh.data_ptr<T>();
   for (int64_t q = 0; q < s.T; ++q) {
     const int64_t t = reverse ? q : s.T - 1 - q, off = s.offsets[t];
     T* dahp = dah.data_ptr<T>() + off * 3 * H;
     GruBackwardStep<T> st{H, ws.data_ptr<T>() + off * 4 * H, 4 * H, h_prev.data_ptr<T>() + off * H, H, dhs,
                           gout.data_ptr<T>() + off * H, H, dax.data_ptr<T>() + off * 3 * H, 3 * H, dahp};
-    for_row_blocks(s.batch_sizes[t], mr, [&](int64_t r0, int64_t r1) {
-      kern.gru_backward(st, r0, r1);   // dh_state = dh z, then + dah W_hh
-      gemm_into<T>(r1 - r0, H, 3 * H, dahp + r0 * 3 * H, 3 * H, 1, nullptr, 0, 0, dhs + r0 * H, H, true,
-                   whh_packed.data_ptr<T>());
-    });
+    for_row_blocks(s.batch_sizes[t], [&](int64_t r0, int64_t r1) { kern.gru_backward(st, r0, r1); });
+    sliced_gemm<T>(s.batch_sizes[t], whh, dahp, 3 * H, dhs, H, true);   // dh_prev = dh z + dah W_hh
   }
 }
 
@@ -350,6 +388,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_shape(workspace, {s.N, 4 * s.H}, kGruBackward, "workspace");
   at::Tensor dh = grad_hy.contiguous().clone();
   at::Tensor dax = at::empty({s.N, 3 * s.H}, input.options()), dah = at::empty({s.N, 3 * s.H}, input.options());
+  advise_huge_pages(dax);
+  advise_huge_pages(dah);
   at::Tensor gx, gw_ih, gw_hh, gb_ih, gb_hh;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kGruBackward, [&] {
     using T = scalar_t;
