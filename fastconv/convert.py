@@ -36,6 +36,14 @@ def _twin(m: nn.Module, algorithm: str) -> nn.Module | None:
         new = fnn.Linear(m.in_features, m.out_features, m.bias is not None, device="meta")
     elif kind is nn.MaxPool2d:
         new = fnn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode)
+    elif kind in (nn.LSTM, nn.GRU):
+        twin = fnn.LSTM if kind is nn.LSTM else fnn.GRU
+        extra = {"proj_size": m.proj_size} if kind is nn.LSTM else {}
+        new = twin(m.input_size, m.hidden_size, m.num_layers, m.bias, m.batch_first, float(m.dropout),
+                   m.bidirectional, device="meta", **extra)
+    elif kind in (nn.LSTMCell, nn.GRUCell):
+        twin = fnn.LSTMCell if kind is nn.LSTMCell else fnn.GRUCell
+        new = twin(m.input_size, m.hidden_size, m.bias, device="meta")
     else:
         return None
     return _adopt(new, m)
@@ -118,8 +126,8 @@ def _convert_children(module: nn.Module, algorithm: str) -> None:
 
 
 def convert(model: nn.Module, *, inplace: bool = False, algorithm: str = "auto") -> nn.Module:
-    """Returns ``model`` with every ``nn.Conv2d``, ``nn.MaxPool2d``, ``nn.BatchNorm2d`` and ``nn.Linear``
-    (exactly those types, not subclasses) replaced by its fastconv twin carrying the same parameters,
+    """Returns ``model`` with every ``nn.Conv2d``, ``nn.MaxPool2d``, ``nn.BatchNorm2d``, ``nn.Linear``,
+    ``nn.LSTM``, ``nn.GRU``, ``nn.LSTMCell`` and ``nn.GRUCell`` (exactly those types, not subclasses) replaced by its fastconv twin carrying the same parameters,
     buffers and training mode; convolutions get ``algorithm``. A ``BatchNorm2d`` followed by an
     ``nn.ReLU`` in an ``nn.Sequential`` becomes one ``BatchNorm2d(relu=True)`` (the ReLU an
     ``nn.Identity``), and so do the inner pairs of torchvision's ResNet ``BasicBlock`` and

@@ -153,23 +153,18 @@ def attack(model, x, y, pgd_steps: int, seed: int) -> dict:
     return result
 
 
-def plot(path: str, history: dict[str, History], attacks: dict, x: torch.Tensor, y: torch.Tensor,
-         model: torch.nn.Module, eps: float, count: int = 10) -> None:
-    matplotlib = _require("matplotlib", "matplotlib")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=(12, 7.5), layout="constrained")
+def plot_cnn(fig, history: dict[str, History], attacks: dict, x: torch.Tensor, y: torch.Tensor,
+             model: torch.nn.Module, eps: float, count: int = 10) -> None:
+    """The CNN part's panels, drawn into ``fig`` (a matplotlib figure or subfigure)."""
     grid = fig.add_gridspec(3, count, height_ratios=[3, 1, 1])
     epochs = range(1, len(next(iter(history.values())).loss) + 1)
-    styles = {"fastconv": dict(color="tab:blue", lw=2), "torch.nn": dict(color="tab:orange", lw=1.5, ls="--")}
     span = count // 3
     ax_loss = fig.add_subplot(grid[0, :span])
     ax_acc = fig.add_subplot(grid[0, span:2 * span])
     ax_adv = fig.add_subplot(grid[0, 2 * span:])
     for name, h in history.items():
-        ax_loss.plot(epochs, h.loss, label=name, **styles[name])
-        ax_acc.plot(epochs, h.accuracy, label=name, **styles[name])
+        ax_loss.plot(epochs, h.loss, label=name, **STYLES[name])
+        ax_acc.plot(epochs, h.accuracy, label=name, **STYLES[name])
     ax_loss.set(title="training loss", xlabel="epoch", yscale="log")
     ax_acc.set(title="test accuracy (%)", xlabel="epoch")
     for ax in (ax_loss, ax_acc):
@@ -195,6 +190,58 @@ def plot(path: str, history: dict[str, History], attacks: dict, x: torch.Tensor,
             if i == 0:
                 ax.set_ylabel(title, fontsize=9)
     fig.suptitle("fastconv vs torch.nn: LeNet-5 on scikit-learn digits (titles: predicted class)")
+
+
+def plot_rnn(fig, rnn: dict, count: int = 8) -> None:
+    """The RNN part's panels: both char-LMs' loss curves, the captioner's loss and accuracy, and a row of
+    captioned test images."""
+    from .demo_rnn import caption_text
+
+    grid = fig.add_gridspec(2, 4, height_ratios=[3, 1.3])
+    ax_lm = fig.add_subplot(grid[0, :2])
+    for name, h in rnn["lm"].items():
+        ax_lm.plot([(i + 1) * rnn["lm_report"] for i in range(len(h.loss))], h.loss, label=name, **STYLES[name])
+    ax_lm.set(title="char-LSTM language model: training loss", xlabel="step")
+    ax_lm.legend()
+    ax_lm.grid(alpha=0.3)
+    ax_cap = fig.add_subplot(grid[0, 2:])
+    steps = [(i + 1) * rnn["cap_report"] for i in range(len(rnn["cap_loss"]))]
+    ax_cap.plot(steps, rnn["cap_loss"], "o-", color="tab:blue", label="loss")
+    ax_cap.set(title="captioner (fastconv): loss and test sequence accuracy", xlabel="step", yscale="log")
+    ax_acc = ax_cap.twinx()
+    ax_acc.plot(steps, rnn["cap_acc"], "s--", color="tab:green", label="sequence accuracy (%)")
+    ax_acc.set(ylim=(0, 100))
+    ax_cap.legend(loc="center left"), ax_acc.legend(loc="center right")
+    ax_cap.grid(alpha=0.3)
+    sub = grid[1, :].subgridspec(2, count // 2)
+    for i in range(min(count, len(rnn["cap_pred"]))):
+        ax = fig.add_subplot(sub[i // (count // 2), i % (count // 2)])
+        ax.imshow(rnn["cap_images"][i, 0], cmap="gray_r", vmin=0, vmax=1)
+        truth, guess = caption_text(rnn["cap_truth"][i]), caption_text(rnn["cap_pred"][i])
+        ax.set_title(guess or "(nothing)", color="green" if truth == guess else "red", fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle("fastconv vs torch.nn: char-level LSTM; CNN + LSTM captioner reading 2-4 digits (titles: its captions)")
+
+
+STYLES = {"fastconv": dict(color="tab:blue", lw=2), "torch.nn": dict(color="tab:orange", lw=1.5, ls="--")}
+
+
+def plot(path: str, cnn: dict | None, rnn: dict | None) -> None:
+    """The figure of the parts that ran: the CNN part's panels above the RNN part's."""
+    matplotlib = _require("matplotlib", "matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [p for p in (cnn, rnn) if p is not None]
+    heights = [7.5 if cnn is not None else 0, 6.5 if rnn is not None else 0]
+    fig = plt.figure(figsize=(12, sum(heights)), layout="constrained")
+    subs = fig.subfigures(len(parts), 1, height_ratios=[h for h in heights if h]) if len(parts) > 1 else [fig]
+    i = 0
+    if cnn is not None:
+        plot_cnn(subs[i], **cnn)
+        i += 1
+    if rnn is not None:
+        plot_rnn(subs[i], rnn)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -228,27 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: a quarter of the training set, 3 PGD steps (for tests)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--part", choices=["cnn", "rnn", "all"], default="all",
+                    help="cnn: LeNet-5 and the attacks; rnn: the char-LSTM language model and the captioner; all "
+                         "(default): both")
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.pgd_steps < 1:
-        raise SystemExit("python -m fastconv: --epochs, --batch-size and --pgd-steps must be at least 1")
-    import fastconv
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"fastconv {fastconv.__version__} (torch {torch.__version__}) on {device.type}: {where}")
-    data = load_digits(args.seed, device)
-    if args.quick:
-        keep = len(data[1]) // 4
-        data = (data[0][:keep], data[1][:keep], data[2], data[3])
+def run_cnn(args, device: torch.device, data: tuple) -> tuple[dict, bool]:
+    """The CNN part: LeNet-5 side by side, then the attacks. Returns the figure's inputs and whether
+    the two models ended within a point."""
     x_train, y_train, x_test, y_test = data
     print(f"scikit-learn digits: {len(y_train)} training and {len(y_test)} test images of 8x8 pixels, 10 classes")
-
     models = {}
     for name, backend in zip(NAMES, ("fastconv", "torch")):
         torch.manual_seed(args.seed)
@@ -282,8 +319,37 @@ def main(argv: list[str] | None = None) -> int:
     print("  epsilon  " + "".join(f"{eps:>8.2f}" for eps in EPSILONS))
     for name, label in (("fgsm", "FGSM"), ("pgd", "PGD")):
         print(f"  {label:<9}" + "".join(f"{a:>7.1f}%" for a in attacks[name]))
+    return dict(history=history, attacks=attacks, x=x_test, y=y_test, model=model, eps=0.1), gap <= 1.0
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or args.pgd_steps < 1:
+        raise SystemExit("python -m fastconv: --epochs, --batch-size and --pgd-steps must be at least 1")
+    import fastconv
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"fastconv {fastconv.__version__} (torch {torch.__version__}) on {device.type}: {where}")
+    data = load_digits(args.seed, device)
+    if args.quick:
+        keep = len(data[1]) // 4
+        data = (data[0][:keep], data[1][:keep], data[2], data[3])
+    cnn = rnn = None
+    ok = True
+    if args.part in ("cnn", "all"):
+        cnn, ok = run_cnn(args, device, data)
+    if args.part in ("rnn", "all"):
+        from .demo_rnn import run as run_rnn
+
+        rnn = run_rnn(args, device, data)
+        agree = rnn["lm_gap"] <= 0.01
+        print(f"char-LM: final losses {'within' if agree else 'NOT within'} 0.01 of each other "
+              f"(difference {rnn['lm_gap']:.1e})")
+        ok = ok and agree
     path = os.path.abspath(args.png)
-    plot(path, history, attacks, x_test, y_test, model, eps=0.1)
+    plot(path, cnn, rnn)
     print(f"\nwrote {path}")
-    return 0 if gap <= 1.0 else 1
+    return 0 if ok else 1

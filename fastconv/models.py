@@ -1,4 +1,5 @@
-"""Reference CNNs built from fastconv's modules: LeNet-5 and ResNet-18.
+"""Reference models built from fastconv's modules: LeNet-5 and ResNet-18 (CNNs), a character-level
+LSTM language model and a CNN + LSTM captioner.
 
 Every model takes ``backend="fastconv"`` (the default) or ``backend="torch"``, which builds the
 identical network from ``torch.nn`` — same layers, same parameter and buffer names, same
@@ -14,7 +15,7 @@ from torch import nn
 
 from . import nn as fnn
 
-__all__ = ["LeNet5", "ResNet18", "BasicBlock"]
+__all__ = ["BasicBlock", "Captioner", "CharLM", "LeNet5", "ResNet18"]
 
 BACKENDS = ("fastconv", "torch")
 
@@ -47,6 +48,9 @@ class _Layers:
 
     def linear(self, *args, **kwargs) -> nn.Module:
         return fnn.Linear(*args, **kwargs) if self.fast else nn.Linear(*args, **kwargs)
+
+    def lstm(self, *args, **kwargs) -> nn.Module:
+        return fnn.LSTM(*args, **kwargs) if self.fast else nn.LSTM(*args, **kwargs)
 
 
 class LeNet5(nn.Module):
@@ -141,3 +145,95 @@ class ResNet18(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class CharLM(nn.Module):
+    """A character-level LSTM language model (after Karpathy's char-rnn): an embedding of the
+    ``vocab_size`` characters, ``num_layers`` LSTM layers of ``hidden`` units (dropout between them)
+    and a linear read-out of the next character's logits.
+
+    ``forward(tokens (B, T), state=None) -> (logits (B, T, vocab_size), state)``; :meth:`generate`
+    samples text one character at a time, carrying the LSTM state."""
+
+    def __init__(self, vocab_size: int, embed: int = 32, hidden: int = 128, num_layers: int = 2,
+                 dropout: float = 0.0, *, backend: str = "fastconv"):
+        super().__init__()
+        make = _Layers(backend, "auto")
+        self.embed = nn.Embedding(vocab_size, embed)
+        self.lstm = make.lstm(embed, hidden, num_layers, batch_first=True, dropout=dropout)
+        self.head = make.linear(hidden, vocab_size)
+
+    def forward(self, tokens: torch.Tensor, state=None):
+        out, state = self.lstm(self.embed(tokens), state)
+        return self.head(out), state
+
+    @torch.no_grad()
+    def generate(self, prefix: torch.Tensor, length: int, temperature: float = 0.8,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """``prefix`` (T,) token ids; returns them followed by ``length`` sampled ids."""
+        was_training = self.training
+        self.eval()
+        logits, state = self(prefix[None])
+        out = [prefix]
+        for _ in range(length):
+            probs = torch.softmax(logits[0, -1] / temperature, -1)
+            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(prefix.device)
+            out.append(nxt)
+            logits, state = self(nxt[None], state)
+        self.train(was_training)
+        return torch.cat(out)
+
+
+class Captioner(nn.Module):
+    """A CNN + LSTM captioner ("feed an image through a convnet, then run an RNN"): a small
+    convolutional encoder (two 3x3 convolution + batch norm + ReLU + 2x2 max-pool stages, then a linear
+    layer) turns an image into the LSTM decoder's initial state (h_0, c_0); the decoder reads the
+    caption's previous word (teacher forcing in training) and predicts the next.
+
+    ``forward(images (B, 1, H, W), words (B, L)) -> logits (B, L, vocab_size)``;
+    :meth:`greedy` decodes from ``bos`` until ``eos`` or ``max_len`` words. The image height and width
+    must be multiples of 4; ``feature`` is the encoder's flattened size for them."""
+
+    def __init__(self, vocab_size: int, image_size: tuple[int, int] = (8, 32), hidden: int = 128, embed: int = 32, *,
+                 backend: str = "fastconv"):
+        super().__init__()
+        make = _Layers(backend, "auto")
+        h, w = image_size
+        if h % 4 or w % 4:
+            raise ValueError(f"fastconv.models.Captioner: image size must be a multiple of 4, got {image_size}")
+        self.conv1 = make.conv(1, 16, 3, padding=1, bias=False)
+        self.bn1, self.relu1 = make.bn_relu(16)
+        self.pool1 = make.max_pool(2)
+        self.conv2 = make.conv(16, 32, 3, padding=1, bias=False)
+        self.bn2, self.relu2 = make.bn_relu(32)
+        self.pool2 = make.max_pool(2)
+        self.init_state = make.linear(32 * (h // 4) * (w // 4), 2 * hidden)
+        self.embed = nn.Embedding(vocab_size, embed)
+        self.lstm = make.lstm(embed, hidden, batch_first=True)
+        self.head = make.linear(hidden, vocab_size)
+        self.hidden = hidden
+
+    def encode(self, images: torch.Tensor):
+        x = self.pool1(self.relu1(self.bn1(self.conv1(images))))
+        x = self.pool2(self.relu2(self.bn2(self.conv2(x))))
+        h, c = torch.tanh(self.init_state(torch.flatten(x, 1))).chunk(2, dim=1)
+        return h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()
+
+    def forward(self, images: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embed(words), self.encode(images))
+        return self.head(out)
+
+    @torch.no_grad()
+    def greedy(self, images: torch.Tensor, bos: int, eos: int, max_len: int) -> torch.Tensor:
+        """(B, max_len) word ids, each row the argmax words after ``bos`` (``eos`` repeated once done)."""
+        state = self.encode(images)
+        word = torch.full((images.shape[0], 1), bos, dtype=torch.int64, device=images.device)
+        out = []
+        done = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+        for _ in range(max_len):
+            logits, state = self.lstm(self.embed(word), state)
+            word = self.head(logits).argmax(-1)
+            word[done] = eos
+            done |= word[:, 0] == eos
+            out.append(word)
+        return torch.cat(out, 1)

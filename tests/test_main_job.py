@@ -47,9 +47,15 @@ def test_main_job_quick(tmp_path):
         assert row, out
         accs = [float(a) for a in re.findall(r"[\d.]+", row[1])]
         assert accs[0] == pytest.approx(float(final[1]))   # epsilon 0 is the clean accuracy
+    # the RNN part: both char-LMs report the same losses; the captioner trains and captions
+    lm = re.findall(r"^step +\d+/10 \| fastconv loss ([\d.]+) .*\| torch\.nn loss ([\d.]+)", out, re.M)
+    assert len(lm) == 2 and all(a == b for a, b in lm), out
+    assert "char-LM: final losses within 0.01" in out and "sample from the fastconv model" in out
+    assert re.search(r"^step +60/60 \| loss [\d.]+  test sequence accuracy +[\d.]+%$", out, re.M), out
+    assert len(re.findall(r" -> .* (ok|WRONG)$", out, re.M)) == 6, out
     assert f"wrote {png}" in out
     h, w, _ = _png_shape(png)
-    assert h > 300 and w > 600
+    assert h > 1000 and w > 600   # both parts' panels
 
 
 def test_bench_subcommand_writes_json_and_png(tmp_path):
@@ -104,3 +110,32 @@ def test_input_gradient_matches_torch_twin(digits_model):
     twin.load_state_dict(model.state_dict())
     torch.testing.assert_close(demo.input_gradient(model, x, y), demo.input_gradient(twin, x, y),
                                rtol=1e-4, atol=1e-6)
+
+
+def test_rnn_part_alone(tmp_path):
+    png = tmp_path / "rnn.png"
+    proc = _run(["--part", "rnn", "--quick", "--device", "cpu", "--png", str(png)], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "LeNet-5" not in proc.stdout and "CNN + LSTM captioner" in proc.stdout
+    assert _png_shape(png)[0] > 300
+
+
+def test_numbers_and_captions():
+    from fastconv import demo_rnn
+
+    images = torch.arange(10, dtype=torch.float32).view(10, 1, 1, 1).expand(10, 1, 8, 8) / 10
+    labels = torch.arange(10)
+    canvas, words = demo_rnn.make_numbers(images, labels, 50, torch.Generator().manual_seed(0))
+    assert canvas.shape == (50, 1, 8, 32) and words.shape == (50, 5)
+    for img, w in zip(canvas, words):
+        n = int((w == demo_rnn.EOS).nonzero()[0])
+        assert 2 <= n <= 4 and (w[n + 1:] == demo_rnn.PAD).all()
+        for d in range(n):   # each 8x8 block shows the digit its word names; blank after the number
+            assert torch.allclose(img[0, :, 8 * d:8 * d + 8], torch.full((8, 8), float(w[d]) / 10))
+        assert (img[0, :, 8 * n:] == 0).all()
+    assert demo_rnn.caption_text(words[0]).split() == [demo_rnn.WORDS[int(i)] for i in words[0][:len(
+        demo_rnn.caption_text(words[0]).split())]]
+    wrong = words.clone()
+    wrong[:25, 0] = (wrong[:25, 0] + 1) % 10
+    assert demo_rnn.sequence_accuracy(words, words) == 100.0
+    assert demo_rnn.sequence_accuracy(wrong, words) == 50.0

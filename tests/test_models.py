@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastconv.models import LeNet5, ResNet18
+from fastconv.models import Captioner, CharLM, LeNet5, ResNet18
 
 
 def _pair(make, device):
@@ -64,3 +64,43 @@ def test_bad_arguments():
         LeNet5(input_size=32)
     with pytest.raises(ValueError, match="stem must be"):
         ResNet18(stem="tiny")
+
+
+def _twins(cls, *args, **kwargs):
+    out = []
+    for backend in ("fastconv", "torch"):
+        torch.manual_seed(0)
+        out.append(cls(*args, backend=backend, **kwargs).double())
+    return out
+
+
+def test_char_lm_trains_like_torch():
+    ours, ref = _twins(CharLM, 20, embed=8, hidden=12, num_layers=2)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    tokens = torch.randint(0, 20, (3, 9), generator=torch.Generator().manual_seed(1))
+    losses = []
+    for m in (ours, ref):
+        logits, (h, c) = m(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 20), tokens[:, 1:].reshape(-1))
+        loss.backward()
+        losses.append((loss, h, c))
+    torch.testing.assert_close(losses[0], losses[1])
+    for (n, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+    sample = ours.generate(tokens[0, :4], 6, generator=torch.Generator().manual_seed(0))
+    assert sample.shape == (10,) and torch.equal(sample[:4], tokens[0, :4]) and ((0 <= sample) & (sample < 20)).all()
+
+
+def test_captioner_trains_like_torch():
+    ours, ref = _twins(Captioner, 13, image_size=(8, 16), hidden=10, embed=6)
+    images = torch.rand(4, 1, 8, 16, dtype=torch.float64)
+    words = torch.randint(0, 13, (4, 5), generator=torch.Generator().manual_seed(1))
+    for m in (ours, ref):
+        m.train()
+        torch.nn.functional.cross_entropy(m(images, words).reshape(-1, 13), words.reshape(-1)).backward()
+    for (n, p), (_, q) in zip(ours.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours.greedy(images, 11, 12, 5), ref.greedy(images, 11, 12, 5))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        Captioner(13, image_size=(8, 10))

@@ -358,3 +358,30 @@ def test_inconsistent_batch_sizes_raise():
         op(x, torch.tensor([3, 3]), h[:2], w_ih, w_hh, None, None, False)
     with pytest.raises(RuntimeError, match="1-D int64 tensor"):
         op(x, torch.tensor([3.0, 3.0]), h, w_ih, w_hh, None, None, False)
+
+
+def test_convert_swaps_recurrent_layers():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(3, 4, num_layers=2, proj_size=2, bidirectional=True, dropout=0.1)
+            self.gru = torch.nn.GRU(4, 5, batch_first=True, bias=False)
+            self.cells = torch.nn.ModuleList([torch.nn.LSTMCell(5, 6), torch.nn.GRUCell(6, 7)])
+
+        def forward(self, x):
+            out, _ = self.lstm(x)
+            out, _ = self.gru(out.transpose(0, 1))
+            h, _ = self.cells[0](out[:, -1])
+            return self.cells[1](h)
+
+    torch.manual_seed(0)
+    net = Net().double().eval()
+    fast = fastconv.convert(net)
+    assert [type(m) for m in (fast.lstm, fast.gru, *fast.cells)] == [
+        fastconv.nn.LSTM, fastconv.nn.GRU, fastconv.nn.LSTMCell, fastconv.nn.GRUCell]
+    assert repr(fast.lstm) == repr(net.lstm) and not fast.training
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    torch.testing.assert_close(fast(x), net(x))
+    before = net.lstm.weight_hr_l1_reverse
+    same = fastconv.convert(net.train(), inplace=True)   # the same parameter objects, for an optimizer
+    assert type(same.lstm) is fastconv.nn.LSTM and same.lstm.weight_hr_l1_reverse is before and same.lstm.training
