@@ -27,6 +27,7 @@
 
 #include "common/rnn.h"
 #include "common/rnn_args.h"
+#include "common/weight_cache.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
 #include "cpu/memory.h"
@@ -64,52 +65,90 @@ void gemm_into(int64_t m, int64_t n, int64_t k, const T* a, int64_t rs_a, int64_
   gemm<T>(g);
 }
 
-// op(B) = b (k x n, strides rs_b, cs_b) packed once per call in column slices, one per thread (in
-// per-thread scratch memory of the calling thread, slot `slot`), for the per-step GEMMs.
+// A weight's op(B) for the GEMM engine, W^T (forward: x W^T) or W (backward: dgates W), packed in
+// column slices, one per thread: a step's GEMM is thin (M = the batch), so it runs as one parallel
+// region over the slices and each thread streams only its share of the weight from the cache (re-reading
+// the whole weight per thread cost more than the arithmetic). Packed once per call, or kept by the
+// weight cache (common/weight_cache.h) for weights that do not require grad, as in inference.
 template <typename T>
 struct SlicedB {
-  int64_t k = 0, n = 0, width = 0;   // slice s: columns [s * width, min(n, (s + 1) * width))
-  std::vector<const T*> packed;
+  at::Tensor storage;                 // the packed panels
+  int64_t k = 0, n = 0, width = 0;    // slice s: columns [s * width, min(n, (s + 1) * width))
+  std::vector<const T*> packed;       // slice s's panels (the engine's b_packed layout of its columns)
 };
 
+enum class RnnWeight { ih_t = 0, hh_t = 1, hh = 2, hr_t = 3, hr = 4 };   // *_t: op(B) = W^T
+
 template <typename T>
-SlicedB<T> pack_sliced(const T* b, int64_t k, int64_t n, int64_t rs_b, int64_t cs_b, Scratch slot) {
-  const int64_t nr = gemm_tile<T>().nr;
-  const int64_t panels = (n + nr - 1) / nr;
-  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), panels));
-  SlicedB<T> w;
-  w.k = k;
-  w.n = n;
-  w.width = (panels + slices - 1) / slices * nr;
-  T* dst = scratch<T>(slot, gemm_packed_b_elems<T>(k, n));   // whole panels: slices start 64-byte aligned
-  for (int64_t j0 = 0; j0 < n; j0 += w.width) {
-    GemmArgs<T> g{};
-    g.k = k;
-    g.n = std::min(w.width, n - j0);
-    g.b = b + j0 * cs_b;
-    g.rs_b = rs_b;
-    g.cs_b = cs_b;
-    gemm_pack_b<T>(g, dst);
-    w.packed.push_back(dst);
-    dst += gemm_packed_b_elems<T>(k, g.n);
+SlicedB<T> packed_weight(const at::Tensor& weight, RnnWeight which, int64_t slices) {
+  const bool transposed = which == RnnWeight::ih_t || which == RnnWeight::hh_t || which == RnnWeight::hr_t;
+  const at::Tensor w = weight.contiguous();
+  const int64_t rows = w.size(0), cols = w.size(1);
+  SlicedB<T> b;
+  b.k = transposed ? cols : rows;
+  b.n = transposed ? rows : cols;
+  const int64_t rs_b = transposed ? 1 : cols, cs_b = transposed ? cols : 1;
+  const int64_t nr = gemm_tile<T>().nr, panels = (b.n + nr - 1) / nr;
+  slices = std::max<int64_t>(1, std::min(slices, panels));
+  b.width = (panels + slices - 1) / slices * nr;
+  const Scratch slot = which == RnnWeight::ih_t ? Scratch::rnn_w_ih
+                       : (which == RnnWeight::hh_t || which == RnnWeight::hh) ? Scratch::rnn_w_hh
+                                                                              : Scratch::rnn_w_hr;
+  const int variant = WeightCache::for_isa(WeightCache::rnn_packed(static_cast<int>(which), slices),
+                                           static_cast<int>(active_isa()));
+  b.storage = WeightCache::instance().get(weight, variant, [&] {
+    const int64_t elems = gemm_packed_b_elems<T>(b.k, b.n);   // whole panels: every slice starts 64-byte aligned
+    at::Tensor out = WeightCache::cacheable(weight) ? at::empty({elems}, w.options())
+                                                    : at::from_blob(scratch<T>(slot, elems), {elems}, w.options());
+    T* dst = out.data_ptr<T>();
+    for (int64_t j0 = 0; j0 < b.n; j0 += b.width) {
+      GemmArgs<T> g{};
+      g.k = b.k;
+      g.n = std::min(b.width, b.n - j0);
+      g.b = w.data_ptr<T>() + j0 * cs_b;
+      g.rs_b = rs_b;
+      g.cs_b = cs_b;
+      gemm_pack_b<T>(g, dst);
+      dst += gemm_packed_b_elems<T>(b.k, g.n);
+    }
+    return out;
+  });
+  const T* p = b.storage.template data_ptr<T>();
+  for (int64_t j0 = 0; j0 < b.n; j0 += b.width) {
+    b.packed.push_back(p);
+    p += gemm_packed_b_elems<T>(b.k, std::min(b.width, b.n - j0));
   }
-  return w;
+  return b;
 }
 
-// C (m x n, row stride rs_c) (+)= A op(B), one parallel region over the slices of op(B). With `fill`,
-// each row of C is first set to fill[0, n) (a bias) and the product added to it.
+// C rows [r0, r1), slice s's columns (+)= A op(B); with `fill`, those rows' columns are first set to
+// fill[cols] (a bias) and the product added to it.
+template <typename T>
+void slice_gemm(const SlicedB<T>& w, int64_t s, int64_t r0, int64_t r1, const T* a, int64_t rs_a, T* c, int64_t rs_c,
+                bool accumulate, const T* fill) {
+  const int64_t j0 = s * w.width, n = std::min(w.width, w.n - j0);
+  if (fill != nullptr) {
+    for (int64_t r = r0; r < r1; ++r) std::copy(fill + j0, fill + j0 + n, c + r * rs_c + j0);
+  }
+  gemm_into<T>(r1 - r0, n, w.k, a + r0 * rs_a, rs_a, 1, nullptr, 0, 0, c + r0 * rs_c + j0, rs_c,
+               accumulate || fill != nullptr, w.packed[static_cast<size_t>(s)]);
+}
+
+// C (m x n, row stride rs_c) (+)= A op(B): one parallel region over the slices of op(B) and, for tall
+// A (the input projection of a whole sequence), blocks of kRowBlock rows.
+constexpr int64_t kRowBlock = 240;
+constexpr int64_t kSerialFlops = 1 << 18;
 template <typename T>
 void sliced_gemm(int64_t m, const SlicedB<T>& w, const T* a, int64_t rs_a, T* c, int64_t rs_c, bool accumulate,
                  const T* fill = nullptr) {
   if (m == 0) return;
-  at::parallel_for(0, static_cast<int64_t>(w.packed.size()), 1, [&](int64_t s0, int64_t s1) {
-    for (int64_t s = s0; s < s1; ++s) {
-      const int64_t j0 = s * w.width, n = std::min(w.width, w.n - j0);
-      if (fill != nullptr) {
-        for (int64_t r = 0; r < m; ++r) std::copy(fill + j0, fill + j0 + n, c + r * rs_c + j0);
-      }
-      gemm_into<T>(m, n, w.k, a, rs_a, 1, nullptr, 0, 0, c + j0, rs_c, accumulate || fill != nullptr,
-                   w.packed[static_cast<size_t>(s)]);
+  const int64_t slices = static_cast<int64_t>(w.packed.size()), row_blocks = (m + kRowBlock - 1) / kRowBlock;
+  // Below kSerialFlops a fork and join of the threads costs more than it saves.
+  const int64_t grain = 2 * m * w.n * w.k < kSerialFlops ? slices * row_blocks : 1;
+  at::parallel_for(0, slices * row_blocks, grain, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t r0 = u / slices * kRowBlock;
+      slice_gemm(w, u % slices, r0, std::min(m, r0 + kRowBlock), a, rs_a, c, rs_c, accumulate, fill);
     }
   });
 }
@@ -117,36 +156,15 @@ void sliced_gemm(int64_t m, const SlicedB<T>& w, const T* a, int64_t rs_a, T* c,
 // Splits a step's rows into one block per thread (fewer when there are few rows) and runs fn(r0, r1)
 // on each in one parallel region.
 template <typename F>
-void for_row_blocks(int64_t rows, const F& fn) {
+void for_row_blocks(int64_t rows, int64_t units_per_row, const F& fn) {
   if (rows == 0) return;
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  const int64_t threads = rows * units_per_row < (1 << 12)
+                              ? 1   // a few thousand units: one thread does them sooner than a fork and join
+                              : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
   const int64_t block = (rows + threads - 1) / threads;
   at::parallel_for(0, (rows + block - 1) / block, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t blk = b0; blk < b1; ++blk) fn(blk * block, std::min(rows, (blk + 1) * block));
   });
-}
-
-// op(B) packed whole (for GEMMs that run inside a row block: the projection's).
-template <typename T>
-const T* pack_whole(const T* b, int64_t k, int64_t n, int64_t rs_b, int64_t cs_b, Scratch slot) {
-  T* dst = scratch<T>(slot, gemm_packed_b_elems<T>(k, n));
-  GemmArgs<T> g{};
-  g.k = k; g.n = n; g.b = b; g.rs_b = rs_b; g.cs_b = cs_b;
-  gemm_pack_b<T>(g, dst);
-  return dst;
-}
-
-// x W_ih^T + the biases, into the first cols columns of out (row stride ld).
-template <typename T>
-void input_projection(const RnnLayerShape& s, const T* x, const T* w_ih, const at::Tensor& bias, int64_t cols,
-                      T* out, int64_t ld) {
-  if (bias.defined()) {
-    const T* bp = bias.data_ptr<T>();
-    at::parallel_for(0, s.N, 256, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) std::copy(bp, bp + cols, out + r * ld);
-    });
-  }
-  gemm_into<T>(s.N, cols, s.I, x, s.I, 1, w_ih, 1, s.I, out, ld, bias.defined());
 }
 
 at::Tensor sum_bias(const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
@@ -173,9 +191,11 @@ void lstm_forward(const RnnLayerShape& s, bool reverse, const at::Tensor& x, con
   const int64_t H = s.H, P = s.Hout, ldw = ws.size(1);
   const bool proj = w_hr.defined();
   T* wsp = ws.data_ptr<T>();
-  input_projection<T>(s, x.data_ptr<T>(), w_ih.data_ptr<T>(), bias, 4 * H, wsp, ldw);
-  const SlicedB<T> whh = pack_sliced<T>(w_hh.data_ptr<T>(), P, 4 * H, 1, P, Scratch::rnn_w);
-  const T* whr = proj ? pack_whole<T>(w_hr.data_ptr<T>(), H, P, 1, H, Scratch::rnn_w2) : nullptr;
+  const int64_t threads = at::get_num_threads();
+  const SlicedB<T> wih = packed_weight<T>(w_ih, RnnWeight::ih_t, threads);
+  sliced_gemm<T>(s.N, wih, x.data_ptr<T>(), s.I, wsp, ldw, false, bias.defined() ? bias.data_ptr<T>() : nullptr);
+  const SlicedB<T> whh = packed_weight<T>(w_hh, RnnWeight::hh_t, threads);
+  const SlicedB<T> whr = proj ? packed_weight<T>(w_hr, RnnWeight::hr_t, 1) : SlicedB<T>();
   const auto& kern = rnn_kernels<T>();
   T* hs = hy.data_ptr<T>();
   T* cs = cy.data_ptr<T>();
@@ -186,11 +206,10 @@ void lstm_forward(const RnnLayerShape& s, bool reverse, const at::Tensor& x, con
     LstmForwardStep<T> st{H, gates, ldw, gates + 4 * H, ldw, cs, proj ? gates + 5 * H : o + off * P,
                           proj ? ldw : P, proj ? nullptr : hs};
     sliced_gemm<T>(s.batch_sizes[t], whh, hs, P, gates, ldw, true);   // gates += h W_hh^T
-    for_row_blocks(s.batch_sizes[t], [&](int64_t r0, int64_t r1) {
+    for_row_blocks(s.batch_sizes[t], H, [&](int64_t r0, int64_t r1) {
       kern.lstm_forward(st, r0, r1);
       if (proj) {   // h = r W_hr^T, the output row and the next step's state
-        gemm_into<T>(r1 - r0, P, H, gates + 5 * H + r0 * ldw, ldw, 1, nullptr, 0, 0, o + (off + r0) * P, P, false,
-                     whr);
+        slice_gemm<T>(whr, 0, r0, r1, gates + 5 * H, ldw, o + off * P, P, false, nullptr);
         std::copy(o + (off + r0) * P, o + (off + r1) * P, hs + r0 * P);
       }
     });
@@ -209,10 +228,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cpu(
   at::Tensor ws = at::empty({s.N, (proj ? 6 : 5) * s.H}, input.options());
   advise_huge_pages(ws);   // written once through; first-touch faults of 4 KiB pages cost ~10% here
   if (s.N > 0) {
-    const at::Tensor whr = proj ? w_hr->contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kLstm, [&] {
-      lstm_forward<scalar_t>(s, reverse, input.contiguous(), w_ih.contiguous(), w_hh.contiguous(),
-                             sum_bias(b_ih, b_hh), whr, out, hy, cy, ws);
+      lstm_forward<scalar_t>(s, reverse, input.contiguous(), w_ih, w_hh, sum_bias(b_ih, b_hh),
+                             proj ? *w_hr : at::Tensor(), out, hy, cy, ws);
     });
   }
   return {out, hy, cy, ws};
@@ -224,8 +242,8 @@ void lstm_backward(const RnnLayerShape& s, bool reverse, const at::Tensor& gout,
                    at::Tensor& dh_all, at::Tensor& dh, at::Tensor& dc) {
   const int64_t H = s.H, P = s.Hout, ldw = ws.size(1);
   const bool proj = w_hr.defined();
-  const SlicedB<T> whh = pack_sliced<T>(w_hh.data_ptr<T>(), 4 * H, P, P, 1, Scratch::rnn_w);
-  const T* whr = proj ? pack_whole<T>(w_hr.data_ptr<T>(), P, H, H, 1, Scratch::rnn_w2) : nullptr;
+  const SlicedB<T> whh = packed_weight<T>(w_hh, RnnWeight::hh, at::get_num_threads());
+  const SlicedB<T> whr = proj ? packed_weight<T>(w_hr, RnnWeight::hr, 1) : SlicedB<T>();
   at::Tensor dr = proj ? at::empty({s.B, H}, gout.options()) : at::Tensor();   // dL/dr per row, projecting
   const auto& kern = rnn_kernels<T>();
   const T* wsp = ws.data_ptr<T>();
@@ -238,13 +256,13 @@ void lstm_backward(const RnnLayerShape& s, bool reverse, const at::Tensor& gout,
     LstmBackwardStep<T> st{H, gates, ldw, gates + 4 * H, ldw, c_prev.data_ptr<T>() + off * H, H,
                            proj ? dr.data_ptr<T>() : dhs, proj ? H : P, proj ? nullptr : go + off * P, P,
                            dc.data_ptr<T>(), dg + off * 4 * H, 4 * H};
-    for_row_blocks(s.batch_sizes[t], [&](int64_t r0, int64_t r1) {
+    for_row_blocks(s.batch_sizes[t], H, [&](int64_t r0, int64_t r1) {
       if (proj) {   // dL/dh = dh_state + grad_output, kept for dW_hr; dL/dr = dL/dh W_hr
         T* dha = dh_all.data_ptr<T>() + off * P;
         for (int64_t r = r0; r < r1; ++r) {
           for (int64_t j = 0; j < P; ++j) dha[r * P + j] = dhs[r * P + j] + go[(off + r) * P + j];
         }
-        gemm_into<T>(r1 - r0, H, P, dha + r0 * P, P, 1, nullptr, 0, 0, dr.data_ptr<T>() + r0 * H, H, false, whr);
+        slice_gemm<T>(whr, 0, r0, r1, dha, P, dr.data_ptr<T>(), H, false, nullptr);
       }
       kern.lstm_backward(st, r0, r1);
     });
@@ -282,10 +300,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor ws = workspace.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kLstmBackward, [&] {
     using T = scalar_t;
-    const at::Tensor whh = w_hh.contiguous(), whr = proj ? w_hr->contiguous() : at::Tensor();
     if (s.N > 0) {
       const at::Tensor c_prev = rnn_gather_prev(ws.narrow(1, 4 * s.H, s.H), cx, s, reverse).contiguous();
-      lstm_backward<T>(s, reverse, grad_output.contiguous(), whh, whr, ws, c_prev, dgates, dh_all, dh, dc);
+      lstm_backward<T>(s, reverse, grad_output.contiguous(), w_hh, proj ? *w_hr : at::Tensor(), ws, c_prev, dgates,
+                       dh_all, dh, dc);
     }
     if (output_mask[0]) {   // dx = dgates W_ih
       gx = at::empty({s.N, s.I}, input.options());
@@ -321,8 +339,11 @@ void gru_forward(const RnnLayerShape& s, bool reverse, const at::Tensor& x, cons
                  at::Tensor& hy, at::Tensor& ws) {
   const int64_t H = s.H;
   at::Tensor ax = at::empty({s.N, 3 * H}, x.options());
-  input_projection<T>(s, x.data_ptr<T>(), w_ih.data_ptr<T>(), b_ih, 3 * H, ax.data_ptr<T>(), 3 * H);
-  const SlicedB<T> whh = pack_sliced<T>(w_hh.data_ptr<T>(), H, 3 * H, 1, H, Scratch::rnn_w);
+  const int64_t threads = at::get_num_threads();
+  const SlicedB<T> wih = packed_weight<T>(w_ih, RnnWeight::ih_t, threads);
+  sliced_gemm<T>(s.N, wih, x.data_ptr<T>(), s.I, ax.data_ptr<T>(), 3 * H, false,
+                 b_ih.defined() ? b_ih.data_ptr<T>() : nullptr);
+  const SlicedB<T> whh = packed_weight<T>(w_hh, RnnWeight::hh_t, threads);
   at::Tensor ah = at::empty({s.B, 3 * H}, x.options());
   const auto& kern = rnn_kernels<T>();
   T* hs = hy.data_ptr<T>();
@@ -333,7 +354,7 @@ void gru_forward(const RnnLayerShape& s, bool reverse, const at::Tensor& x, cons
     GruForwardStep<T> st{H, ax.data_ptr<T>() + off * 3 * H, 3 * H, ahp, hs, ws.data_ptr<T>() + off * 4 * H, 4 * H,
                          out.data_ptr<T>() + off * H, H};
     sliced_gemm<T>(s.batch_sizes[t], whh, hs, H, ahp, 3 * H, false, bhh);   // ah = h W_hh^T + b_hh
-    for_row_blocks(s.batch_sizes[t], [&](int64_t r0, int64_t r1) { kern.gru_forward(st, r0, r1); });
+    for_row_blocks(s.batch_sizes[t], H, [&](int64_t r0, int64_t r1) { kern.gru_forward(st, r0, r1); });
   }
 }
 
@@ -352,7 +373,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_cpu(
       return b.has_value() && b->defined() ? b->contiguous() : at::Tensor();
     };
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kGru, [&] {
-      gru_forward<scalar_t>(s, reverse, input.contiguous(), w_ih.contiguous(), w_hh.contiguous(), bias(b_ih),
+      gru_forward<scalar_t>(s, reverse, input.contiguous(), w_ih, w_hh, bias(b_ih),
                             bias(b_hh), out, hy, ws);
     });
   }
@@ -363,7 +384,7 @@ template <typename T>
 void gru_backward(const RnnLayerShape& s, bool reverse, const at::Tensor& gout, const at::Tensor& w_hh,
                   const at::Tensor& ws, const at::Tensor& h_prev, at::Tensor& dax, at::Tensor& dah, at::Tensor& dh) {
   const int64_t H = s.H;
-  const SlicedB<T> whh = pack_sliced<T>(w_hh.data_ptr<T>(), 3 * H, H, H, 1, Scratch::rnn_w);
+  const SlicedB<T> whh = packed_weight<T>(w_hh, RnnWeight::hh, at::get_num_threads());
   const auto& kern = rnn_kernels<T>();
   T* dhs = dh.data_ptr<T>();
   for (int64_t q = 0; q < s.T; ++q) {
@@ -371,7 +392,7 @@ void gru_backward(const RnnLayerShape& s, bool reverse, const at::Tensor& gout, 
     T* dahp = dah.data_ptr<T>() + off * 3 * H;
     GruBackwardStep<T> st{H, ws.data_ptr<T>() + off * 4 * H, 4 * H, h_prev.data_ptr<T>() + off * H, H, dhs,
                           gout.data_ptr<T>() + off * H, H, dax.data_ptr<T>() + off * 3 * H, 3 * H, dahp};
-    for_row_blocks(s.batch_sizes[t], [&](int64_t r0, int64_t r1) { kern.gru_backward(st, r0, r1); });
+    for_row_blocks(s.batch_sizes[t], H, [&](int64_t r0, int64_t r1) { kern.gru_backward(st, r0, r1); });
     sliced_gemm<T>(s.batch_sizes[t], whh, dahp, 3 * H, dhs, H, true);   // dh_prev = dh z + dah W_hh
   }
 }
@@ -395,7 +416,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     using T = scalar_t;
     const at::Tensor h_prev = rnn_gather_prev(output, hx, s, reverse).contiguous();
     if (s.N > 0) {
-      gru_backward<T>(s, reverse, grad_output.contiguous(), w_hh.contiguous(), workspace.contiguous(), h_prev, dax,
+      gru_backward<T>(s, reverse, grad_output.contiguous(), w_hh, workspace.contiguous(), h_prev, dax,
                       dah, dh);
     }
     if (output_mask[0]) {

@@ -166,9 +166,83 @@ def conv2d_cases(device: str, quick: bool) -> list[Case]:
     return cases
 
 
+def rnn_cases(device: str, quick: bool) -> list[Case]:
+    import fastconv
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    peak = fastconv._C.fma_peak_gflops(True, 0.3) if device == "cpu" else 0.0
+    cases = []
+
+    def pair(cls, *args, **kwargs):
+        """torch's module and fastconv's with the same weights."""
+        ref = getattr(torch.nn, cls)(*args, device=device, **kwargs)
+        ours = getattr(fastconv.nn, cls)(*args, device=device, **kwargs)
+        ours.load_state_dict(ref.state_dict())
+        return ours, ref
+
+    def no_grad(fn):
+        def run():
+            with torch.no_grad():
+                return fn()
+        return run
+
+    # LSTMCell: one step, the gates GEMM (x W_ih^T + h W_hh^T) and the pointwise update. Inference, as
+    # a cell looped over time in a decoder runs.
+    batch = 8 if quick else 32
+    for h in ([128] if quick else [512, 1024]):
+        ours, ref = pair("LSTMCell", h, h)
+        x, state = torch.randn(batch, h, device=device), (torch.randn(batch, h, device=device),) * 2
+        cases.append(Case(op="LSTMCell fwd", shape=f"B{batch} I{h} H{h}", dtype="float32",
+                          fastconv=no_grad(lambda m=ours, x=x, s=state: m(x, s)),
+                          torch=no_grad(lambda m=ref, x=x, s=state: m(x, s)),
+                          flops=2.0 * batch * 2 * h * 4 * h, peak_gflops=peak, note="decoder step"))
+
+    def layer_cases(kind: str, T: int, B: int, I: int, H: int, layers: int = 1, bidirectional: bool = False,
+                    lengths=None, note: str = ""):
+        gates = 4 if kind == "LSTM" else 3
+        ours, ref = pair(kind, I, H, num_layers=layers, bidirectional=bidirectional)
+        x = torch.randn(T, B, I, device=device)
+        dirs = 2 if bidirectional else 1
+        tokens = T * B if lengths is None else int(sum(lengths))
+        flops = 0.0
+        for layer in range(layers):   # input projection + recurrent product per token, layer, direction
+            flops += 2.0 * tokens * dirs * ((I if layer == 0 else dirs * H) + H) * gates * H
+        if lengths is not None:
+            x = pack_padded_sequence(x, torch.tensor(lengths))
+        shape = f"T{T} B{B} I{I} H{H}" + (f" {layers} layers" if layers > 1 else "") + (
+            " bidir." if bidirectional else "") + (f" packed {min(lengths)}..{max(lengths)}" if lengths else "")
+
+        def fwd_bwd(m, x=x):
+            m.zero_grad(set_to_none=True)
+            out = m(x)[0]
+            (out.data if lengths is not None else out).sum().backward()
+
+        if lengths is None:
+            cases.append(Case(op=f"{kind} fwd", shape=shape, dtype="float32",
+                              fastconv=no_grad(lambda m=ours, x=x: m(x)), torch=no_grad(lambda m=ref, x=x: m(x)),
+                              flops=flops, peak_gflops=peak, note=note))
+        cases.append(Case(op=f"{kind} fwd+bwd", shape=shape, dtype="float32", fastconv=lambda m=ours: fwd_bwd(m),
+                          torch=lambda m=ref: fwd_bwd(m), flops=3 * flops, peak_gflops=peak, note=note))
+
+    if quick:
+        layer_cases("LSTM", 10, 8, 32, 64, note="smoke")
+        layer_cases("GRU", 10, 8, 32, 64, note="smoke")
+        return cases
+    T, B, I, H = 50, 32, 256, 512
+    layer_cases("LSTM", T, B, I, H, note="LSTM layer")
+    layer_cases("LSTM", T, B, I, 1024, note="LSTM layer")
+    layer_cases("LSTM", T, B, I, H, layers=2, bidirectional=True, note="2-layer bidirectional")
+    lengths = torch.linspace(T, 10, B).round().long().tolist()   # 32 sequences, 50 down to 10 steps
+    layer_cases("LSTM", T, B, I, H, lengths=lengths, note=f"packed, {sum(lengths) / (T * B):.0%} of the tokens")
+    layer_cases("GRU", T, B, I, H, note="GRU layer")
+    layer_cases("GRU", T, B, I, H, lengths=lengths, note=f"packed, {sum(lengths) / (T * B):.0%} of the tokens")
+    return cases
+
+
 SUITES = {
     "max_pool2d": max_pool2d_cases,
     "batch_norm": batch_norm_cases,
     "gemm": gemm_cases,
     "conv2d": conv2d_cases,
+    "rnn": rnn_cases,
 }
