@@ -34,4 +34,19 @@ for isa in ["avx512", "avx2", "scalar"]:
             F.conv2d(x, w, bb, 1, p_, algorithm=algo).sum().backward(); n += 1
             with torch.no_grad():
                 F.conv2d(x, w, bb, 1, p_, algorithm=algo); n += 1   # the cached-filter path
+    from torch.nn.utils.rnn import pack_padded_sequence
+    for (T, B, I, H), P, bi, dt in itertools.product([(1, 1, 1, 1), (5, 3, 4, 17), (7, 9, 33, 40)], [0, 3], [False, True], [torch.float32, torch.float64]):
+        for kind in ("LSTM", "GRU"):
+            if kind == "GRU" and P:
+                continue
+            m = getattr(fastconv.nn, kind)(I, H, num_layers=2, bidirectional=bi, dtype=dt, **({"proj_size": P} if P and P < H else {}))
+            x = torch.randn(T, B, I, dtype=dt, requires_grad=True)
+            m(x)[0].sum().backward(); n += 1
+            lengths = torch.linspace(T, 1, B).round().long()
+            m(pack_padded_sequence(x, lengths))[0].data.sum().backward(); n += 1
+            with torch.no_grad():
+                m(x); n += 1   # the cached packed weights
+        for cell in (fastconv.nn.LSTMCell(I, H, dtype=dt), fastconv.nn.GRUCell(I, H, dtype=dt)):
+            out = cell(torch.randn(B, I, dtype=dt, requires_grad=True))
+            (out[0] if isinstance(out, tuple) else out).sum().backward(); n += 1
 print("asan smoke ok:", n, "op calls with", fastconv._C.__file__)
