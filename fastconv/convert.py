@@ -127,8 +127,9 @@ def _convert_children(module: nn.Module, algorithm: str) -> None:
 
 def convert(model: nn.Module, *, inplace: bool = False, algorithm: str = "auto") -> nn.Module:
     """Returns ``model`` with every ``nn.Conv2d``, ``nn.MaxPool2d``, ``nn.BatchNorm2d``, ``nn.Linear``,
-    ``nn.LSTM``, ``nn.GRU``, ``nn.LSTMCell`` and ``nn.GRUCell`` (exactly those types, not subclasses) replaced by its fastconv twin carrying the same parameters,
-    buffers and training mode; convolutions get ``algorithm``. A ``BatchNorm2d`` followed by an
+    ``nn.LSTM``, ``nn.GRU``, ``nn.LSTMCell`` and ``nn.GRUCell`` (exactly those types, not subclasses)
+    replaced by its fastconv twin carrying the same parameters, buffers and training mode; convolutions
+    get ``algorithm``. A ``BatchNorm2d`` followed by an
     ``nn.ReLU`` in an ``nn.Sequential`` becomes one ``BatchNorm2d(relu=True)`` (the ReLU an
     ``nn.Identity``), and so do the inner pairs of torchvision's ResNet ``BasicBlock`` and
     ``Bottleneck``, which become :class:`FusedBasicBlock` / :class:`FusedBottleneck` (same submodules

@@ -220,7 +220,8 @@ def plot_rnn(fig, rnn: dict, count: int = 8) -> None:
         truth, guess = caption_text(rnn["cap_truth"][i]), caption_text(rnn["cap_pred"][i])
         ax.set_title(guess or "(nothing)", color="green" if truth == guess else "red", fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
-    fig.suptitle("fastconv vs torch.nn: char-level LSTM; CNN + LSTM captioner reading 2-4 digits (titles: its captions)")
+    fig.suptitle("fastconv vs torch.nn: char-level LSTM; CNN + LSTM captioner reading 2-4 digits "
+                 "(titles: its captions)")
 
 
 STYLES = {"fastconv": dict(color="tab:blue", lw=2), "torch.nn": dict(color="tab:orange", lw=1.5, ls="--")}

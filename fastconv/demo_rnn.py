@@ -175,7 +175,8 @@ def run(args, device: torch.device, digits: tuple) -> dict:
     print(f"final loss: fastconv {lm['fastconv'].loss[-1]:.4f}, torch.nn {lm['torch.nn'].loss[-1]:.4f}; training "
           f"time: fastconv {total['fastconv']:.2f} s, torch.nn {total['torch.nn']:.2f} s")
     prompt = "The \"while\" statement"
-    sample_ids = models["fastconv"].generate(torch.tensor([index[c] for c in prompt], device=device), 160 if not quick else 40,
+    prompt_ids = torch.tensor([index[c] for c in prompt], device=device)
+    sample_ids = models["fastconv"].generate(prompt_ids, 40 if quick else 160,
                                              generator=torch.Generator().manual_seed(args.seed))
     sample = "".join(vocab[i] for i in sample_ids.tolist())
     print("sample from the fastconv model (temperature 0.8):\n  " + sample.replace("\n", "\n  "))

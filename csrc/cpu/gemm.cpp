@@ -59,11 +59,10 @@ void gemm(const GemmArgs<T>& g) {
   const auto& kern = kernels_for<T>();
   const int64_t mr = kern.mr, nr = kern.nr;
   // Enough row blocks to keep every thread busy, each a multiple of the micro-tile height. Inside a
-  // parallel region (a caller already splits the work, as conv2d does over images and the RNN layers
-  // over column slices) the GEMM runs on one thread, and one row block of up to MC rows reuses each
-  // packed B panel across all its micro-tiles.
+  // parallel region (a caller already splits the work, as conv2d does over images) the GEMM runs on
+  // one thread, and taller row blocks reuse each packed B panel across more micro-tiles.
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  int64_t mc = threads == 1 ? std::min<int64_t>(kMC, g.m) : std::min<int64_t>(kMC, (g.m + 2 * threads - 1) / (2 * threads));
+  int64_t mc = std::min<int64_t>(kMC, (g.m + 2 * threads - 1) / (2 * threads));
   mc = std::max<int64_t>(mr, (mc + mr - 1) / mr * mr);
   const int64_t ncap = std::min<int64_t>(kNC, (g.n + nr - 1) / nr * nr);
   const int64_t m_pad = (g.m + mr - 1) / mr * mr;   // rows of a prepacked A
