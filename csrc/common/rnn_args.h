@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "common/checks.h"
@@ -91,6 +92,60 @@ inline RnnLayerShape check_rnn_layer(const char* op, int64_t gates, const at::Te
     check_shape(*cx, {s.B, s.H}, op, "cx");
   }
   return s;
+}
+
+// Columns of the per-token workspace the forward returns for the backward (csrc/cpu/rnn.cpp says what
+// they hold): LSTM the four activated gates and c' (and r = o tanh c' with a projection), GRU r, z, n
+// and the recurrent part of n's pre-activation.
+inline int64_t lstm_workspace_cols(const RnnLayerShape& s, bool proj) { return (proj ? 6 : 5) * s.H; }
+inline int64_t gru_workspace_cols(const RnnLayerShape& s) { return 4 * s.H; }
+
+// The layer's shapes (check_rnn_layer) and the backward's own tensors: the gradients of the outputs
+// and what the forward returned.
+inline RnnLayerShape check_lstm_layer_backward(const char* op, const at::Tensor& grad_output,
+                                               const at::Tensor& grad_hy, const at::Tensor& grad_cy,
+                                               const at::Tensor& input, const at::Tensor& batch_sizes,
+                                               const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+                                               const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+                                               const at::Tensor& output, const at::Tensor& workspace) {
+  const RnnLayerShape s = check_rnn_layer(op, 4, input, batch_sizes, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt,
+                                          w_hr);
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  const std::pair<const at::Tensor*, std::vector<int64_t>> expect[] = {
+      {&grad_output, {s.N, s.Hout}}, {&grad_hy, {s.B, s.Hout}}, {&grad_cy, {s.B, s.H}}, {&output, {s.N, s.Hout}},
+      {&workspace, {s.N, lstm_workspace_cols(s, proj)}}};
+  const char* names[] = {"grad_output", "grad_hy", "grad_cy", "output", "workspace"};
+  for (size_t i = 0; i < 5; ++i) {
+    check_same(*expect[i].first, input, op, names[i]);
+    check_shape(*expect[i].first, expect[i].second, op, names[i]);
+  }
+  return s;
+}
+
+inline RnnLayerShape check_gru_layer_backward(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_hy,
+                                              const at::Tensor& input, const at::Tensor& batch_sizes,
+                                              const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                              const at::Tensor& output, const at::Tensor& workspace) {
+  const RnnLayerShape s = check_rnn_layer(op, 3, input, batch_sizes, hx, std::nullopt, w_ih, w_hh, std::nullopt,
+                                          std::nullopt, std::nullopt);
+  const std::pair<const at::Tensor*, std::vector<int64_t>> expect[] = {
+      {&grad_output, {s.N, s.H}}, {&grad_hy, {s.B, s.H}}, {&output, {s.N, s.H}},
+      {&workspace, {s.N, gru_workspace_cols(s)}}};
+  const char* names[] = {"grad_output", "grad_hy", "output", "workspace"};
+  for (size_t i = 0; i < 4; ++i) {
+    check_same(*expect[i].first, input, op, names[i]);
+    check_shape(*expect[i].first, expect[i].second, op, names[i]);
+  }
+  return s;
+}
+
+// b_ih + b_hh (the LSTM adds both to every gate), either alone, or undefined without biases.
+inline at::Tensor rnn_sum_bias(const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
+  const bool has_ih = b_ih.has_value() && b_ih->defined(), has_hh = b_hh.has_value() && b_hh->defined();
+  if (has_ih && has_hh) return (*b_ih + *b_hh).contiguous();
+  if (has_ih) return b_ih->contiguous();
+  if (has_hh) return b_hh->contiguous();
+  return at::Tensor();
 }
 
 // Row r of the result is the state that token r's step started from: the same sequence's row in the

@@ -167,14 +167,6 @@ void for_row_blocks(int64_t rows, int64_t units_per_row, const F& fn) {
   });
 }
 
-at::Tensor sum_bias(const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
-  const bool has_ih = b_ih.has_value() && b_ih->defined(), has_hh = b_hh.has_value() && b_hh->defined();
-  if (has_ih && has_hh) return (*b_ih + *b_hh).contiguous();
-  if (has_ih) return b_ih->contiguous();
-  if (has_hh) return b_hh->contiguous();
-  return at::Tensor();
-}
-
 // ---------------------------------------------------------------------------------------------------
 // LSTM. Workspace per token: the activated gates i, f, g, o (4H), c' (H) and, with a projection,
 // r = o tanh(c') (H), the projection's input. That is what the backward needs and cannot get cheaper:
@@ -225,11 +217,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cpu(
   at::Tensor out = at::empty({s.N, s.Hout}, input.options());
   at::Tensor hy = hx.contiguous().clone();   // the running states, final after the last step
   at::Tensor cy = cx.contiguous().clone();
-  at::Tensor ws = at::empty({s.N, (proj ? 6 : 5) * s.H}, input.options());
+  at::Tensor ws = at::empty({s.N, lstm_workspace_cols(s, proj)}, input.options());
   advise_huge_pages(ws);   // written once through; first-touch faults of 4 KiB pages cost ~10% here
   if (s.N > 0) {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kLstm, [&] {
-      lstm_forward<scalar_t>(s, reverse, input.contiguous(), w_ih, w_hh, sum_bias(b_ih, b_hh),
+      lstm_forward<scalar_t>(s, reverse, input.contiguous(), w_ih, w_hh, rnn_sum_bias(b_ih, b_hh),
                              proj ? *w_hr : at::Tensor(), out, hy, cy, ws);
     });
   }
@@ -284,14 +276,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& batch_sizes, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
     const at::Tensor& workspace, bool reverse, std::array<bool, 3> output_mask) {
-  const RnnLayerShape s = check_rnn_layer(kLstmBackward, 4, input, batch_sizes, hx, cx, w_ih, w_hh, std::nullopt,
-                                          std::nullopt, w_hr);
+  const RnnLayerShape s = check_lstm_layer_backward(kLstmBackward, grad_output, grad_hy, grad_cy, input, batch_sizes,
+                                                    hx, cx, w_ih, w_hh, w_hr, output, workspace);
   const bool proj = w_hr.has_value() && w_hr->defined();
-  check_shape(grad_output, {s.N, s.Hout}, kLstmBackward, "grad_output");
-  check_shape(grad_hy, {s.B, s.Hout}, kLstmBackward, "grad_hy");
-  check_shape(grad_cy, {s.B, s.H}, kLstmBackward, "grad_cy");
-  check_shape(output, {s.N, s.Hout}, kLstmBackward, "output");
-  check_shape(workspace, {s.N, (proj ? 6 : 5) * s.H}, kLstmBackward, "workspace");
   at::Tensor dh = grad_hy.contiguous().clone(), dc = grad_cy.contiguous().clone();   // end as grad_hx, grad_cx
   at::Tensor dgates = at::empty({s.N, 4 * s.H}, input.options());
   advise_huge_pages(dgates);
@@ -366,7 +353,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_cpu(
                                           std::nullopt);
   at::Tensor out = at::empty({s.N, s.H}, input.options());
   at::Tensor hy = hx.contiguous().clone();
-  at::Tensor ws = at::empty({s.N, 4 * s.H}, input.options());
+  at::Tensor ws = at::empty({s.N, gru_workspace_cols(s)}, input.options());
   advise_huge_pages(ws);
   if (s.N > 0) {
     const auto bias = [](const std::optional<at::Tensor>& b) {
@@ -401,12 +388,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input, const at::Tensor& batch_sizes,
     const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
     const at::Tensor& workspace, bool reverse, std::array<bool, 3> output_mask) {
-  const RnnLayerShape s = check_rnn_layer(kGruBackward, 3, input, batch_sizes, hx, std::nullopt, w_ih, w_hh,
-                                          std::nullopt, std::nullopt, std::nullopt);
-  check_shape(grad_output, {s.N, s.H}, kGruBackward, "grad_output");
-  check_shape(grad_hy, {s.B, s.H}, kGruBackward, "grad_hy");
-  check_shape(output, {s.N, s.H}, kGruBackward, "output");
-  check_shape(workspace, {s.N, 4 * s.H}, kGruBackward, "workspace");
+  const RnnLayerShape s = check_gru_layer_backward(kGruBackward, grad_output, grad_hy, input, batch_sizes, hx, w_ih,
+                                                   w_hh, output, workspace);
   at::Tensor dh = grad_hy.contiguous().clone();
   at::Tensor dax = at::empty({s.N, 3 * s.H}, input.options()), dah = at::empty({s.N, 3 * s.H}, input.options());
   advise_huge_pages(dax);

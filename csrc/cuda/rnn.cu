@@ -92,34 +92,34 @@ __global__ void fill_rows_kernel(T* c, int64_t ld, const T* v, int64_t rows, int
   }
 }
 
+// One thread per (row, unit) of the step's first `rows` rows.
+template <typename Step>
+cudaError_t launch_step(void (*kernel)(Step, int64_t), const Step& s, int64_t rows, cudaStream_t stream) {
+  if (rows * s.H == 0) return cudaSuccess;
+  kernel<<<grid_stride_blocks(rows * s.H, kThreads), kThreads, 0, stream>>>(s, rows);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 template <typename T>
 cudaError_t lstm_forward_step(const LstmForwardStep<T>& s, int64_t rows, cudaStream_t stream) {
-  if (rows * s.H == 0) return cudaSuccess;
-  lstm_forward_kernel<T><<<grid_stride_blocks(rows * s.H, kThreads), kThreads, 0, stream>>>(s, rows);
-  return cudaGetLastError();
+  return launch_step(lstm_forward_kernel<T>, s, rows, stream);
 }
 
 template <typename T>
 cudaError_t lstm_backward_step(const LstmBackwardStep<T>& s, int64_t rows, cudaStream_t stream) {
-  if (rows * s.H == 0) return cudaSuccess;
-  lstm_backward_kernel<T><<<grid_stride_blocks(rows * s.H, kThreads), kThreads, 0, stream>>>(s, rows);
-  return cudaGetLastError();
+  return launch_step(lstm_backward_kernel<T>, s, rows, stream);
 }
 
 template <typename T>
 cudaError_t gru_forward_step(const GruForwardStep<T>& s, int64_t rows, cudaStream_t stream) {
-  if (rows * s.H == 0) return cudaSuccess;
-  gru_forward_kernel<T><<<grid_stride_blocks(rows * s.H, kThreads), kThreads, 0, stream>>>(s, rows);
-  return cudaGetLastError();
+  return launch_step(gru_forward_kernel<T>, s, rows, stream);
 }
 
 template <typename T>
 cudaError_t gru_backward_step(const GruBackwardStep<T>& s, int64_t rows, cudaStream_t stream) {
-  if (rows * s.H == 0) return cudaSuccess;
-  gru_backward_kernel<T><<<grid_stride_blocks(rows * s.H, kThreads), kThreads, 0, stream>>>(s, rows);
-  return cudaGetLastError();
+  return launch_step(gru_backward_kernel<T>, s, rows, stream);
 }
 
 template <typename T>

@@ -42,14 +42,6 @@ void check_rows(const RnnLayerShape& s, const char* op) {
   FC_CHECK((s.N + 63) / 64 <= 65535, op, "at most ", 65535 * 64, " rows are supported on CUDA, but got ", s.N);
 }
 
-at::Tensor sum_bias(const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
-  const bool has_ih = b_ih.has_value() && b_ih->defined(), has_hh = b_hh.has_value() && b_hh->defined();
-  if (has_ih && has_hh) return (*b_ih + *b_hh).contiguous();
-  if (has_ih) return b_ih->contiguous();
-  if (has_hh) return b_hh->contiguous();
-  return at::Tensor();
-}
-
 // x W_ih^T (+ bias broadcast) into the first cols columns of out (row stride ld).
 template <typename T>
 void input_projection(const RnnLayerShape& s, const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
@@ -72,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cuda(
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const bool proj = w_hr.has_value() && w_hr->defined();
-  const int64_t H = s.H, P = s.Hout, ldw = (proj ? 6 : 5) * H;
+  const int64_t H = s.H, P = s.Hout, ldw = lstm_workspace_cols(s, proj);
   at::Tensor out = at::empty({s.N, P}, input.options());
   at::Tensor hy = hx.contiguous().clone(), cy = cx.contiguous().clone();
   at::Tensor ws = at::empty({s.N, ldw}, input.options());
@@ -82,7 +74,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cuda(
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kLstm, [&] {
     using T = scalar_t;
     T* wsp = ws.data_ptr<T>();
-    input_projection<T>(s, x, wih, sum_bias(b_ih, b_hh), 4 * H, wsp, ldw, stream);
+    input_projection<T>(s, x, wih, rnn_sum_bias(b_ih, b_hh), 4 * H, wsp, ldw, stream);
     T* hs = hy.data_ptr<T>();
     T* o = out.data_ptr<T>();
     for (int64_t q = 0; q < s.T; ++q) {
@@ -106,16 +98,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& batch_sizes, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
     const at::Tensor& workspace, bool reverse, std::array<bool, 3> output_mask) {
-  const RnnLayerShape s = check_rnn_layer(kLstmBackward, 4, input, batch_sizes, hx, cx, w_ih, w_hh, std::nullopt,
-                                          std::nullopt, w_hr);
+  const RnnLayerShape s = check_lstm_layer_backward(kLstmBackward, grad_output, grad_hy, grad_cy, input, batch_sizes,
+                                                    hx, cx, w_ih, w_hh, w_hr, output, workspace);
   check_rows(s, kLstmBackward);
   const bool proj = w_hr.has_value() && w_hr->defined();
-  const int64_t H = s.H, P = s.Hout, ldw = (proj ? 6 : 5) * H;
-  check_shape(grad_output, {s.N, P}, kLstmBackward, "grad_output");
-  check_shape(grad_hy, {s.B, P}, kLstmBackward, "grad_hy");
-  check_shape(grad_cy, {s.B, H}, kLstmBackward, "grad_cy");
-  check_shape(output, {s.N, P}, kLstmBackward, "output");
-  check_shape(workspace, {s.N, ldw}, kLstmBackward, "workspace");
+  const int64_t H = s.H, P = s.Hout, ldw = lstm_workspace_cols(s, proj);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor dh = grad_hy.contiguous().clone(), dc = grad_cy.contiguous().clone();
@@ -181,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_cuda(
   const int64_t H = s.H;
   at::Tensor out = at::empty({s.N, H}, input.options());
   at::Tensor hy = hx.contiguous().clone();
-  at::Tensor ws = at::empty({s.N, 4 * H}, input.options());
+  at::Tensor ws = at::empty({s.N, gru_workspace_cols(s)}, input.options());
   if (s.N == 0) return {out, hy, ws};
   const at::Tensor x = input.contiguous(), wih = w_ih.contiguous(), whh = w_hh.contiguous();
   const at::Tensor bih = b_ih.has_value() && b_ih->defined() ? b_ih->contiguous() : at::Tensor();
@@ -208,14 +195,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input, const at::Tensor& batch_sizes,
     const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
     const at::Tensor& workspace, bool reverse, std::array<bool, 3> output_mask) {
-  const RnnLayerShape s = check_rnn_layer(kGruBackward, 3, input, batch_sizes, hx, std::nullopt, w_ih, w_hh,
-                                          std::nullopt, std::nullopt, std::nullopt);
+  const RnnLayerShape s = check_gru_layer_backward(kGruBackward, grad_output, grad_hy, input, batch_sizes, hx, w_ih,
+                                                   w_hh, output, workspace);
   check_rows(s, kGruBackward);
   const int64_t H = s.H;
-  check_shape(grad_output, {s.N, H}, kGruBackward, "grad_output");
-  check_shape(grad_hy, {s.B, H}, kGruBackward, "grad_hy");
-  check_shape(output, {s.N, H}, kGruBackward, "output");
-  check_shape(workspace, {s.N, 4 * H}, kGruBackward, "workspace");
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor dh = grad_hy.contiguous().clone();
