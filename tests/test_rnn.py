@@ -148,15 +148,25 @@ def test_packed_sequence(kind, enforce_sorted, with_state, device):
     assert lens.tolist() == lengths and padded.shape == (T, B, 2 * H)
 
 
-def test_packed_costs_only_real_tokens(device):
-    """Each step works on its batch_sizes[t] rows only: rows past a sequence's end are never read, so
-    NaN there cannot leak into any output (a padded computation would carry it into the states)."""
-    x = torch.randn(6, 3, 4, device=device, dtype=torch.float64)
-    packed = pack_padded_sequence(x, [6, 3, 1])
-    data = packed.data.clone()
-    lstm = fastconv.nn.LSTM(4, 5, device=device, dtype=torch.float64)
-    out, (h, c) = lstm(torch.nn.utils.rnn.PackedSequence(data, packed.batch_sizes))
-    assert out.data.shape == (10, 5) and torch.isfinite(out.data).all() and torch.isfinite(h).all()
+@pytest.mark.parametrize("kind", list(MODULES))
+def test_packed_equals_each_sequence_alone(kind, device):
+    """A packed batch computes each sequence exactly as if it ran alone for its own length (both
+    directions): steps work on their batch_sizes[t] rows only, and a reverse direction starts each
+    sequence at its own last token from its own initial state."""
+    torch.manual_seed(0)
+    m = MODULES[kind][1](4, 5, num_layers=2, bidirectional=True, device=device, dtype=torch.float64)
+    lengths = [6, 4, 4, 1]
+    x = torch.randn(6, 4, 4, device=device, dtype=torch.float64)
+    h0 = torch.randn(4, 4, 5, device=device, dtype=torch.float64)
+    state = h0 if kind == "GRU" else (h0, torch.randn_like(h0))
+    out, hidden = m(pack_padded_sequence(x, lengths), state)
+    padded, _ = pad_packed_sequence(out)
+    for b, n in enumerate(lengths):
+        alone = state[:, b:b + 1] if kind == "GRU" else tuple(s[:, b:b + 1] for s in state)
+        ref_out, ref_hidden = m(x[:n, b:b + 1], alone)
+        torch.testing.assert_close(padded[:n, b:b + 1], ref_out)
+        for got, want in zip(_flat(hidden), _flat(ref_hidden)):
+            torch.testing.assert_close(got[:, b:b + 1], want)
 
 
 @pytest.mark.parametrize("kind", list(MODULES))
