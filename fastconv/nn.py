@@ -81,16 +81,17 @@ class Conv2d(torch.nn.Conv2d):
 
 
 def _named_errors(forward):
-    """Errors raised while checking a module's arguments (torch's own checks, which the RNN modules
-    reuse, say only "input.size(-1) must be equal to input_size") name the module: the same exception
-    type, the message prefixed with ``fastconv.nn.<Module>``."""
+    """Errors a module raises on its arguments name the module: torch's own checks, which the RNN
+    modules reuse, say only "input.size(-1) must be equal to input_size", and the kernels' name their
+    op (``fastconv::lstm_layer: ...``). The same exception type, the message prefixed with
+    ``fastconv.nn.<Module>:``."""
     @functools.wraps(forward)
     def wrapped(self, *args, **kwargs):
         try:
             return forward(self, *args, **kwargs)
-        except (RuntimeError, ValueError) as e:
-            if str(e).startswith("fastconv"):
-                raise
+        except (RuntimeError, ValueError, TypeError) as e:
+            if type(e) not in (RuntimeError, ValueError, TypeError):
+                raise   # a subclass (out of memory, ...) is not an argument error
             raise type(e)(f"fastconv.nn.{type(self).__name__}: {e}") from e
     return wrapped
 

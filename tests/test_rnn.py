@@ -345,12 +345,15 @@ def test_bad_inputs_name_the_module():
         lstm(torch.randn(5, 2, 3), (torch.randn(1, 2, 4), torch.randn(1, 2, 5)))
     with pytest.raises(ValueError, match=r"fastconv.nn.LSTM: LSTM: Expected input to be 2D or 3D"):
         lstm(torch.randn(5))
-    with pytest.raises(RuntimeError, match=r"fastconv.lstm_cell: input has 5 features"):
+    with pytest.raises(RuntimeError, match=r"fastconv.nn.LSTMCell: fastconv.lstm_cell: input has 5 features"):
         cell(torch.randn(2, 5))
     with pytest.raises(RuntimeError, match=r"fastconv.lstm_cell: expected hx\[1\] of shape \(2, 4\)"):
         cell(torch.randn(2, 3), (torch.randn(2, 4), torch.randn(3, 4)))
-    with pytest.raises(RuntimeError, match=r"expected input to be float32 or float64"):
-        fastconv.nn.GRUCell(3, 4, dtype=torch.float64)(torch.randn(2, 3).to(torch.int64).double().long())
+    with pytest.raises(RuntimeError, match=r"fastconv.nn.GRUCell: fastconv::gru_layer: expected input to be "
+                                           r"float32 or float64, but got Long"):
+        fastconv.nn.GRUCell(3, 4)(torch.ones(2, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"fastconv.nn.GRU: RNN input dtype \(torch.float64\) does not match weight"):
+        fastconv.nn.GRU(3, 4)(torch.randn(5, 2, 3, dtype=torch.float64))   # torch's check, torch's type
     with pytest.raises(RuntimeError, match=r"fastconv::lstm_layer: expected weight_ih of dtype"):
         F.lstm_cell(torch.randn(2, 3), (torch.zeros(2, 4), torch.zeros(2, 4)), torch.randn(16, 3, dtype=torch.float64),
                     torch.randn(16, 4))

@@ -113,33 +113,35 @@ FC_HD GruUnitGrad<S> gru_unit_backward(S r, S z, S n, S ah_n, S h_prev, S dh) {
 // the step (a packed sequence's step t has batch_sizes[t] of them); every matrix is row-major with the
 // leading dimension given, and `*_state` buffers (the running h, c or their gradients, one row per
 // sequence) have row stride H (the GRU's ah / dah 3H).
-template <typename T>
+// T is the type of the gates and h; S that of the cell state, which mixed precision keeps in float when
+// T is a half type (as torch does). The CPU and CUDA kernels instantiate S = T for float and double.
+template <typename T, typename S = T>
 struct LstmForwardStep {
   int64_t H;
   T* gates;           // in: pre-activations a (i, f, g, o blocks of H); out: the activated gates
   int64_t ld_gates;
-  T* c_save;          // out: c' (the workspace's cell column)
+  S* c_save;          // out: c' (the workspace's cell column)
   int64_t ld_c;
-  T* c_state;         // in: c_prev; out: c'
+  S* c_state;         // in: c_prev; out: c'
   T* h_out;           // out: r = o tanh(c') (the layer's output row, or the projection's input)
   int64_t ld_h;
   T* h_state;         // out: r again (the next step's recurrent input), or nullptr (projection)
 };
 
-template <typename T>
+template <typename T, typename S = T>
 struct LstmBackwardStep {
   int64_t H;
   const T* gates;     // activated gates and c' as the forward saved them
   int64_t ld_gates;
-  const T* c;
+  const S* c;
   int64_t ld_c;
-  const T* c_prev;    // c of the step before (or c0), gathered per row
+  const S* c_prev;    // c of the step before (or c0), gathered per row
   int64_t ld_c_prev;
   const T* dr;        // dL/dr: the gradient reaching h' (plus dr_add when set)
   int64_t ld_dr;
   const T* dr_add;    // nullptr, or a second term of dL/dr (the layer's grad_output rows)
   int64_t ld_dr_add;
-  T* dc_state;        // in: dL/dc' from the step after; out: dL/dc_prev
+  S* dc_state;        // in: dL/dc' from the step after; out: dL/dc_prev
   T* dgates;          // out: dL/da for the four gates
   int64_t ld_dgates;
 };
