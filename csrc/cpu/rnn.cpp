@@ -1,9 +1,10 @@
 // CPU glue and drivers of the LSTM and GRU layers (fastconv::lstm_layer, gru_layer and their
 // backwards) on the GEMM engine. The structure of a layer, in the engine's vocabulary:
 //
-//   forward   one large GEMM for the input projection of every time step, x W_ih^T + bias, straight into
-//             the gate buffer; W_hh^T packed once per call (the engine's prepacked B) in column slices,
-//             one per thread; then per step two parallel regions: the recurrent GEMM h W_hh^T
+//   forward   W_ih^T and W_hh^T packed once per call (the engine's prepacked B; kept by the weight cache
+//             in inference) in column slices, one per thread; one large GEMM for the input projection of
+//             every time step, x W_ih^T + bias, straight into the gate buffer; then per step two
+//             parallel regions: the recurrent GEMM h W_hh^T
 //             accumulated into the gates, each thread on its slice of columns (so each streams only
 //             its share of W_hh from the cache: a step is a thin GEMM, M = batch, and re-reading the
 //             whole weight per thread cost more than the arithmetic), then the fused step kernel
