@@ -1,8 +1,12 @@
 """Shared fixtures: every test that takes `device` runs on the CPU and, when a GPU is present, on
-CUDA (the same test, skipped rather than failed without one); `cpu_isa` runs a CPU test once per
-SIMD variant this machine supports (scalar, avx2, avx512)."""
+CUDA (the same test, skipped rather than failed without one — unless FASTCONV_REQUIRE_CUDA=1, as
+scripts/device_check.sh sets on a GPU machine, where a CUDA case that cannot run fails); `cpu_isa`
+runs a CPU test once per SIMD variant this machine supports (scalar, avx2, avx512)."""
 
 from __future__ import annotations
+
+import collections
+import os
 
 import pytest
 import torch
@@ -12,6 +16,12 @@ import fastconv
 DEVICES = ["cpu", "cuda"]
 ISAS = ["scalar", "avx2", "avx512"]
 _ISA_RANK = {name: i for i, name in enumerate(ISAS)}
+REQUIRE_CUDA = os.environ.get("FASTCONV_REQUIRE_CUDA") == "1"
+
+# References in full float32: torch's cuDNN convolutions (and, where enabled, its matmuls) use TF32 by
+# default on Ampere and later, whose 10-bit mantissa would fail correct float32 kernels against them.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def _cuda_usable() -> bool:
@@ -21,6 +31,10 @@ def _cuda_usable() -> bool:
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
     if request.param == "cuda" and not _cuda_usable():
+        why = (f"no CUDA device (torch.cuda.is_available() = {torch.cuda.is_available()}) or fastconv built "
+               f"without CUDA (cuda_compiled = {fastconv.build_info()['cuda_compiled']})")
+        if REQUIRE_CUDA:
+            pytest.fail(f"FASTCONV_REQUIRE_CUDA=1, but {why}")
         pytest.skip("no CUDA device (or fastconv was built without CUDA)")
     return request.param
 
@@ -35,3 +49,14 @@ def cpu_isa(request):
     fastconv._C.set_cpu_isa(request.param)
     yield request.param
     fastconv._C.set_cpu_isa(before)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per skip reason with its count (pyproject's -r leaves skips out of the per-location
+    summary, which printed one line for each of the dozens of CUDA-parametrised tests)."""
+    reasons = collections.Counter()
+    for rep in terminalreporter.stats.get("skipped", []):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    for reason, count in reasons.most_common():
+        terminalreporter.write_line(f"SKIPPED {count}: {reason}")

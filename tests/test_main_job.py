@@ -139,3 +139,26 @@ def test_numbers_and_captions():
     wrong[:25, 0] = (wrong[:25, 0] + 1) % 10
     assert demo_rnn.sequence_accuracy(words, words) == 100.0
     assert demo_rnn.sequence_accuracy(wrong, words) == 50.0
+
+
+def test_bench_help_is_quiet(tmp_path):
+    """torch.utils.benchmark's import of torch.utils.cpp_extension logs "No CUDA runtime is found" on a
+    CUDA build of torch without a GPU; fastconv's benchmark keeps it off the screen."""
+    proc = _run(["bench", "--help"], tmp_path)
+    assert proc.returncode == 0 and "--ops" in proc.stdout, proc.stdout + proc.stderr
+    assert "No CUDA runtime" not in proc.stdout + proc.stderr
+
+
+def test_require_cuda_turns_cuda_skips_into_failures(tmp_path):
+    """FASTCONV_REQUIRE_CUDA=1 (scripts/device_check.sh) fails a CUDA case that cannot run."""
+    from conftest import _cuda_usable
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, FASTCONV_REQUIRE_CUDA="1")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "tests/test_ops_contract.py::test_opcheck[cuda-fastconv::gemm]"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    if _cuda_usable():
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    else:
+        assert proc.returncode != 0 and "FASTCONV_REQUIRE_CUDA=1, but no CUDA device" in proc.stdout, proc.stdout
