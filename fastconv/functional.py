@@ -32,7 +32,9 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
     memory format and gradient), on fastconv's kernels.
 
     ``input`` is (N, C, H, W) or unbatched (C, H, W); ``stride`` defaults to ``kernel_size``.
-    Indices are flat offsets ``h * W + w`` into each input plane, as torch's."""
+    Indices are flat offsets ``h * W + w`` into each input plane, as torch's.
+
+    dtypes: float32, float64, float16, bfloat16."""
     k = _pair(kernel_size, "kernel_size", "max_pool2d")
     s = k if stride is None or (isinstance(stride, Sequence) and len(stride) == 0) else _pair(
         stride, "stride", "max_pool2d")
@@ -51,7 +53,9 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
 
     Statistics are per-channel shifted sums (shift = the channel's first value): runs of values summed
     in float32, the runs' totals in double, so they stay accurate when the mean is large against the
-    spread."""
+    spread.
+
+    dtypes: float32, float64, float16, bfloat16 (statistics in float32; float64 for float64)."""
     if training:
         size = input.shape
         values = size[0]
@@ -76,10 +80,15 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
 
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = input @ weight^T + bias, as :func:`torch.nn.functional.linear` (any leading dimensions,
-    optional bias), on fastconv's GEMM engine: one gemm with the bias as its beta term."""
+    optional bias), on fastconv's GEMM engine: one gemm with the bias as its beta term.
+
+    dtypes: float32, float64 (input and weight alike)."""
     if weight.dim() != 2:
         raise RuntimeError(f"fastconv.linear: expected a 2-D weight (out_features, in_features), but got shape "
                            f"{tuple(weight.shape)}")
+    if input.dtype not in (torch.float32, torch.float64) or weight.dtype != input.dtype:
+        raise RuntimeError(f"fastconv.linear: expected input to be float32 or float64 and weight of the same dtype, "
+                           f"but got input {input.dtype} and weight {weight.dtype}")
     if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
         raise RuntimeError(f"fastconv.linear: expected input with last dimension {weight.shape[1]} "
                            f"(in_features), but got shape {tuple(input.shape)}")
@@ -117,6 +126,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
       cannot be cached, also at least 128 4x4 tiles in the batch); ``"im2col"`` otherwise (it is
       faster than ``"direct"`` on every shape measured). On CUDA, ``"im2col"`` (the other kernels have
       not been measured on a GPU yet).
+
+    dtypes: float32, float64 (input, weight and bias alike).
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"fastconv.conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -126,8 +137,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
         if padding == "valid":
             p = [0, 0]
         elif padding == "same":
-            if s != [1, 1]:
-                raise ValueError("fastconv.conv2d: padding='same' is not supported for strided convolutions")
+            if s != [1, 1]:   # torch's functional raises RuntimeError here (its module, ValueError)
+                raise RuntimeError("fastconv.conv2d: padding='same' is not supported for strided convolutions")
             if weight.dim() != 4:
                 raise RuntimeError(f"fastconv::conv2d: expected a 4-D weight, but got shape {tuple(weight.shape)}")
             # torch's rule: total padding d*(k-1) per dimension, the odd one out at the end.
@@ -183,7 +194,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
               b_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One LSTM step, as ``torch.lstm_cell`` (what :class:`torch.nn.LSTMCell` calls): ``input`` (B, I),
     ``hx = (h, c)`` (B, H) each, ``w_ih`` (4H, I), ``w_hh`` (4H, H) in torch's gate order i, f, g, o;
-    returns ``(h', c')``. Runs as a one-step :func:`lstm` layer: the two products accumulate into one
+    returns ``(h', c')`` (dtypes: float32, float64). Runs as a one-step :func:`lstm` layer: the two products accumulate into one
     gate buffer, then one fused pass applies the nonlinearities and the state update.
 
     >>> h, c = torch.zeros(8, 64), torch.zeros(8, 64)
@@ -203,7 +214,7 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
              b_hh: Tensor | None = None) -> Tensor:
     """One GRU step, as ``torch.gru_cell`` (what :class:`torch.nn.GRUCell` calls): ``input`` (B, I), ``hx``
     (B, H), ``w_ih`` (3H, I), ``w_hh`` (3H, H) in torch's gate order r, z, n, with
-    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``; returns ``h'``.
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``; returns ``h'``. dtypes: float32, float64.
 
     >>> h = gru_cell(torch.randn(8, 32), torch.zeros(8, 64), torch.randn(192, 32), torch.randn(192, 64))"""
     _cell_input("gru_cell", input, w_ih)
@@ -270,7 +281,7 @@ def lstm(input: Tensor, hx, params, has_biases: bool = True, num_layers: int = 1
     H_out) and (layers * directions, B, H); ``params`` the weights in :class:`torch.nn.LSTM`'s order
     (``module._flat_weights``: per layer and direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``), a
     projection inferred, as torch does, from h_0 being narrower than c_0. Returns
-    ``(output, h_n, c_n)``. Dropout between layers when ``train``.
+    ``(output, h_n, c_n)``. Dropout between layers when ``train``. dtypes: float32, float64.
 
     Each layer and direction is one ``fastconv::lstm_layer``: the input projection of every step as one
     GEMM, then per step the recurrent GEMM and a fused gate kernel, on a step's real rows only.
@@ -287,7 +298,7 @@ def gru(input: Tensor, hx: Tensor, params, has_biases: bool = True, num_layers: 
         batch_sizes: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """A multi-layer GRU over a whole sequence, as ``torch.gru`` (what :class:`torch.nn.GRU` calls); the
     arguments as :func:`lstm`'s with one state ``hx`` (layers * directions, B, H) and per layer and
-    direction ``w_ih, w_hh[, b_ih, b_hh]``. Returns ``(output, h_n)``.
+    direction ``w_ih, w_hh[, b_ih, b_hh]``. Returns ``(output, h_n)``. dtypes: float32, float64.
 
     >>> gru_ = torch.nn.GRU(32, 64)
     >>> out, h_n = gru(torch.randn(50, 8, 32), torch.zeros(1, 8, 64), gru_._flat_weights)"""

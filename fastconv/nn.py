@@ -13,9 +13,26 @@ from . import functional as F
 __all__ = ["BatchNorm2d", "Conv2d", "GRU", "GRUCell", "LSTM", "LSTMCell", "Linear", "MaxPool2d"]
 
 
+def _named_errors(forward):
+    """Errors a module raises on its arguments name the module: torch's own checks, which the RNN
+    modules reuse, say only "input.size(-1) must be equal to input_size", and the kernels' name their
+    op (``fastconv::lstm_layer: ...``). The same exception type, the message prefixed with
+    ``fastconv.nn.<Module>:``."""
+    @functools.wraps(forward)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return forward(self, *args, **kwargs)
+        except (RuntimeError, ValueError, TypeError) as e:
+            if type(e) not in (RuntimeError, ValueError, TypeError):
+                raise   # a subclass (out of memory, ...) is not an argument error
+            raise type(e)(f"fastconv.nn.{type(self).__name__}: {e}") from e
+    return wrapped
+
+
 class MaxPool2d(torch.nn.MaxPool2d):
     """:class:`torch.nn.MaxPool2d` on fastconv's max-pool kernels."""
 
+    @_named_errors
     def forward(self, input: torch.Tensor):
         return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
@@ -34,6 +51,7 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
     def extra_repr(self) -> str:
         return super().extra_repr() + (", relu=True" if self.relu else "")
 
+    @_named_errors
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         # The same bookkeeping as torch.nn.modules.batchnorm._BatchNorm.forward.
         self._check_input_dim(input)
@@ -51,6 +69,7 @@ class Linear(torch.nn.Linear):
     """:class:`torch.nn.Linear` on fastconv's GEMM engine: same constructor, initialisation and
     state_dict."""
 
+    @_named_errors
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.linear(input, self.weight, self.bias)
 
@@ -66,11 +85,18 @@ class Conv2d(torch.nn.Conv2d):
                          padding_mode, device, dtype)
         if algorithm not in F.ALGORITHMS:
             raise ValueError(f"fastconv.nn.Conv2d: algorithm must be one of {F.ALGORITHMS}, got {algorithm!r}")
+        if algorithm.startswith("winograd") and (tuple(self.kernel_size) != (3, 3) or tuple(self.stride) != (1, 1)
+                                                 or tuple(self.dilation) != (1, 1) or groups != 1):
+            # refused here rather than at the first forward
+            raise ValueError(f"fastconv.nn.Conv2d: algorithm {algorithm!r} applies to 3x3 kernels with stride 1, "
+                             f"dilation 1 and groups=1, but got kernel_size={self.kernel_size}, stride={self.stride}, "
+                             f"dilation={self.dilation}, groups={groups} (use 'auto', 'im2col' or 'direct')")
         self.algorithm = algorithm
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", algorithm={self.algorithm!r}" if self.algorithm != "auto" else "")
 
+    @_named_errors
     def _conv_forward(self, input, weight, bias):
         if self.padding_mode != "zeros":
             padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -78,22 +104,6 @@ class Conv2d(torch.nn.Conv2d):
                             algorithm=self.algorithm)
         return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                         algorithm=self.algorithm)
-
-
-def _named_errors(forward):
-    """Errors a module raises on its arguments name the module: torch's own checks, which the RNN
-    modules reuse, say only "input.size(-1) must be equal to input_size", and the kernels' name their
-    op (``fastconv::lstm_layer: ...``). The same exception type, the message prefixed with
-    ``fastconv.nn.<Module>:``."""
-    @functools.wraps(forward)
-    def wrapped(self, *args, **kwargs):
-        try:
-            return forward(self, *args, **kwargs)
-        except (RuntimeError, ValueError, TypeError) as e:
-            if type(e) not in (RuntimeError, ValueError, TypeError):
-                raise   # a subclass (out of memory, ...) is not an argument error
-            raise type(e)(f"fastconv.nn.{type(self).__name__}: {e}") from e
-    return wrapped
 
 
 class _RNNMixin:

@@ -295,8 +295,17 @@ def test_bad_input_raises_clear_error(device, index):
 
 def test_bad_python_arguments():
     x, w = torch.randn(1, 3, 8, 8), torch.randn(2, 3, 3, 3)
-    with pytest.raises(ValueError, match="not supported for strided"):
+    with pytest.raises(RuntimeError, match="not supported for strided"):   # the type torch's raises
         F.conv2d(x, w, stride=2, padding="same")
+    with pytest.raises(RuntimeError, match="not supported for strided"):
+        torch.nn.functional.conv2d(x, w, stride=2, padding="same")
+    with pytest.raises(ValueError, match="winograd_4x4.*applies to 3x3 kernels.*stride 1"):   # at construction
+        fastconv.nn.Conv2d(3, 4, 3, stride=2, algorithm="winograd_4x4")
+    with pytest.raises(ValueError, match="winograd.*applies to 3x3 kernels"):
+        fastconv.nn.Conv2d(3, 4, 5, algorithm="winograd")
+    with pytest.raises(RuntimeError, match=r"fastconv.nn.Linear: fastconv.linear: expected input to be float32 or "
+                                           r"float64 .* but got input torch.int64"):   # the argument the user passed
+        fastconv.nn.Linear(3, 4)(torch.ones(2, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="algorithm must be one of"):
         F.conv2d(x, w, algorithm="fft")
     with pytest.raises(RuntimeError, match="unknown or unavailable algorithm 'fft'"):

@@ -32,3 +32,10 @@ def test_opcheck(name, device):
     op = getattr(getattr(torch.ops, ns), op_name).default
     for args, kwargs in SAMPLES[name](device):
         torch.library.opcheck(op, args, kwargs)
+
+
+def test_every_functional_says_its_dtypes():
+    import fastconv.functional as F
+
+    for name in F.__all__:
+        assert "dtypes:" in getattr(F, name).__doc__, f"help(fastconv.functional.{name}) does not say which dtypes it takes"
