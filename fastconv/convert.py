@@ -31,7 +31,8 @@ def _twin(m: nn.Module, algorithm: str) -> nn.Module | None:
         new = fnn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
                          m.bias is not None, m.padding_mode, device="meta", algorithm=algorithm)
     elif kind is nn.BatchNorm2d:
-        new = fnn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, device="meta")
+        new = fnn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats, device="meta",
+                              bias=m.bias is not None or not m.affine)
     elif kind is nn.Linear:
         new = fnn.Linear(m.in_features, m.out_features, m.bias is not None, device="meta")
     elif kind is nn.MaxPool2d:

@@ -40,12 +40,14 @@ class MaxPool2d(torch.nn.MaxPool2d):
 
 class BatchNorm2d(torch.nn.BatchNorm2d):
     """:class:`torch.nn.BatchNorm2d` on fastconv's kernels, with ``relu=True`` to fuse the ReLU that
-    usually follows. Same constructor, parameters, buffers (``num_batches_tracked`` included), state_dict
-    and initialisation as torch's; ``momentum=None`` is the cumulative moving average."""
+    usually follows. Same constructor (``bias=False``: an affine weight without a shift, as torch 2.14's),
+    parameters, buffers (``num_batches_tracked`` included), state_dict and initialisation as torch's;
+    ``momentum=None`` is the cumulative moving average."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, device=None, dtype=None, *, relu: bool = False):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+                 track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
+                 relu: bool = False):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         self.relu = relu
 
     def extra_repr(self) -> str:

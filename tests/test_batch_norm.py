@@ -218,7 +218,7 @@ def test_torch_compile_fullgraph(device):
 
 MODULE_OPTIONS = [
     dict(), dict(momentum=None), dict(affine=False), dict(track_running_stats=False), dict(eps=1e-3, momentum=0.3),
-    dict(affine=False, track_running_stats=False),
+    dict(affine=False, track_running_stats=False), dict(bias=False), dict(bias=False, momentum=None),
 ]
 
 
@@ -232,7 +232,8 @@ def test_module_matches_torch(device, options, relu):
     if ours.affine:
         with torch.no_grad():
             for p in (ref.weight, ref.bias):
-                p.uniform_(-1, 1)
+                if p is not None:   # bias=False: a weight without a shift
+                    p.uniform_(-1, 1)
     ours.load_state_dict(ref.state_dict())
     for mode in ("train", "train", "train", "eval", "train", "eval"):
         ours.train(mode == "train")
@@ -248,11 +249,17 @@ def test_module_matches_torch(device, options, relu):
         torch.testing.assert_close(xa.grad, xb.grad, atol=1e-4, rtol=1e-4)
         if ours.affine:
             torch.testing.assert_close(ours.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-4)
-            torch.testing.assert_close(ours.bias.grad, ref.bias.grad, atol=1e-4, rtol=1e-4)
+            if ours.bias is not None:
+                torch.testing.assert_close(ours.bias.grad, ref.bias.grad, atol=1e-4, rtol=1e-4)
+            assert (ours.bias is None) == (ref.bias is None)
         for (ka, va), (kb, vb) in zip(ours.state_dict().items(), ref.state_dict().items()):
             assert ka == kb
             torch.testing.assert_close(va, vb, msg=f"{ka} after {mode}")
     assert ("relu=True" in repr(ours)) == relu
+    assert repr(ours).replace(", relu=True", "") == repr(ref)
+    if options.get("bias") is False:   # convert keeps the missing shift
+        twin = fastconv.convert(ref)
+        assert type(twin) is fastconv.nn.BatchNorm2d and twin.bias is None and twin.weight is not None
 
 
 def test_module_state_dict_round_trip_with_torch():
