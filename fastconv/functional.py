@@ -93,7 +93,11 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise RuntimeError(f"fastconv.linear: expected input with last dimension {weight.shape[1]} "
                            f"(in_features), but got shape {tuple(input.shape)}")
     lead = input.shape[:-1]
-    out = ops.gemm(input.reshape(-1, weight.shape[1]), weight, bias, False, True, 1.0, 0.0 if bias is None else 1.0)
+    rows = 1
+    for n in lead:
+        rows *= n
+    # rows spelled out: reshape(-1, 0) is ambiguous when in_features is 0 (torch's linear gives the bias)
+    out = ops.gemm(input.reshape(rows, weight.shape[1]), weight, bias, False, True, 1.0, 0.0 if bias is None else 1.0)
     return out.reshape(*lead, weight.shape[0])
 
 

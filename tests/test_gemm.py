@@ -140,6 +140,22 @@ def test_linear_matches_torch(device, shape, bias):
             torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(2, 0), (3, 4, 0), (0, 0)])
+def test_linear_zero_in_features(device, shape):
+    """in_features = 0: torch's linear gives the bias broadcast (zeros without one); its gradient reaches
+    the bias only."""
+    x = torch.randn(shape, device=device, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 0, device=device, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, device=device, dtype=torch.float64, requires_grad=True)
+    for bias in (b, None):
+        y, ref = F.linear(x, w, bias), TF.linear(x, w, bias)
+        torch.testing.assert_close(y, ref)
+        go = torch.randn_like(y)
+        inputs = [t for t in (x, w, bias) if t is not None]
+        for g, r in zip(torch.autograd.grad(y, inputs, go), torch.autograd.grad(ref, inputs, go)):
+            torch.testing.assert_close(g, r)
+
+
 def test_linear_module_parity_and_state_dict(device):
     torch.manual_seed(0)
     ref = torch.nn.Linear(9, 4).to(device)
