@@ -171,15 +171,6 @@ def _steps(T: int, B: int) -> Tensor:
     return torch.full((T,), B, dtype=torch.int64)
 
 
-def _weights(*weights):
-    """The weights as the kernels get them. With grad mode off no gradient can reach them: detached
-    views (same storage and version counter) that the weight cache may keep in their packed form, as
-    conv2d's (csrc/common/weight_cache.h)."""
-    if torch.is_grad_enabled():
-        return weights
-    return tuple(None if w is None else w.detach() for w in weights)
-
-
 def _cell_input(op: str, input: Tensor, w_ih: Tensor) -> None:
     if input.dim() != 2:
         raise RuntimeError(f"fastconv.{op}: expected a 2-D input (batch, input_size), but got shape "
@@ -209,8 +200,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
     H = w_ih.shape[0] // 4
     _cell_state("lstm_cell", "hx[0]", h, input.shape[0], w_hh.shape[1] if w_hh.dim() == 2 else H)
     _cell_state("lstm_cell", "hx[1]", c, input.shape[0], H)
-    _, hy, cy, _ = ops.lstm_layer(input, _steps(1, input.shape[0]), h, c, *_weights(w_ih, w_hh, b_ih, b_hh), None,
-                                  False)
+    _, hy, cy, _ = ops.lstm_layer(input, _steps(1, input.shape[0]), h, c, w_ih, w_hh, b_ih, b_hh, None, False)
     return hy, cy
 
 
@@ -223,7 +213,7 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     >>> h = gru_cell(torch.randn(8, 32), torch.zeros(8, 64), torch.randn(192, 32), torch.randn(192, 64))"""
     _cell_input("gru_cell", input, w_ih)
     _cell_state("gru_cell", "hx", hx, input.shape[0], w_ih.shape[0] // 3)
-    _, hy, _ = ops.gru_layer(input, _steps(1, input.shape[0]), hx, *_weights(w_ih, w_hh, b_ih, b_hh), False)
+    _, hy, _ = ops.gru_layer(input, _steps(1, input.shape[0]), hx, w_ih, w_hh, b_ih, b_hh, False)
     return hy
 
 
@@ -233,7 +223,7 @@ def _rnn(mode: str, input: Tensor, hx: list[Tensor], params, has_biases: bool, n
     dirs = 2 if bidirectional else 1
     proj = mode == "lstm" and hx[0].shape[-1] != hx[1].shape[-1]
     per = 2 + 2 * bool(has_biases) + int(proj)
-    params = list(_weights(*params))
+    params = list(params)
     if len(params) != per * num_layers * dirs:
         raise RuntimeError(f"fastconv.{mode}: expected {per * num_layers * dirs} parameter tensors ({per} per layer "
                            f"and direction), but got {len(params)}")

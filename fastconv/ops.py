@@ -440,15 +440,16 @@ def _gru_layer_backward(ctx, g_out, g_hy, _g_ws):
 torch.library.register_autograd("fastconv::gru_layer", _gru_layer_backward, setup_context=_gru_layer_setup_context)
 
 
-def _rnn_backward_setup_context(ctx, inputs, output):
-    ctx.op = "lstm_layer_backward" if len(inputs) == 14 else "gru_layer_backward"
+def _rnn_double_backward(op: str):
+    def refuse(ctx, *grads):
+        raise RuntimeError(f"fastconv::{op}: double backward (gradients of gradients) through fastconv's RNN layers "
+                           "is not implemented")
+    return refuse
 
 
-def _rnn_double_backward(ctx, *grads):
-    raise RuntimeError(f"fastconv::{ctx.op}: double backward (gradients of gradients) through fastconv's RNN layers "
-                       "is not implemented")
+def _no_context(ctx, inputs, output):
+    pass
 
 
 for _name in ("lstm_layer_backward", "gru_layer_backward"):
-    torch.library.register_autograd(f"fastconv::{_name}", _rnn_double_backward,
-                                    setup_context=_rnn_backward_setup_context)
+    torch.library.register_autograd(f"fastconv::{_name}", _rnn_double_backward(_name), setup_context=_no_context)

@@ -1,6 +1,6 @@
 // The cache of prepared weights (torch side, shared by the CPU and CUDA glue): Winograd's transformed
-// filters U = G g G^T, im2col's filters (and their transpose, for grad_input) in the GEMM engine's
-// packed-A form, and the RNN layers' weights in its packed-B form.
+// filters U = G g G^T and im2col's filters (and their transpose, for grad_input) in the GEMM engine's
+// packed-A form.
 //
 // A model in eval mode calls a convolution again and again with the same weight: what the kernels
 // make of it is computed once and kept. Only weights that do not require grad are cached
@@ -39,9 +39,6 @@ class WeightCache {
   static constexpr int kIm2colPacked = 16;             // im2col's packed-A filters (Winograd's are below)
   static constexpr int kIm2colPackedTransposed = 17;   // the same of W^T, for grad_input
   static int winograd(int m, bool transposed) { return m * 2 + (transposed ? 1 : 0); }   // 4, 5, 8, 9
-  // An RNN layer's weight as the GEMM's packed B in `slices` column slices (cpu/rnn.cpp): which = the
-  // weight and orientation, 0..4.
-  static int rnn_packed(int which, int64_t slices) { return 32 + which * 1024 + static_cast<int>(slices % 1024); }
   // A CPU variant made for one instruction set (the GEMM's packed layout depends on its micro-tile).
   static int for_isa(int variant, int isa) { return variant * 8 + isa; }
 

@@ -22,7 +22,7 @@ enum class Scratch {
   conv_cols, conv_prod, conv_pad, conv_wpack,      // im2col: columns, products, padded planes, packed weights
   conv_dw,                                         // grad_weight: the threads' partial sums
   winograd_v, winograd_m, winograd_u,              // Winograd: transformed inputs, products, filters
-  rnn_w_ih, rnn_w_hh, rnn_w_hr,                    // RNN layers: packed weights (when not cached)
+  rnn_w_ih, rnn_w_hh, rnn_w_hr,                    // RNN layers: packed weights
   count
 };
 

@@ -1,8 +1,8 @@
 // CPU glue and drivers of the LSTM and GRU layers (fastconv::lstm_layer, gru_layer and their
 // backwards) on the GEMM engine. The structure of a layer, in the engine's vocabulary:
 //
-//   forward   W_ih^T and W_hh^T packed once per call (the engine's prepacked B; kept by the weight cache
-//             in inference) in column slices, one per thread; one large GEMM for the input projection of
+//   forward   W_ih^T and W_hh^T packed once per call (the engine's prepacked B) in column slices, one
+//             per thread; one large GEMM for the input projection of
 //             every time step, x W_ih^T + bias, straight into the gate buffer; then per step two
 //             parallel regions: the recurrent GEMM h W_hh^T
 //             accumulated into the gates, each thread on its slice of columns (so each streams only
@@ -28,7 +28,6 @@
 
 #include "common/rnn.h"
 #include "common/rnn_args.h"
-#include "common/weight_cache.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
 #include "cpu/memory.h"
@@ -66,14 +65,15 @@ void gemm_into(int64_t m, int64_t n, int64_t k, const T* a, int64_t rs_a, int64_
   gemm<T>(g);
 }
 
-// A weight's op(B) for the GEMM engine, W^T (forward: x W^T) or W (backward: dgates W), packed in
-// column slices, one per thread: a step's GEMM is thin (M = the batch), so it runs as one parallel
-// region over the slices and each thread streams only its share of the weight from the cache (re-reading
-// the whole weight per thread cost more than the arithmetic). Packed once per call, or kept by the
-// weight cache (common/weight_cache.h) for weights that do not require grad, as in inference.
+// A weight's op(B) for the GEMM engine, W^T (forward: x W^T) or W (backward: dgates W), packed once per
+// call in column slices, one per thread: a step's GEMM is thin (M = the batch), so it runs as one
+// parallel region over the slices and each thread streams only its share of the weight from the cache
+// (re-reading the whole weight per thread cost more than the arithmetic). Not kept across calls: the
+// weight cache cannot see writes through `.data` (issue 13), and a packed weight that outlived such a
+// write would give a wrong answer without a word.
 template <typename T>
 struct SlicedB {
-  at::Tensor storage;                 // the packed panels
+  at::Tensor storage;                 // the packed panels (the calling thread's scratch memory)
   int64_t k = 0, n = 0, width = 0;    // slice s: columns [s * width, min(n, (s + 1) * width))
   std::vector<const T*> packed;       // slice s's panels (the engine's b_packed layout of its columns)
 };
@@ -95,29 +95,19 @@ SlicedB<T> packed_weight(const at::Tensor& weight, RnnWeight which, int64_t slic
   const Scratch slot = which == RnnWeight::ih_t ? Scratch::rnn_w_ih
                        : (which == RnnWeight::hh_t || which == RnnWeight::hh) ? Scratch::rnn_w_hh
                                                                               : Scratch::rnn_w_hr;
-  const int variant = WeightCache::for_isa(WeightCache::rnn_packed(static_cast<int>(which), slices),
-                                           static_cast<int>(active_isa()));
-  b.storage = WeightCache::instance().get(weight, variant, [&] {
-    const int64_t elems = gemm_packed_b_elems<T>(b.k, b.n);   // whole panels: every slice starts 64-byte aligned
-    at::Tensor out = WeightCache::cacheable(weight) ? at::empty({elems}, w.options())
-                                                    : at::from_blob(scratch<T>(slot, elems), {elems}, w.options());
-    T* dst = out.data_ptr<T>();
-    for (int64_t j0 = 0; j0 < b.n; j0 += b.width) {
-      GemmArgs<T> g{};
-      g.k = b.k;
-      g.n = std::min(b.width, b.n - j0);
-      g.b = w.data_ptr<T>() + j0 * cs_b;
-      g.rs_b = rs_b;
-      g.cs_b = cs_b;
-      gemm_pack_b<T>(g, dst);
-      dst += gemm_packed_b_elems<T>(b.k, g.n);
-    }
-    return out;
-  });
-  const T* p = b.storage.template data_ptr<T>();
+  const int64_t elems = gemm_packed_b_elems<T>(b.k, b.n);   // whole panels: every slice starts 64-byte aligned
+  b.storage = at::from_blob(scratch<T>(slot, elems), {elems}, w.options());
+  T* dst = b.storage.template data_ptr<T>();
   for (int64_t j0 = 0; j0 < b.n; j0 += b.width) {
-    b.packed.push_back(p);
-    p += gemm_packed_b_elems<T>(b.k, std::min(b.width, b.n - j0));
+    GemmArgs<T> g{};
+    g.k = b.k;
+    g.n = std::min(b.width, b.n - j0);
+    g.b = w.data_ptr<T>() + j0 * cs_b;
+    g.rs_b = rs_b;
+    g.cs_b = cs_b;
+    gemm_pack_b<T>(g, dst);
+    b.packed.push_back(dst);
+    dst += gemm_packed_b_elems<T>(b.k, g.n);
   }
   return b;
 }
@@ -216,8 +206,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cpu(
   const RnnLayerShape s = check_rnn_layer(kLstm, 4, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
   const bool proj = w_hr.has_value() && w_hr->defined();
   at::Tensor out = at::empty({s.N, s.Hout}, input.options());
-  at::Tensor hy = hx.contiguous().clone();   // the running states, final after the last step
-  at::Tensor cy = cx.contiguous().clone();
+  at::Tensor hy = hx.clone(at::MemoryFormat::Contiguous);   // the running states, final after the last step
+  at::Tensor cy = cx.clone(at::MemoryFormat::Contiguous);
   at::Tensor ws = at::empty({s.N, lstm_workspace_cols(s, proj)}, input.options());
   advise_huge_pages(ws);   // written once through; first-touch faults of 4 KiB pages cost ~10% here
   if (s.N > 0) {
@@ -280,7 +270,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const RnnLayerShape s = check_lstm_layer_backward(kLstmBackward, grad_output, grad_hy, grad_cy, input, batch_sizes,
                                                     hx, cx, w_ih, w_hh, w_hr, output, workspace);
   const bool proj = w_hr.has_value() && w_hr->defined();
-  at::Tensor dh = grad_hy.contiguous().clone(), dc = grad_cy.contiguous().clone();   // end as grad_hx, grad_cx
+  at::Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous), dc = grad_cy.clone(at::MemoryFormat::Contiguous);   // end as grad_hx, grad_cx
   at::Tensor dgates = at::empty({s.N, 4 * s.H}, input.options());
   advise_huge_pages(dgates);
   at::Tensor dh_all = proj ? at::empty({s.N, s.Hout}, input.options()) : at::Tensor();
@@ -353,7 +343,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_cpu(
   const RnnLayerShape s = check_rnn_layer(kGru, 3, input, batch_sizes, hx, std::nullopt, w_ih, w_hh, b_ih, b_hh,
                                           std::nullopt);
   at::Tensor out = at::empty({s.N, s.H}, input.options());
-  at::Tensor hy = hx.contiguous().clone();
+  at::Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
   at::Tensor ws = at::empty({s.N, gru_workspace_cols(s)}, input.options());
   advise_huge_pages(ws);
   if (s.N > 0) {
@@ -391,7 +381,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& workspace, bool reverse, std::array<bool, 3> output_mask) {
   const RnnLayerShape s = check_gru_layer_backward(kGruBackward, grad_output, grad_hy, input, batch_sizes, hx, w_ih,
                                                    w_hh, output, workspace);
-  at::Tensor dh = grad_hy.contiguous().clone();
+  at::Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);
   at::Tensor dax = at::empty({s.N, 3 * s.H}, input.options()), dah = at::empty({s.N, 3 * s.H}, input.options());
   advise_huge_pages(dax);
   advise_huge_pages(dah);

@@ -33,8 +33,9 @@ void mm(int64_t m, int64_t n, int64_t k, const T* a, int64_t rs_a, int64_t cs_a,
 template <typename T>
 at::Tensor weight_grad(const at::Tensor& da, const T* x, int64_t ld_x, int64_t cols, int64_t n, cudaStream_t stream) {
   const int64_t rows = da.size(1);
-  at::Tensor dw = at::zeros({rows, cols}, da.options());
-  if (n > 0) mm<T>(rows, cols, n, da.data_ptr<T>(), 1, rows, x, ld_x, 1, dw.data_ptr<T>(), cols, false, stream);
+  if (n == 0) return at::zeros({rows, cols}, da.options());   // no tokens: no gradient
+  at::Tensor dw = at::empty({rows, cols}, da.options());
+  mm<T>(rows, cols, n, da.data_ptr<T>(), 1, rows, x, ld_x, 1, dw.data_ptr<T>(), cols, false, stream);
   return dw;
 }
 
@@ -66,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cuda(
   const bool proj = w_hr.has_value() && w_hr->defined();
   const int64_t H = s.H, P = s.Hout, ldw = lstm_workspace_cols(s, proj);
   at::Tensor out = at::empty({s.N, P}, input.options());
-  at::Tensor hy = hx.contiguous().clone(), cy = cx.contiguous().clone();
+  at::Tensor hy = hx.clone(at::MemoryFormat::Contiguous), cy = cx.clone(at::MemoryFormat::Contiguous);
   at::Tensor ws = at::empty({s.N, ldw}, input.options());
   if (s.N == 0) return {out, hy, cy, ws};
   const at::Tensor x = input.contiguous(), wih = w_ih.contiguous(), whh = w_hh.contiguous();
@@ -105,8 +106,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t H = s.H, P = s.Hout, ldw = lstm_workspace_cols(s, proj);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  at::Tensor dh = grad_hy.contiguous().clone(), dc = grad_cy.contiguous().clone();
-  at::Tensor dgates = at::zeros({s.N, 4 * H}, input.options());
+  at::Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous), dc = grad_cy.clone(at::MemoryFormat::Contiguous);
+  at::Tensor dgates = at::empty({s.N, 4 * H}, input.options());   // every row is one step's: all written
   at::Tensor dh_all = proj ? at::empty({s.N, P}, input.options()) : at::Tensor();
   at::Tensor gx, gw_ih, gw_hh, gb, gw_hr;
   const at::Tensor ws = workspace.contiguous(), go = grad_output.contiguous(), whh = w_hh.contiguous();
@@ -167,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const int64_t H = s.H;
   at::Tensor out = at::empty({s.N, H}, input.options());
-  at::Tensor hy = hx.contiguous().clone();
+  at::Tensor hy = hx.clone(at::MemoryFormat::Contiguous);
   at::Tensor ws = at::empty({s.N, gru_workspace_cols(s)}, input.options());
   if (s.N == 0) return {out, hy, ws};
   const at::Tensor x = input.contiguous(), wih = w_ih.contiguous(), whh = w_hh.contiguous();
@@ -201,8 +202,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t H = s.H;
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  at::Tensor dh = grad_hy.contiguous().clone();
-  at::Tensor dax = at::zeros({s.N, 3 * H}, input.options()), dah = at::zeros({s.N, 3 * H}, input.options());
+  at::Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);
+  at::Tensor dax = at::empty({s.N, 3 * H}, input.options()), dah = at::empty({s.N, 3 * H}, input.options());
   at::Tensor gx, gw_ih, gw_hh, gb_ih, gb_hh;
   const at::Tensor ws = workspace.contiguous(), go = grad_output.contiguous(), whh = w_hh.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kGruBackward, [&] {
