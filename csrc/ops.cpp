@@ -181,8 +181,21 @@ PyObject* py_winograd_transform(PyObject*, PyObject* args) {
 
 PyObject* py_weight_cache_stats(PyObject*, PyObject*) {
   const auto s = fastconv::WeightCache::instance().stats();
-  return Py_BuildValue("{s:L,s:L,s:L}", "entries", static_cast<long long>(s.entries), "hits",
-                       static_cast<long long>(s.hits), "misses", static_cast<long long>(s.misses));
+  return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L}", "entries", static_cast<long long>(s.entries), "bytes",
+                       static_cast<long long>(s.bytes), "limit_bytes", static_cast<long long>(s.limit_bytes),
+                       "hits", static_cast<long long>(s.hits), "misses", static_cast<long long>(s.misses),
+                       "uncached", static_cast<long long>(s.uncached));
+}
+
+PyObject* py_weight_cache_set_limit(PyObject*, PyObject* arg) {
+  const long long mb = PyLong_AsLongLong(arg);
+  if (mb == -1 && PyErr_Occurred()) return nullptr;
+  if (mb < 0) {
+    PyErr_SetString(PyExc_ValueError, "weight_cache_set_limit: expected a size in MiB >= 0");
+    return nullptr;
+  }
+  fastconv::WeightCache::instance().set_limit(static_cast<int64_t>(mb) << 20);
+  Py_RETURN_NONE;
 }
 
 PyObject* py_weight_cache_clear(PyObject*, PyObject*) {
@@ -202,9 +215,12 @@ PyMethodDef methods[] = {
     {"winograd_transform", py_winograd_transform, METH_VARARGS,
      "winograd_transform(kind, m, values): the straight-line 1-D input/filter/output transform in float64."},
     {"weight_cache_stats", py_weight_cache_stats, METH_NOARGS,
-     "Entries, hits and misses of the cache of prepared weights (Winograd transforms, im2col packed filters)."},
+     "Entries, bytes, limit, hits, misses and uncached transforms (budget full) of the CPU cache of prepared "
+     "weights (Winograd transforms, im2col packed filters)."},
     {"weight_cache_clear", py_weight_cache_clear, METH_NOARGS,
-     "Empties the cache of prepared weights (needed only after writes through .data)."},
+     "Empties the cache of prepared weights (frees its memory; never needed for correctness)."},
+    {"weight_cache_set_limit", py_weight_cache_set_limit, METH_O,
+     "weight_cache_set_limit(mb): the cache's budget in MiB (0 turns it off; default 2048 or FASTCONV_WEIGHT_CACHE_MB)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "fastconv's compiled kernels", -1, methods};

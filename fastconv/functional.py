@@ -156,9 +156,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     else:
         p = _pair(padding, "padding", "conv2d")
     if not torch.is_grad_enabled() and weight.requires_grad:
-        # No gradient can reach the weight: hand over a detached view (same storage and version
-        # counter), which the weight cache may keep (csrc/common/weight_cache.h) and which
-        # tells "auto" that this is inference.
+        # No gradient can reach the weight: hand over a detached view (same storage), whose
+        # prepared form the weight cache may keep (csrc/common/weight_cache.h: checked against
+        # the weight's bytes on every call) and which tells "auto" that this is inference.
         weight = weight.detach()
     return ops.conv2d(input, weight, bias, s, p, d, int(groups), algorithm)
 

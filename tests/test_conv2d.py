@@ -183,48 +183,6 @@ def test_im2col_parallel_paths_cpu_isas(cpu_isa, threads, dtype):
         torch.set_num_threads(before)
 
 
-def test_im2col_weight_cache_follows_the_weight():
-    # In eval under no_grad the CPU im2col forward keeps its packed filters per weight (and per ISA: the
-    # packed layout depends on the micro-tile), recomputed when the weight changes in place; a frozen
-    # weight's grad_input keeps its packed transpose alike.
-    torch.manual_seed(0)
-    fastconv._C.weight_cache_clear()
-    conv = fastconv.nn.Conv2d(16, 24, 3, padding=1, algorithm="im2col").eval()
-    ref = torch.nn.Conv2d(16, 24, 3, padding=1).eval()
-    ref.load_state_dict(conv.state_dict())
-    x = torch.randn(2, 16, 9, 9)
-    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # noqa: E731
-    with torch.no_grad():
-        for _ in range(3):
-            close(conv(x), ref(x))
-        stats = fastconv._C.weight_cache_stats()
-        assert stats["misses"] == 1 and stats["hits"] == 2, stats
-        conv.weight.mul_(-2)
-        ref.weight.mul_(-2)
-        close(conv(x), ref(x))
-        # A frozen weight's grad_input keeps the packed transpose the same way.
-        conv.requires_grad_(False)
-        ref.requires_grad_(False)
-        for step in range(3):
-            xg, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-            with torch.enable_grad():
-                conv(xg).square().sum().backward()
-                ref(xr).square().sum().backward()
-            close(xg.grad, xr.grad)
-            if step == 0:
-                assert fastconv._C.weight_cache_stats()["entries"] == 2   # W and W^T packed
-            if step == 1:
-                conv.weight.add_(0.5)
-                ref.weight.add_(0.5)
-        before, order = fastconv._C.cpu_isa(), ["scalar", "avx2", "avx512"]
-        try:
-            for isa in order[:order.index(fastconv._C.best_cpu_isa()) + 1]:
-                fastconv._C.set_cpu_isa(isa)
-                close(conv(x), ref(x))
-        finally:
-            fastconv._C.set_cpu_isa(before)
-
-
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 def test_gradcheck_float64(device, algorithm):
     for x_shape, w_shape, s, p, d, g in [((2, 4, 6, 5), (4, 2, 3, 2), (2, 1), 1, (1, 2), 2),

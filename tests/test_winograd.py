@@ -1,5 +1,5 @@
 """Winograd convolution F(2x2, 3x3) and F(4x4, 3x3): the transforms against their explicit matrices,
-forward and backward against torch on awkward sizes, gradcheck, the filter cache, accuracy against a
+forward and backward against torch on awkward sizes, gradcheck, accuracy against a
 float64 reference, and the errors for shapes Winograd does not apply to."""
 
 from __future__ import annotations
@@ -124,32 +124,6 @@ def test_empty_batch(device):
 
 def _close(a, b):   # F(4x4) rounds ~5x worse than direct convolution: tolerance scaled to the values
     torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * (1 + b.abs().max().item()))
-
-
-def test_filter_cache_follows_the_weight(device):
-    torch.manual_seed(0)
-    fastconv._C.weight_cache_clear()
-    conv = fastconv.nn.Conv2d(8, 8, 3, padding=1, algorithm="winograd").to(device).eval()
-    ref = torch.nn.Conv2d(8, 8, 3, padding=1).to(device).eval()
-    ref.load_state_dict(conv.state_dict())
-    x = torch.randn(2, 8, 9, 9, device=device)
-    with torch.no_grad():
-        for _ in range(3):
-            _close(conv(x), ref(x))
-    stats = fastconv._C.weight_cache_stats()
-    assert stats["misses"] == 1 and stats["hits"] == 2, stats
-    # An optimizer step updates the weight in place: the next call sees the new weight.
-    opt = torch.optim.SGD(conv.parameters(), lr=0.5)
-    conv.train()
-    conv(x).square().sum().backward()
-    opt.step()
-    conv.eval()
-    ref.load_state_dict(conv.state_dict())
-    with torch.no_grad():
-        _close(conv(x), ref(x))
-        conv.weight.copy_(torch.randn_like(conv.weight))   # load_state_dict's way: copy_ under no_grad
-        ref.load_state_dict(conv.state_dict())
-        _close(conv(x), ref(x))
 
 
 def test_accuracy_against_float64(device):

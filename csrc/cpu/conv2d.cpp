@@ -27,7 +27,6 @@
 #include <vector>
 
 #include "common/conv2d_args.h"
-#include "common/weight_cache.h"
 #include "cpu/conv2d_direct_kernels.h"
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm_kernels.h"
@@ -331,16 +330,16 @@ int64_t packed_bundle(const Conv2dShape& s, int64_t elem) {
 }
 
 // The filters of every group in the GEMM engine's packed-A form: W_g (kg x kc), what forward_packed
-// multiplies by, or with `transposed` W_g^T (kc x kg), grad_input's. A tensor of their own when the
-// weight cache keeps them, else scratch memory reused by the next call.
+// multiplies by, or with `transposed` W_g^T (kc x kg), grad_input's, in scratch memory reused by the
+// next call. Made per call: caching them would not pay, since checking a cached copy against the
+// weight (common/weight_cache.h) reads as many bytes as packing them again.
 template <typename T>
-at::Tensor pack_filters(const T* w, const Conv2dShape& s, bool transposed, bool keep) {
+at::Tensor pack_filters(const T* w, const Conv2dShape& s, bool transposed) {
   const Conv2dGemmDims d = conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
   const int64_t m = transposed ? d.kc : d.kg, k = transposed ? d.kg : d.kc;
   const int64_t packed = gemm_packed_a_elems(m, k);
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  at::Tensor out = keep ? at::empty({s.groups, packed}, opts)
-                        : at::from_blob(scratch<T>(Scratch::conv_wpack, s.groups * packed), {s.groups, packed}, opts);
+  at::Tensor out = at::from_blob(scratch<T>(Scratch::conv_wpack, s.groups * packed), {s.groups, packed}, opts);
   over_items(s.groups, [&](int64_t g0, int64_t g1) {   // gemm_pack_a is parallel inside over K blocks
     for (int64_t grp = g0; grp < g1; ++grp) {
       const T* wg = w + grp * d.kg * d.kc;
@@ -350,16 +349,6 @@ at::Tensor pack_filters(const T* w, const Conv2dShape& s, bool transposed, bool 
     }
   });
   return out;
-}
-
-// pack_filters through the weight cache, which keys on the caller's weight tensor (and on the ISA: the
-// packed layout depends on the micro-tile).
-template <typename T>
-at::Tensor packed_filters(const at::Tensor& weight, const T* w, const Conv2dShape& s, bool transposed) {
-  const int variant = WeightCache::for_isa(
-      transposed ? WeightCache::kIm2colPackedTransposed : WeightCache::kIm2colPacked, int(active_isa()));
-  return WeightCache::instance().get(
-      weight, variant, [&] { return pack_filters<T>(w, s, transposed, WeightCache::cacheable(weight)); });
 }
 
 // The forward pass by im2col: the packed path when `wpacked` is given (bundles of `bundle` images, see
@@ -415,7 +404,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
       conv2d_direct_forward<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), s);
     } else {
       const int64_t bundle = packed_bundle(s, x.element_size());
-      const at::Tensor wpacked = bundle > 0 ? packed_filters<scalar_t>(weight, w.data_ptr<scalar_t>(), s, false)
+      const at::Tensor wpacked = bundle > 0 ? pack_filters<scalar_t>(w.data_ptr<scalar_t>(), s, false)
                                             : at::Tensor();
       forward_impl<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
                              bundle > 0 ? wpacked.data_ptr<scalar_t>() : nullptr, bundle, bp, out.data_ptr<scalar_t>(), s);
@@ -583,7 +572,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       } else if (dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct) {
         conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);
       } else if (dx.numel() > 0) {
-        const at::Tensor wt = packed_filters<scalar_t>(weight, w.data_ptr<scalar_t>(), s, true);
+        const at::Tensor wt = pack_filters<scalar_t>(w.data_ptr<scalar_t>(), s, true);
         grad_input_impl<scalar_t>(dy.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);
       }
       dx = in_format(dx, s.format);   // torch: the convolution's memory format

@@ -8,8 +8,8 @@
 //   2. alpha^2 GEMMs     M[e] (K x T) = U[e] (K x C) . V[e] (C x T), parallel over e, U[e] prepacked;
 //   3. output transform  Y = A^T M A + bias, parallel over output channels, written
 //                        straight into the NCHW output, partial tiles clipped.
-// The filter transform U = G g G^T comes from the WeightCache (computed once per weight
-// version). grad_input is the same pipeline on grad_output with the flipped, transposed filters.
+// The filter transform U = G g G^T comes from the WeightCache (computed once per weight's
+// contents, common/weight_cache.h). grad_input is the same pipeline on grad_output with the flipped, transposed filters.
 #include "cpu/conv2d_winograd.h"
 
 #include <ATen/Dispatch.h>

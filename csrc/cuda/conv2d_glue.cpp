@@ -12,7 +12,6 @@
 #include <string_view>
 
 #include "common/conv2d_args.h"
-#include "common/weight_cache.h"
 #include "cuda/conv2d.h"
 #include "cuda/conv2d_winograd.h"
 #include "cuda/gemm.h"
@@ -30,23 +29,22 @@ char* at_elem(const at::Tensor& t, int64_t offset) {
 
 Conv2dDims dims_of(const Conv2dShape& s) { return Conv2dDims{s.batch, s.in_channels, s.out_channels, s.groups}; }
 
-// The transformed filters U[e][kout][cin] of `weight` (flipped and transposed for grad_input), cached.
+// The transformed filters U[e][kout][cin] of `weight` (flipped and transposed for grad_input), made on
+// `stream` for this call: CUDA weights are not cached (common/weight_cache.h says why).
 at::Tensor winograd_filters(const at::Tensor& weight, int m, bool transposed, const Conv2dShape& s,
                             cudaStream_t stream) {
-  return WeightCache::instance().get(weight, WeightCache::winograd(m, transposed), [&] {
-    const at::Tensor w = weight.contiguous();
-    const int64_t kout = transposed ? s.in_channels : s.out_channels, cin = transposed ? s.out_channels : s.in_channels;
-    at::Tensor u = at::empty({(m + 2) * (m + 2), kout, cin}, w.options());
-    const DType dt = to_dtype(w.scalar_type());
-    if (transposed) {   // g'[c][k][i][j] = w[k][c][2 - i][2 - j]
-      C10_CUDA_CHECK(winograd_filter_transform(dt, m, at_elem(w, 8), 9, s.in_channels * 9, -3, -1, kout, cin,
-                                               u.data_ptr(), stream));
-    } else {
-      C10_CUDA_CHECK(winograd_filter_transform(dt, m, w.data_ptr(), s.in_channels * 9, 9, 3, 1, kout, cin,
-                                               u.data_ptr(), stream));
-    }
-    return u;
-  });
+  const at::Tensor w = weight.contiguous();
+  const int64_t kout = transposed ? s.in_channels : s.out_channels, cin = transposed ? s.out_channels : s.in_channels;
+  at::Tensor u = at::empty({(m + 2) * (m + 2), kout, cin}, w.options());
+  const DType dt = to_dtype(w.scalar_type());
+  if (transposed) {   // g'[c][k][i][j] = w[k][c][2 - i][2 - j]
+    C10_CUDA_CHECK(winograd_filter_transform(dt, m, at_elem(w, 8), 9, s.in_channels * 9, -3, -1, kout, cin,
+                                             u.data_ptr(), stream));
+  } else {
+    C10_CUDA_CHECK(winograd_filter_transform(dt, m, w.data_ptr(), s.in_channels * 9, 9, 3, 1, kout, cin,
+                                             u.data_ptr(), stream));
+  }
+  return u;
 }
 
 // The Winograd pipeline of cpu/conv2d_winograd.cpp on the GPU: per chunk of tile rows, the input

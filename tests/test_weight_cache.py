@@ -1,0 +1,211 @@
+"""The cache of prepared weights (csrc/common/weight_cache.h): every write to a weight shows in the
+next call, however it was made (`.data`, numpy views, in-place ops, optimizer steps, copy_), for every
+algorithm; repeated calls hit; the byte budget keeps part of a model that does not fit instead of
+cycling it; entries die with their weights; CUDA weights are not cached."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import fastconv
+import fastconv.functional as F
+
+ALGORITHMS = ["im2col", "winograd", "winograd_2x2", "direct", "auto"]
+
+
+def _close(a, b):   # Winograd F(4x4) rounds ~5x worse than direct convolution
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * (1 + b.abs().max().item()))
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    fastconv._C.weight_cache_clear()
+    fastconv._C.weight_cache_set_limit(2048)
+    yield
+    fastconv._C.weight_cache_set_limit(2048)
+    fastconv._C.weight_cache_clear()
+
+
+WRITES = {
+    ".data.mul_": lambda w: w.data.mul_(2),
+    ".data.copy_": lambda w: w.data.copy_(torch.randn_like(w)),
+    "numpy view": lambda w: w.detach().numpy().__setitem__((0, 0, 1, 1), 7.0),
+    "in place": lambda w: w.add_(0.25),
+    "one element": lambda w: w.data.view(-1)[-1].fill_(-3.0),
+}
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("write", list(WRITES))
+def test_every_write_shows_in_the_next_call(algorithm, write):
+    # The issue's report: under no_grad, y2 came back equal to y1 after w.data.mul_(2).
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 9, 9)          # 64 -> 64 channels, 9x9: "auto" picks Winograd in inference
+    w = torch.randn(64, 64, 3, 3) * 0.05
+    with torch.no_grad():
+        for _ in range(2):                # the second call is served from the cache
+            _close(F.conv2d(x, w, None, 1, 1, algorithm=algorithm), TF.conv2d(x, w, None, 1, 1))
+        WRITES[write](w)
+        _close(F.conv2d(x, w, None, 1, 1, algorithm=algorithm), TF.conv2d(x, w, None, 1, 1))
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "auto", "im2col"])
+def test_module_in_eval_sees_weight_data_copy(algorithm):
+    torch.manual_seed(0)
+    conv = fastconv.nn.Conv2d(64, 64, 3, padding=1, algorithm=algorithm).eval()
+    ref = torch.nn.Conv2d(64, 64, 3, padding=1).eval()
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 64, 8, 8)
+    with torch.no_grad():
+        _close(conv(x), ref(x))
+        new = torch.randn_like(conv.weight) * 0.05
+        conv.weight.data.copy_(new)
+        ref.weight.data.copy_(new)
+        _close(conv(x), ref(x))
+        conv.bias.data.zero_()
+        ref.bias.data.zero_()
+        _close(conv(x), ref(x))
+
+
+def test_repeated_calls_hit_and_an_optimizer_step_misses():
+    torch.manual_seed(0)
+    conv = fastconv.nn.Conv2d(8, 8, 3, padding=1, algorithm="winograd").eval()
+    ref = torch.nn.Conv2d(8, 8, 3, padding=1).eval()
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        for _ in range(3):
+            _close(conv(x), ref(x))
+    stats = fastconv._C.weight_cache_stats()
+    assert (stats["entries"], stats["misses"], stats["hits"]) == (1, 1, 2), stats
+    assert stats["bytes"] > 0 and stats["limit_bytes"] == 2048 << 20, stats
+    opt = torch.optim.SGD(conv.parameters(), lr=0.5)
+    conv.train()
+    conv(x).square().sum().backward()      # requires grad: not cached
+    opt.step()
+    conv.eval()
+    ref.load_state_dict(conv.state_dict())
+    with torch.no_grad():
+        _close(conv(x), ref(x))
+    stats = fastconv._C.weight_cache_stats()
+    assert (stats["entries"], stats["misses"]) == (1, 2), stats   # the entry was replaced, not added
+
+
+def test_frozen_weight_grad_input_and_every_isa():
+    # A frozen weight's grad_input (an attack on a trained model) uses the cached flipped transform,
+    # one entry per ISA (the packed layout depends on the micro-tile).
+    torch.manual_seed(0)
+    conv = fastconv.nn.Conv2d(16, 16, 3, padding=1, algorithm="winograd").requires_grad_(False)
+    ref = torch.nn.Conv2d(16, 16, 3, padding=1).requires_grad_(False)
+    ref.load_state_dict(conv.state_dict())
+    before, order = fastconv._C.cpu_isa(), ["scalar", "avx2", "avx512"]
+    try:
+        for isa in order[:order.index(fastconv._C.best_cpu_isa()) + 1]:
+            fastconv._C.set_cpu_isa(isa)
+            for step in range(3):
+                xg = torch.randn(2, 16, 8, 8, requires_grad=True)
+                xr = xg.detach().clone().requires_grad_(True)
+                conv(xg).square().sum().backward()
+                ref(xr).square().sum().backward()
+                _close(xg.grad, xr.grad)
+                if step == 1:
+                    conv.weight.data[0].neg_()
+                    ref.weight.data[0].neg_()
+    finally:
+        fastconv._C.set_cpu_isa(before)
+
+
+def test_inference_mode_weights_are_cached_and_checked():
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 6, 6)
+    with torch.inference_mode():
+        w = torch.randn(8, 8, 3, 3)
+        assert w.is_inference()
+        _close(F.conv2d(x, w, padding=1, algorithm="winograd"), TF.conv2d(x, w, padding=1))
+        _close(F.conv2d(x, w, padding=1, algorithm="winograd"), TF.conv2d(x, w, padding=1))
+        assert fastconv._C.weight_cache_stats()["hits"] == 1
+        w.mul_(-1)
+        _close(F.conv2d(x, w, padding=1, algorithm="winograd"), TF.conv2d(x, w, padding=1))
+
+
+def test_views_and_dtypes_do_not_share_entries():
+    torch.manual_seed(0)
+    base = torch.randn(16, 8, 3, 3)
+    x = torch.randn(1, 8, 7, 7)
+    with torch.no_grad():
+        for w in (base, base[:8], base[8:], base.double()):
+            xx = x.to(w.dtype)
+            _close(F.conv2d(xx, w, padding=1, algorithm="winograd"), TF.conv2d(xx, w, padding=1))
+    assert fastconv._C.weight_cache_stats()["entries"] == 4
+
+
+def _entry_bytes(c, k):   # the weight's copy plus F(4x4)'s 36 x k x c transform (float32), about
+    return 4 * (9 + 36) * c * k
+
+
+def test_budget_keeps_part_of_a_model_instead_of_cycling():
+    # Ten layers called in the same order each forward, a budget for about four: an LRU would evict
+    # each entry just before its next use (no hit ever); the cache keeps the first ones and makes the
+    # rest per call.
+    torch.manual_seed(0)
+    layers = [torch.randn(64, 64, 3, 3) * 0.05 for _ in range(10)]
+    fastconv._C.weight_cache_set_limit(max(1, 4 * _entry_bytes(64, 64) // (1 << 20) + 1))
+    x = torch.randn(1, 64, 8, 8)
+    with torch.no_grad():
+        for _ in range(4):
+            for w in layers:
+                _close(F.conv2d(x, w, padding=1, algorithm="winograd"), TF.conv2d(x, w, padding=1))
+    stats = fastconv._C.weight_cache_stats()
+    assert 1 <= stats["entries"] < 10 and stats["bytes"] <= stats["limit_bytes"], stats
+    assert stats["hits"] == 3 * stats["entries"], stats          # every kept layer hit on rounds 2-4
+    assert stats["uncached"] == 4 * (10 - stats["entries"]), stats
+
+
+def test_idle_entries_make_room_and_dead_ones_leave():
+    torch.manual_seed(0)
+    x = torch.randn(1, 64, 8, 8)
+    fastconv._C.weight_cache_set_limit(max(1, 2 * _entry_bytes(64, 64) // (1 << 20) + 1))
+    old = [torch.randn(64, 64, 3, 3) for _ in range(2)]
+    new = [torch.randn(64, 64, 3, 3) for _ in range(2)]
+    with torch.no_grad():
+        for w in old:
+            F.conv2d(x, w, padding=1, algorithm="winograd")
+        kept = fastconv._C.weight_cache_stats()["entries"]
+        assert kept >= 1
+        for _ in range(200):              # the old model is no longer used: its entries go idle
+            for w in new:
+                _close(F.conv2d(x, w, padding=1, algorithm="winograd"), TF.conv2d(x, w, padding=1))
+    stats = fastconv._C.weight_cache_stats()
+    assert stats["hits"] >= 300, stats    # the new weights took the old ones' place
+    del old, new, w
+    gc.collect()
+    F.conv2d(x, torch.randn(64, 64, 3, 3), padding=1, algorithm="winograd")   # a lookup sweeps the dead
+    assert fastconv._C.weight_cache_stats()["entries"] == 1
+
+
+def test_limit_zero_turns_the_cache_off():
+    fastconv._C.weight_cache_set_limit(0)
+    w = torch.randn(8, 8, 3, 3)
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        for _ in range(2):
+            _close(F.conv2d(x, w, padding=1, algorithm="winograd"), TF.conv2d(x, w, padding=1))
+    assert fastconv._C.weight_cache_stats()["entries"] == 0
+    with pytest.raises(ValueError, match="weight_cache_set_limit"):
+        fastconv._C.weight_cache_set_limit(-1)
+
+
+def test_cuda_weights_are_not_cached(device):
+    torch.manual_seed(0)
+    w = torch.randn(8, 8, 3, 3, device=device)
+    x = torch.randn(1, 8, 6, 6, device=device)
+    with torch.no_grad():
+        for _ in range(2):
+            _close(F.conv2d(x, w, padding=1, algorithm="winograd"), TF.conv2d(x, w, padding=1))
+        w.data.mul_(3)
+        _close(F.conv2d(x, w, padding=1, algorithm="winograd"), TF.conv2d(x, w, padding=1))
+    assert fastconv._C.weight_cache_stats()["entries"] == (0 if device == "cuda" else 1)
