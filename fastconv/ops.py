@@ -317,6 +317,45 @@ def _conv2d_backward(ctx, grad):
 torch.library.register_autograd("fastconv::conv2d", _conv2d_backward, setup_context=_conv2d_setup_context)
 
 
+def _conv2d_backward_setup_context(ctx, inputs, output):
+    grad_output, x, weight, stride, padding, dilation, groups, algorithm, output_mask = inputs
+    ctx.save_for_backward(grad_output, x, weight)
+    ctx.args = (stride, padding, dilation, groups, algorithm)
+    ctx.mask = [bool(m) for m in output_mask]
+
+
+def _conv2d_double_backward(ctx, gg_x, gg_w, gg_b):
+    # conv2d_backward is linear in grad_output (dx = conv2d's input-gradient of w, dw = its weight-
+    # gradient against x, db = sum of grad_output) and in each of x and w, so its gradients are
+    # convolutions again (gg_*: the gradients reaching dx, dw and db):
+    #   d grad_output = conv2d(gg_x, w) + conv2d(x, gg_w) + gg_b,
+    #   d x = the input-gradient of conv2d(., gg_w) at grad_output,
+    #   d w = the weight-gradient of conv2d(gg_x, .) at grad_output.
+    # Written with fastconv's own ops, whose autograd makes third derivatives work too.
+    grad_output, x, weight = ctx.saved_tensors
+    use_x, use_w, use_b = (ctx.mask[0] and gg_x is not None, ctx.mask[1] and gg_w is not None,
+                           ctx.mask[2] and gg_b is not None)
+    need_go, need_x, need_w = (bool(n) for n in ctx.needs_input_grad[:3])
+    d_go = d_x = d_w = None
+    if need_go and (use_x or use_w or use_b):
+        d_go = grad_output.new_zeros(()).expand(grad_output.shape)
+        if use_x:
+            d_go = d_go + conv2d(gg_x, weight, None, *ctx.args)
+        if use_w:
+            d_go = d_go + conv2d(x, gg_w, None, *ctx.args)
+        if use_b:
+            d_go = d_go + gg_b.view(-1, 1, 1)
+    if need_x and use_w:
+        d_x = torch.ops.fastconv.conv2d_backward.default(grad_output, x, gg_w, *ctx.args, [True, False, False])[0]
+    if need_w and use_x:
+        d_w = torch.ops.fastconv.conv2d_backward.default(grad_output, gg_x, weight, *ctx.args, [False, True, False])[1]
+    return d_go, d_x, d_w, None, None, None, None, None, None
+
+
+torch.library.register_autograd("fastconv::conv2d_backward", _conv2d_double_backward,
+                                setup_context=_conv2d_backward_setup_context)
+
+
 # ------------------------------------------------------------------------------------------------
 # RNN layers: one layer, one direction, over a packed sequence (see csrc/ops.cpp)
 # ------------------------------------------------------------------------------------------------

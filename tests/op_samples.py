@@ -1,7 +1,11 @@
 """Sample inputs for every op in fastconv's op table, used by the contract test (opcheck).
 
 Every new schema in csrc/ops.cpp needs an entry here: test_ops_contract.py fails for an op that has
-none. Each entry maps the op's name to a function (device) -> list of (args, kwargs)."""
+none. Each entry maps the op's name to a function (device) -> list of (args, kwargs).
+
+Samples of backward ops include inputs that require grad, so that opcheck differentiates them (double
+backward) and a missing formula cannot hide. Ops whose double backward refuses with an error are in
+REFUSES_DOUBLE_BACKWARD: their requires-grad samples are checked for that error instead."""
 
 from __future__ import annotations
 
@@ -57,6 +61,8 @@ def _batch_norm_backward(device):
         go = torch.randn_like(x)
         w, b = (w.detach(), b.detach()) if w is not None else (None, None)
         samples.append(((go, x.detach(), w, b, mean.detach(), invstd.detach(), training, relu, w is not None), {}))
+    (go, x, w, b, mean, invstd, training, relu, affine), _ = samples[0]
+    samples.append(((go.requires_grad_(True), x.requires_grad_(True), w, b, mean, invstd, training, relu, affine), {}))
     return samples
 
 
@@ -103,9 +109,11 @@ def _conv2d_backward(device):
     samples = []
     for (x, w, b, s, p, d, g, algo), _ in _conv2d(device):
         y = torch.ops.fastconv.conv2d(x.detach(), w.detach(), None, s, p, d, g, algo)
-        samples.append(((torch.randn_like(y), x.detach(), w.detach(), s, p, d, g, algo, [True, True, b is not None]),
-                        {}))
-    samples.append(((torch.randn_like(y), x.detach(), w.detach(), s, p, d, g, algo, [False, True, False]), {}))
+        go = torch.randn_like(y).requires_grad_(True)
+        samples.append(((go, x, w, s, p, d, g, algo, [True, True, b is not None]), {}))
+    samples.append(((go, x, w, s, p, d, g, algo, [False, True, False]), {}))
+    samples.append(((go, x, w, s, p, d, g, algo, [True, False, False]), {}))
+    samples.append(((go.detach(), x.detach(), w.detach(), s, p, d, g, algo, [True, True, True]), {}))
     return samples
 
 
@@ -145,6 +153,9 @@ def _lstm_layer_backward(device):
         grads = [torch.randn_like(t) for t in (out, hy, cy)]
         samples.append(((*grads, x.detach(), bs, hx.detach(), cx.detach(), w_ih.detach(), w_hh.detach(),
                          None if w_hr is None else w_hr.detach(), out, ws, rev, [True, True, True]), {}))
+    args = list(samples[0][0])
+    args[0] = args[0].requires_grad_(True)   # grad_output
+    samples.append((tuple(args), {}))
     return samples
 
 
@@ -166,6 +177,9 @@ def _gru_layer_backward(device):
         grads = [torch.randn_like(t) for t in (out, hy)]
         samples.append(((*grads, x.detach(), bs, hx.detach(), w_ih.detach(), w_hh.detach(), out, ws, rev,
                          [True, False, True]), {}))
+    args = list(samples[0][0])
+    args[0] = args[0].requires_grad_(True)   # grad_output
+    samples.append((tuple(args), {}))
     return samples
 
 
@@ -173,3 +187,8 @@ SAMPLES["fastconv::lstm_layer"] = _lstm_layer
 SAMPLES["fastconv::lstm_layer_backward"] = _lstm_layer_backward
 SAMPLES["fastconv::gru_layer"] = _gru_layer
 SAMPLES["fastconv::gru_layer_backward"] = _gru_layer_backward
+
+# Double backward through these raises a RuntimeError saying so (torch's fallback would warn and
+# return zeros): their requires-grad samples are checked for the error.
+REFUSES_DOUBLE_BACKWARD = {"fastconv::batch_norm_backward", "fastconv::lstm_layer_backward",
+                           "fastconv::gru_layer_backward"}

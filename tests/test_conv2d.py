@@ -194,6 +194,54 @@ def test_gradcheck_float64(device, algorithm):
             lambda x, w, b, s=s, p=p, d=d, g=g: F.conv2d(x, w, b, s, p, d, g, algorithm=algorithm), (x, w, b))
 
 
+DOUBLE_BACKWARD_CASES = [   # x, w, stride, padding, dilation, groups, algorithms
+    ((2, 4, 6, 5), (6, 2, 3, 2), (2, 1), 1, (1, 2), 2, ["im2col", "direct"]),
+    ((3, 5, 5), (2, 3, 2, 2), 1, "same", 1, 1, ["im2col", "direct", "auto"]),
+    ((2, 3, 6, 7), (4, 3, 3, 3), 1, 1, 1, 1, ["winograd_2x2", "winograd_4x4", "im2col"]),
+    ((1, 6, 5, 5), (6, 1, 3, 3), 2, 2, 1, 6, ["im2col", "direct"]),          # depthwise, stride 2
+]
+
+
+@pytest.mark.parametrize("case", range(len(DOUBLE_BACKWARD_CASES)))
+def test_double_backward_gradgradcheck_float64(device, case):
+    # Second derivatives (gradient penalties, MAML, Hessian-vector products) through every algorithm,
+    # groups, stride, dilation, 'same' and unbatched input; third derivatives ride on the same ops.
+    x_shape, w_shape, s, p, d, g, algorithms = DOUBLE_BACKWARD_CASES[case]
+    torch.manual_seed(case)
+    x = torch.randn(x_shape, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(w_shape, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(w_shape[0], dtype=torch.float64, device=device, requires_grad=True)
+    for algorithm in algorithms:
+        assert torch.autograd.gradgradcheck(
+            lambda x, w, b, a=algorithm: F.conv2d(x, w, b, s, p, d, g, algorithm=a), (x, w, b))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_gradient_penalty_matches_torch(device, memory_format):
+    # WGAN-GP's penalty: ||d critic / d x||^2, differentiated again with respect to the weights and x.
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 9, 8, device=device).contiguous(memory_format=memory_format)
+    w = torch.randn(5, 4, 3, 3, device=device) * 0.2
+    grads = {}
+    for name, conv in (("fastconv", F.conv2d), ("torch", TF.conv2d)):
+        xx, ww = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        out = torch.tanh(conv(xx, ww, None, 1, 1)).sum()
+        (gx,) = torch.autograd.grad(out, xx, create_graph=True)
+        penalty = (gx.flatten(1).norm(dim=1) - 1).square().mean()
+        grads[name] = torch.autograd.grad(penalty, (xx, ww))
+        assert grads[name][1].abs().sum() > 0
+    for ours, ref in zip(grads["fastconv"], grads["torch"]):
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_double_backward_float64(device):
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradgradcheck(F.linear, (x, w, b))
+
+
 def test_torch_compile_fullgraph(device):
     x = torch.randn(2, 3, 8, 8, device=device, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fastconv  # noqa: F401  (loads the op table)
-from op_samples import SAMPLES
+from op_samples import REFUSES_DOUBLE_BACKWARD, SAMPLES
 
 
 def registered_ops() -> list[str]:
@@ -31,7 +31,20 @@ def test_opcheck(name, device):
     ns, op_name = name.split("::")
     op = getattr(getattr(torch.ops, ns), op_name).default
     for args, kwargs in SAMPLES[name](device):
+        needs_grad = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        if name in REFUSES_DOUBLE_BACKWARD and needs_grad:
+            outs = [o for o in op(*args, **kwargs) if o.requires_grad]
+            with pytest.raises(RuntimeError, match="double backward .* is not implemented"):
+                torch.autograd.grad(sum(o.sum() for o in outs), [a for a in args if isinstance(a, torch.Tensor)
+                                                                  and a.requires_grad])
+            continue
         torch.library.opcheck(op, args, kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SAMPLES if n.endswith("_backward")))
+def test_backward_samples_require_grad(name):
+    # So that opcheck (or the refusal check above) differentiates every backward op.
+    assert any(isinstance(a, torch.Tensor) and a.requires_grad for args, _ in SAMPLES[name]("cpu") for a in args)
 
 
 def test_every_functional_says_its_dtypes():
