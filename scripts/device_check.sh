@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one command for a session that is lent a GPU machine (torch already installed there, no
-# network): build fastconv in place with that machine's torch, run the whole test suite (the cuda
-# parametrisations run there), run compute-sanitizer's memcheck over the CUDA tests, run the GPU (and
-# a CPU) benchmark, and leave logs and JSON results in $OUT (else benchmarks/results/).
+# network): build fastconv in place with that machine's torch, run the correctness check
+# (`python -m fastconv check`) on the GPU and its host CPU, the whole test suite (the cuda
+# parametrisations run there), compute-sanitizer's memcheck over the CUDA tests, the GPU (and a CPU)
+# benchmark, and leave logs and JSON results in $OUT (else benchmarks/results/).
 #
 #   usage: bash scripts/device_check.sh            (from the repository root)
 # Commit the JSON it writes under benchmarks/results/ with the device name and date.
@@ -26,6 +27,13 @@ if ! "$py" setup.py build_ext --inplace > "$out/build.log" 2>&1; then
 fi
 "$py" -c "import fastconv, json; print(json.dumps(fastconv.build_info()))" | tee "$out/build_info.json"
 
+step "correctness check (python -m fastconv check)"
+gpu=$("$py" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))")
+"$py" -m fastconv check --device cuda --json "$out/check-cuda-${gpu}-${stamp}.json" 2>&1 | tee "$out/check-cuda.log" | tail -25
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+"$py" -m fastconv check --device cpu --json "$out/check-cpu-${gpu}-host-${stamp}.json" > "$out/check-cpu.log" 2>&1 \
+  || { tail -25 "$out/check-cpu.log"; status=1; }
+
 step "tests (whole suite; cuda parametrisations run here)"
 # A CUDA case that cannot run fails here instead of skipping: a suite whose CUDA cases all skip would
 # look green (tests/conftest.py).
@@ -46,7 +54,6 @@ else
 fi
 
 step "benchmarks"
-gpu=$("$py" -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))")
 "$py" -m fastconv.bench --device cuda --json "$out/bench-cuda-${gpu}-${stamp}.json" 2>&1 | tee "$out/bench-cuda.log" || status=1
 "$py" -m fastconv.bench --device cpu --threads 16 --json "$out/bench-cpu16-${gpu}-host-${stamp}.json" 2>&1 \
   | tee "$out/bench-cpu.log" || status=1
