@@ -8,7 +8,7 @@ FASTCONV_CUDA_ARCHS  architectures, e.g. "80;90+PTX", "sm_80,sm_90" or "8.0 9.0+
                      Default: TORCH_CUDA_ARCH_LIST when set, else "8.0;9.0+PTX" (sm_80 and sm_90 machine
                      code, plus PTX for newer GPUs).
 FASTCONV_DEBUG=1     -O0 -g host code and -G device code.
-FASTCONV_SANITIZE    e.g. "address": build the host code with -fsanitize=... (scripts/asan_check.sh).
+FASTCONV_SANITIZE    e.g. "address,undefined": build the host code with -fsanitize=... (scripts/asan_check.sh).
 MAX_JOBS             parallel compile jobs; default from cores and free memory (about 2 GiB a job).
 """
 
@@ -160,7 +160,11 @@ def main() -> None:
     cxx = [*opt, "-fvisibility=hidden", "-fopenmp", "-Wall", "-Wno-unused-function"]
     link = ["-fopenmp"]
     if os.environ.get("FASTCONV_SANITIZE"):
-        cxx += [f"-fsanitize={os.environ['FASTCONV_SANITIZE']}", "-fno-omit-frame-pointer"]
+        sanitize = f"-fsanitize={os.environ['FASTCONV_SANITIZE']}"
+        # An undefined-behaviour finding stops the process (instead of printing and going on), so a
+        # sanitizer run fails on it.
+        cxx += [sanitize, "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+        link += [sanitize]
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc")]
     archs = ""

@@ -33,7 +33,14 @@ for isa in ["avx512", "avx2", "scalar"]:
             x = torch.randn(xs, requires_grad=True); w = torch.randn(k, xs[1], 3, 3, requires_grad=True); bb = torch.randn(k, requires_grad=True)
             F.conv2d(x, w, bb, 1, p_, algorithm=algo).sum().backward(); n += 1
             with torch.no_grad():
-                F.conv2d(x, w, bb, 1, p_, algorithm=algo); n += 1   # the cached-filter path
+                for _ in range(2):   # the weight cache: a miss, then a hit (its byte comparison)
+                    F.conv2d(x, w, bb, 1, p_, algorithm=algo); n += 1
+                w.data.mul_(2)
+                F.conv2d(x, w, bb, 1, p_, algorithm=algo); n += 1   # changed bytes: a miss again
+            xg = torch.randn(xs, dtype=torch.float64, requires_grad=True)   # double backward
+            wg = torch.randn(k, xs[1], 3, 3, dtype=torch.float64, requires_grad=True)
+            (gx,) = torch.autograd.grad(F.conv2d(xg, wg, None, 1, p_, algorithm=algo).square().sum(), xg, create_graph=True)
+            gx.sum().backward(); n += 1
     from torch.nn.utils.rnn import pack_padded_sequence
     for (T, B, I, H), P, bi, dt in itertools.product([(1, 1, 1, 1), (5, 3, 4, 17), (7, 9, 33, 40)], [0, 3], [False, True], [torch.float32, torch.float64]):
         for kind in ("LSTM", "GRU"):
@@ -45,7 +52,7 @@ for isa in ["avx512", "avx2", "scalar"]:
             lengths = torch.linspace(T, 1, B).round().long()
             m(pack_padded_sequence(x, lengths))[0].data.sum().backward(); n += 1
             with torch.no_grad():
-                m(x); n += 1   # the cached packed weights
+                m(x); n += 1   # inference
         for cell in (fastconv.nn.LSTMCell(I, H, dtype=dt), fastconv.nn.GRUCell(I, H, dtype=dt)):
             out = cell(torch.randn(B, I, dtype=dt, requires_grad=True))
             (out[0] if isinstance(out, tuple) else out).sum().backward(); n += 1

@@ -252,3 +252,17 @@ def test_backward_op_checks_its_tensors():
         bwd(torch.ones(1, 2, 2, 2), x, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
     with pytest.raises(RuntimeError, match="expected int64 indices"):
         bwd(torch.ones_like(out), x, [2, 2], [2, 2], [0, 0], [1, 1], False, idx.int())
+
+
+def test_window_without_an_input_tap(device):
+    # Dilation 2 and padding 1 on a 1-pixel-high input: the only row's window taps rows -1 and 1, both
+    # outside. torch returns -inf with an index past the plane, and its backward then writes out of
+    # bounds (heap corruption on torch 2.14's CPU kernel, found by tests/test_fuzz.py). fastconv
+    # returns torch's values and indices, and its backward gives such windows no gradient.
+    x = torch.arange(4.0, device=device).view(1, 1, 1, 4).requires_grad_(True)
+    out, idx = F.max_pool2d(x, 2, 1, 1, 2, return_indices=True)
+    ref_out, ref_idx = TF.max_pool2d(x.detach(), 2, 1, 1, 2, return_indices=True)
+    torch.testing.assert_close(out, ref_out)
+    assert torch.equal(idx, ref_idx) and bool((idx >= 4).any())
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
