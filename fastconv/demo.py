@@ -84,9 +84,11 @@ def train(models: dict, data: tuple, epochs: int, batch_size: int, lr: float, se
         seconds = {name: 0.0 for name in models}
         for m in models.values():
             m.train()
-        # the bar is for a terminal: piped into a file, its redraws would only bury the epoch lines
+        # On a terminal the bar redraws in place; piped into a file or a CI log it still shows, in plain
+        # characters and at most every 5 s, so that a long epoch is not silent (--no-progress: off).
+        tty = sys.stderr.isatty()
         bar = tqdm(range(steps), desc=f"epoch {epoch:>2}/{epochs}", leave=False, unit="batch", file=sys.stderr,
-                   disable=not progress or not sys.stderr.isatty())
+                   disable=not progress, ascii=not tty, mininterval=0.1 if tty else 5.0)
         for step in bar:
             batch = perm[step * batch_size:(step + 1) * batch_size]
             xb, yb = x_train[batch], y_train[batch]
@@ -100,7 +102,8 @@ def train(models: dict, data: tuple, epochs: int, batch_size: int, lr: float, se
                 _sync(device)
                 seconds[name] += time.perf_counter() - start
                 totals[name] += loss.item() * len(batch)
-            bar.set_postfix({name: f"{totals[name] / ((step * batch_size) + len(batch)):.3f}" for name in models})
+            bar.set_postfix({name: f"{totals[name] / ((step * batch_size) + len(batch)):.3f}" for name in models},
+                            refresh=tty)
         bar.close()
         cells = []
         for name, model in models.items():
@@ -166,13 +169,18 @@ def plot_cnn(fig, history: dict[str, History], attacks: dict, x: torch.Tensor, y
         ax_loss.plot(epochs, h.loss, label=name, **STYLES[name])
         ax_acc.plot(epochs, h.accuracy, label=name, **STYLES[name])
     ax_loss.set(title="training loss", xlabel="epoch", yscale="log")
+    from matplotlib.ticker import FuncFormatter
+    for axis in (ax_loss.yaxis,):   # plain numbers (0.05, 0.1, 2) rather than 5x10^-2 on the log axis
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax_acc.set(title="test accuracy (%)", xlabel="epoch")
     for ax in (ax_loss, ax_acc):
         ax.legend()
         ax.grid(alpha=0.3)
     ax_adv.plot(EPSILONS, attacks["fgsm"], "o-", label="FGSM")
     ax_adv.plot(EPSILONS, attacks["pgd"], "s-", label="PGD")
-    ax_adv.set(title="fastconv LeNet-5 under attack", xlabel="epsilon", ylabel="test accuracy (%)", ylim=(0, 100))
+    ax_adv.set(title="fastconv LeNet-5 under attack", xlabel="epsilon (L-inf radius; pixels range over 0-1)",
+               ylabel="test accuracy (%)", ylim=(0, 100))
     ax_adv.legend()
     ax_adv.grid(alpha=0.3)
 
@@ -180,16 +188,19 @@ def plot_cnn(fig, history: dict[str, History], attacks: dict, x: torch.Tensor, y
     model.eval()
     with torch.no_grad():
         clean_pred, adv_pred = model(x[:count]).argmax(1), model(adv[:count]).argmax(1)
-    for row, (images, preds, title) in enumerate(((x, clean_pred, "clean"), (adv, adv_pred, f"PGD eps={eps}"))):
+    rows = ((x, clean_pred, "clean"), (adv, adv_pred, f"PGD eps={eps}\n(each pixel\n±{eps:g} of 0-1)"))
+    for row, (images, preds, title) in enumerate(rows):
         for i in range(count):
             ax = fig.add_subplot(grid[1 + row, i])
             ax.imshow(images[i, 0].cpu(), cmap="gray_r", vmin=0, vmax=1)
             ok = preds[i].item() == y[i].item()
-            ax.set_title(f"{preds[i].item()}", color="green" if ok else "red", fontsize=10)
+            label = f"{preds[i].item()}" if ok else f"{preds[i].item()} (is {y[i].item()})"
+            ax.set_title(label, color="green" if ok else "red", fontsize=9)
             ax.set_xticks([]), ax.set_yticks([])
             if i == 0:
                 ax.set_ylabel(title, fontsize=9)
-    fig.suptitle("fastconv vs torch.nn: LeNet-5 on scikit-learn digits (titles: predicted class)")
+    fig.suptitle("fastconv vs torch.nn: LeNet-5 on scikit-learn digits (image titles: predicted class, "
+                 "green when right, red when wrong with the true class)")
 
 
 def plot_rnn(fig, rnn: dict, count: int = 8) -> None:
@@ -218,10 +229,12 @@ def plot_rnn(fig, rnn: dict, count: int = 8) -> None:
         ax = fig.add_subplot(sub[i // (count // 2), i % (count // 2)])
         ax.imshow(rnn["cap_images"][i, 0], cmap="gray_r", vmin=0, vmax=1)
         truth, guess = caption_text(rnn["cap_truth"][i]), caption_text(rnn["cap_pred"][i])
-        ax.set_title(guess or "(nothing)", color="green" if truth == guess else "red", fontsize=9)
+        ok = truth == guess
+        label = (guess or "(nothing)") if ok else f"{guess or '(nothing)'}\n(is: {truth})"
+        ax.set_title(label, color="green" if ok else "red", fontsize=8)
         ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle("fastconv vs torch.nn: char-level LSTM; CNN + LSTM captioner reading 2-4 digits "
-                 "(titles: its captions)")
+                 "(titles: its captions, green when right, red when wrong with the true caption)")
 
 
 STYLES = {"fastconv": dict(color="tab:blue", lw=2), "torch.nn": dict(color="tab:orange", lw=1.5, ls="--")}

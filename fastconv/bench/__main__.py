@@ -15,7 +15,7 @@ import torch
 
 import fastconv
 
-from .runner import measure_copy_bandwidth, run_cases
+from .runner import Progress, measure_copy_bandwidth, run_cases
 from .suites import SUITES
 
 
@@ -45,33 +45,50 @@ def _reexec_with_steady_memory(argv: list[str]) -> None:
     os.execve(sys.executable, [sys.executable, "-m", "fastconv.bench", *argv], env)
 
 
+def _colour_key(row: dict) -> str:
+    """What a bar's colour says: the op family, and for convolutions also the algorithm."""
+    if row["suite"] == "conv2d":
+        return " ".join(row["op"].split()[:2])        # "conv2d im2col", "conv2d winograd", ...
+    return row["suite"]
+
+
 def plot_speedups(path: str, meta: dict, rows: list[dict]) -> None:
-    """A horizontal bar per row from 1x to torch time / fastconv time, on a log axis, coloured by op
-    family."""
+    """A horizontal bar per row from 1x to torch time / fastconv time, on a log axis with plain tick
+    labels (0.5x, 1x, 2x), coloured by op family (and convolution algorithm), its value at the bar's
+    end; the legend sits outside the bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     labels = [f"{r['op']}  {r['shape']}  {r['dtype']}" for r in rows]
     speedups = [r["speedup"] for r in rows]
-    suites = list(dict.fromkeys(r["suite"] for r in rows))
-    colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(suites)}
-    fig, ax = plt.subplots(figsize=(11, 1.0 + 0.24 * len(rows)), layout="constrained")
+    keys = list(dict.fromkeys(_colour_key(r) for r in rows))
+    cmap = plt.get_cmap("tab20" if len(keys) > 10 else "tab10")
+    colours = {k: cmap(i % cmap.N) for i, k in enumerate(keys)}
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.22 * len(rows)), layout="constrained")
     y = range(len(rows))[::-1]
     # bars grow from 1x: right when fastconv is faster, left when it is slower
-    ax.barh(list(y), [s - 1.0 for s in speedups], left=1.0, color=[colours[r["suite"]] for r in rows])
+    ax.barh(list(y), [s - 1.0 for s in speedups], left=1.0, color=[colours[_colour_key(r)] for r in rows])
     ax.set_xscale("log")
+    lo, hi = min(speedups + [1.0]), max(speedups + [1.0])
+    ax.set_xlim(lo / 1.15, hi * 1.45)                  # room for the value written after the longest bar
+    ticks = [t for t in (0.1, 0.2, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 8, 10, 20) if lo / 1.15 <= t <= hi * 1.45]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.axvline(1.0, color="black", lw=1)
     ax.set_yticks(list(y), labels, fontsize=7)
-    ax.set_xlabel("speedup over torch (torch time / fastconv time; > 1 is faster)")
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlabel("speedup over torch (torch time / fastconv time; > 1× is faster)")
     for yi, s in zip(y, speedups):
-        ax.text(max(s, 1.0), yi, f" {s:.2f}x", va="center", fontsize=7)
-    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[s]) for s in suites], labels=suites,
-              loc="lower right", fontsize=8)
+        ax.text(max(s, 1.0), yi, f" {s:.2f}×", va="center", fontsize=7)
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[k]) for k in keys], labels=keys,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set_title(f"fastconv vs torch {meta['torch']} on {meta['device_name']} ({meta['device']}, "
-                 f"{meta['threads']} thread(s){', quick' if meta['quick'] else ''})", fontsize=9)
-    ax.grid(axis="x", alpha=0.3, which="both")
+                 f"{meta['threads']} thread(s){', quick' if meta['quick'] else ''}), {len(rows)} cases", fontsize=9)
+    ax.grid(axis="x", alpha=0.3, which="major")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -124,9 +141,12 @@ def main(argv: list[str] | None = None, *, default_outputs: bool = False) -> int
     print(f"fastconv.bench on {device_name} ({args.device}), torch {torch.__version__}, "
           f"{meta['threads']} thread(s), CPU ISA {meta['build']['cpu_isa']}")
     print(f"measured copy bandwidth (read + write): {copy_bw:.1f} GB/s; memory mode: {args.memory}")
+    suites = {name: SUITES[name](args.device, args.quick) for name in args.ops}
+    progress = Progress(sum(len(cases) for cases in suites.values()))
+    print(f"{progress.total} cases, {rounds} interleaved rounds each")
     rows = []
-    for name in args.ops:
-        rows += [dict(r, suite=name) for r in run_cases(SUITES[name](args.device, args.quick), rounds, min_run_time)]
+    for name, cases in suites.items():
+        rows += [dict(r, suite=name) for r in run_cases(cases, rounds, min_run_time, progress=progress)]
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)

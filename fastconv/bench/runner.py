@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -65,8 +66,21 @@ def measure_copy_bandwidth(device: str, nbytes: int = 256 << 20) -> float:
     return 2 * nbytes / t / 1e9
 
 
-def run_cases(cases: list[Case], rounds: int, min_run_time: float, log=print) -> list[dict]:
+class Progress:
+    """Counts the cases of a whole run and estimates the time left from the mean time per case so far."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def step(self) -> str:
+        self.done += 1
+        left = (time.perf_counter() - self.start) / self.done * (self.total - self.done)
+        return f"[{self.done:>{len(str(self.total))}}/{self.total}, ~{int(left) // 60}:{int(left) % 60:02d} left]"
+
+
+def run_cases(cases: list[Case], rounds: int, min_run_time: float, log=print, progress: Progress | None = None) -> list[dict]:
     rows = []
+    progress = progress or Progress(len(cases))
     header = f"{'op':<26} {'shape':<44} {'dtype':<8} {'fastconv ms':>11} {'torch ms':>9} {'speedup':>8} {'throughput':>24}"
     log(header)
     log("-" * len(header))
@@ -92,6 +106,6 @@ def run_cases(cases: list[Case], rounds: int, min_run_time: float, log=print) ->
         else:
             thr = ""
         log(f"{case.op:<26} {case.shape:<44} {case.dtype:<8} {t_fc * 1e3:>11.3f} {t_th * 1e3:>9.3f} "
-            f"{row['speedup']:>7.2f}x {thr:>24}")
+            f"{row['speedup']:>7.2f}x {thr:>24}  {progress.step()}")
         rows.append(row)
     return rows
