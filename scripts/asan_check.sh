@@ -7,6 +7,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=${1:-$root/.venv/bin/python}
+case $py in */*) [[ $py = /* ]] || py="$PWD/$py" ;; esac   # a relative path stays valid after the cd below
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 git -C "$root" archive HEAD | tar -x -C "$work"
