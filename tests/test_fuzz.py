@@ -166,9 +166,7 @@ def test_batch_norm_agrees_with_torch(shape, training, affine, relu, momentum, l
     C = shape[1]
     w = torch.rand(C, generator=g, dtype=dtype) + 0.5 if affine else None
     bias = torch.randn(C, generator=g, dtype=dtype) if affine else None
-    stats = {k: (torch.randn(C, generator=g, dtype=dtype).clone(), torch.rand(C, generator=g, dtype=dtype) + 0.5)
-             for k in ("o",)}
-    rm0, rv0 = stats["o"]
+    rm0, rv0 = torch.randn(C, generator=g, dtype=dtype), torch.rand(C, generator=g, dtype=dtype) + 0.5
     rs = {"ours": (rm0.clone(), rv0.clone()), "theirs": (rm0.clone(), rv0.clone())}
 
     def ours(x, w, b):
