@@ -46,4 +46,40 @@ FC_HD void conv_tap_columns(const Conv2dGeometry& g, int64_t j, int64_t* lo, int
   *hi = h < *lo ? *lo : (h < g.out_w ? h : g.out_w);
 }
 
+// im2col over a batch of images, one element of the columns per call (the CUDA kernel's thread body
+// and its CPU emulation): cols[n][(c*kh + i)*kw + j][p - p0] for n < images, c < channels (all of an
+// image's channels: group g's rows are the g-th block of Cg*kh*kw), p in [p0, p0 + pc). Returns the
+// offset of the input element that entry e reads, from the first image, or -1 for a padding tap.
+// I is the index type: int32_t when the sizes allow (the caller checks), else int64_t.
+template <typename I>
+FC_HD I im2col_source(I e, const Conv2dGeometry& g, I p0, I pc) {
+  const I kh = I(g.kh), kw = I(g.kw), in_h = I(g.in_h), in_w = I(g.in_w), out_w = I(g.out_w);
+  const I p = p0 + e % pc, r = e / pc;   // consecutive e: consecutive positions
+  const I j = r % kw, i = (r / kw) % kh, cn = r / (kw * kh);   // cn = n * channels + c
+  const I ih = I(g.sh) * (p / out_w) - I(g.ph) + i * I(g.dh);
+  const I iw = I(g.sw) * (p % out_w) - I(g.pw) + j * I(g.dw);
+  return ih >= 0 && ih < in_h && iw >= 0 && iw < in_w ? (cn * in_h + ih) * in_w + iw : I(-1);
+}
+
+// col2im as a gather over a batch of images: the sum of the column entries (laid out as
+// im2col_source writes them, positions [p0, p0 + pc)) that read input element e = (n*channels + c)*H*W
+// + ih*W + iw. One thread per input element, so no two threads write one element.
+template <typename T, typename I>
+FC_HD T col2im_gather(const T* cols, I e, const Conv2dGeometry& g, I p0, I pc) {
+  const I kh = I(g.kh), kw = I(g.kw), in_h = I(g.in_h), in_w = I(g.in_w);
+  const I iw = e % in_w, ih = (e / in_w) % in_h, cn = e / (in_w * in_h);
+  T sum = 0;
+  for (I i = 0; i < kh; ++i) {
+    const int64_t oh = conv_reader(ih, i, g.sh, g.ph, g.dh, g.out_h);
+    if (oh < 0) continue;
+    for (I j = 0; j < kw; ++j) {
+      const int64_t ow = conv_reader(iw, j, g.sw, g.pw, g.dw, g.out_w);
+      if (ow < 0) continue;
+      const I p = I(oh * g.out_w + ow);
+      if (p >= p0 && p < p0 + pc) sum += cols[((cn * kh + i) * kw + j) * pc + (p - p0)];
+    }
+  }
+  return sum;
+}
+
 }  // namespace fastconv

@@ -220,6 +220,7 @@ template <typename T>
 cudaError_t stats_t(const void* x, const BnCudaShape& sh, double eps, const void* w, const void* b, double* ws,
                     void* mean, void* invstd, void* var, void* scale, void* shift, cudaStream_t stream) {
   using P = typename StatOf<T>::type;
+  if (sh.N * sh.C * sh.S == 0) return cudaSuccess;   // no zero-block launch (the glue handles empty inputs)
   const T* xp = static_cast<const T*>(x);
   const int64_t B = batch_norm_reduce_blocks(sh);
   launch_reduce<T, P>(StatsTerm<T, P>{xp}, xp, sh, B, ws, stream);
@@ -233,6 +234,7 @@ template <typename T>
 cudaError_t normalize_t(const void* x, void* y, const BnCudaShape& sh, const void* scale, const void* shift,
                         bool relu, cudaStream_t stream) {
   using P = typename StatOf<T>::type;
+  if (sh.N * sh.C * sh.S == 0) return cudaSuccess;
   normalize_kernel<T, P><<<grid_for(sh.N * sh.C * sh.S), kThreads, 0, stream>>>(
       static_cast<const T*>(x), static_cast<T*>(y), sh, static_cast<const P*>(scale), static_cast<const P*>(shift),
       relu);
@@ -244,6 +246,7 @@ cudaError_t backward_t(const void* dy, const void* x, void* dx, const BnCudaShap
                        const void* invstd, const void* w, const void* scale, const void* shift, bool training,
                        bool relu, bool need_sums, double* ws, void* coeffs, void* gw, void* gb, cudaStream_t stream) {
   using P = typename StatOf<T>::type;
+  if (sh.N * sh.C * sh.S == 0) return cudaSuccess;
   const T* xp = static_cast<const T*>(x);
   const T* gp = static_cast<const T*>(dy);
   const P *mp = static_cast<const P*>(mean), *sp = static_cast<const P*>(scale), *hp = static_cast<const P*>(shift);
@@ -289,6 +292,7 @@ cudaError_t batch_norm_stats(DType dtype, const void* x, const BnCudaShape& sh, 
 cudaError_t batch_norm_prepare(DType dtype, int64_t C, const void* mean, const void* running_var, double eps,
                                const void* weight, const void* bias, void* save_mean, void* save_invstd, void* scale,
                                void* shift, cudaStream_t stream) {
+  if (C == 0) return cudaSuccess;
   if (dtype == DType::f64) {
     prepare_kernel<double><<<grid_for(C), kThreads, 0, stream>>>(
         C, static_cast<const double*>(mean), static_cast<const double*>(running_var), eps,

@@ -1,6 +1,13 @@
-// CUDA convolution helpers on raw pointers: im2col, col2im as a gather (each input element sums the
-// column entries that read it: deterministic, no atomics) and the bias gradient (a block per channel).
+// CUDA convolution helpers on raw pointers: im2col of a batch of images, col2im as a gather (each
+// input element sums the column entries that read it: deterministic, no atomics) and the bias
+// gradient (a block per channel). The thread bodies are common/conv2d.h's im2col_source and
+// col2im_gather, which the CPU emulation of the launch plan runs too; their index arithmetic is
+// 32-bit when the launch's sizes allow.
 #include "cuda/conv2d.h"
+
+#include <algorithm>
+#include <cstdint>
+
 #include "cuda/launch.h"
 
 namespace fastconv::cuda {
@@ -10,37 +17,18 @@ constexpr int kThreads = 256;
 
 int grid_for(int64_t n) { return grid_stride_blocks(n, kThreads); }
 
-template <typename T>
-__global__ void im2col_kernel(const T* __restrict__ x, int64_t cg, Conv2dGeometry g, int64_t p0, int64_t p1,
-                              T* __restrict__ cols) {
-  const int64_t pc = p1 - p0, total = cg * g.kh * g.kw * pc;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t p = p0 + e % pc, r = e / pc;   // consecutive threads: consecutive positions
-    const int64_t j = r % g.kw, i = (r / g.kw) % g.kh, c = r / (g.kw * g.kh);
-    const int64_t ih = conv_tap(p / g.out_w, i, g.sh, g.ph, g.dh);
-    const int64_t iw = conv_tap(p % g.out_w, j, g.sw, g.pw, g.dw);
-    cols[e] = (ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w) ? x[(c * g.in_h + ih) * g.in_w + iw] : T(0);
+template <typename T, typename I>
+__global__ void im2col_kernel(const T* __restrict__ x, I total, Conv2dGeometry g, I p0, I pc, T* __restrict__ cols) {
+  for (I e = blockIdx.x * I(blockDim.x) + threadIdx.x; e < total; e += I(gridDim.x) * I(blockDim.x)) {
+    const I src = im2col_source<I>(e, g, p0, pc);
+    cols[e] = src >= 0 ? x[src] : T(0);
   }
 }
 
-template <typename T>
-__global__ void col2im_kernel(const T* __restrict__ cols, int64_t cg, Conv2dGeometry g, int64_t p0, int64_t p1,
-                              T* __restrict__ dx) {
-  const int64_t pc = p1 - p0, total = cg * g.in_h * g.in_w;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t iw = e % g.in_w, ih = (e / g.in_w) % g.in_h, c = e / (g.in_w * g.in_h);
-    T sum = 0;
-    for (int64_t i = 0; i < g.kh; ++i) {
-      const int64_t oh = conv_reader(ih, i, g.sh, g.ph, g.dh, g.out_h);
-      if (oh < 0) continue;
-      for (int64_t j = 0; j < g.kw; ++j) {
-        const int64_t ow = conv_reader(iw, j, g.sw, g.pw, g.dw, g.out_w);
-        if (ow < 0) continue;
-        const int64_t p = oh * g.out_w + ow;
-        if (p >= p0 && p < p1) sum += cols[((c * g.kh + i) * g.kw + j) * pc + (p - p0)];
-      }
-    }
-    dx[e] += sum;
+template <typename T, typename I>
+__global__ void col2im_kernel(const T* __restrict__ cols, I total, Conv2dGeometry g, I p0, I pc, T* __restrict__ dx) {
+  for (I e = blockIdx.x * I(blockDim.x) + threadIdx.x; e < total; e += I(gridDim.x) * I(blockDim.x)) {
+    dx[e] += col2im_gather<T, I>(cols, e, g, p0, pc);
   }
 }
 
@@ -63,32 +51,50 @@ __global__ void grad_bias_kernel(const T* __restrict__ dy, int64_t batch, int64_
   if (threadIdx.x == 0) db[k] = partial[0];
 }
 
-}  // namespace
-
-cudaError_t conv2d_im2col(DType dtype, const void* x, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t p1,
-                          void* cols, cudaStream_t stream) {
-  const int blocks = grid_for(cg * g.kh * g.kw * (p1 - p0));
-  if (dtype == DType::f64) {
-    im2col_kernel<double><<<blocks, kThreads, 0, stream>>>(static_cast<const double*>(x), cg, g, p0, p1,
-                                                            static_cast<double*>(cols));
+template <typename T>
+cudaError_t im2col_typed(const void* x, int64_t images, const Conv2dGeometry& g, int64_t channels, int64_t p0,
+                         int64_t pc, void* cols, cudaStream_t stream) {
+  const int64_t total = images * channels * g.kh * g.kw * pc, plane = images * channels * g.in_h * g.in_w;
+  if (total == 0) return cudaSuccess;   // no zero-block launch
+  const int blocks = grid_for(total);
+  const T* xp = static_cast<const T*>(x);
+  T* cp = static_cast<T*>(cols);
+  if (std::max(plane, total + int64_t(blocks) * kThreads) < INT32_MAX) {
+    im2col_kernel<T, int32_t><<<blocks, kThreads, 0, stream>>>(xp, int32_t(total), g, int32_t(p0), int32_t(pc), cp);
   } else {
-    im2col_kernel<float><<<blocks, kThreads, 0, stream>>>(static_cast<const float*>(x), cg, g, p0, p1,
-                                                           static_cast<float*>(cols));
+    im2col_kernel<T, int64_t><<<blocks, kThreads, 0, stream>>>(xp, total, g, p0, pc, cp);
   }
   return cudaGetLastError();
 }
 
-cudaError_t conv2d_col2im_add(DType dtype, const void* cols, int64_t cg, const Conv2dGeometry& g, int64_t p0,
-                              int64_t p1, void* dx, cudaStream_t stream) {
-  const int blocks = grid_for(cg * g.in_h * g.in_w);
-  if (dtype == DType::f64) {
-    col2im_kernel<double><<<blocks, kThreads, 0, stream>>>(static_cast<const double*>(cols), cg, g, p0, p1,
-                                                            static_cast<double*>(dx));
+template <typename T>
+cudaError_t col2im_typed(const void* cols, int64_t images, const Conv2dGeometry& g, int64_t channels, int64_t p0,
+                         int64_t pc, void* dx, cudaStream_t stream) {
+  const int64_t total = images * channels * g.in_h * g.in_w, col_elems = images * channels * g.kh * g.kw * pc;
+  if (total == 0) return cudaSuccess;   // no zero-block launch
+  const int blocks = grid_for(total);
+  const T* cp = static_cast<const T*>(cols);
+  T* dp = static_cast<T*>(dx);
+  if (std::max(col_elems + g.out_h * g.out_w, total + int64_t(blocks) * kThreads) < INT32_MAX) {
+    col2im_kernel<T, int32_t><<<blocks, kThreads, 0, stream>>>(cp, int32_t(total), g, int32_t(p0), int32_t(pc), dp);
   } else {
-    col2im_kernel<float><<<blocks, kThreads, 0, stream>>>(static_cast<const float*>(cols), cg, g, p0, p1,
-                                                           static_cast<float*>(dx));
+    col2im_kernel<T, int64_t><<<blocks, kThreads, 0, stream>>>(cp, total, g, p0, pc, dp);
   }
   return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t conv2d_im2col(DType dtype, const void* x, int64_t images, int64_t channels, const Conv2dGeometry& g,
+                          int64_t p0, int64_t pc, void* cols, cudaStream_t stream) {
+  return dtype == DType::f64 ? im2col_typed<double>(x, images, g, channels, p0, pc, cols, stream)
+                             : im2col_typed<float>(x, images, g, channels, p0, pc, cols, stream);
+}
+
+cudaError_t conv2d_col2im_add(DType dtype, const void* cols, int64_t images, int64_t channels,
+                              const Conv2dGeometry& g, int64_t p0, int64_t pc, void* dx, cudaStream_t stream) {
+  return dtype == DType::f64 ? col2im_typed<double>(cols, images, g, channels, p0, pc, dx, stream)
+                             : col2im_typed<float>(cols, images, g, channels, p0, pc, dx, stream);
 }
 
 cudaError_t conv2d_grad_bias(DType dtype, const void* dy, int64_t batch, int64_t channels, int64_t positions,

@@ -12,14 +12,15 @@
 
 namespace fastconv::cuda {
 
-// cols[(c*kh + i)*kw + j][p - p0] for c < cg, p in [p0, p1); x points at the group's first plane.
-cudaError_t conv2d_im2col(DType dtype, const void* x, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t p1,
-                          void* cols, cudaStream_t stream);
+// cols[n][(c*kh + i)*kw + j][p - p0] for n < images, c < channels (all of the image's), p in
+// [p0, p0 + pc); x points at the first image (common/conv2d.h's im2col_source).
+cudaError_t conv2d_im2col(DType dtype, const void* x, int64_t images, int64_t channels, const Conv2dGeometry& g,
+                          int64_t p0, int64_t pc, void* cols, cudaStream_t stream);
 
-// dx[c][ih][iw] += sum of the column entries of positions in [p0, p1) that read it (one thread per
-// input element, so no two threads write one element).
-cudaError_t conv2d_col2im_add(DType dtype, const void* cols, int64_t cg, const Conv2dGeometry& g, int64_t p0,
-                              int64_t p1, void* dx, cudaStream_t stream);
+// dx[n][c][ih][iw] += the sum of the column entries that read it (one thread per input element, so no
+// two threads write one element).
+cudaError_t conv2d_col2im_add(DType dtype, const void* cols, int64_t images, int64_t channels,
+                              const Conv2dGeometry& g, int64_t p0, int64_t pc, void* dx, cudaStream_t stream);
 
 // db[k] = sum over n, p of dy[n][k][p].
 cudaError_t conv2d_grad_bias(DType dtype, const void* dy, int64_t batch, int64_t channels, int64_t positions,

@@ -1,7 +1,8 @@
-// CUDA glue for conv2d. im2col + the tiled GEMM: the same decomposition as the CPU (cpu/conv2d.cpp),
-// launched per image, group and chunk of output positions on the current stream. direct: the kernels
-// of conv2d_direct.cu for the forward pass and grad_input; Winograd: conv2d_winograd.cu's transforms
-// around alpha^2 tiled GEMMs, filters cached; grad_weight is im2col's for all of them.
+// CUDA glue for conv2d. im2col + the tiled GEMM: common/conv2d_gemm_plan.h's launch plan (a batch
+// of images and all groups per launch) run by CudaLaunches on the current stream. direct: the
+// kernels of conv2d_direct.cu for the forward pass and grad_input; Winograd: conv2d_winograd.cu's
+// transforms around one batched launch of the alpha^2 GEMMs per chunk of tile rows; grad_weight is
+// im2col's for all of them.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -12,6 +13,7 @@
 #include <string_view>
 
 #include "common/conv2d_args.h"
+#include "common/conv2d_gemm_plan.h"
 #include "cuda/conv2d.h"
 #include "cuda/conv2d_winograd.h"
 #include "cuda/gemm.h"
@@ -28,6 +30,33 @@ char* at_elem(const at::Tensor& t, int64_t offset) {
 }
 
 Conv2dDims dims_of(const Conv2dShape& s) { return Conv2dDims{s.batch, s.in_channels, s.out_channels, s.groups}; }
+
+// The Backend of common/conv2d_gemm_plan.h on the GPU: each step one launch on `stream`.
+struct CudaLaunches {
+  DType dt;
+  const Conv2dShape& s;
+  cudaStream_t stream;
+
+  void im2col(const void* x, int64_t images, int64_t p0, int64_t pc, void* cols) const {
+    C10_CUDA_CHECK(conv2d_im2col(dt, x, images, s.in_channels, s.g, p0, pc, cols, stream));
+  }
+  void col2im_add(const void* cols, int64_t images, int64_t p0, int64_t pc, void* dx) const {
+    C10_CUDA_CHECK(conv2d_col2im_add(dt, cols, images, s.in_channels, s.g, p0, pc, dx, stream));
+  }
+  void gemm(int64_t m, int64_t n, int64_t k, const void* a, int64_t rs_a, int64_t cs_a, const void* b, int64_t rs_b,
+            int64_t cs_b, double beta, void* c, int64_t rs_c, const GemmBatch& batch) const {
+    C10_CUDA_CHECK(gemm_batched(dt, m, n, k, 1.0, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, rs_c, batch, stream));
+  }
+};
+
+// The column workspace of a plan (undefined when it needs none).
+at::Tensor plan_workspace(const Conv2dShape& s, const Conv2dGemmDims& d, const Conv2dBatching& b,
+                          const at::TensorOptions& options) {
+  const int64_t elems = conv2d_batching_workspace(s, d, b);
+  return elems > 0 ? at::empty({elems}, options) : at::Tensor();
+}
+
+void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 // The transformed filters U[e][kout][cin] of `weight` (flipped and transposed for grad_input), made on
 // `stream` for this call: CUDA weights are not cached (common/weight_cache.h says why).
@@ -62,10 +91,13 @@ void winograd_run(int m, const at::Tensor& x, const at::Tensor& u, const void* b
   for (int64_t r0 = 0; r0 < rows; r0 += rows_per_chunk) {
     const int64_t nrows = std::min(rows_per_chunk, rows - r0), tc = nrows * tiles_w;
     C10_CUDA_CHECK(winograd_input_transform(dt, m, x.data_ptr(), d, r0, nrows, v.data_ptr(), stream));
-    for (int64_t e = 0; e < E; ++e) {
-      C10_CUDA_CHECK(gemm(dt, d.out_ch, tc, d.in_ch, 1.0, at_elem(u, e * d.out_ch * d.in_ch), d.in_ch, 1,
-                          at_elem(v, e * d.in_ch * tc), tc, 1, 0.0, at_elem(mt, e * d.out_ch * tc), tc, stream));
-    }
+    GemmBatch batch;   // M[e] = U[e] V[e] for every e, one launch
+    batch.count = E;
+    batch.a = {d.out_ch * d.in_ch, 0, 0};
+    batch.b = {d.in_ch * tc, 0, 0};
+    batch.c = {d.out_ch * tc, 0, 0};
+    C10_CUDA_CHECK(gemm_batched(dt, d.out_ch, tc, d.in_ch, 1.0, u.data_ptr(), d.in_ch, 1, v.data_ptr(), tc, 1, 0.0,
+                                mt.data_ptr(), tc, batch, stream));
     C10_CUDA_CHECK(winograd_output_transform(dt, m, mt.data_ptr(), bias, d, r0, nrows, out.data_ptr(), stream));
   }
 }
@@ -101,24 +133,11 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
     const auto view = s.batched ? std::vector<int64_t>{1, s.out_channels, 1, 1} : std::vector<int64_t>{s.out_channels, 1, 1};
     out.copy_(bias->reshape(view).expand_as(out));
   }
-  at::Tensor cols = d.pointwise ? at::Tensor() : at::empty({d.kc * d.chunk}, input.options());
-  for (int64_t n = 0; n < s.batch; ++n) {
-    for (int64_t grp = 0; grp < s.groups; ++grp) {
-      const int64_t x_off = (n * s.in_channels + grp * d.cg) * d.HW, o_off = (n * s.out_channels + grp * d.kg) * d.P;
-      for (int64_t p0 = 0; p0 < d.P; p0 += d.chunk) {
-        const int64_t p1 = std::min(d.P, p0 + d.chunk), pc = p1 - p0;
-        const void* b = at_elem(x, x_off + p0);
-        int64_t rs_b = d.HW;
-        if (!d.pointwise) {
-          C10_CUDA_CHECK(conv2d_im2col(dt, at_elem(x, x_off), d.cg, s.g, p0, p1, cols.data_ptr(), stream));
-          b = cols.data_ptr();
-          rs_b = pc;
-        }
-        C10_CUDA_CHECK(gemm(dt, d.kg, pc, d.kc, 1.0, at_elem(w, grp * d.kg * d.kc), d.kc, 1, b, rs_b, 1,
-                            has_bias ? 1.0 : 0.0, at_elem(out, o_off + p0), d.P, stream));
-      }
-    }
-  }
+  const Conv2dBatching batching = conv2d_batching(s, d, input.element_size(), kWorkspaceBytes);
+  const at::Tensor cols = plan_workspace(s, d, batching, input.options());
+  CudaLaunches be{dt, s, stream};
+  conv2d_plan_forward(be, s, d, batching, input.element_size(), x.data_ptr(), w.data_ptr(), out.data_ptr(), has_bias,
+                      ptr_or_null(cols));
   return in_format(out, s.format);
 }
 
@@ -135,7 +154,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
              db = at::empty({0}, input.options());
-  at::Tensor cols = d.pointwise ? at::Tensor() : at::empty({d.kc * d.chunk}, input.options());
+  const Conv2dBatching batching = conv2d_batching(s, d, input.element_size(), kWorkspaceBytes);
+  const bool im2col_grad_input = output_mask[0] && winograd_tile(s.algorithm) == 0 && s.algorithm != Conv2dAlgorithm::direct;
+  const at::Tensor cols = im2col_grad_input || output_mask[1] ? plan_workspace(s, d, batching, input.options()) : at::Tensor();
+  CudaLaunches be{dt, s, stream};
   if (output_mask[0] && winograd_tile(s.algorithm) != 0) {
     const int m = winograd_tile(s.algorithm);
     dx = at::empty(input.sizes(), input.options());
@@ -149,45 +171,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
     C10_CUDA_CHECK(conv2d_direct_grad_input(dt, dy.data_ptr(), w.data_ptr(), dx.data_ptr(), dims_of(s), s.g, stream));
     dx = in_format(dx, s.format);
   } else if (output_mask[0]) {
-    dx = at::zeros(input.sizes(), input.options());
-    for (int64_t n = 0; n < s.batch; ++n) {
-      for (int64_t grp = 0; grp < s.groups; ++grp) {
-        const int64_t x_off = (n * s.in_channels + grp * d.cg) * d.HW, o_off = (n * s.out_channels + grp * d.kg) * d.P;
-        const void* wg = at_elem(w, grp * d.kg * d.kc);
-        if (d.pointwise) {   // dx_g = W_g^T @ dY_g
-          C10_CUDA_CHECK(gemm(dt, d.kc, d.P, d.kg, 1.0, wg, 1, d.kc, at_elem(dy, o_off), d.P, 1, 0.0,
-                              at_elem(dx, x_off), d.HW, stream));
-          continue;
-        }
-        for (int64_t p0 = 0; p0 < d.P; p0 += d.chunk) {
-          const int64_t p1 = std::min(d.P, p0 + d.chunk), pc = p1 - p0;
-          C10_CUDA_CHECK(gemm(dt, d.kc, pc, d.kg, 1.0, wg, 1, d.kc, at_elem(dy, o_off + p0), d.P, 1, 0.0,
-                              cols.data_ptr(), pc, stream));
-          C10_CUDA_CHECK(conv2d_col2im_add(dt, cols.data_ptr(), d.cg, s.g, p0, p1, at_elem(dx, x_off), stream));
-        }
-      }
-    }
+    dx = d.pointwise ? at::empty(input.sizes(), input.options()) : at::zeros(input.sizes(), input.options());
+    conv2d_plan_grad_input(be, s, d, batching, input.element_size(), dy.data_ptr(), w.data_ptr(), dx.data_ptr(),
+                           ptr_or_null(cols));
     dx = in_format(dx, s.format);   // torch: the convolution's memory format
   }
   if (output_mask[1]) {
     dw = at::zeros(weight.sizes(), weight.options());
-    for (int64_t grp = 0; grp < s.groups; ++grp) {
-      for (int64_t n = 0; n < s.batch; ++n) {
-        const int64_t x_off = (n * s.in_channels + grp * d.cg) * d.HW, o_off = (n * s.out_channels + grp * d.kg) * d.P;
-        for (int64_t p0 = 0; p0 < d.P; p0 += d.chunk) {
-          const int64_t p1 = std::min(d.P, p0 + d.chunk), pc = p1 - p0;
-          const void* b = at_elem(x, x_off + p0);
-          int64_t rs_b = 1, cs_b = d.HW;
-          if (!d.pointwise) {
-            C10_CUDA_CHECK(conv2d_im2col(dt, at_elem(x, x_off), d.cg, s.g, p0, p1, cols.data_ptr(), stream));
-            b = cols.data_ptr();
-            cs_b = pc;
-          }
-          C10_CUDA_CHECK(gemm(dt, d.kg, d.kc, pc, 1.0, at_elem(dy, o_off + p0), d.P, 1, b, rs_b, cs_b, 1.0,
-                              at_elem(dw, grp * d.kg * d.kc), d.kc, stream));
-        }
-      }
-    }
+    conv2d_plan_grad_weight(be, s, d, batching, input.element_size(), dy.data_ptr(), x.data_ptr(), dw.data_ptr(),
+                            ptr_or_null(cols));
     dw = in_format(dw, s.format);
   }
   if (output_mask[2]) {

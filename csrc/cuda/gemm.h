@@ -1,4 +1,4 @@
-// Launcher of the CUDA GEMM kernel (torch-free): C = alpha * op(A) * op(B) + beta * C on strided
+// Launchers of the CUDA GEMM kernel (torch-free): C = alpha * op(A) * op(B) + beta * C on strided
 // operands, as the CPU engine (cpu/gemm_kernels.h): element (i, k) of op(A) is a[i*rs_a + k*cs_a].
 #pragma once
 
@@ -7,12 +7,20 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "common/gemm_batch.h"
 
 namespace fastconv::cuda {
 
-// beta == 0: C is not read; alpha == 0: A and B are not read. dtype: f32 or f64.
+// beta == 0: C is not read; alpha == 0: A and B are not read. dtype: f32 or f64. An empty output
+// launches nothing.
 cudaError_t gemm(DType dtype, int64_t m, int64_t n, int64_t k, double alpha, const void* a, int64_t rs_a,
                  int64_t cs_a, const void* b, int64_t rs_b, int64_t cs_b, double beta, void* c, int64_t rs_c,
                  cudaStream_t stream);
+
+// The same over a strided batch with a summed reduction batch (common/gemm_batch.h), in one launch:
+// a, b and c point at the operands of GEMM z = 0, r = 0.
+cudaError_t gemm_batched(DType dtype, int64_t m, int64_t n, int64_t k, double alpha, const void* a, int64_t rs_a,
+                         int64_t cs_a, const void* b, int64_t rs_b, int64_t cs_b, double beta, void* c, int64_t rs_c,
+                         GemmBatch batch, cudaStream_t stream);
 
 }  // namespace fastconv::cuda

@@ -17,7 +17,6 @@ constexpr const char* kOp = "gemm";
 at::Tensor gemm_cuda(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c, bool trans_a,
                      bool trans_b, double alpha, double beta) {
   const GemmShape s = check_gemm(a, b, c, trans_a, trans_b, kOp);
-  FC_CHECK((s.m + 63) / 64 <= 65535, kOp, "at most ", 65535 * 64, " rows are supported on CUDA, but got ", s.m);
   const c10::cuda::CUDAGuard guard(a.device());
   at::Tensor out = at::empty({s.m, s.n}, a.options());
   const bool reads_c = gemm_reads_c(c, beta);

@@ -39,10 +39,6 @@ at::Tensor weight_grad(const at::Tensor& da, const T* x, int64_t ld_x, int64_t c
   return dw;
 }
 
-void check_rows(const RnnLayerShape& s, const char* op) {
-  FC_CHECK((s.N + 63) / 64 <= 65535, op, "at most ", 65535 * 64, " rows are supported on CUDA, but got ", s.N);
-}
-
 // x W_ih^T (+ bias broadcast) into the first cols columns of out (row stride ld).
 template <typename T>
 void input_projection(const RnnLayerShape& s, const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& bias,
@@ -61,7 +57,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cuda(
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr, bool reverse) {
   const RnnLayerShape s = check_rnn_layer(kLstm, 4, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
-  check_rows(s, kLstm);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const bool proj = w_hr.has_value() && w_hr->defined();
@@ -101,7 +96,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& workspace, bool reverse, std::array<bool, 3> output_mask) {
   const RnnLayerShape s = check_lstm_layer_backward(kLstmBackward, grad_output, grad_hy, grad_cy, input, batch_sizes,
                                                     hx, cx, w_ih, w_hh, w_hr, output, workspace);
-  check_rows(s, kLstmBackward);
   const bool proj = w_hr.has_value() && w_hr->defined();
   const int64_t H = s.H, P = s.Hout, ldw = lstm_workspace_cols(s, proj);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -163,7 +157,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_cuda(
     bool reverse) {
   const RnnLayerShape s = check_rnn_layer(kGru, 3, input, batch_sizes, hx, std::nullopt, w_ih, w_hh, b_ih, b_hh,
                                           std::nullopt);
-  check_rows(s, kGru);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const int64_t H = s.H;
@@ -198,7 +191,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& workspace, bool reverse, std::array<bool, 3> output_mask) {
   const RnnLayerShape s = check_gru_layer_backward(kGruBackward, grad_output, grad_hy, input, batch_sizes, hx, w_ih,
                                                    w_hh, output, workspace);
-  check_rows(s, kGruBackward);
   const int64_t H = s.H;
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
