@@ -35,8 +35,10 @@ TORCH_LIBRARY(fastconv, m) {
         "Tensor grad_weight, Tensor grad_bias)");
 
   // GEMM engine: out = alpha * op(a) @ op(b) + beta * c, op(x) = x^T when trans_x; c (optional) is
-  // broadcast to the output's shape, and not read when beta == 0 (as BLAS).
-  m.def("gemm(Tensor a, Tensor b, Tensor? c, bool trans_a, bool trans_b, float alpha, float beta) -> Tensor");
+  // broadcast to the output's shape, and not read when beta == 0 (as BLAS). float16/bfloat16 a and b
+  // are accumulated in float32; out_dtype (default: a's) may then be float32, float16 or bfloat16.
+  m.def("gemm(Tensor a, Tensor b, Tensor? c, bool trans_a, bool trans_b, float alpha, float beta, "
+        "ScalarType? out_dtype=None) -> Tensor");
 
   // conv2d: torch's convolution with symmetric padding (fastconv.functional.conv2d turns 'same',
   // 'valid' and asymmetric padding into this); algorithm: "auto", "im2col", "direct", "winograd",

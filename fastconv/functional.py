@@ -78,17 +78,24 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
     return out
 
 
+_LINEAR_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = input @ weight^T + bias, as :func:`torch.nn.functional.linear` (any leading dimensions,
     optional bias), on fastconv's GEMM engine: one gemm with the bias as its beta term.
 
-    dtypes: float32, float64 (input and weight alike)."""
+    dtypes: float32, float64, float16 and bfloat16 (input, weight and bias alike; as torch, the output
+    has the input's dtype). Half precision is accumulated in float32 and rounded once, to nearest even
+    (CPU; on CUDA half precision is not implemented yet and raises)."""
     if weight.dim() != 2:
         raise RuntimeError(f"fastconv.linear: expected a 2-D weight (out_features, in_features), but got shape "
                            f"{tuple(weight.shape)}")
-    if input.dtype not in (torch.float32, torch.float64) or weight.dtype != input.dtype:
-        raise RuntimeError(f"fastconv.linear: expected input to be float32 or float64 and weight of the same dtype, "
-                           f"but got input {input.dtype} and weight {weight.dtype}")
+    if input.dtype not in _LINEAR_DTYPES or weight.dtype != input.dtype:
+        raise RuntimeError(f"fastconv.linear: expected input to be float32, float64, float16 or bfloat16 and weight "
+                           f"of the same dtype, but got input {input.dtype} and weight {weight.dtype}")
+    if bias is not None and bias.dtype != input.dtype:
+        raise RuntimeError(f"fastconv.linear: expected bias of dtype {input.dtype}, but got {bias.dtype}")
     if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
         raise RuntimeError(f"fastconv.linear: expected input with last dimension {weight.shape[1]} "
                            f"(in_features), but got shape {tuple(input.shape)}")

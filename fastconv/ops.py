@@ -206,22 +206,31 @@ torch.library.register_autograd(
 # gemm: out = alpha * op(a) @ op(b) + beta * c
 # ------------------------------------------------------------------------------------------------
 def gemm(a: Tensor, b: Tensor, c: Tensor | None = None, trans_a: bool = False, trans_b: bool = False,
-         alpha: float = 1.0, beta: float = 0.0) -> Tensor:
-    return torch.ops.fastconv.gemm.default(a, b, c, trans_a, trans_b, alpha, beta)
+         alpha: float = 1.0, beta: float = 0.0, out_dtype: torch.dtype | None = None) -> Tensor:
+    return torch.ops.fastconv.gemm.default(a, b, c, trans_a, trans_b, alpha, beta, out_dtype)
+
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 @torch.library.register_fake("fastconv::gemm")
-def _gemm_fake(a, b, c, trans_a, trans_b, alpha, beta):
+def _gemm_fake(a, b, c, trans_a, trans_b, alpha, beta, out_dtype=None):
     _check(a.dim() == 2 and b.dim() == 2, "gemm", f"expected 2-D a and b, but got shapes {tuple(a.shape)} and "
            f"{tuple(b.shape)}")
+    _check(a.dtype in (torch.float32, torch.float64, *_HALF), "gemm",
+           f"expected a to be float32, float64, float16 or bfloat16, but got {a.dtype}")
+    _check(b.dtype == a.dtype, "gemm", f"expected b of dtype {a.dtype}, but got {b.dtype}")
+    out = a.dtype if out_dtype is None else out_dtype
+    _check(out == a.dtype or (a.dtype in _HALF and out in (torch.float32, *_HALF)), "gemm",
+           f"expected out_dtype {a.dtype} for {a.dtype} inputs, but got {out}")
     m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
     kb, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
     _check(k == kb, "gemm", f"inner dimensions differ: op(a) is {m}x{k} and op(b) is {kb}x{n}")
-    return a.new_empty((m, n))
+    return a.new_empty((m, n), dtype=out)
 
 
 def _gemm_setup_context(ctx, inputs, output):
-    a, b, c, trans_a, trans_b, alpha, beta = inputs
+    a, b, c, trans_a, trans_b, alpha, beta, _ = inputs
     ctx.save_for_backward(a, b)
     ctx.flags = (trans_a, trans_b, alpha, beta)
     ctx.c_shape = None if c is None else c.shape
@@ -229,17 +238,24 @@ def _gemm_setup_context(ctx, inputs, output):
 
 def _gemm_backward(ctx, grad):
     # d op(A) = alpha * grad @ op(B)^T and d op(B) = alpha * op(A)^T @ grad; a transposed operand
-    # receives the transpose, which is again one gemm with the flags swapped.
+    # receives the transpose, which is again one gemm with the flags swapped. Half-precision inputs
+    # with a float32 output: the gradients are computed in float32 (the other operand widened) and
+    # returned in the inputs' dtype.
     a, b = ctx.saved_tensors
     trans_a, trans_b, alpha, beta = ctx.flags
+    in_dtype = a.dtype
+    if grad.dtype != in_dtype:
+        a, b = a.to(grad.dtype), b.to(grad.dtype)
     ga = gb = gc = None
     if ctx.needs_input_grad[0]:
         ga = gemm(b, grad, None, trans_b, True, alpha) if trans_a else gemm(grad, b, None, False, not trans_b, alpha)
+        ga = ga.to(in_dtype)
     if ctx.needs_input_grad[1]:
         gb = gemm(grad, a, None, True, trans_a, alpha) if trans_b else gemm(a, grad, None, not trans_a, False, alpha)
+        gb = gb.to(in_dtype)
     if ctx.c_shape is not None and ctx.needs_input_grad[2]:
         gc = (grad * beta).sum_to_size(ctx.c_shape)
-    return ga, gb, gc, None, None, None, None
+    return ga, gb, gc, None, None, None, None, None
 
 
 torch.library.register_autograd("fastconv::gemm", _gemm_backward, setup_context=_gemm_setup_context)

@@ -309,8 +309,8 @@ def test_bad_python_arguments():
         fastconv.nn.Conv2d(3, 4, 3, stride=2, algorithm="winograd_4x4")
     with pytest.raises(ValueError, match="winograd.*applies to 3x3 kernels"):
         fastconv.nn.Conv2d(3, 4, 5, algorithm="winograd")
-    with pytest.raises(RuntimeError, match=r"fastconv.nn.Linear: fastconv.linear: expected input to be float32 or "
-                                           r"float64 .* but got input torch.int64"):   # the argument the user passed
+    with pytest.raises(RuntimeError, match=r"fastconv.nn.Linear: fastconv.linear: expected input to be float32, "
+                                           r"float64, float16 or bfloat16 .* but got input torch.int64"):   # the argument the user passed
         fastconv.nn.Linear(3, 4)(torch.ones(2, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="algorithm must be one of"):
         F.conv2d(x, w, algorithm="fft")

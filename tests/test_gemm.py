@@ -114,7 +114,7 @@ def test_bad_inputs_raise_clear_errors(device):
         gemm(a, b)
     with pytest.raises(RuntimeError, match="fastconv::gemm: expected 2-D"):
         gemm(torch.randn(3, device=device), b)
-    with pytest.raises(RuntimeError, match="fastconv::gemm: expected a to be float32 or float64"):
+    with pytest.raises(RuntimeError, match="fastconv::gemm: expected a to be float32, float64, float16 or bfloat16"):
         gemm(a.long(), b.long())
     with pytest.raises(RuntimeError, match="fastconv::gemm: expected b of dtype"):
         gemm(a, torch.randn(4, 2, dtype=torch.float64, device=device))

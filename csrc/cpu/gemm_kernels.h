@@ -13,6 +13,8 @@
 
 #include <cstdint>
 
+#include "common/dtype.h"
+
 namespace fastconv::cpu {
 
 template <typename T>
@@ -65,6 +67,26 @@ struct GemmKernels {
 // Other CPU ops (convolution, linear) call it directly.
 template <typename T>
 void gemm(const GemmArgs<T>& g);
+
+// Mixed precision: A and B in float16 or bfloat16 (`in`, both alike), the products accumulated in
+// float32, C in float32, float16 or bfloat16 (`out`). Packing converts A and B into the float32
+// micro-kernel's panels (a half value is exact in float32, so every product is exact and only the
+// sums round, in float32); the loop nest is gemm's own. A half-precision C is accumulated in a float32
+// copy and written back once at the end, rounded to nearest even. alpha and beta as in GemmArgs
+// (beta == 0: C is not read).
+struct MixedGemmArgs {
+  int64_t m, n, k;
+  float alpha, beta;
+  DType in;
+  const void* a;
+  int64_t rs_a, cs_a;
+  const void* b;
+  int64_t rs_b, cs_b;
+  DType out;
+  void* c;
+  int64_t rs_c, cs_c;
+};
+void gemm_mixed(const MixedGemmArgs& g);
 
 // Elements of the packed form of an m x k op(A), and the packing itself (reads g.m, g.k, g.a, g.rs_a,
 // g.cs_a, g.k_block): the layout the engine's row and K blocks index into, zero-padded to whole

@@ -15,8 +15,10 @@ namespace {
 constexpr const char* kOp = "gemm";
 
 at::Tensor gemm_cuda(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c, bool trans_a,
-                     bool trans_b, double alpha, double beta) {
-  const GemmShape s = check_gemm(a, b, c, trans_a, trans_b, kOp);
+                     bool trans_b, double alpha, double beta, std::optional<at::ScalarType> out_dtype) {
+  const GemmShape s = check_gemm(a, b, c, trans_a, trans_b, out_dtype, kOp);
+  FC_CHECK(!is_half(a.scalar_type()), kOp, "float16 and bfloat16 inputs are not implemented on CUDA yet (the "
+           "tensor-core GEMM of issue 14); got ", a.scalar_type(), " on ", a.device());
   const c10::cuda::CUDAGuard guard(a.device());
   at::Tensor out = at::empty({s.m, s.n}, a.options());
   const bool reads_c = gemm_reads_c(c, beta);
