@@ -87,7 +87,7 @@ PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
   if (name == nullptr) return nullptr;
   Isa isa;
   if (!fastconv::cpu::parse_isa(name, &isa)) {
-    PyErr_Format(PyExc_ValueError, "fastconv: unknown CPU ISA '%s' (expected scalar, avx2 or avx512)", name);
+    PyErr_Format(PyExc_ValueError, "fastconv: unknown CPU ISA '%s' (expected scalar, avx2, avx512 or avx512_bf16)", name);
     return nullptr;
   }
   if (!fastconv::cpu::set_active_isa(isa)) {
@@ -96,6 +96,17 @@ PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
     return nullptr;
   }
   Py_RETURN_NONE;
+}
+
+PyObject* py_cpu_isas(PyObject*, PyObject*) {
+  using fastconv::cpu::Isa;
+  PyObject* list = PyList_New(0);
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16}) {
+    PyObject* name = PyUnicode_FromString(fastconv::cpu::isa_name(isa));
+    PyList_Append(list, name);
+    Py_DECREF(name);
+  }
+  return list;
 }
 
 PyObject* py_cuda_compiled(PyObject*, PyObject*) {
@@ -208,7 +219,8 @@ PyObject* py_weight_cache_clear(PyObject*, PyObject*) {
 PyMethodDef methods[] = {
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The CPU ISA the vectorised kernels use now."},
     {"best_cpu_isa", py_best_cpu_isa, METH_NOARGS, "The widest CPU ISA this machine supports."},
-    {"set_cpu_isa", py_set_cpu_isa, METH_O, "Use 'scalar', 'avx2' or 'avx512' kernels (for tests)."},
+    {"set_cpu_isa", py_set_cpu_isa, METH_O, "Use 'scalar', 'avx2', 'avx512' or 'avx512_bf16' kernels (for tests)."},
+    {"cpu_isas", py_cpu_isas, METH_NOARGS, "The CPU ISA levels fastconv knows, narrowest first."},
     {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "Whether the CUDA kernels were compiled in."},
     {"fma_peak_gflops", py_fma_peak, METH_VARARGS,
      "fma_peak_gflops(single=True, seconds=0.2): measured FMA peak of the active CPU ISA on torch's threads."},

@@ -260,7 +260,7 @@ def run(device: str = "cpu", quick: bool = False, cases: list[Case] | None = Non
     cases = [c for c in (CASES if cases is None else cases) if c.quick or not quick]
     isas = ["-"]
     if device == "cpu":
-        order = ["scalar", "avx2", "avx512"]
+        order = fastconv._C.cpu_isas()
         best = order.index(fastconv._C.best_cpu_isa())
         isas = [order[best]] if quick else order[: best + 1]
     dtypes = [torch.float32] if quick else [torch.float32, torch.float64]

@@ -1,7 +1,8 @@
 """Shared fixtures: every test that takes `device` runs on the CPU and, when a GPU is present, on
 CUDA (the same test, skipped rather than failed without one — unless FASTCONV_REQUIRE_CUDA=1, as
 scripts/device_check.sh sets on a GPU machine, where a CUDA case that cannot run fails); `cpu_isa`
-runs a CPU test once per SIMD variant this machine supports (scalar, avx2, avx512)."""
+runs a CPU test once per SIMD variant this machine supports (scalar, avx2, avx512; avx512_bf16 differs
+from avx512 only in the bfloat16 GEMM, so only the tests of that ask for it, by indirect parametrisation)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import fastconv
 
 DEVICES = ["cpu", "cuda"]
 ISAS = ["scalar", "avx2", "avx512"]
-_ISA_RANK = {name: i for i, name in enumerate(ISAS)}
+ALL_ISAS = fastconv._C.cpu_isas()   # ISAS + avx512_bf16
+_ISA_RANK = {name: i for i, name in enumerate(ALL_ISAS)}
 REQUIRE_CUDA = os.environ.get("FASTCONV_REQUIRE_CUDA") == "1"
 
 # References in full float32: torch's cuDNN convolutions (and, where enabled, its matmuls) use TF32 by

@@ -14,7 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
+import fastconv
 import fastconv.functional as F
+from conftest import ALL_ISAS
 from fastconv.ops import gemm
 
 HALF = [torch.bfloat16, torch.float16]
@@ -42,6 +44,7 @@ def _check_rule(ours, theirs, ref, out_dtype, what):
     assert _err(ours, ref) <= tol, f"{what}: error {_err(ours, ref)} > {tol} (torch's {_err(theirs, ref)})"
 
 
+@pytest.mark.parametrize("cpu_isa", ALL_ISAS, indirect=True)
 @pytest.mark.parametrize("in_dtype", HALF, ids=str)
 def test_every_transpose_size_and_output_dtype(cpu_isa, in_dtype):
     for (m, n, k), ta, tb, out_dtype in itertools.product(SIZES, (False, True), (False, True),
@@ -69,6 +72,50 @@ def test_alpha_beta_and_broadcast_c(in_dtype):
     nan_a = torch.full_like(a, float("nan"))
     c = torch.randn(23, 19).to(in_dtype)
     torch.testing.assert_close(gemm(nan_a, b, c, False, True, 0.0, 2.0), (2 * c.float()).to(in_dtype))
+
+
+bf16_path = torch.ops.fastconv_testing.gemm_bf16_path
+HAS_BF16 = fastconv._C.best_cpu_isa() == "avx512_bf16"
+
+
+@pytest.mark.parametrize("path", ["emulated", "float32"])
+def test_bf16_paths_by_the_rule(path):
+    """The pair-packed bfloat16 path on the portable vdpbf16ps emulation (packing, tile loops, edges,
+    odd K), and the float32-widening path, on every machine."""
+    for (m, n, k), ta, tb in itertools.product(SIZES + [(6, 64, 2), (7, 65, 3), (5, 63, 1)], (False, True),
+                                               (False, True)):
+        a, b = _operands(m, n, k, ta, tb, torch.bfloat16, seed=4)
+        op_a, op_b = (a.T if ta else a), (b.T if tb else b)
+        ref = op_a.double() @ op_b.double()
+        for out_t in (torch.float32, torch.bfloat16):
+            theirs = (op_a @ op_b).to(out_t) if out_t != torch.float32 else op_a.float() @ op_b.float()
+            _check_rule(bf16_path(a, b, ta, tb, path, out_t), theirs, ref, out_t,
+                        f"{path} m,n,k={m},{n},{k} ta={ta} tb={tb} out={out_t}")
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no AVX512-BF16 (the emulation is tested above)")
+def test_real_vdpbf16ps_equals_its_emulation_bit_for_bit():
+    """The emulation is exact: on a CPU with the instruction, both give the same bits, including for
+    denormal inputs (read as zero) and products that underflow (flushed)."""
+    for (m, n, k), ta, tb in itertools.product(SIZES, (False, True), (False, True)):
+        a, b = _operands(m, n, k, ta, tb, torch.bfloat16, seed=5)
+        assert torch.equal(bf16_path(a, b, ta, tb, "emulated", torch.float32),
+                           bf16_path(a, b, ta, tb, "avx512_bf16", torch.float32)), (m, n, k, ta, tb)
+    g = torch.Generator().manual_seed(6)
+    tiny = torch.randn(33, 70, generator=g) * torch.tensor(2.0) ** torch.randint(-140, -100, (33, 70), generator=g)
+    a, b = tiny.bfloat16(), (torch.randn(70, 20, generator=g) * 1e-3).bfloat16()
+    assert (a.float().abs() < torch.finfo(torch.float32).tiny).any()   # denormal inputs present
+    assert torch.equal(bf16_path(a, b, False, False, "emulated", torch.float32),
+                       bf16_path(a, b, False, False, "avx512_bf16", torch.float32))
+
+
+def test_bf16_path_refused_where_the_cpu_lacks_it():
+    a = torch.randn(4, 4).bfloat16()
+    if HAS_BF16:
+        bf16_path(a, a, False, False, "avx512_bf16", None)
+    else:
+        with pytest.raises(RuntimeError, match="cannot run the 'avx512_bf16' path"):
+            bf16_path(a, a, False, False, "avx512_bf16", None)
 
 
 def test_strided_and_rounding_to_nearest_even():

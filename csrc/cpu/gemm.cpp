@@ -7,10 +7,13 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <vector>
 
 #include "common/gemm_args.h"
+#include "cpu/gemm_bf16.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
 #include "cpu/memory.h"
@@ -58,50 +61,64 @@ void scale_c(const GemmArgs<T>& g) {
   }
 }
 
-// The blocked loop nest, shared by every element type: pack_a(i0, mc, k0, kc, dst) and
-// pack_b(k0, kc, j0, nc, dst) fill the micro-kernel's panels (kern's layout) from whatever the
-// operands are stored as; kern.macro multiplies them into g.c.
-template <typename T, class PackA, class PackB>
-void loop_nest(const GemmArgs<T>& g, const GemmKernels<T>& kern, PackA pack_a, PackB pack_b) {
-  const int64_t mr = kern.mr, nr = kern.nr;
-  // Enough row blocks to keep every thread busy, each a multiple of the micro-tile height. Inside a
-  // parallel region (a caller already splits the work, as conv2d does over images) the GEMM runs on
-  // one thread, and taller row blocks reuse each packed B panel across more micro-tiles.
+// The blocked loop nest, shared by every element type. TC is C's (and the scalars') type, TP the
+// packed panels' (TC itself, or bfloat16 bits for the pair-packed path). pack_a(i0, mc, k0, kc, dst)
+// and pack_b(k0, kc, j0, nc, dst) fill the micro-kernel's MR-tall and NR-wide panels from whatever the
+// operands are stored as, each panel kcp = kc rounded up to k_align steps deep; macro(ap, bp, i0, mc,
+// j0, nc, kc, first) multiplies them into g.c. Prepacked operands (g.a_packed, g.b_packed) are in TC's
+// own panel layout.
+template <typename TC, typename TP, class Macro, class PackA, class PackB>
+void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, Macro macro, PackA pack_a,
+               PackB pack_b) {
+  constexpr bool kPrepacked = std::is_same_v<TC, TP>;
+  const TP* a_packed = nullptr;
+  const TP* b_packed = nullptr;
+  if constexpr (kPrepacked) {
+    a_packed = g.a_packed;
+    b_packed = g.b_packed;
+  }
+  // Row blocks of at most kMC rows, each a multiple of the micro-tile height, at least two per thread
+  // and as many on every thread (at::parallel_for hands each thread an equal run of blocks, so 9 blocks
+  // on 2 threads would leave one idle a ninth of the time). Inside a parallel region (a caller already
+  // splits the work, as conv2d does over images) the GEMM runs on one thread, and taller row blocks
+  // reuse each packed B panel across more micro-tiles.
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  int64_t mc = std::min<int64_t>(kMC, (g.m + 2 * threads - 1) / (2 * threads));
+  const int64_t per_thread = std::max<int64_t>(2, (g.m + threads * kMC - 1) / (threads * kMC));
+  int64_t mc = (g.m + threads * per_thread - 1) / (threads * per_thread);
   mc = std::max<int64_t>(mr, (mc + mr - 1) / mr * mr);
   const int64_t ncap = std::min<int64_t>(kNC, (g.n + nr - 1) / nr * nr);
   const int64_t m_pad = (g.m + mr - 1) / mr * mr;   // rows of a prepacked A
   const int64_t kKC = k_block_of(g);
   const int64_t n_pad = (g.n + nr - 1) / nr * nr;   // columns of a prepacked B
+  const auto padded = [&](int64_t kc) { return (kc + k_align - 1) / k_align * k_align; };
   // 64-byte aligned, as the micro-kernel's aligned loads of the B panel need (so must b_packed be).
-  T* b_scratch = g.b_packed != nullptr ? nullptr : scratch<T>(Scratch::gemm_b, std::min<int64_t>(kKC, g.k) * ncap);
-  const T* bp = b_scratch;
+  TP* b_scratch = b_packed != nullptr ? nullptr : scratch<TP>(Scratch::gemm_b, padded(std::min<int64_t>(kKC, g.k)) * ncap);
+  const TP* bp = b_scratch;
   for (int64_t j0 = 0; j0 < g.n; j0 += kNC) {
     const int64_t nc = std::min(kNC, g.n - j0);
     for (int64_t k0 = 0; k0 < g.k; k0 += kKC) {
-      const int64_t kc = std::min(kKC, g.k - k0);
+      const int64_t kc = std::min(kKC, g.k - k0), kcp = padded(kc);
       const bool first = k0 == 0;   // the first K block applies beta; later ones accumulate
-      if (g.b_packed != nullptr) {   // K block k0 of all panels, then column j0's panel within it
-        bp = g.b_packed + k0 * n_pad + j0 * kc;
+      if (b_packed != nullptr) {   // K block k0 of all panels, then column j0's panel within it
+        bp = b_packed + k0 * n_pad + j0 * kc;
       } else {
         const int64_t panels = (nc + nr - 1) / nr;
         at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
           for (int64_t p = p0; p < p1; ++p) {
-            pack_b(k0, kc, j0 + p * nr, std::min(nr, nc - p * nr), b_scratch + p * nr * kc);
+            pack_b(k0, kc, j0 + p * nr, std::min(nr, nc - p * nr), b_scratch + p * nr * kcp);
           }
         });
       }
       const int64_t blocks = (g.m + mc - 1) / mc;
       at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-        T* ap = g.a_packed != nullptr ? nullptr : scratch<T>(Scratch::gemm_a, mc * kc);
+        TP* ap = a_packed != nullptr ? nullptr : scratch<TP>(Scratch::gemm_a, mc * kcp);
         for (int64_t blk = b0; blk < b1; ++blk) {
           const int64_t i0 = blk * mc, m_here = std::min(mc, g.m - i0);
-          if (g.a_packed != nullptr) {   // K block k0 of all rows, then row i0's panel within it
-            kern.macro(g, g.a_packed + k0 * m_pad + i0 * kc, bp, i0, m_here, j0, nc, kc, first);
+          if (a_packed != nullptr) {   // K block k0 of all rows, then row i0's panel within it
+            macro(a_packed + k0 * m_pad + i0 * kc, bp, i0, m_here, j0, nc, kc, first);
           } else {
             pack_a(i0, m_here, k0, kc, ap);
-            kern.macro(g, ap, bp, i0, m_here, j0, nc, kc, first);
+            macro(ap, bp, i0, m_here, j0, nc, kc, first);
           }
         }
       });
@@ -116,8 +133,12 @@ void gemm(const GemmArgs<T>& g) {
   if (g.m == 0 || g.n == 0) return;
   if (g.k == 0 || g.alpha == T(0)) return scale_c(g);
   const auto& kern = kernels_for<T>();
-  loop_nest(
-      g, kern, [&](int64_t i0, int64_t mc, int64_t k0, int64_t kc, T* dst) { kern.pack_a(g, i0, mc, k0, kc, dst); },
+  loop_nest<T, T>(
+      g, kern.mr, kern.nr, 1,
+      [&](const T* ap, const T* bp, int64_t i0, int64_t mc, int64_t j0, int64_t nc, int64_t kc, bool first) {
+        kern.macro(g, ap, bp, i0, mc, j0, nc, kc, first);
+      },
+      [&](int64_t i0, int64_t mc, int64_t k0, int64_t kc, T* dst) { kern.pack_a(g, i0, mc, k0, kc, dst); },
       [&](int64_t k0, int64_t kc, int64_t j0, int64_t nc, T* dst) { kern.pack_b(g, k0, kc, j0, nc, dst); });
 }
 
@@ -146,21 +167,152 @@ void pack_converting(const TIn* src, int64_t x_stride, int64_t k_stride, int64_t
   }
 }
 
-template <typename TIn>
-void gemm_mixed_typed(const MixedGemmArgs& m, float* c, int64_t rs_c, int64_t cs_c) {
-  const auto& kern = kernels_for<float>();
-  const TIn* a = static_cast<const TIn*>(m.a);
-  const TIn* b = static_cast<const TIn*>(m.b);
-  GemmArgs<float> g;   // the float32 side the loop nest and micro-kernel see
+// The pair-packed panels of the bfloat16 path (gemm_bf16_kernels.inc): word (x, p) of a panel
+// `width` wide holds elements (x, 2p) and (x, 2p + 1) of the operand, the second zero past kc;
+// panels 2 * ceil(kc / 2) steps deep, lanes past the extent zero. Strides as pack_converting's.
+void pack_pairs(const c10::BFloat16* src, int64_t x_stride, int64_t k_stride, int64_t x0, int64_t extent, int64_t k0,
+                int64_t kc, int64_t width, uint16_t* dst) {
+  const int64_t pairs = (kc + 1) / 2, whole = kc / 2;   // whole: pairs with both steps inside kc
+  for (int64_t x = 0; x < extent; x += width) {
+    const int64_t w = std::min(width, extent - x);
+    uint16_t* panel = dst + x * 2 * pairs;
+    const c10::BFloat16* base = src + (x0 + x) * x_stride + k0 * k_stride;
+    int64_t p0 = 0;
+    if (k_stride == 1) {   // a pair is one 32-bit word of the source (A stored row-major): copy words
+      for (int64_t l = 0; l < w; ++l) {
+        const c10::BFloat16* row = base + l * x_stride;
+        for (int64_t p = 0; p < whole; ++p) std::memcpy(panel + (p * width + l) * 2, row + 2 * p, 4);
+      }
+      p0 = whole;
+    } else if (x_stride == 1) {   // the lanes are contiguous (B stored row-major): interleave two rows
+      for (int64_t p = 0; p < whole; ++p) {
+        const uint16_t* r0 = reinterpret_cast<const uint16_t*>(base + 2 * p * k_stride);
+        const uint16_t* r1 = reinterpret_cast<const uint16_t*>(base + (2 * p + 1) * k_stride);
+        uint16_t* out = panel + p * 2 * width;
+        for (int64_t l = 0; l < w; ++l) {
+          out[2 * l] = r0[l];
+          out[2 * l + 1] = r1[l];
+        }
+      }
+      p0 = whole;
+    }
+    for (int64_t p = p0; p < pairs; ++p) {   // the general case, and an odd last step (paired with zero)
+      const c10::BFloat16* in = base + 2 * p * k_stride;
+      const bool second = 2 * p + 1 < kc;
+      uint16_t* out = panel + p * 2 * width;
+      for (int64_t l = 0; l < w; ++l) {
+        out[2 * l] = in[l * x_stride].x;
+        out[2 * l + 1] = second ? in[l * x_stride + k_stride].x : uint16_t(0);
+      }
+    }
+    if (w < width) {   // lanes past the extent
+      for (int64_t p = 0; p < pairs; ++p) {
+        for (int64_t l = w; l < width; ++l) panel[(p * width + l) * 2] = panel[(p * width + l) * 2 + 1] = 0;
+      }
+    }
+  }
+}
+
+// vdpbf16ps emulated lane by lane: the instruction's own definition (Intel SDM: "FP32 FMA with DAZ in,
+// FTZ out and RNE rounding", the odd element of each pair first), in portable C++.
+struct DotEmulated {
+  struct Acc {
+    float v[16];
+  };
+  struct B {
+    uint16_t h[32];
+  };
+  static float bf16_to_float(uint16_t bits) {
+    const uint32_t u = uint32_t(bits) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof(f));
+    return f;
+  }
+  static float daz(float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0.0f, x) : x; }
+  static Acc zero() { return Acc{}; }
+  static B load_b(const uint16_t* p) {
+    B b;
+    std::memcpy(b.h, p, sizeof(b.h));
+    return b;
+  }
+  static Acc dot(Acc acc, uint32_t a_pair, const B& b) {
+    const float a_lo = daz(bf16_to_float(uint16_t(a_pair))), a_hi = daz(bf16_to_float(uint16_t(a_pair >> 16)));
+    for (int j = 0; j < 16; ++j) {
+      float t = daz(std::fma(a_hi, daz(bf16_to_float(b.h[2 * j + 1])), daz(acc.v[j])));
+      acc.v[j] = daz(std::fma(a_lo, daz(bf16_to_float(b.h[2 * j])), t));
+    }
+    return acc;
+  }
+  static void store(float* p, const Acc& v) { std::memcpy(p, v.v, sizeof(v.v)); }
+  static void update(float* c, const Acc& acc, float alpha, float beta, bool first) {
+    for (int j = 0; j < 16; ++j) {
+      const float r = alpha * acc.v[j];
+      c[j] = !first ? c[j] + r : (beta == 0.0f ? r : r + beta * c[j]);
+    }
+  }
+};
+
+#include "cpu/gemm_bf16_kernels.inc"
+
+const GemmBf16Kernels kBf16Emulated{kBf16MR, kBf16NR, bf16_macro_kernel<DotEmulated>};
+
+// The K block of the bfloat16 path. The epilogue (C read and written once per block) weighs more than
+// in float32, as a dot product does twice an FMA's work, so a long block is faster: as deep as keeps
+// one pair-packed B panel (kc x NR bfloat16) within 1/16 of the L2 cache, a power of two from 256 to
+// 1024 (on AMD Zen 4, 1 MiB L2: 512, which ran 15% faster there than 256). But the block is also the
+// length of the float32 summation chains: with a float32 output they are the whole error, so that
+// output keeps float32's own block (256, where the error stays within 2x torch's float32 matmul);
+// a half-precision output's final rounding (2^-8 or 2^-11) dwarfs them.
+int64_t bf16_k_block(int64_t nr, DType out) {
+  if (out == DType::f32) return kDefaultKC;
+  int64_t kc = 256;
+  while (kc < 1024 && 2 * kc * nr * 2 <= l2_cache_bytes() / 16) kc *= 2;
+  return kc;
+}
+
+// The float32 side the loop nest and micro-kernels see: C (float32) and the scalars.
+GemmArgs<float> float_side(const MixedGemmArgs& m, float* c, int64_t rs_c, int64_t cs_c) {
+  GemmArgs<float> g;
   g.m = m.m; g.n = m.n; g.k = m.k;
   g.alpha = m.alpha; g.beta = m.beta;
   g.a = nullptr; g.rs_a = m.rs_a; g.cs_a = m.cs_a;
   g.b = nullptr; g.rs_b = m.rs_b; g.cs_b = m.cs_b;
   g.c = c; g.rs_c = rs_c; g.cs_c = cs_c;
+  return g;
+}
+
+// C (float32) (+)= the product: bfloat16 through a pair-packed micro-kernel when `pair` is given,
+// otherwise (float16, or bfloat16 without one) widened to float32 in packing for the float kernels.
+template <typename TIn>
+void gemm_mixed_typed(const MixedGemmArgs& m, float* c, int64_t rs_c, int64_t cs_c, const GemmBf16Kernels* pair) {
+  const TIn* a = static_cast<const TIn*>(m.a);
+  const TIn* b = static_cast<const TIn*>(m.b);
+  const GemmArgs<float> g = float_side(m, c, rs_c, cs_c);
   if (g.k == 0 || g.alpha == 0.0f) return scale_c(g);
+  if constexpr (std::is_same_v<TIn, c10::BFloat16>) {
+    if (pair != nullptr) {
+      const int64_t mr = pair->mr, nr = pair->nr;
+      GemmArgs<float> gp = g;
+      gp.k_block = bf16_k_block(nr, m.out);
+      return loop_nest<float, uint16_t>(
+          gp, mr, nr, 2,
+          [&](const uint16_t* ap, const uint16_t* bp, int64_t i0, int64_t mc, int64_t j0, int64_t nc, int64_t kc,
+              bool first) { pair->macro(gp, ap, bp, i0, mc, j0, nc, kc, first); },
+          [&](int64_t i0, int64_t mc, int64_t k0, int64_t kc, uint16_t* dst) {
+            pack_pairs(a, m.rs_a, m.cs_a, i0, mc, k0, kc, mr, dst);
+          },
+          [&](int64_t k0, int64_t kc, int64_t j0, int64_t nc, uint16_t* dst) {
+            pack_pairs(b, m.cs_b, m.rs_b, j0, nc, k0, kc, nr, dst);
+          });
+    }
+  }
+  const auto& kern = kernels_for<float>();
   const int64_t mr = kern.mr, nr = kern.nr;
-  loop_nest(
-      g, kern,
+  loop_nest<float, float>(
+      g, mr, nr, 1,
+      [&](const float* ap, const float* bp, int64_t i0, int64_t mc, int64_t j0, int64_t nc, int64_t kc, bool first) {
+        kern.macro(g, ap, bp, i0, mc, j0, nc, kc, first);
+      },
       [&](int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* dst) {
         pack_converting(a, m.rs_a, m.cs_a, i0, mc, k0, kc, mr, dst);
       },
@@ -170,8 +322,8 @@ void gemm_mixed_typed(const MixedGemmArgs& m, float* c, int64_t rs_c, int64_t cs
 }
 
 template <typename TIn>
-void gemm_mixed_in(const MixedGemmArgs& m) {
-  if (m.out == DType::f32) return gemm_mixed_typed<TIn>(m, static_cast<float*>(m.c), m.rs_c, m.cs_c);
+void gemm_mixed_in(const MixedGemmArgs& m, const GemmBf16Kernels* pair) {
+  if (m.out == DType::f32) return gemm_mixed_typed<TIn>(m, static_cast<float*>(m.c), m.rs_c, m.cs_c, pair);
   // A half-precision C: accumulate in a float32 copy (the K blocks add into it), round once at the end.
   std::vector<float> acc(static_cast<size_t>(m.m * m.n));
   const auto each_c = [&](auto&& fn) {
@@ -185,7 +337,7 @@ void gemm_mixed_in(const MixedGemmArgs& m) {
     using TOut = decltype(tag);
     TOut* c = static_cast<TOut*>(m.c);
     if (m.beta != 0.0f) each_c([&](float& v, int64_t off) { v = static_cast<float>(c[off]); });
-    gemm_mixed_typed<TIn>(m, acc.data(), m.n, 1);
+    gemm_mixed_typed<TIn>(m, acc.data(), m.n, 1, pair);
     each_c([&](float& v, int64_t off) { c[off] = static_cast<TOut>(v); });   // round to nearest even
   };
   if (m.out == DType::bf16) {
@@ -197,12 +349,31 @@ void gemm_mixed_in(const MixedGemmArgs& m) {
 
 }  // namespace
 
+const GemmBf16Kernels& gemm_bf16_kernels_emulated() { return kBf16Emulated; }
+
+bool gemm_bf16(const MixedGemmArgs& g, Bf16Path path) {
+  const GemmBf16Kernels* pair = nullptr;
+  switch (path) {
+    case Bf16Path::auto_:
+      pair = active_isa() == Isa::avx512_bf16 ? &gemm_bf16_kernels_avx512bf16 : nullptr;
+      break;
+    case Bf16Path::float32: break;
+    case Bf16Path::emulated: pair = &kBf16Emulated; break;
+    case Bf16Path::avx512_bf16:
+      if (best_supported_isa() < Isa::avx512_bf16) return false;
+      pair = &gemm_bf16_kernels_avx512bf16;
+      break;
+  }
+  if (g.m == 0 || g.n == 0) return true;
+  gemm_mixed_in<c10::BFloat16>(g, pair);
+  return true;
+}
+
 void gemm_mixed(const MixedGemmArgs& g) {
-  if (g.m == 0 || g.n == 0) return;
   if (g.in == DType::bf16) {
-    gemm_mixed_in<c10::BFloat16>(g);
-  } else {
-    gemm_mixed_in<c10::Half>(g);
+    gemm_bf16(g, Bf16Path::auto_);
+  } else if (g.m > 0 && g.n > 0) {
+    gemm_mixed_in<c10::Half>(g, nullptr);
   }
 }
 
@@ -345,5 +516,36 @@ double measured_fma_peak_gflops(bool single, double seconds) {
 }
 
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) { m.impl("gemm", &gemm_cpu); }
+
+namespace {
+
+// For tests (fastconv_testing, outside fastconv's op table): a bfloat16 GEMM through a chosen
+// micro-kernel: "float32" (widened in packing), "emulated" (the pair-packed path on the portable
+// vdpbf16ps) or "avx512_bf16" (the real instruction; refused where the CPU lacks it).
+at::Tensor gemm_bf16_path(const at::Tensor& a, const at::Tensor& b, bool trans_a, bool trans_b,
+                          c10::string_view path, std::optional<at::ScalarType> out_dtype) {
+  constexpr const char* op = "gemm_bf16_path";
+  TORCH_CHECK(a.scalar_type() == at::kBFloat16, "fastconv_testing::", op, ": expected bfloat16 a");
+  const GemmShape s = check_gemm(a, b, std::nullopt, trans_a, trans_b, out_dtype, op);
+  const std::string_view name(path.data(), path.size());
+  const Bf16Path p = name == "float32" ? Bf16Path::float32 : name == "emulated" ? Bf16Path::emulated
+                   : name == "avx512_bf16" ? Bf16Path::avx512_bf16 : Bf16Path::auto_;
+  TORCH_CHECK(name == "float32" || name == "emulated" || name == "avx512_bf16", "fastconv_testing::", op,
+              ": unknown path '", name, "'");
+  at::Tensor out = at::empty({s.m, s.n}, a.options().dtype(s.out_dtype));
+  MixedGemmArgs g{s.m, s.n, s.k, 1.0f, 0.0f, DType::bf16, a.data_ptr(), trans_a ? a.stride(1) : a.stride(0),
+                  trans_a ? a.stride(0) : a.stride(1), b.data_ptr(), trans_b ? b.stride(1) : b.stride(0),
+                  trans_b ? b.stride(0) : b.stride(1), half_dtype(s.out_dtype), out.data_ptr(), s.n, 1};
+  TORCH_CHECK(gemm_bf16(g, p), "fastconv_testing::", op, ": this CPU cannot run the '", name, "' path");
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastconv_testing, m) {
+  m.def("gemm_bf16_path(Tensor a, Tensor b, bool trans_a, bool trans_b, str path, ScalarType? out_dtype=None) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastconv_testing, CPU, m) { m.impl("gemm_bf16_path", &gemm_bf16_path); }
 
 }  // namespace fastconv::cpu

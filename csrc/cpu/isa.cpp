@@ -5,6 +5,8 @@
 #include <cstring>
 #include <initializer_list>
 
+#include <unistd.h>
+
 namespace fastconv::cpu {
 
 Isa best_supported_isa() {
@@ -13,7 +15,7 @@ Isa best_supported_isa() {
     // The AVX-512 kernels use F, BW, VL and DQ instructions (every AVX-512 server CPU since Skylake-SP).
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-      return Isa::avx512;
+      return __builtin_cpu_supports("avx512bf16") ? Isa::avx512_bf16 : Isa::avx512;
     }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
     return Isa::scalar;
@@ -40,8 +42,17 @@ bool set_active_isa(Isa isa) {
   return true;
 }
 
+long l2_cache_bytes() {
+  static const long bytes = [] {
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? v : 1L << 20;
+  }();
+  return bytes;
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::avx512_bf16: return "avx512_bf16";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
     default: return "scalar";
@@ -49,7 +60,7 @@ const char* isa_name(Isa isa) {
 }
 
 bool parse_isa(const char* name, Isa* out) {
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16}) {
     if (std::strcmp(name, isa_name(isa)) == 0) {
       *out = isa;
       return true;

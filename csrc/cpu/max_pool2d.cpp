@@ -74,6 +74,7 @@ MaxPool2dRowsFn pick_f32_kernel(const MaxPool2dShape& s, bool nhwc) {
   // The vector kernels hold plane indices in int32 lanes.
   if (s.g.in_h * s.g.in_w > std::numeric_limits<int32_t>::max()) return nullptr;
   switch (active_isa()) {
+    case Isa::avx512_bf16:
     case Isa::avx512: return nhwc ? max_pool2d_nhwc_f32_avx512 : max_pool2d_nchw_f32_avx512;
     case Isa::avx2: return nhwc ? max_pool2d_nhwc_f32_avx2 : max_pool2d_nchw_f32_avx2;
     default: return nullptr;

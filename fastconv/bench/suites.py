@@ -115,6 +115,21 @@ def gemm_cases(device: str, quick: bool) -> list[Case]:
             cases.append(Case(op="gemm", shape=f"{n}x{n}x{n}", dtype=str(dtype).split(".")[-1],
                               fastconv=lambda a=a, b=b: gemm(a, b), torch=lambda a=a, b=b: torch.mm(a, b),
                               flops=2.0 * n ** 3, peak_gflops=peak, note="square"))
+    # Mixed precision (CPU): float16/bfloat16 operands, float32 accumulation, output in the inputs' dtype
+    # as torch.mm gives it. The bfloat16 roofline is twice the float32 FMA peak where the CPU has
+    # AVX512-BF16 (a vdpbf16ps does two multiply-adds per float32 lane at the FMA's rate), the float32
+    # peak otherwise (the operands are widened to float32 in packing), as for float16.
+    if device == "cpu":
+        bf16_peak = peak32 * (2 if fastconv._C.cpu_isa() == "avx512_bf16" else 1)
+        for n in ([1024] if quick else [1024, 2048, 4096]):
+            for dtype, peak in ((torch.bfloat16, bf16_peak), (torch.float16, peak32)):
+                if dtype == torch.float16 and n > 2048:
+                    continue
+                a = torch.randn(n, n, device=device).to(dtype)
+                b = torch.randn(n, n, device=device).to(dtype)
+                cases.append(Case(op="gemm", shape=f"{n}x{n}x{n}", dtype=str(dtype).split(".")[-1],
+                                  fastconv=lambda a=a, b=b: gemm(a, b), torch=lambda a=a, b=b: torch.mm(a, b),
+                                  flops=2.0 * n ** 3, peak_gflops=peak, note="square, fp32 accumulation"))
     # Linear layers from real models: an LSTM's input projection (T*B = 50*32 rows, 256 -> 4*512) and
     # a classifier head (batch 256, 512 -> 1000).
     for rows, fin, fout, note in [(1600, 256, 2048, "LSTM input proj."), (256, 512, 1000, "ResNet-18 fc")]:
