@@ -91,10 +91,12 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if weight.dim() != 2:
         raise RuntimeError(f"fastconv.linear: expected a 2-D weight (out_features, in_features), but got shape "
                            f"{tuple(weight.shape)}")
-    if input.dtype not in _LINEAR_DTYPES or weight.dtype != input.dtype:
+    # Under torch.autocast the op's autocast kernel casts the three to the autocast dtype, as torch's does.
+    autocast = torch.is_autocast_enabled(input.device.type)
+    if input.dtype not in _LINEAR_DTYPES or (weight.dtype != input.dtype and not autocast):
         raise RuntimeError(f"fastconv.linear: expected input to be float32, float64, float16 or bfloat16 and weight "
                            f"of the same dtype, but got input {input.dtype} and weight {weight.dtype}")
-    if bias is not None and bias.dtype != input.dtype:
+    if bias is not None and bias.dtype != input.dtype and not autocast:
         raise RuntimeError(f"fastconv.linear: expected bias of dtype {input.dtype}, but got {bias.dtype}")
     if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
         raise RuntimeError(f"fastconv.linear: expected input with last dimension {weight.shape[1]} "
@@ -138,7 +140,10 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
       faster than ``"direct"`` on every shape measured). On CUDA, ``"im2col"`` (the other kernels have
       not been measured on a GPU yet).
 
-    dtypes: float32, float64 (input, weight and bias alike).
+    dtypes: float32, float64, float16 and bfloat16 (input, weight and bias alike; under torch.autocast
+    they are cast to the autocast dtype as torch casts its convolution's). Half precision on the CPU
+    runs the float32 kernels on the widened operands (float32 accumulation) and rounds the output once;
+    CUDA refuses it for now.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"fastconv.conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -290,6 +295,12 @@ def lstm(input: Tensor, hx, params, has_biases: bool = True, num_layers: int = 1
     >>> lstm_ = torch.nn.LSTM(32, 64, num_layers=2)
     >>> x, h0 = torch.randn(50, 8, 32), torch.zeros(2, 8, 64)
     >>> out, h_n, c_n = lstm(x, (h0, h0), lstm_._flat_weights, True, 2)"""
+    if torch.is_autocast_enabled(input.device.type):
+        # torch runs its LSTM in the autocast dtype (bfloat16 on the CPU); fastconv's LSTM has no
+        # half-precision kernels yet, and would otherwise return float32 where torch returns bfloat16.
+        raise RuntimeError(f"fastconv.lstm: torch.autocast runs an LSTM in "
+                           f"{torch.get_autocast_dtype(input.device.type)}, which fastconv's LSTM does not implement "
+                           f"yet (issue 14); run it outside the autocast region, or use torch.nn.LSTM there")
     return _rnn("lstm", input, list(hx), params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
                 batch_sizes)
 

@@ -108,6 +108,12 @@ def _conv2d(device):
         w = torch.randn(w_shape, device=device, requires_grad=True)
         b = torch.randn(w_shape[0], device=device, requires_grad=True) if bias else None
         samples.append(((x, w, b, s, p, d, g, algo), {}))
+    if device == "cpu":   # half precision is CPU-only so far (CUDA refuses it: test_autocast's xfail)
+        for dtype, algo in [(torch.bfloat16, "im2col"), (torch.float16, "winograd_4x4")]:
+            x = torch.randn(2, 4, 6, 6, device=device).to(dtype).requires_grad_(True)
+            w = torch.randn(5, 4, 3, 3, device=device).to(dtype).requires_grad_(True)
+            b = torch.randn(5, device=device).to(dtype).requires_grad_(True)
+            samples.append(((x, w, b, [1, 1], [1, 1], [1, 1], 1, algo), {}))
     return samples
 
 

@@ -282,7 +282,7 @@ def _bad(device):
         (lambda: F.conv2d(x, torch.randn(4, 2, 3, 3, device=device), groups=3), ["groups=3 must divide in_channels"]),
         (lambda: F.conv2d(x, torch.randn(2, 4, 3, device=device)), ["4-D weight"]),
         (lambda: F.conv2d(x, torch.randn(2, 4, 9, 9, device=device)), ["output size is too small"]),
-        (lambda: F.conv2d(x.long(), torch.randn(2, 4, 3, 3, device=device).long()), ["float32 or float64"]),
+        (lambda: F.conv2d(x.long(), torch.randn(2, 4, 3, 3, device=device).long()), ["float32, float64, float16 or bfloat16"]),
         (lambda: F.conv2d(x, torch.randn(2, 4, 3, 3, device=device), torch.randn(3, device=device)),
          ["expected bias of shape [2]"]),
     ]

@@ -385,11 +385,24 @@ void forward_impl(const T* x, const T* w, const T* wpacked, int64_t bundle, cons
   });
 }
 
+bool is_half(const at::Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
+
+at::Tensor widened(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                       c10::string_view algorithm) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups,
                                      std::string_view(algorithm.data(), algorithm.size()), kForward);
+  if (is_half(input)) {
+    // Half precision: the operands widened to float32 (exact), the float32 kernels (float32
+    // accumulation, as torch's), the output rounded once to nearest even in the input's dtype. A native
+    // bfloat16 lowering onto the pair-packed GEMM is still to come (issue 14).
+    const std::optional<at::Tensor> b32 =
+        bias.has_value() && bias->defined() ? std::optional<at::Tensor>(widened(*bias)) : std::nullopt;
+    return conv2d_cpu(widened(input), widened(weight), b32, stride, padding, dilation, groups, algorithm)
+        .to(input.scalar_type());
+  }
   at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
   if (out.numel() == 0) return in_format(out, s.format);
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
@@ -560,6 +573,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     std::array<bool, 3> output_mask) {
   const Conv2dShape s = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups,
                                               std::string_view(algorithm.data(), algorithm.size()), kBackward);
+  if (is_half(input)) {   // as the forward pass: float32 inside, each gradient rounded once
+    auto [dx32, dw32, db32] = conv2d_backward_cpu(widened(grad_output), widened(input), widened(weight), stride,
+                                                  padding, dilation, groups, algorithm, output_mask);
+    const auto dt = input.scalar_type();
+    return {dx32.to(dt), dw32.to(dt), db32.to(dt)};
+  }
   const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
   // Outputs not asked for are returned empty (0 elements).
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),

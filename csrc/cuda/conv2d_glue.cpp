@@ -29,6 +29,12 @@ char* at_elem(const at::Tensor& t, int64_t offset) {
   return static_cast<char*>(t.data_ptr()) + offset * static_cast<int64_t>(t.element_size());
 }
 
+void refuse_half(const at::Tensor& input, const char* op) {
+  FC_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+           "float16 and bfloat16 are not implemented on CUDA yet (issue 14's tensor-core kernels); got ",
+           input.scalar_type(), " on ", input.device());
+}
+
 Conv2dDims dims_of(const Conv2dShape& s) { return Conv2dDims{s.batch, s.in_channels, s.out_channels, s.groups}; }
 
 // The Backend of common/conv2d_gemm_plan.h on the GPU: each step one launch on `stream`.
@@ -107,6 +113,7 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
                        c10::string_view algorithm) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups,
                                      std::string_view(algorithm.data(), algorithm.size()), kForward);
+  refuse_half(input, kForward);
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
   if (out.numel() == 0) return in_format(out, s.format);
@@ -147,6 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
     std::array<bool, 3> output_mask) {
   const Conv2dShape s = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups,
                                               std::string_view(algorithm.data(), algorithm.size()), kBackward);
+  refuse_half(input, kBackward);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
   const DType dt = to_dtype(input.scalar_type());
