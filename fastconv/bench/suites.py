@@ -123,7 +123,7 @@ def gemm_cases(device: str, quick: bool) -> list[Case]:
         bf16_peak = peak32 * (2 if fastconv._C.cpu_isa() == "avx512_bf16" else 1)
         for n in ([1024] if quick else [1024, 2048, 4096]):
             for dtype, peak in ((torch.bfloat16, bf16_peak), (torch.float16, peak32)):
-                if dtype == torch.float16 and n > 2048:
+                if dtype == torch.float16 and n > 1024:   # torch's float16 matmul on the CPU takes 44 s at 2048^3
                     continue
                 a = torch.randn(n, n, device=device).to(dtype)
                 b = torch.randn(n, n, device=device).to(dtype)
@@ -178,7 +178,39 @@ def conv2d_cases(device: str, quick: bool) -> list[Case]:
             cases.append(Case(op=f"conv2d {algo} fwd+bwd", shape=shape, dtype="float32",
                               fastconv=lambda f=fwd_bwd, a=algo: f(lambda *args: F.conv2d(*args, algorithm=a)),
                               torch=lambda f=fwd_bwd: f(TF.conv2d), flops=3 * flops, peak_gflops=peak, note=net))
+        if device == "cpu" and r == 3 and st == 1:   # bfloat16 (float32 kernels inside) against torch's bfloat16
+            xb, wb = x.bfloat16(), w.bfloat16()
+            cases.append(Case(op="conv2d auto fwd", shape=shape, dtype="bfloat16",
+                              fastconv=lambda x=xb, w=wb, pd=pd: F.conv2d(x, w, None, 1, pd),
+                              torch=lambda x=xb, w=wb, pd=pd: TF.conv2d(x, w, None, 1, pd),
+                              flops=flops, peak_gflops=peak, note=net + ", half via float32"))
+    if device == "cpu":
+        cases.append(_resnet18_autocast_case(quick))
     return cases
+
+
+def _resnet18_autocast_case(quick: bool) -> Case:
+    """A converted torchvision ResNet-18 (eval, batch 8, 3x112x112) under torch.autocast(bfloat16),
+    against torch's own under the same autocast."""
+    import torchvision
+
+    import fastconv
+
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18().eval()
+    ours = fastconv.convert(torchvision.models.resnet18()).eval()
+    ours.load_state_dict(ref.state_dict())
+    n, hw = (2, 64) if quick else (8, 112)
+    x = torch.randn(n, 3, hw, hw)
+
+    def under_autocast(model):
+        def run():
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(x)
+        return run
+
+    return Case(op="ResNet-18 eval autocast", shape=f"{n}x3x{hw}x{hw}", dtype="bfloat16",
+                fastconv=under_autocast(ours), torch=under_autocast(ref), note="torchvision, converted")
 
 
 def rnn_cases(device: str, quick: bool) -> list[Case]:
