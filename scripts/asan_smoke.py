@@ -7,7 +7,8 @@ import fastconv.functional as F
 from fastconv.ops import pool_output_size, gemm
 torch.manual_seed(0)
 n = 0  # op invocations
-for isa in ["avx512", "avx2", "scalar"]:
+isas = fastconv._C.cpu_isas()
+for isa in reversed(isas[: isas.index(fastconv._C.best_cpu_isa()) + 1]):
     fastconv._C.set_cpu_isa(isa)
     for k, s, d, ceil, W, C, mf in itertools.product([1,2,3,5], [1,2,3], [1,2], [False, True], [1,5,17,33,40], [1,6,17,70], [torch.contiguous_format, torch.channels_last]):
         for p in range(0, k // 2 + 1):
@@ -24,10 +25,16 @@ for isa in ["avx512", "avx2", "scalar"]:
     for (m, nn_, kk), ta, tb in itertools.product([(1,1,1),(7,33,5),(241,65,257),(13,3100,300)], [False, True], [False, True]):
         a = torch.randn((kk, m) if ta else (m, kk)); b = torch.randn((nn_, kk) if tb else (kk, nn_))
         gemm(a, b, torch.randn(nn_), ta, tb, 1.0, 1.0); n += 1
+        for dt, out in [(torch.bfloat16, None), (torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16)]:
+            ah, bh = a.to(dt).requires_grad_(), b.to(dt).requires_grad_()
+            gemm(ah, bh, torch.randn(nn_).to(out or dt), ta, tb, 1.0, 1.0, out).float().sum().backward(); n += 1
+        torch.ops.fastconv_testing.gemm_bf16_path(a.bfloat16(), b.bfloat16(), ta, tb, "emulated", None); n += 1
     for xs, ws, s_, p_, d_, g_ in [((2,3,9,11),(4,3,3,3),1,1,1,1), ((2,4,9,11),(6,2,3,2),(2,1),(1,0),(1,2),2), ((1,4,8,8),(4,1,3,3),1,1,1,4), ((2,5,7,7),(3,5,1,1),1,0,1,1), ((2,3,16,16),(5,3,7,7),2,3,1,1), ((2,3,10,10),(2,3,3,3),1,5,4,1), ((3,10,10),(2,3,4,3),1,'same',1,1), ((5,4,6,5),(6,2,3,3),1,1,1,2), ((3,40,7,7),(40,40,3,3),1,1,1,1), ((2,20,9,8),(36,20,3,3),2,1,1,1)]:
         for algo in ("im2col", "direct"):
             x = torch.randn(xs, requires_grad=True); w = torch.randn(ws, requires_grad=True); bb = torch.randn(ws[0], requires_grad=True)
             F.conv2d(x, w, bb, s_, p_, d_, g_, algorithm=algo).sum().backward(); n += 1
+            with torch.autocast("cpu", dtype=torch.bfloat16):   # half precision through autocast
+                F.conv2d(x, w, bb, s_, p_, d_, g_, algorithm=algo).float().sum().backward(); n += 1
     for xs, k, p_ in [((2,3,7,6),4,1), ((1,17,13,5),16,2), ((3,32,9,9),40,0), ((2,5,4,4),3,4)]:
         for algo in ("winograd_2x2", "winograd_4x4"):
             x = torch.randn(xs, requires_grad=True); w = torch.randn(k, xs[1], 3, 3, requires_grad=True); bb = torch.randn(k, requires_grad=True)
