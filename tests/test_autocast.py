@@ -14,20 +14,9 @@ import torch.nn.functional as TF
 
 import fastconv
 import fastconv.functional as F
+from lowprec import check_rule, error
 
 HALF = [torch.bfloat16, torch.float16]
-
-
-def _err(x, ref):
-    return (x.double() - ref).abs().max().item() if x.numel() else 0.0
-
-
-def _check_rule(ours, theirs, ref, what):
-    assert ours.dtype == theirs.dtype, f"{what}: dtype {ours.dtype}, torch's {theirs.dtype}"
-    assert ours.shape == theirs.shape
-    scale = ref.abs().max().item() if ref.numel() else 0.0
-    tol = 2 * _err(theirs, ref) + torch.finfo(ours.dtype).eps * scale + 1e-6
-    assert _err(ours, ref) <= tol, f"{what}: error {_err(ours, ref)} > {tol} (torch's {_err(theirs, ref)})"
 
 
 # (input, weight, stride, padding, dilation, groups)
@@ -54,13 +43,13 @@ def test_conv2d_half_forward_backward_by_the_rule(dtype, algorithm):
         theirs = TF.conv2d(*theirs_in, s, p, d, g)
         ref = TF.conv2d(*ref_in, s, p, d, g)
         what = f"{dtype} {algorithm} {x_shape} {w_shape}"
-        _check_rule(ours, theirs, ref, what + " forward")
+        check_rule(ours, theirs, ref, what + " forward")
         gy = torch.randn(ref.shape, generator=gen).to(dtype)
         ours.backward(gy)
         theirs.backward(gy)
         ref.backward(gy.double())
         for name, o, t, r in zip(("input", "weight", "bias"), ours_in, theirs_in, ref_in):
-            _check_rule(o.grad, t.grad, r.grad, f"{what} grad {name}")
+            check_rule(o.grad, t.grad, r.grad, f"{what} grad {name}")
 
 
 @pytest.mark.parametrize("dtype", HALF, ids=str)
@@ -80,8 +69,8 @@ def test_linear_and_conv_under_autocast(dtype):
             ours_lin, theirs_lin = lin(x), tlin(x)
             ours_conv, theirs_conv = conv(img), tconv(img)
             plain = fastconv.ops.gemm(x, lin.weight, None, False, True)   # the op itself is cast too
-    _check_rule(ours_lin, theirs_lin, ref_lin, f"linear under autocast {dtype}")
-    _check_rule(ours_conv, theirs_conv, ref_conv, f"conv2d under autocast {dtype}")
+    check_rule(ours_lin, theirs_lin, ref_lin, f"linear under autocast {dtype}")
+    check_rule(ours_conv, theirs_conv, ref_conv, f"conv2d under autocast {dtype}")
     assert plain.dtype == dtype
     # float64 is not cast (torch's rule): it stays float64
     with torch.autocast("cpu", dtype=dtype):
@@ -105,7 +94,7 @@ def test_converted_resnet18_under_autocast_matches_torch():
     # one more bf16 ulp of the output scale
     assert ours.dtype == theirs.dtype == torch.bfloat16
     scale = ref.abs().max().item()
-    assert _err(ours, ref) <= 2 * _err(theirs, ref) + 2 * torch.finfo(torch.bfloat16).eps * scale
+    assert error(ours, ref) <= 2 * error(theirs, ref) + 2 * torch.finfo(torch.bfloat16).eps * scale
 
 
 def test_training_step_under_autocast_keeps_float32_master_weights():

@@ -2,8 +2,9 @@
 float32 / float16 / bfloat16 outputs, judged by the flash-attention rule: against a float64 reference,
 fastconv's error is at most 2x torch's own error in the same dtype, plus about one rounding of the
 largest output. Every transpose, sizes 1, primes, micro-tile +/- 1, K = 1 and K-block edges, every
-CPU SIMD variant (the half path packs into the float32 micro-kernels), alpha/beta with c, gradients,
-and linear against torch.nn.functional.linear. CUDA has no half-precision GEMM yet: it refuses, and
+CPU ISA level (bfloat16 on the vdpbf16ps kernel at avx512_bf16, widened to float32 below it; float16
+always widened), the emulated vdpbf16ps kernel on every machine and its bit-equality with the real
+one where the CPU has it, alpha/beta with c, gradients, and linear against torch.nn.functional.linear. CUDA has no half-precision GEMM yet: it refuses, and
 the test that would check it is an xfail."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as TF
 import fastconv
 import fastconv.functional as F
 from conftest import ALL_ISAS
+from lowprec import check_rule, error
 from fastconv.ops import gemm
 
 HALF = [torch.bfloat16, torch.float16]
@@ -31,19 +33,6 @@ def _operands(m, n, k, ta, tb, dtype, seed=0):
     return a, b
 
 
-def _err(x, ref):
-    return (x.double() - ref).abs().max().item() if x.numel() else 0.0
-
-
-def _check_rule(ours, theirs, ref, out_dtype, what):
-    """ours and theirs against the float64 reference: err(ours) <= 2 err(theirs) + one ulp of the largest value."""
-    assert ours.dtype == out_dtype, f"{what}: dtype {ours.dtype}, expected {out_dtype}"
-    assert ours.shape == ref.shape
-    scale = ref.abs().max().item() if ref.numel() else 0.0
-    tol = 2 * _err(theirs, ref) + torch.finfo(out_dtype).eps * scale + 1e-6
-    assert _err(ours, ref) <= tol, f"{what}: error {_err(ours, ref)} > {tol} (torch's {_err(theirs, ref)})"
-
-
 @pytest.mark.parametrize("cpu_isa", ALL_ISAS, indirect=True)
 @pytest.mark.parametrize("in_dtype", HALF, ids=str)
 def test_every_transpose_size_and_output_dtype(cpu_isa, in_dtype):
@@ -56,7 +45,7 @@ def test_every_transpose_size_and_output_dtype(cpu_isa, in_dtype):
         # torch's own low-precision result, rounded to the output dtype as an op of torch would give it
         theirs = (op_a @ op_b).to(out_t) if out_t != torch.float32 else (op_a.float() @ op_b.float())
         ours = gemm(a, b, None, ta, tb, 1.0, 0.0, out_dtype)
-        _check_rule(ours, theirs, ref, out_t, f"{in_dtype}->{out_t} m,n,k={m},{n},{k} ta={ta} tb={tb}")
+        check_rule(ours, theirs, ref, f"{in_dtype}->{out_t} m,n,k={m},{n},{k} ta={ta} tb={tb}")
 
 
 @pytest.mark.parametrize("in_dtype", HALF, ids=str)
@@ -67,7 +56,7 @@ def test_alpha_beta_and_broadcast_c(in_dtype):
         ours = gemm(a, b, c, False, True, 0.5, -1.5, out_t)
         ref = 0.5 * (a.double() @ b.double().T) - 1.5 * c.double()
         theirs = torch.addmm(c.to(in_dtype), a, b.T, beta=-1.5, alpha=0.5).to(out_t)
-        _check_rule(ours, theirs, ref, out_t, f"{in_dtype}->{out_t} addmm")
+        check_rule(ours, theirs, ref, f"{in_dtype}->{out_t} addmm")
     # alpha = 0: A and B are not read (NaN there must not show), C = beta * C
     nan_a = torch.full_like(a, float("nan"))
     c = torch.randn(23, 19).to(in_dtype)
@@ -89,8 +78,8 @@ def test_bf16_paths_by_the_rule(path):
         ref = op_a.double() @ op_b.double()
         for out_t in (torch.float32, torch.bfloat16):
             theirs = (op_a @ op_b).to(out_t) if out_t != torch.float32 else op_a.float() @ op_b.float()
-            _check_rule(bf16_path(a, b, ta, tb, path, out_t), theirs, ref, out_t,
-                        f"{path} m,n,k={m},{n},{k} ta={ta} tb={tb} out={out_t}")
+            check_rule(bf16_path(a, b, ta, tb, path, out_t), theirs, ref,
+                       f"{path} m,n,k={m},{n},{k} ta={ta} tb={tb} out={out_t}")
 
 
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no AVX512-BF16 (the emulation is tested above)")
@@ -125,7 +114,7 @@ def test_strided_and_rounding_to_nearest_even():
     ref = (a.float() @ b.float())                           # float32 accumulation, then one rounding
     # the float32 sums may differ in the last float32 bits by summation order; the bfloat16 results then
     # differ by at most one bfloat16 ulp where a float32 sum lands next to a rounding boundary
-    assert _err(ours, ref.double()) <= torch.finfo(torch.bfloat16).eps * ref.abs().max().item()
+    assert error(ours, ref.double()) <= torch.finfo(torch.bfloat16).eps * ref.abs().max().item()
     # exact cases round to nearest even: 1 + 2^-8 (a tie between 1 and 1 + 2^-7) rounds down to 1,
     # 1 + 3 * 2^-8 (a tie between 1 + 2^-7 and 1 + 2^-6) rounds up to 1 + 2^-6
     one = torch.ones(1, 2, dtype=torch.bfloat16)
@@ -144,8 +133,8 @@ def test_gradients_by_the_rule(in_dtype):
         assert a1.grad.dtype == in_dtype and b1.grad.dtype == in_dtype
         ref_ga, ref_gb = g.double() @ b.double().T, a.double().T @ g.double()
         gl = g.to(in_dtype)
-        _check_rule(a1.grad, gl @ b.T, ref_ga, in_dtype, f"grad a ({out_t} output)")
-        _check_rule(b1.grad, a.T @ gl, ref_gb, in_dtype, f"grad b ({out_t} output)")
+        check_rule(a1.grad, gl @ b.T, ref_ga, f"grad a ({out_t} output)")
+        check_rule(b1.grad, a.T @ gl, ref_gb, f"grad b ({out_t} output)")
 
 
 @pytest.mark.parametrize("in_dtype", HALF, ids=str)
@@ -158,14 +147,14 @@ def test_linear_half_by_the_rule(in_dtype):
     xt, wt, bt = (t.to(in_dtype).requires_grad_() for t in (x, w, bias))
     ours, theirs = F.linear(xs, ws, bs), TF.linear(xt, wt, bt)
     ref = TF.linear(*(t.to(in_dtype).double() for t in (x, w, bias)))
-    _check_rule(ours, theirs, ref, in_dtype, "linear forward")
+    check_rule(ours, theirs, ref, "linear forward")
     gy = torch.randn(ours.shape, generator=gen).to(in_dtype)
     ours.backward(gy)
     theirs.backward(gy)
     x64, w64, b64 = (t.to(in_dtype).double().requires_grad_() for t in (x, w, bias))
     TF.linear(x64, w64, b64).backward(gy.double())
     for name, o, t, r in (("x", xs, xt, x64), ("weight", ws, wt, w64), ("bias", bs, bt, b64)):
-        _check_rule(o.grad, t.grad, r.grad, in_dtype, f"linear grad {name}")
+        check_rule(o.grad, t.grad, r.grad, f"linear grad {name}")
 
 
 def test_bad_dtypes_are_refused():

@@ -16,6 +16,8 @@ inline void check_floating(const at::Tensor& t, const char* op, const char* what
            "expected ", what, " to be float32, float64, float16 or bfloat16, but got ", st);
 }
 
+inline bool is_half(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
 inline DType to_dtype(at::ScalarType st) {
   switch (st) {
     case at::kFloat: return DType::f32;

@@ -73,9 +73,7 @@ inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weigh
   FC_CHECK(algorithm == "auto" || algorithm == "im2col" || algorithm == "direct" || winograd, op,
            "unknown or unavailable algorithm '", algorithm,
            "' (this build has: auto, im2col, direct, winograd, winograd_2x2, winograd_4x4)");
-  FC_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble ||
-               input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16,
-           op, "expected input to be float32, float64, float16 or bfloat16, but got ", input.scalar_type());
+  check_floating(input, op, "input");
   FC_CHECK(weight.scalar_type() == input.scalar_type(), op, "expected weight of dtype ", input.scalar_type(),
            ", but got ", weight.scalar_type());
   FC_CHECK(input.dim() == 3 || input.dim() == 4, op, "expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, but got ",

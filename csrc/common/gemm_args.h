@@ -14,8 +14,6 @@ struct GemmShape {
   at::ScalarType out_dtype;
 };
 
-inline bool is_half(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
-
 // out = alpha * op(a) * op(b) + beta * c, op(x) = trans ? x^T : x; c broadcastable to (m, n).
 // dtypes: a and b alike, float32, float64, float16 or bfloat16; the output (and c) in out_dtype,
 // a's dtype by default; half-precision inputs (accumulated in float32) may give a float32, float16 or
@@ -23,8 +21,7 @@ inline bool is_half(at::ScalarType t) { return t == at::kHalf || t == at::kBFloa
 inline GemmShape check_gemm(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c,
                             bool trans_a, bool trans_b, std::optional<at::ScalarType> out_dtype, const char* op) {
   FC_CHECK(a.dim() == 2 && b.dim() == 2, op, "expected 2-D a and b, but got shapes ", a.sizes(), " and ", b.sizes());
-  FC_CHECK(a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble || is_half(a.scalar_type()), op,
-           "expected a to be float32, float64, float16 or bfloat16, but got ", a.scalar_type());
+  check_floating(a, op, "a");
   FC_CHECK(b.scalar_type() == a.scalar_type(), op, "expected b of dtype ", a.scalar_type(), ", but got ",
            b.scalar_type());
   const at::ScalarType out = out_dtype.value_or(a.scalar_type());

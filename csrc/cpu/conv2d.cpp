@@ -385,8 +385,6 @@ void forward_impl(const T* x, const T* w, const T* wpacked, int64_t bundle, cons
   });
 }
 
-bool is_half(const at::Tensor& t) { return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16; }
-
 at::Tensor widened(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
 
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -394,7 +392,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
                       c10::string_view algorithm) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups,
                                      std::string_view(algorithm.data(), algorithm.size()), kForward);
-  if (is_half(input)) {
+  if (is_half(input.scalar_type())) {
     // Half precision: the operands widened to float32 (exact), the float32 kernels (float32
     // accumulation, as torch's), the output rounded once to nearest even in the input's dtype. A native
     // bfloat16 lowering onto the pair-packed GEMM is still to come (issue 14).
@@ -573,7 +571,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     std::array<bool, 3> output_mask) {
   const Conv2dShape s = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups,
                                               std::string_view(algorithm.data(), algorithm.size()), kBackward);
-  if (is_half(input)) {   // as the forward pass: float32 inside, each gradient rounded once
+  if (is_half(input.scalar_type())) {   // as the forward pass: float32 inside, each gradient rounded once
     auto [dx32, dw32, db32] = conv2d_backward_cpu(widened(grad_output), widened(input), widened(weight), stride,
                                                   padding, dilation, groups, algorithm, output_mask);
     const auto dt = input.scalar_type();

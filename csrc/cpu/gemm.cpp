@@ -10,7 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <cstdint>
-#include <vector>
+#include <memory>
 
 #include "common/gemm_args.h"
 #include "cpu/gemm_bf16.h"
@@ -325,7 +325,8 @@ template <typename TIn>
 void gemm_mixed_in(const MixedGemmArgs& m, const GemmBf16Kernels* pair) {
   if (m.out == DType::f32) return gemm_mixed_typed<TIn>(m, static_cast<float*>(m.c), m.rs_c, m.cs_c, pair);
   // A half-precision C: accumulate in a float32 copy (the K blocks add into it), round once at the end.
-  std::vector<float> acc(static_cast<size_t>(m.m * m.n));
+  // Uninitialised: the first K block writes it (beta == 0) or it is loaded from C first.
+  std::unique_ptr<float[]> acc(new float[static_cast<size_t>(m.m * m.n)]);
   const auto each_c = [&](auto&& fn) {
     at::parallel_for(0, m.m, 64, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
@@ -337,7 +338,7 @@ void gemm_mixed_in(const MixedGemmArgs& m, const GemmBf16Kernels* pair) {
     using TOut = decltype(tag);
     TOut* c = static_cast<TOut*>(m.c);
     if (m.beta != 0.0f) each_c([&](float& v, int64_t off) { v = static_cast<float>(c[off]); });
-    gemm_mixed_typed<TIn>(m, acc.data(), m.n, 1, pair);
+    gemm_mixed_typed<TIn>(m, acc.get(), m.n, 1, pair);
     each_c([&](float& v, int64_t off) { c[off] = static_cast<TOut>(v); });   // round to nearest even
   };
   if (m.out == DType::bf16) {
@@ -348,8 +349,6 @@ void gemm_mixed_in(const MixedGemmArgs& m, const GemmBf16Kernels* pair) {
 }
 
 }  // namespace
-
-const GemmBf16Kernels& gemm_bf16_kernels_emulated() { return kBf16Emulated; }
 
 bool gemm_bf16(const MixedGemmArgs& g, Bf16Path path) {
   const GemmBf16Kernels* pair = nullptr;
@@ -445,14 +444,6 @@ template int64_t gemm_packed_b_elems<double>(int64_t k, int64_t n);
 
 namespace {
 
-DType half_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf: return DType::f16;
-    case at::kBFloat16: return DType::bf16;
-    default: return DType::f32;
-  }
-}
-
 at::Tensor gemm_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c, bool trans_a,
                     bool trans_b, double alpha, double beta, std::optional<at::ScalarType> out_dtype) {
   const GemmShape s = check_gemm(a, b, c, trans_a, trans_b, out_dtype, kOp);
@@ -464,8 +455,8 @@ at::Tensor gemm_cpu(const at::Tensor& a, const at::Tensor& b, const std::optiona
   const int64_t rs_b = trans_b ? b.stride(1) : b.stride(0), cs_b = trans_b ? b.stride(0) : b.stride(1);
   if (is_half(a.scalar_type())) {
     MixedGemmArgs g{s.m, s.n, s.k, static_cast<float>(alpha), static_cast<float>(reads_c ? beta : 0.0),
-                    half_dtype(a.scalar_type()), a.data_ptr(), rs_a, cs_a, b.data_ptr(), rs_b, cs_b,
-                    half_dtype(s.out_dtype), out.data_ptr(), s.n, 1};
+                    to_dtype(a.scalar_type()), a.data_ptr(), rs_a, cs_a, b.data_ptr(), rs_b, cs_b,
+                    to_dtype(s.out_dtype), out.data_ptr(), s.n, 1};
     gemm_mixed(g);
     return out;
   }
@@ -535,7 +526,7 @@ at::Tensor gemm_bf16_path(const at::Tensor& a, const at::Tensor& b, bool trans_a
   at::Tensor out = at::empty({s.m, s.n}, a.options().dtype(s.out_dtype));
   MixedGemmArgs g{s.m, s.n, s.k, 1.0f, 0.0f, DType::bf16, a.data_ptr(), trans_a ? a.stride(1) : a.stride(0),
                   trans_a ? a.stride(0) : a.stride(1), b.data_ptr(), trans_b ? b.stride(1) : b.stride(0),
-                  trans_b ? b.stride(0) : b.stride(1), half_dtype(s.out_dtype), out.data_ptr(), s.n, 1};
+                  trans_b ? b.stride(0) : b.stride(1), to_dtype(s.out_dtype), out.data_ptr(), s.n, 1};
   TORCH_CHECK(gemm_bf16(g, p), "fastconv_testing::", op, ": this CPU cannot run the '", name, "' path");
   return out;
 }

@@ -20,12 +20,10 @@ struct GemmBf16Kernels {
 
 extern const GemmBf16Kernels gemm_bf16_kernels_avx512bf16;
 
-// The emulation: vdpbf16ps lane by lane in portable C++ (float32 FMAs, the odd element of a pair
-// first, denormal inputs read as zero and denormal results flushed to zero, round to nearest even).
-const GemmBf16Kernels& gemm_bf16_kernels_emulated();
-
-// Which bfloat16 micro-kernel fastconv::gemm uses for bfloat16 operands: the real one where the active
-// ISA is avx512_bf16, otherwise none (the operands are widened to float32 in packing instead).
+// The micro-kernel a bfloat16 GEMM runs on. auto_ is fastconv::gemm's choice: the real vdpbf16ps
+// where the active ISA is avx512_bf16, else float32 (the operands widened in packing for the float32
+// kernels). emulated: the pair-packed path on gemm.cpp's portable vdpbf16ps (float32 FMAs, the odd
+// element of a pair first, denormal inputs read as zero, denormal results flushed to zero).
 enum class Bf16Path { auto_, float32, emulated, avx512_bf16 };
 
 // A bfloat16 GEMM through a chosen path (the tests compare them); a, b point at c10::BFloat16 bits.

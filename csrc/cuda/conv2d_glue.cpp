@@ -30,8 +30,7 @@ char* at_elem(const at::Tensor& t, int64_t offset) {
 }
 
 void refuse_half(const at::Tensor& input, const char* op) {
-  FC_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
-           "float16 and bfloat16 are not implemented on CUDA yet (issue 14's tensor-core kernels); got ",
+  FC_CHECK(!is_half(input.scalar_type()), op, "float16 and bfloat16 are not implemented on CUDA yet (issue 14's tensor-core kernels); got ",
            input.scalar_type(), " on ", input.device());
 }
 

@@ -185,15 +185,18 @@ def conv2d_cases(device: str, quick: bool) -> list[Case]:
                               torch=lambda x=xb, w=wb, pd=pd: TF.conv2d(x, w, None, 1, pd),
                               flops=flops, peak_gflops=peak, note=net + ", half via float32"))
     if device == "cpu":
-        cases.append(_resnet18_autocast_case(quick))
+        try:
+            import torchvision
+        except ImportError:   # an optional dependency: the row needs torchvision's ResNet-18
+            torchvision = None
+        if torchvision is not None:
+            cases.append(_resnet18_autocast_case(torchvision, quick))
     return cases
 
 
-def _resnet18_autocast_case(quick: bool) -> Case:
+def _resnet18_autocast_case(torchvision, quick: bool) -> Case:
     """A converted torchvision ResNet-18 (eval, batch 8, 3x112x112) under torch.autocast(bfloat16),
     against torch's own under the same autocast."""
-    import torchvision
-
     import fastconv
 
     torch.manual_seed(0)
