@@ -101,7 +101,7 @@ PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
 PyObject* py_cpu_isas(PyObject*, PyObject*) {
   using fastconv::cpu::Isa;
   PyObject* list = PyList_New(0);
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16}) {
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx}) {
     PyObject* name = PyUnicode_FromString(fastconv::cpu::isa_name(isa));
     PyList_Append(list, name);
     Py_DECREF(name);

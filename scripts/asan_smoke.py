@@ -28,7 +28,8 @@ for isa in reversed(isas[: isas.index(fastconv._C.best_cpu_isa()) + 1]):
         for dt, out in [(torch.bfloat16, None), (torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16)]:
             ah, bh = a.to(dt).requires_grad_(), b.to(dt).requires_grad_()
             gemm(ah, bh, torch.randn(nn_).to(out or dt), ta, tb, 1.0, 1.0, out).float().sum().backward(); n += 1
-        torch.ops.fastconv_testing.gemm_bf16_path(a.bfloat16(), b.bfloat16(), ta, tb, "emulated", None); n += 1
+        for path in ("emulated", "amx_emulated"):   # the portable vdpbf16ps and AMX tiles
+            torch.ops.fastconv_testing.gemm_bf16_path(a.bfloat16(), b.bfloat16(), ta, tb, path, None); n += 1
     for xs, ws, s_, p_, d_, g_ in [((2,3,9,11),(4,3,3,3),1,1,1,1), ((2,4,9,11),(6,2,3,2),(2,1),(1,0),(1,2),2), ((1,4,8,8),(4,1,3,3),1,1,1,4), ((2,5,7,7),(3,5,1,1),1,0,1,1), ((2,3,16,16),(5,3,7,7),2,3,1,1), ((2,3,10,10),(2,3,3,3),1,5,4,1), ((3,10,10),(2,3,4,3),1,'same',1,1), ((5,4,6,5),(6,2,3,3),1,1,1,2), ((3,40,7,7),(40,40,3,3),1,1,1,1), ((2,20,9,8),(36,20,3,3),2,1,1,1)]:
         for algo in ("im2col", "direct"):
             x = torch.randn(xs, requires_grad=True); w = torch.randn(ws, requires_grad=True); bb = torch.randn(ws[0], requires_grad=True)
@@ -44,6 +45,9 @@ for isa in reversed(isas[: isas.index(fastconv._C.best_cpu_isa()) + 1]):
                     F.conv2d(x, w, bb, 1, p_, algorithm=algo); n += 1
                 w.data.mul_(2)
                 F.conv2d(x, w, bb, 1, p_, algorithm=algo); n += 1   # changed bytes: a miss again
+                with torch.autocast("cpu", dtype=torch.bfloat16):   # the kept bfloat16 cast, then its transform
+                    for _ in range(2):
+                        F.conv2d(x, w.detach(), bb.detach(), 1, p_, algorithm=algo); n += 1
             xg = torch.randn(xs, dtype=torch.float64, requires_grad=True)   # double backward
             wg = torch.randn(k, xs[1], 3, 3, dtype=torch.float64, requires_grad=True)
             (gx,) = torch.autograd.grad(F.conv2d(xg, wg, None, 1, p_, algorithm=algo).square().sum(), xg, create_graph=True)

@@ -1,8 +1,8 @@
 """Shared fixtures: every test that takes `device` runs on the CPU and, when a GPU is present, on
 CUDA (the same test, skipped rather than failed without one — unless FASTCONV_REQUIRE_CUDA=1, as
 scripts/device_check.sh sets on a GPU machine, where a CUDA case that cannot run fails); `cpu_isa`
-runs a CPU test once per SIMD variant this machine supports (scalar, avx2, avx512; avx512_bf16 differs
-from avx512 only in the bfloat16 GEMM, so only the tests of that ask for it, by indirect parametrisation)."""
+runs a CPU test once per SIMD variant this machine supports (scalar, avx2, avx512; avx512_bf16 and amx
+differ from avx512 only in the bfloat16 kernels, so only the tests of those ask for them)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import fastconv
 
 DEVICES = ["cpu", "cuda"]
 ISAS = ["scalar", "avx2", "avx512"]
-ALL_ISAS = fastconv._C.cpu_isas()   # ISAS + avx512_bf16
+ALL_ISAS = fastconv._C.cpu_isas()   # ISAS + avx512_bf16, amx
 _ISA_RANK = {name: i for i, name in enumerate(ALL_ISAS)}
 REQUIRE_CUDA = os.environ.get("FASTCONV_REQUIRE_CUDA") == "1"
 

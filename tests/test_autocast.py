@@ -77,6 +77,50 @@ def test_linear_and_conv_under_autocast(dtype):
         assert lin.double()(x.double()).dtype == torch.float64
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx512_bf16", "amx"])
+def test_bfloat16_conv2d_forward_on_each_isa_by_the_rule(isa):
+    """bfloat16 im2col runs natively on the bfloat16 kernels (avx512_bf16, amx: the columns lowered
+    into their panels) and widened to float32 below them: both by the rule, on ResNet-like shapes whose
+    column matrices span several K blocks (K = 576, 1152) and bundles, at stride 1 and 2."""
+    if fastconv._C.cpu_isas().index(isa) > fastconv._C.cpu_isas().index(fastconv._C.best_cpu_isa()):
+        pytest.skip(f"this CPU cannot run {isa} kernels (best: {fastconv._C.best_cpu_isa()})")
+    shapes = CONV_SHAPES + [((3, 64, 15, 13), (40, 64, 3, 3), 2, 1, 1, 1), ((2, 128, 7, 7), (20, 128, 3, 3), 1, 1, 1, 1),
+                            ((1, 16, 30, 70), (8, 16, 3, 3), 1, 1, 2, 1)]
+    before = fastconv._C.cpu_isa()
+    fastconv._C.set_cpu_isa(isa)
+    try:
+        for x_shape, w_shape, s, p, d, g in shapes:
+            gen = torch.Generator().manual_seed(3)
+            x = torch.randn(x_shape, generator=gen).bfloat16()
+            w = (torch.randn(w_shape, generator=gen) / w_shape[1] ** 0.5).bfloat16()
+            b = torch.randn(w_shape[0], generator=gen).bfloat16()
+            ours = F.conv2d(x, w, b, s, p, d, g, algorithm="im2col")
+            ref = TF.conv2d(x.double(), w.double(), b.double(), s, p, d, g)
+            check_rule(ours, TF.conv2d(x, w, b, s, p, d, g), ref, f"{isa} {x_shape} {w_shape} s={s} d={d} g={g}")
+    finally:
+        fastconv._C.set_cpu_isa(before)
+
+
+def test_autocast_weight_cast_is_kept_and_never_stale():
+    """Under autocast a weight that does not require grad is cast once and kept (so its Winograd
+    transform is cached too); writing to the float32 weight in place must show in the next call."""
+    torch.manual_seed(2)
+    conv = fastconv.nn.Conv2d(64, 64, 3, padding=1, algorithm="winograd").eval().requires_grad_(False)
+    x = torch.randn(1, 64, 8, 8)
+    fastconv._C.weight_cache_clear()
+    for step in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours = conv(x)
+            hits = fastconv._C.weight_cache_stats()["hits"]
+            assert conv(x).equal(ours)   # again, unchanged: both the cast and its transform come from the cache
+            assert fastconv._C.weight_cache_stats()["hits"] == hits + 2
+        theirs = TF.conv2d(x.bfloat16(), conv.weight.bfloat16(), conv.bias.bfloat16(), padding=1)
+        ref = TF.conv2d(x.bfloat16().double(), conv.weight.bfloat16().double(), conv.bias.bfloat16().double(),
+                        padding=1)
+        check_rule(ours, theirs, ref, f"step {step}")
+        conv.weight.mul_(-0.5)   # in place, between calls
+
+
 def test_converted_resnet18_under_autocast_matches_torch():
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)

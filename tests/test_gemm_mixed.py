@@ -64,15 +64,21 @@ def test_alpha_beta_and_broadcast_c(in_dtype):
 
 
 bf16_path = torch.ops.fastconv_testing.gemm_bf16_path
-HAS_BF16 = fastconv._C.best_cpu_isa() == "avx512_bf16"
+HAS_BF16 = fastconv._C.best_cpu_isa() in ("avx512_bf16", "amx")
 
 
-@pytest.mark.parametrize("path", ["emulated", "float32"])
+HAS_AMX = fastconv._C.best_cpu_isa() == "amx"
+# the AMX kernel's tile edges: 32 x 32 blocks of C, 32 K steps per tile load, K blocks of 1024 (half output)
+AMX_SIZES = [(31, 33, 32), (33, 31, 31), (32, 32, 33), (65, 64, 64), (16, 48, 1), (40, 20, 1100)]
+
+
+@pytest.mark.parametrize("path", ["emulated", "float32", "amx_emulated"])
 def test_bf16_paths_by_the_rule(path):
-    """The pair-packed bfloat16 path on the portable vdpbf16ps emulation (packing, tile loops, edges,
-    odd K), and the float32-widening path, on every machine."""
-    for (m, n, k), ta, tb in itertools.product(SIZES + [(6, 64, 2), (7, 65, 3), (5, 63, 1)], (False, True),
-                                               (False, True)):
+    """The pair-packed bfloat16 path on the portable vdpbf16ps emulation, the AMX kernel on the portable
+    tile emulation (packing, tile loops, edges, K not a multiple of the tile), and the float32-widening
+    path, on every machine."""
+    extra = AMX_SIZES if path == "amx_emulated" else [(6, 64, 2), (7, 65, 3), (5, 63, 1)]
+    for (m, n, k), ta, tb in itertools.product(SIZES + extra, (False, True), (False, True)):
         a, b = _operands(m, n, k, ta, tb, torch.bfloat16, seed=4)
         op_a, op_b = (a.T if ta else a), (b.T if tb else b)
         ref = op_a.double() @ op_b.double()
@@ -98,13 +104,29 @@ def test_real_vdpbf16ps_equals_its_emulation_bit_for_bit():
                        bf16_path(a, b, False, False, "avx512_bf16", torch.float32))
 
 
-def test_bf16_path_refused_where_the_cpu_lacks_it():
+@pytest.mark.skipif(not HAS_AMX, reason="this CPU has no usable AMX (its emulation is tested above)")
+def test_real_amx_by_the_rule_and_against_its_emulation():
+    """On a CPU with AMX: the real tiles by the rule, and as close to the emulated tdpbf16ps as the
+    order of two float32 chains allows (bit equality is reported, not required: the SDM's pseudo-code
+    leaves the hardware's internal order open)."""
+    for (m, n, k), ta, tb in itertools.product(SIZES + AMX_SIZES, (False, True), (False, True)):
+        a, b = _operands(m, n, k, ta, tb, torch.bfloat16, seed=7)
+        op_a, op_b = (a.T if ta else a), (b.T if tb else b)
+        ref = op_a.double() @ op_b.double()
+        real = bf16_path(a, b, ta, tb, "amx", torch.float32)
+        check_rule(real, op_a.float() @ op_b.float(), ref, f"amx m,n,k={m},{n},{k} ta={ta} tb={tb}")
+        emulated = bf16_path(a, b, ta, tb, "amx_emulated", torch.float32)
+        torch.testing.assert_close(real, emulated, rtol=1e-5, atol=1e-5 * ref.abs().max().item() + 1e-30)
+
+
+@pytest.mark.parametrize("path,has", [("avx512_bf16", HAS_BF16), ("amx", HAS_AMX)])
+def test_bf16_path_refused_where_the_cpu_lacks_it(path, has):
     a = torch.randn(4, 4).bfloat16()
-    if HAS_BF16:
-        bf16_path(a, a, False, False, "avx512_bf16", None)
+    if has:
+        bf16_path(a, a, False, False, path, None)
     else:
-        with pytest.raises(RuntimeError, match="cannot run the 'avx512_bf16' path"):
-            bf16_path(a, a, False, False, "avx512_bf16", None)
+        with pytest.raises(RuntimeError, match=f"cannot run the '{path}' path"):
+            bf16_path(a, a, False, False, path, None)
 
 
 def test_strided_and_rounding_to_nearest_even():

@@ -59,6 +59,9 @@ class WeightCache {
 
   // Variants: what an entry holds for its weight.
   static int winograd(int m, bool transposed) { return m * 2 + (transposed ? 1 : 0); }   // 4, 5, 8, 9
+  // The weight cast to another dtype (autocast.cpp): one tensor for as long as the weight's bytes
+  // stay the same, so that what is prepared from the cast (a Winograd transform) is cached in turn.
+  static int cast_to(at::ScalarType dtype) { return 1000 + static_cast<int>(dtype); }
   // A CPU variant made for one instruction set (the GEMM's packed layout depends on its micro-tile).
   static int for_isa(int variant, int isa) { return variant * 8 + isa; }
 

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/winograd.h"
 #include "common/weight_cache.h"
 #include "cpu/conv2d_winograd_kernels.h"
@@ -145,13 +146,25 @@ at::Tensor transform_filters(int m, const T* w, int64_t s_out, int64_t s_in, int
 
 }  // namespace
 
-void conv2d_winograd_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out,
-                             const Conv2dShape& s, int m) {
+namespace {
+
+// Half precision (float16, bfloat16) runs in float32: the values widened (exactly), the transforms
+// and GEMMs in float32, the result rounded once to nearest even. Its error is float32 Winograd's
+// (README's accuracy table), far below the half-precision rounding of the output.
+at::Tensor as_float(const at::Tensor& t) { return t.defined() && is_half(t.scalar_type()) ? t.to(at::kFloat) : t; }
+
+}  // namespace
+
+void conv2d_winograd_forward(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias_in,
+                             at::Tensor& out_in, const Conv2dShape& s, int m) {
   const auto& g = s.g;
+  const at::Tensor x = as_float(x_in), bias = as_float(bias_in);
+  at::Tensor out = x.scalar_type() == out_in.scalar_type() ? out_in : at::empty(out_in.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
+    // The cache keys on the caller's weight (half precision too: its float32 transform is kept).
     const int variant = WeightCache::for_isa(WeightCache::winograd(m, false), int(active_isa()));
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
-      const at::Tensor w = weight.contiguous();   // g[k][c][i][j]
+      const at::Tensor w = as_float(weight.contiguous());   // g[k][c][i][j]
       return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>(), s.in_channels * 9, 9, 3, 1, s.out_channels,
                                          s.in_channels, WeightCache::cacheable(weight));
     });
@@ -159,6 +172,7 @@ void conv2d_winograd_forward(const at::Tensor& x, const at::Tensor& weight, cons
     run<scalar_t>(m, x.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
                   bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), p);
   });
+  if (!out.is_same(out_in)) out_in.copy_(out);   // rounded to nearest even
 }
 
 void conv2d_winograd_grad_input(const at::Tensor& dy, const at::Tensor& weight, at::Tensor& dx, const Conv2dShape& s,

@@ -65,18 +65,11 @@ void scale_c(const GemmArgs<T>& g) {
 // packed panels' (TC itself, or bfloat16 bits for the pair-packed path). pack_a(i0, mc, k0, kc, dst)
 // and pack_b(k0, kc, j0, nc, dst) fill the micro-kernel's MR-tall and NR-wide panels from whatever the
 // operands are stored as, each panel kcp = kc rounded up to k_align steps deep; macro(ap, bp, i0, mc,
-// j0, nc, kc, first) multiplies them into g.c. Prepacked operands (g.a_packed, g.b_packed) are in TC's
-// own panel layout.
+// j0, nc, kc, first) multiplies them into g.c. Prepacked operands (a_packed, b_packed: null where
+// packing is wanted) are in the panel layouts GemmArgs describes, each K block's panels kcp deep.
 template <typename TC, typename TP, class Macro, class PackA, class PackB>
-void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, Macro macro, PackA pack_a,
-               PackB pack_b) {
-  constexpr bool kPrepacked = std::is_same_v<TC, TP>;
-  const TP* a_packed = nullptr;
-  const TP* b_packed = nullptr;
-  if constexpr (kPrepacked) {
-    a_packed = g.a_packed;
-    b_packed = g.b_packed;
-  }
+void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, const TP* a_packed,
+               const TP* b_packed, Macro macro, PackA pack_a, PackB pack_b) {
   // Row blocks of at most kMC rows, each a multiple of the micro-tile height, at least two per thread
   // and as many on every thread (at::parallel_for hands each thread an equal run of blocks, so 9 blocks
   // on 2 threads would leave one idle a ninth of the time). Inside a parallel region (a caller already
@@ -100,7 +93,7 @@ void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, M
       const int64_t kc = std::min(kKC, g.k - k0), kcp = padded(kc);
       const bool first = k0 == 0;   // the first K block applies beta; later ones accumulate
       if (b_packed != nullptr) {   // K block k0 of all panels, then column j0's panel within it
-        bp = b_packed + k0 * n_pad + j0 * kc;
+        bp = b_packed + k0 * n_pad + j0 * kcp;
       } else {
         const int64_t panels = (nc + nr - 1) / nr;
         at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
@@ -115,7 +108,7 @@ void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, M
         for (int64_t blk = b0; blk < b1; ++blk) {
           const int64_t i0 = blk * mc, m_here = std::min(mc, g.m - i0);
           if (a_packed != nullptr) {   // K block k0 of all rows, then row i0's panel within it
-            macro(a_packed + k0 * m_pad + i0 * kc, bp, i0, m_here, j0, nc, kc, first);
+            macro(a_packed + k0 * m_pad + i0 * kcp, bp, i0, m_here, j0, nc, kc, first);
           } else {
             pack_a(i0, m_here, k0, kc, ap);
             macro(ap, bp, i0, m_here, j0, nc, kc, first);
@@ -134,7 +127,7 @@ void gemm(const GemmArgs<T>& g) {
   if (g.k == 0 || g.alpha == T(0)) return scale_c(g);
   const auto& kern = kernels_for<T>();
   loop_nest<T, T>(
-      g, kern.mr, kern.nr, 1,
+      g, kern.mr, kern.nr, 1, g.a_packed, g.b_packed,
       [&](const T* ap, const T* bp, int64_t i0, int64_t mc, int64_t j0, int64_t nc, int64_t kc, bool first) {
         kern.macro(g, ap, bp, i0, mc, j0, nc, kc, first);
       },
@@ -168,11 +161,11 @@ void pack_converting(const TIn* src, int64_t x_stride, int64_t k_stride, int64_t
 }
 
 // The pair-packed panels of the bfloat16 path (gemm_bf16_kernels.inc): word (x, p) of a panel
-// `width` wide holds elements (x, 2p) and (x, 2p + 1) of the operand, the second zero past kc;
-// panels 2 * ceil(kc / 2) steps deep, lanes past the extent zero. Strides as pack_converting's.
+// `width` wide holds elements (x, 2p) and (x, 2p + 1) of the operand, zero past kc; panels kc rounded
+// up to k_align (even) steps deep, lanes past the extent zero. Strides as pack_converting's.
 void pack_pairs(const c10::BFloat16* src, int64_t x_stride, int64_t k_stride, int64_t x0, int64_t extent, int64_t k0,
-                int64_t kc, int64_t width, uint16_t* dst) {
-  const int64_t pairs = (kc + 1) / 2, whole = kc / 2;   // whole: pairs with both steps inside kc
+                int64_t kc, int64_t width, int64_t k_align, uint16_t* dst) {
+  const int64_t pairs = (kc + k_align - 1) / k_align * k_align / 2, whole = kc / 2;   // whole: both steps inside kc
   for (int64_t x = 0; x < extent; x += width) {
     const int64_t w = std::min(width, extent - x);
     uint16_t* panel = dst + x * 2 * pairs;
@@ -196,18 +189,40 @@ void pack_pairs(const c10::BFloat16* src, int64_t x_stride, int64_t k_stride, in
       }
       p0 = whole;
     }
-    for (int64_t p = p0; p < pairs; ++p) {   // the general case, and an odd last step (paired with zero)
+    for (int64_t p = p0; p < pairs; ++p) {   // the general case, and steps past kc (zero)
       const c10::BFloat16* in = base + 2 * p * k_stride;
-      const bool second = 2 * p + 1 < kc;
+      const bool first = 2 * p < kc, second = 2 * p + 1 < kc;
       uint16_t* out = panel + p * 2 * width;
       for (int64_t l = 0; l < w; ++l) {
-        out[2 * l] = in[l * x_stride].x;
+        out[2 * l] = first ? in[l * x_stride].x : uint16_t(0);
         out[2 * l + 1] = second ? in[l * x_stride + k_stride].x : uint16_t(0);
       }
     }
     if (w < width) {   // lanes past the extent
       for (int64_t p = 0; p < pairs; ++p) {
         for (int64_t l = w; l < width; ++l) panel[(p * width + l) * 2] = panel[(p * width + l) * 2 + 1] = 0;
+      }
+    }
+  }
+}
+
+// The AMX kernel's A panels (gemm_amx_kernels.inc): `width` (32) rows; per chunk of 32 K steps the
+// rows one after another, 16 words each, word w of row x holding elements (x, 2p), (x, 2p + 1) for
+// p = 16 * chunk + w; zero past kc and past the extent. Strides as pack_converting's.
+void pack_amx_rows(const c10::BFloat16* src, int64_t x_stride, int64_t k_stride, int64_t x0, int64_t extent,
+                   int64_t k0, int64_t kc, int64_t width, uint16_t* dst) {
+  const int64_t chunks = (kc + 31) / 32;
+  for (int64_t x = 0; x < extent; x += width) {
+    const int64_t w = std::min(width, extent - x);
+    uint16_t* panel = dst + x * chunks * 32;
+    for (int64_t c = 0; c < chunks; ++c) {
+      for (int64_t l = 0; l < width; ++l) {
+        uint16_t* out = panel + (c * width + l) * 32;
+        const int64_t steps = l < w ? std::clamp<int64_t>(kc - 32 * c, 0, 32) : 0;
+        const c10::BFloat16* in = src + (x0 + x + l) * x_stride + (k0 + 32 * c) * k_stride;
+        int64_t e = 0;
+        for (; e < steps; ++e) out[e] = in[e * k_stride].x;
+        for (; e < 32; ++e) out[e] = 0;
       }
     }
   }
@@ -252,9 +267,80 @@ struct DotEmulated {
   }
 };
 
-#include "cpu/gemm_bf16_kernels.inc"
+// The AMX tiles emulated: eight 1 KiB tile registers per thread, each 16 rows of 64 bytes as
+// gemm_amx_kernels.inc configures them, and tdpbf16ps as the Intel SDM defines it: for each row m of
+// C, the products of the even elements of the pairs and those of the odd elements summed over the K
+// pairs in two float32 chains (FMAs), then C += (even + odd); denormal inputs read as zero, denormal
+// results flushed to zero, round to nearest even.
+struct TilesEmulated {
+  static constexpr int kRows = 16, kRowBytes = 64;
+  struct State {
+    alignas(64) unsigned char t[8][kRows * kRowBytes];
+  };
+  static State& state() {
+    thread_local State st;
+    return st;
+  }
+  static void config() { std::memset(&state(), 0, sizeof(State)); }
+  static void release() { std::memset(&state(), 0, sizeof(State)); }
+  template <int t>
+  static void zero() {
+    std::memset(state().t[t], 0, sizeof(state().t[t]));
+  }
+  template <int t>
+  static void load(const void* p, int64_t stride) {
+    for (int r = 0; r < kRows; ++r) {
+      std::memcpy(state().t[t] + r * kRowBytes, static_cast<const unsigned char*>(p) + r * stride, kRowBytes);
+    }
+  }
+  template <int t>
+  static void store(void* p, int64_t stride) {
+    for (int r = 0; r < kRows; ++r) {
+      std::memcpy(static_cast<unsigned char*>(p) + r * stride, state().t[t] + r * kRowBytes, kRowBytes);
+    }
+  }
+  template <int c, int a, int b>
+  static void dot() {
+    using E = DotEmulated;
+    float cv[kRows][16];
+    uint16_t av[kRows][32], bv[kRows][32];
+    std::memcpy(cv, state().t[c], sizeof(cv));
+    std::memcpy(av, state().t[a], sizeof(av));
+    std::memcpy(bv, state().t[b], sizeof(bv));
+    for (int m = 0; m < kRows; ++m) {
+      float even[16] = {}, odd[16] = {};
+      for (int k = 0; k < 16; ++k) {   // K pairs: A's row m, word k; B's row k
+        const float a0 = E::daz(E::bf16_to_float(av[m][2 * k])), a1 = E::daz(E::bf16_to_float(av[m][2 * k + 1]));
+        for (int n = 0; n < 16; ++n) {
+          even[n] = E::daz(std::fma(a0, E::daz(E::bf16_to_float(bv[k][2 * n])), even[n]));
+          odd[n] = E::daz(std::fma(a1, E::daz(E::bf16_to_float(bv[k][2 * n + 1])), odd[n]));
+        }
+      }
+      for (int n = 0; n < 16; ++n) cv[m][n] = E::daz(E::daz(cv[m][n]) + E::daz(even[n] + odd[n]));
+    }
+    std::memcpy(state().t[c], cv, sizeof(cv));
+  }
+};
 
-const GemmBf16Kernels kBf16Emulated{kBf16MR, kBf16NR, bf16_macro_kernel<DotEmulated>};
+#include "cpu/gemm_bf16_kernels.inc"
+#include "cpu/gemm_amx_kernels.inc"
+
+const GemmBf16Kernels kBf16Emulated{kBf16MR, kBf16NR, 2, Bf16Layout::pairs, bf16_macro_kernel<DotEmulated>,
+                                    bf16_pack_b_offsets<kBf16NR, 2>};
+const GemmBf16Kernels kAmxEmulated{kAmxMR, kAmxNR, kAmxKAlign, Bf16Layout::amx_tiles, amx_macro_kernel<TilesEmulated>,
+                                   bf16_pack_b_offsets<kAmxNR, kAmxKAlign>};
+
+// Packs an MC x KC block of op(A) or a KC x NC block of op(B) into a bfloat16 kernel's panels.
+void pack_bf16_a(const GemmBf16Kernels& k, const c10::BFloat16* a, int64_t rs_a, int64_t cs_a, int64_t i0, int64_t mc,
+                 int64_t k0, int64_t kc, uint16_t* dst) {
+  if (k.layout == Bf16Layout::amx_tiles) return pack_amx_rows(a, rs_a, cs_a, i0, mc, k0, kc, k.mr, dst);
+  pack_pairs(a, rs_a, cs_a, i0, mc, k0, kc, k.mr, k.k_align, dst);
+}
+
+void pack_bf16_b(const GemmBf16Kernels& k, const c10::BFloat16* b, int64_t rs_b, int64_t cs_b, int64_t k0, int64_t kc,
+                 int64_t j0, int64_t nc, uint16_t* dst) {
+  pack_pairs(b, cs_b, rs_b, j0, nc, k0, kc, k.nr, k.k_align, dst);
+}
 
 // The K block of the bfloat16 path. The epilogue (C read and written once per block) weighs more than
 // in float32, as a dot product does twice an FMA's work, so a long block is faster: as deep as keeps
@@ -295,21 +381,21 @@ void gemm_mixed_typed(const MixedGemmArgs& m, float* c, int64_t rs_c, int64_t cs
       GemmArgs<float> gp = g;
       gp.k_block = bf16_k_block(nr, m.out);
       return loop_nest<float, uint16_t>(
-          gp, mr, nr, 2,
+          gp, mr, nr, pair->k_align, nullptr, nullptr,
           [&](const uint16_t* ap, const uint16_t* bp, int64_t i0, int64_t mc, int64_t j0, int64_t nc, int64_t kc,
               bool first) { pair->macro(gp, ap, bp, i0, mc, j0, nc, kc, first); },
           [&](int64_t i0, int64_t mc, int64_t k0, int64_t kc, uint16_t* dst) {
-            pack_pairs(a, m.rs_a, m.cs_a, i0, mc, k0, kc, mr, dst);
+            pack_bf16_a(*pair, a, m.rs_a, m.cs_a, i0, mc, k0, kc, dst);
           },
           [&](int64_t k0, int64_t kc, int64_t j0, int64_t nc, uint16_t* dst) {
-            pack_pairs(b, m.cs_b, m.rs_b, j0, nc, k0, kc, nr, dst);
+            pack_bf16_b(*pair, b, m.rs_b, m.cs_b, k0, kc, j0, nc, dst);
           });
     }
   }
   const auto& kern = kernels_for<float>();
   const int64_t mr = kern.mr, nr = kern.nr;
   loop_nest<float, float>(
-      g, mr, nr, 1,
+      g, mr, nr, 1, nullptr, nullptr,
       [&](const float* ap, const float* bp, int64_t i0, int64_t mc, int64_t j0, int64_t nc, int64_t kc, bool first) {
         kern.macro(g, ap, bp, i0, mc, j0, nc, kc, first);
       },
@@ -350,22 +436,88 @@ void gemm_mixed_in(const MixedGemmArgs& m, const GemmBf16Kernels* pair) {
 
 }  // namespace
 
+namespace {
+
+const GemmBf16Kernels* native_bf16_kernels() {
+  switch (active_isa()) {
+    case Isa::amx: return &gemm_bf16_kernels_amx;
+    case Isa::avx512_bf16: return &gemm_bf16_kernels_avx512bf16;
+    default: return nullptr;
+  }
+}
+
+const GemmBf16Kernels& native_bf16_checked(const char* fn) {
+  const GemmBf16Kernels* k = native_bf16_kernels();
+  TORCH_CHECK(k != nullptr, "fastconv: ", fn, " needs a CPU bfloat16 kernel (ISA level avx512_bf16 or amx)");
+  return *k;
+}
+
+}  // namespace
+
 bool gemm_bf16(const MixedGemmArgs& g, Bf16Path path) {
   const GemmBf16Kernels* pair = nullptr;
   switch (path) {
-    case Bf16Path::auto_:
-      pair = active_isa() == Isa::avx512_bf16 ? &gemm_bf16_kernels_avx512bf16 : nullptr;
-      break;
+    case Bf16Path::auto_: pair = native_bf16_kernels(); break;
     case Bf16Path::float32: break;
     case Bf16Path::emulated: pair = &kBf16Emulated; break;
     case Bf16Path::avx512_bf16:
       if (best_supported_isa() < Isa::avx512_bf16) return false;
       pair = &gemm_bf16_kernels_avx512bf16;
       break;
+    case Bf16Path::amx_emulated: pair = &kAmxEmulated; break;
+    case Bf16Path::amx:
+      if (best_supported_isa() < Isa::amx) return false;
+      pair = &gemm_bf16_kernels_amx;
+      break;
   }
   if (g.m == 0 || g.n == 0) return true;
   gemm_mixed_in<c10::BFloat16>(g, pair);
   return true;
+}
+
+bool gemm_bf16_native() { return native_bf16_kernels() != nullptr; }
+
+GemmTile gemm_bf16_tile() {
+  const GemmBf16Kernels& k = native_bf16_checked("gemm_bf16_tile");
+  return GemmTile{k.mr, k.nr, bf16_k_block(k.nr, DType::bf16), k.k_align};
+}
+
+int64_t gemm_bf16_packed_a_elems(int64_t m, int64_t k, int64_t k_block) {
+  const GemmBf16Kernels& kern = native_bf16_checked("gemm_bf16_packed_a_elems");
+  const int64_t last = k % k_block, align = kern.k_align;   // only the last block can be short
+  const int64_t depth = k - last + (last + align - 1) / align * align;
+  return (m + kern.mr - 1) / kern.mr * kern.mr * depth;
+}
+
+void gemm_bf16_pack_a(const uint16_t* a, int64_t rs_a, int64_t cs_a, int64_t m, int64_t k, int64_t k_block,
+                      uint16_t* dst) {
+  const GemmBf16Kernels& kern = native_bf16_checked("gemm_bf16_pack_a");
+  TORCH_CHECK(k_block % kern.k_align == 0, "fastconv: gemm_bf16_pack_a: K block ", k_block, " is not a multiple of ",
+              kern.k_align);
+  const int64_t m_pad = (m + kern.mr - 1) / kern.mr * kern.mr;
+  const auto* src = reinterpret_cast<const c10::BFloat16*>(a);
+  at::parallel_for(0, (k + k_block - 1) / k_block, 1, [&](int64_t b0, int64_t b1) {   // K blocks
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t k0 = blk * k_block;
+      pack_bf16_a(kern, src, rs_a, cs_a, 0, m, k0, std::min(k_block, k - k0), dst + k0 * m_pad);
+    }
+  });
+}
+
+void gemm_bf16_pack_b_offsets(const uint16_t* base, const int64_t* row_off, int64_t rows, const int64_t* col_off,
+                              int64_t cols, uint16_t* dst) {
+  native_bf16_checked("gemm_bf16_pack_b_offsets").pack_b_offsets(base, row_off, rows, col_off, cols, dst);
+}
+
+void gemm_bf16_prepacked(const GemmArgs<float>& g, const uint16_t* a_packed, const uint16_t* b_packed) {
+  const GemmBf16Kernels& k = native_bf16_checked("gemm_bf16_prepacked");
+  if (g.m == 0 || g.n == 0) return;
+  if (g.k == 0 || g.alpha == 0.0f) return scale_c(g);
+  loop_nest<float, uint16_t>(
+      g, k.mr, k.nr, k.k_align, a_packed, b_packed,
+      [&](const uint16_t* ap, const uint16_t* bp, int64_t i0, int64_t mc, int64_t j0, int64_t nc, int64_t kc,
+          bool first) { k.macro(g, ap, bp, i0, mc, j0, nc, kc, first); },
+      [](int64_t, int64_t, int64_t, int64_t, uint16_t*) {}, [](int64_t, int64_t, int64_t, int64_t, uint16_t*) {});
 }
 
 void gemm_mixed(const MixedGemmArgs& g) {
@@ -512,7 +664,8 @@ namespace {
 
 // For tests (fastconv_testing, outside fastconv's op table): a bfloat16 GEMM through a chosen
 // micro-kernel: "float32" (widened in packing), "emulated" (the pair-packed path on the portable
-// vdpbf16ps) or "avx512_bf16" (the real instruction; refused where the CPU lacks it).
+// vdpbf16ps), "avx512_bf16" (the real instruction), "amx_emulated" (the AMX kernel on portable tiles)
+// or "amx" (the real tiles); the real ones are refused where the CPU lacks them.
 at::Tensor gemm_bf16_path(const at::Tensor& a, const at::Tensor& b, bool trans_a, bool trans_b,
                           c10::string_view path, std::optional<at::ScalarType> out_dtype) {
   constexpr const char* op = "gemm_bf16_path";
@@ -520,9 +673,10 @@ at::Tensor gemm_bf16_path(const at::Tensor& a, const at::Tensor& b, bool trans_a
   const GemmShape s = check_gemm(a, b, std::nullopt, trans_a, trans_b, out_dtype, op);
   const std::string_view name(path.data(), path.size());
   const Bf16Path p = name == "float32" ? Bf16Path::float32 : name == "emulated" ? Bf16Path::emulated
-                   : name == "avx512_bf16" ? Bf16Path::avx512_bf16 : Bf16Path::auto_;
-  TORCH_CHECK(name == "float32" || name == "emulated" || name == "avx512_bf16", "fastconv_testing::", op,
-              ": unknown path '", name, "'");
+                   : name == "avx512_bf16" ? Bf16Path::avx512_bf16 : name == "amx_emulated" ? Bf16Path::amx_emulated
+                   : name == "amx" ? Bf16Path::amx : Bf16Path::auto_;
+  TORCH_CHECK(p != Bf16Path::auto_, "fastconv_testing::", op, ": unknown path '", name,
+              "' (float32, emulated, avx512_bf16, amx_emulated, amx)");
   at::Tensor out = at::empty({s.m, s.n}, a.options().dtype(s.out_dtype));
   MixedGemmArgs g{s.m, s.n, s.k, 1.0f, 0.0f, DType::bf16, a.data_ptr(), trans_a ? a.stride(1) : a.stride(0),
                   trans_a ? a.stride(0) : a.stride(1), b.data_ptr(), trans_b ? b.stride(1) : b.stride(0),

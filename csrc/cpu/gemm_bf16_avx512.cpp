@@ -39,7 +39,8 @@ struct DotAvx512Bf16 {
 
 }  // namespace
 
-const GemmBf16Kernels gemm_bf16_kernels_avx512bf16{kBf16MR, kBf16NR, bf16_macro_kernel<DotAvx512Bf16>};
+const GemmBf16Kernels gemm_bf16_kernels_avx512bf16{kBf16MR, kBf16NR, 2, Bf16Layout::pairs,
+                                                     bf16_macro_kernel<DotAvx512Bf16>, bf16_pack_b_offsets<kBf16NR, 2>};
 
 }  // namespace fastconv::cpu
 

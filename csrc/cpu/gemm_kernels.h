@@ -120,6 +120,7 @@ void gemm_pack_b_offsets(const T* base, const int64_t* row_off, int64_t rows, co
 // packed operands themselves.
 struct GemmTile {
   int64_t mr, nr, k_block;
+  int64_t k_align = 1;   // packed panels' depth: a multiple of this (bfloat16 kernels: 2 or 32)
 };
 template <typename T>
 GemmTile gemm_tile();

@@ -5,9 +5,31 @@
 #include <cstring>
 #include <initializer_list>
 
+#include <cpuid.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#endif
 
 namespace fastconv::cpu {
+namespace {
+
+// AMX: the CPU has AMX-TILE and AMX-BF16 (cpuid leaf 7, EDX bits 24 and 22), and Linux lets this
+// process use the tile data state: the first request (arch_prctl ARCH_REQ_XCOMP_PERM = 0x1023 for
+// XFEATURE_XTILEDATA = 18) grants it for every thread, and fails where the kernel or the OS's
+// XSAVE setup does not support it.
+bool amx_usable() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return false;
+  if (((d >> 24) & 1u) == 0 || ((d >> 22) & 1u) == 0) return false;
+#ifdef __linux__
+  return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
 
 Isa best_supported_isa() {
   static const Isa best = [] {
@@ -15,7 +37,8 @@ Isa best_supported_isa() {
     // The AVX-512 kernels use F, BW, VL and DQ instructions (every AVX-512 server CPU since Skylake-SP).
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-      return __builtin_cpu_supports("avx512bf16") ? Isa::avx512_bf16 : Isa::avx512;
+      if (!__builtin_cpu_supports("avx512bf16")) return Isa::avx512;
+      return amx_usable() ? Isa::amx : Isa::avx512_bf16;
     }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
     return Isa::scalar;
@@ -52,6 +75,7 @@ long l2_cache_bytes() {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::amx: return "amx";
     case Isa::avx512_bf16: return "avx512_bf16";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
@@ -60,7 +84,7 @@ const char* isa_name(Isa isa) {
 }
 
 bool parse_isa(const char* name, Isa* out) {
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16}) {
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx}) {
     if (std::strcmp(name, isa_name(isa)) == 0) {
       *out = isa;
       return true;

@@ -74,11 +74,33 @@ MaxPool2dRowsFn pick_f32_kernel(const MaxPool2dShape& s, bool nhwc) {
   // The vector kernels hold plane indices in int32 lanes.
   if (s.g.in_h * s.g.in_w > std::numeric_limits<int32_t>::max()) return nullptr;
   switch (active_isa()) {
+    case Isa::amx:
     case Isa::avx512_bf16:
     case Isa::avx512: return nhwc ? max_pool2d_nhwc_f32_avx512 : max_pool2d_nchw_f32_avx512;
     case Isa::avx2: return nhwc ? max_pool2d_nhwc_f32_avx2 : max_pool2d_nchw_f32_avx2;
     default: return nullptr;
   }
+}
+
+// Half precision on the float32 vector kernels: a half value widens to float32 exactly and the
+// maximum (NaN included) is one of the inputs, so widening each task's input (a plane, or a
+// channels-last image) into a thread's buffer, pooling it in float32 and narrowing the result back
+// gives torch's values and indices bit for bit.
+template <typename T>
+void forward_half_by_f32(MaxPool2dRowsFn fn, const T* in, T* out, int64_t* idx, const MaxPool2dShape& s, bool nhwc) {
+  const int64_t cb = nhwc ? s.channels : 1, tasks = nhwc ? s.batch : s.batch * s.channels;
+  const int64_t in_task = s.g.in_h * s.g.in_w * cb, out_task = s.g.out_h * s.g.out_w * cb;
+  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> x(static_cast<size_t>(in_task)), y(static_cast<size_t>(out_task));
+    for (int64_t t = b; t < e; ++t) {
+      const T* src = in + t * in_task;
+      for (int64_t i = 0; i < in_task; ++i) x[i] = static_cast<float>(src[i]);
+      const MaxPool2dProblem p{x.data(), y.data(), idx + t * out_task, s.g, cb, false};
+      fn(p, 0, s.g.out_h);   // the task's output rows: one plane, or one image
+      T* dst = out + t * out_task;
+      for (int64_t i = 0; i < out_task; ++i) dst[i] = static_cast<T>(y[i]);
+    }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(const at::Tensor& self, at::IntArrayRef kernel_size,
@@ -102,6 +124,15 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(const at::Tensor&
       const int64_t rows = nhwc ? s.batch * s.g.out_h : s.batch * s.channels * s.g.out_h;
       const int64_t per_row = nhwc ? s.g.out_w * s.channels : s.g.out_w;
       at::parallel_for(0, rows, row_grain(per_row), [&](int64_t b, int64_t e) { fn(p, b, e); });
+      return {out, idx};
+    }
+  }
+  if (self.scalar_type() == at::kHalf || self.scalar_type() == at::kBFloat16) {
+    if (MaxPool2dRowsFn fn = pick_f32_kernel(s, nhwc)) {
+      AT_DISPATCH_REDUCED_FLOATING_TYPES(self.scalar_type(), kForward, [&] {
+        forward_half_by_f32<scalar_t>(fn, in.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), idx.data_ptr<int64_t>(), s,
+                                      nhwc);
+      });
       return {out, idx};
     }
   }

@@ -120,7 +120,8 @@ def gemm_cases(device: str, quick: bool) -> list[Case]:
     # AVX512-BF16 (a vdpbf16ps does two multiply-adds per float32 lane at the FMA's rate), the float32
     # peak otherwise (the operands are widened to float32 in packing), as for float16.
     if device == "cpu":
-        bf16_peak = peak32 * (2 if fastconv._C.cpu_isa() == "avx512_bf16" else 1)
+        # the vdpbf16ps kernel does two multiply-adds per float32 lane (AMX's peak is not probed here)
+        bf16_peak = peak32 * (2 if fastconv._C.cpu_isa() in ("avx512_bf16", "amx") else 1)
         for n in ([1024] if quick else [1024, 2048, 4096]):
             for dtype, peak in ((torch.bfloat16, bf16_peak), (torch.float16, peak32)):
                 if dtype == torch.float16 and n > 1024:   # torch's float16 matmul on the CPU takes 44 s at 2048^3
@@ -152,6 +153,7 @@ def conv2d_cases(device: str, quick: bool) -> list[Case]:
     # ResNet-18's 3x3 layers at batch 8 (the issue's shapes), then its 7x7/2 stem and a 1x1 downsample.
     layers = [("ResNet-18 conv2_x", 8, 64, 56, 64, 3, 1, 1), ("ResNet-18 conv3_x", 8, 128, 28, 128, 3, 1, 1),
               ("ResNet-18 conv4_x", 8, 256, 14, 256, 3, 1, 1), ("ResNet-18 conv5_x", 8, 512, 7, 512, 3, 1, 1),
+              ("ResNet-18 conv3_1", 8, 64, 56, 128, 3, 2, 1),
               ("ResNet-18 stem", 8, 3, 224, 64, 7, 2, 3), ("ResNet-18 downsample", 8, 64, 56, 128, 1, 2, 0)]
     if quick:
         layers = [(net, 2, c, hw, k, r, st, pd) for net, _, c, hw, k, r, st, pd in layers[:2]]
@@ -178,12 +180,12 @@ def conv2d_cases(device: str, quick: bool) -> list[Case]:
             cases.append(Case(op=f"conv2d {algo} fwd+bwd", shape=shape, dtype="float32",
                               fastconv=lambda f=fwd_bwd, a=algo: f(lambda *args: F.conv2d(*args, algorithm=a)),
                               torch=lambda f=fwd_bwd: f(TF.conv2d), flops=3 * flops, peak_gflops=peak, note=net))
-        if device == "cpu" and r == 3 and st == 1:   # bfloat16 (float32 kernels inside) against torch's bfloat16
+        if device == "cpu":   # bfloat16 against torch's bfloat16
             xb, wb = x.bfloat16(), w.bfloat16()
             cases.append(Case(op="conv2d auto fwd", shape=shape, dtype="bfloat16",
-                              fastconv=lambda x=xb, w=wb, pd=pd: F.conv2d(x, w, None, 1, pd),
-                              torch=lambda x=xb, w=wb, pd=pd: TF.conv2d(x, w, None, 1, pd),
-                              flops=flops, peak_gflops=peak, note=net + ", half via float32"))
+                              fastconv=lambda x=xb, w=wb, st=st, pd=pd: F.conv2d(x, w, None, st, pd),
+                              torch=lambda x=xb, w=wb, st=st, pd=pd: TF.conv2d(x, w, None, st, pd),
+                              flops=flops, peak_gflops=peak, note=net))
     if device == "cpu":
         try:
             import torchvision
