@@ -201,7 +201,7 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
               b_hh: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One LSTM step, as ``torch.lstm_cell`` (what :class:`torch.nn.LSTMCell` calls): ``input`` (B, I),
     ``hx = (h, c)`` (B, H) each, ``w_ih`` (4H, I), ``w_hh`` (4H, H) in torch's gate order i, f, g, o;
-    returns ``(h', c')`` (dtypes: float32, float64). Runs as a one-step :func:`lstm` layer: the two products accumulate into one
+    returns ``(h', c')`` (dtypes: float32, float64, and float16/bfloat16 computed in float32). Runs as a one-step :func:`lstm` layer: the two products accumulate into one
     gate buffer, then one fused pass applies the nonlinearities and the state update.
 
     >>> h, c = torch.zeros(8, 64), torch.zeros(8, 64)
@@ -212,6 +212,9 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
     H = w_ih.shape[0] // 4
     _cell_state("lstm_cell", "hx[0]", h, input.shape[0], w_hh.shape[1] if w_hh.dim() == 2 else H)
     _cell_state("lstm_cell", "hx[1]", c, input.shape[0], H)
+    if input.dtype in _HALF:
+        x, h32, c32, *ws = _widened("lstm_cell", input, [h, c, w_ih, w_hh, b_ih, b_hh])
+        return tuple(t.to(input.dtype) for t in lstm_cell(x, (h32, c32), *ws))
     _, hy, cy, _ = ops.lstm_layer(input, _steps(1, input.shape[0]), h, c, w_ih, w_hh, b_ih, b_hh, None, False)
     return hy, cy
 
@@ -220,13 +223,32 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
              b_hh: Tensor | None = None) -> Tensor:
     """One GRU step, as ``torch.gru_cell`` (what :class:`torch.nn.GRUCell` calls): ``input`` (B, I), ``hx``
     (B, H), ``w_ih`` (3H, I), ``w_hh`` (3H, H) in torch's gate order r, z, n, with
-    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``; returns ``h'``. dtypes: float32, float64.
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``; returns ``h'``. dtypes: float32, float64, and
+    float16/bfloat16 computed in float32.
 
     >>> h = gru_cell(torch.randn(8, 32), torch.zeros(8, 64), torch.randn(192, 32), torch.randn(192, 64))"""
     _cell_input("gru_cell", input, w_ih)
     _cell_state("gru_cell", "hx", hx, input.shape[0], w_ih.shape[0] // 3)
+    if input.dtype in _HALF:
+        return gru_cell(*_widened("gru_cell", input, [hx, w_ih, w_hh, b_ih, b_hh])).to(input.dtype)
     _, hy, _ = ops.gru_layer(input, _steps(1, input.shape[0]), hx, w_ih, w_hh, b_ih, b_hh, False)
     return hy
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _widened(op: str, input: Tensor, others) -> list:
+    """Half precision for the recurrent ops: float32 copies of ``input`` and ``others`` (None kept),
+    which must all have input's dtype (as torch requires). The layers then run in float32 — the gates'
+    sums and the cell state, which torch also keeps in float32 — and the caller rounds the results
+    once, to nearest even, into the input's dtype. The casts are differentiable: gradients come back in
+    the half-precision dtype."""
+    for t in others:
+        if t is not None and t.dtype != input.dtype:
+            raise RuntimeError(f"fastconv.{op}: expected every tensor in {input.dtype} like the input, but got "
+                               f"one in {t.dtype}")
+    return [input.float(), *(None if t is None else t.float() for t in others)]
 
 
 def _rnn(mode: str, input: Tensor, hx: list[Tensor], params, has_biases: bool, num_layers: int, dropout: float,
@@ -287,7 +309,9 @@ def lstm(input: Tensor, hx, params, has_biases: bool = True, num_layers: int = 1
     H_out) and (layers * directions, B, H); ``params`` the weights in :class:`torch.nn.LSTM`'s order
     (``module._flat_weights``: per layer and direction ``w_ih, w_hh[, b_ih, b_hh][, w_hr]``), a
     projection inferred, as torch does, from h_0 being narrower than c_0. Returns
-    ``(output, h_n, c_n)``. Dropout between layers when ``train``. dtypes: float32, float64.
+    ``(output, h_n, c_n)``. Dropout between layers when ``train``. dtypes: float32, float64; float16 and
+    bfloat16 run in float32 (the gates' sums and the cell state, as torch keeps them; the results
+    rounded once), and under torch.autocast an LSTM runs in the autocast dtype, as torch's.
 
     Each layer and direction is one ``fastconv::lstm_layer``: the input projection of every step as one
     GEMM, then per step the recurrent GEMM and a fused gate kernel, on a step's real rows only.
@@ -295,12 +319,22 @@ def lstm(input: Tensor, hx, params, has_biases: bool = True, num_layers: int = 1
     >>> lstm_ = torch.nn.LSTM(32, 64, num_layers=2)
     >>> x, h0 = torch.randn(50, 8, 32), torch.zeros(2, 8, 64)
     >>> out, h_n, c_n = lstm(x, (h0, h0), lstm_._flat_weights, True, 2)"""
-    if torch.is_autocast_enabled(input.device.type):
-        # torch runs its LSTM in the autocast dtype (bfloat16 on the CPU); fastconv's LSTM has no
-        # half-precision kernels yet, and would otherwise return float32 where torch returns bfloat16.
-        raise RuntimeError(f"fastconv.lstm: torch.autocast runs an LSTM in "
-                           f"{torch.get_autocast_dtype(input.device.type)}, which fastconv's LSTM does not implement "
-                           f"yet (issue 14); run it outside the autocast region, or use torch.nn.LSTM there")
+    dev = input.device.type
+    if torch.is_autocast_enabled(dev):
+        # torch's cast policy runs an LSTM in the autocast dtype (CPU: through oneDNN's RNN, bfloat16;
+        # torch's float16 there fails inside oneDNN, fastconv's runs): float32 tensors are cast to it,
+        # float64 ones are left alone, and the rest of the call runs with autocast off.
+        low = torch.get_autocast_dtype(dev)
+        cast = lambda t: t.to(low) if t.dtype == torch.float32 else t   # noqa: E731
+        with torch.autocast(dev, enabled=False):
+            return lstm(cast(input), tuple(cast(h) for h in hx), [cast(p) for p in params], has_biases, num_layers,
+                        dropout, train, bidirectional, batch_first, batch_sizes=batch_sizes)
+    if input.dtype in _HALF:
+        hx, params = list(hx), list(params)
+        x, *rest = _widened("lstm", input, [*hx, *params])
+        out = _rnn("lstm", x, rest[:len(hx)], rest[len(hx):], has_biases, num_layers, dropout, train, bidirectional,
+                   batch_first, batch_sizes)
+        return tuple(t.to(input.dtype) for t in out)
     return _rnn("lstm", input, list(hx), params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
                 batch_sizes)
 
@@ -310,9 +344,15 @@ def gru(input: Tensor, hx: Tensor, params, has_biases: bool = True, num_layers: 
         batch_sizes: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """A multi-layer GRU over a whole sequence, as ``torch.gru`` (what :class:`torch.nn.GRU` calls); the
     arguments as :func:`lstm`'s with one state ``hx`` (layers * directions, B, H) and per layer and
-    direction ``w_ih, w_hh[, b_ih, b_hh]``. Returns ``(output, h_n)``. dtypes: float32, float64.
+    direction ``w_ih, w_hh[, b_ih, b_hh]``. Returns ``(output, h_n)``. dtypes: as :func:`lstm`'s (torch
+    keeps a GRU in float32 under autocast, and so does this).
 
     >>> gru_ = torch.nn.GRU(32, 64)
     >>> out, h_n = gru(torch.randn(50, 8, 32), torch.zeros(1, 8, 64), gru_._flat_weights)"""
+    if input.dtype in _HALF:   # torch keeps a GRU in float32 under autocast: only half inputs come here
+        params = list(params)
+        x, h, *ps = _widened("gru", input, [hx, *params])
+        out = _rnn("gru", x, [h], ps, has_biases, num_layers, dropout, train, bidirectional, batch_first, batch_sizes)
+        return tuple(t.to(input.dtype) for t in out)
     return _rnn("gru", input, [hx], params, has_biases, num_layers, dropout, train, bidirectional, batch_first,
                 batch_sizes)

@@ -2,11 +2,13 @@
 (operands widened to float32 inside, the output rounded once: float32 accumulation as torch's);
 under torch.autocast fastconv's gemm (so linear) and conv2d run in the autocast dtype with torch's
 cast policy and return what torch returns, judged by the flash-attention rule against float64: error
-at most 2x torch's own in that dtype plus about one rounding of the largest value. LSTM, which torch
-runs in bfloat16 under CPU autocast and fastconv cannot yet, refuses loudly; GRU and the cells, which
-torch keeps in float32, match it."""
+at most 2x torch's own in that dtype plus about one rounding of the largest value. LSTM and GRU (and
+their cells) take float16/bfloat16 (float32 inside); under autocast an LSTM runs in the autocast dtype
+as torch's, GRU and the cells stay in float32 as torch's."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -158,17 +160,74 @@ def test_training_step_under_autocast_keeps_float32_master_weights():
     opt.step()
 
 
-def test_rnns_under_autocast_as_torch_or_refused():
+def _rnn_pair(cls, dtype, **kw):
+    """A torch RNN module in `dtype`, fastconv's converted copy, and a float64 copy (the reference)."""
+    torch.manual_seed(4)
+    theirs = cls(**kw).to(dtype)
+    return theirs, fastconv.convert(copy.deepcopy(theirs)), copy.deepcopy(theirs).double()
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("kind", ["lstm", "lstm_proj", "gru"])
+def test_half_rnns_forward_backward_by_the_rule(kind, dtype):
+    """float16/bfloat16 LSTM (with and without projection, bidirectional, two layers) and GRU: every
+    output and every gradient by the rule, in torch's dtypes."""
+    cls = torch.nn.GRU if kind == "gru" else torch.nn.LSTM
+    kw = dict(input_size=7, hidden_size=12, num_layers=2, bidirectional=True)
+    if kind == "lstm_proj":
+        kw["proj_size"] = 5
+    theirs, ours, ref = _rnn_pair(cls, dtype, **kw)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(9, 3, 7, generator=gen).to(dtype)
+    xs = [x.clone().requires_grad_() for _ in range(2)] + [x.double().requires_grad_()]
+    outs = [m(xi) for m, xi in zip((ours, theirs, ref), xs)]
+    flat = [[o[0], *(o[1] if kind != "gru" else (o[1],))] for o in outs]
+    for i, (a, b, r) in enumerate(zip(*flat)):
+        check_rule(a, b, r, f"{kind} {dtype} output {i}")
+    gy = torch.randn(flat[2][0].shape, generator=gen).to(dtype)
+    for f, g in zip(flat, (gy, gy, gy.double())):
+        f[0].backward(g)
+    check_rule(xs[0].grad, xs[1].grad, xs[2].grad, f"{kind} {dtype} grad input")
+    for (name, p), q, r in zip(ours.named_parameters(), theirs.parameters(), ref.parameters()):
+        check_rule(p.grad, q.grad, r.grad, f"{kind} {dtype} grad {name}")
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_half_cells_by_the_rule(dtype):
+    torch.manual_seed(6)
+    x = torch.randn(4, 7).to(dtype)
+    for cls in (torch.nn.LSTMCell, torch.nn.GRUCell):
+        theirs = cls(7, 12).to(dtype)
+        ours, ref = fastconv.convert(copy.deepcopy(theirs)), copy.deepcopy(theirs).double()
+        o, t, r = ours(x), theirs(x), ref(x.double())
+        for a, b, c in zip(*(v if isinstance(v, tuple) else (v,) for v in (o, t, r))):
+            check_rule(a, b, c, f"{cls.__name__} {dtype}")
+
+
+def test_half_rnn_refuses_mixed_dtypes():
+    w = torch.nn.LSTM(7, 12).bfloat16()._flat_weights
+    h = torch.zeros(1, 2, 12)   # float32 states beside bfloat16 input and weights
+    with pytest.raises(RuntimeError, match="fastconv.lstm: expected every tensor in torch.bfloat16"):
+        F.lstm(torch.randn(3, 2, 7).bfloat16(), (h, h), list(w))
+
+
+def test_rnns_under_autocast_as_torch():
+    """torch's policy: an LSTM runs in the autocast dtype (inputs, states and weights cast, all three
+    results in it), a GRU and the cells stay in float32."""
+    theirs, ours, ref = _rnn_pair(torch.nn.LSTM, torch.float32, input_size=8, hidden_size=16, num_layers=2)
     x = torch.randn(5, 3, 8)
+    ref_b = copy.deepcopy(theirs).bfloat16().double()   # the reference: bfloat16-rounded weights and input
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        with pytest.raises(RuntimeError, match="torch.autocast runs an LSTM in torch.bfloat16"):
-            fastconv.nn.LSTM(8, 16)(x)
-        for ours, theirs in ((fastconv.nn.GRU(8, 16), torch.nn.GRU(8, 16)),):
-            assert ours(x)[0].dtype == theirs(x)[0].dtype
-        for ours, theirs in ((fastconv.nn.LSTMCell(8, 16), torch.nn.LSTMCell(8, 16)),
-                             (fastconv.nn.GRUCell(8, 16), torch.nn.GRUCell(8, 16))):
-            o, t = ours(x[0]), theirs(x[0])
-            assert (o[0] if isinstance(o, tuple) else o).dtype == (t[0] if isinstance(t, tuple) else t).dtype
+        o, t = ours(x), theirs(x)
+        for ours_gru, theirs_gru in ((fastconv.nn.GRU(8, 16), torch.nn.GRU(8, 16)),):
+            assert ours_gru(x)[0].dtype == theirs_gru(x)[0].dtype == torch.float32
+        for ours_c, theirs_c in ((fastconv.nn.LSTMCell(8, 16), torch.nn.LSTMCell(8, 16)),
+                                 (fastconv.nn.GRUCell(8, 16), torch.nn.GRUCell(8, 16))):
+            oc, tc = ours_c(x[0]), theirs_c(x[0])
+            assert (oc[0] if isinstance(oc, tuple) else oc).dtype == (tc[0] if isinstance(tc, tuple) else tc).dtype
+    r = ref_b(x.bfloat16().double())
+    for a, b, c in zip((o[0], *o[1]), (t[0], *t[1]), (r[0], *r[1])):
+        check_rule(a, b, c, "LSTM under autocast")
 
 
 @pytest.mark.parametrize("device", ["cuda"], indirect=True)

@@ -288,6 +288,19 @@ def rnn_cases(device: str, quick: bool) -> list[Case]:
     layer_cases("LSTM", T, B, I, H, lengths=lengths, note=f"packed, {sum(lengths) / (T * B):.0%} of the tokens")
     layer_cases("GRU", T, B, I, H, note="GRU layer")
     layer_cases("GRU", T, B, I, H, lengths=lengths, note=f"packed, {sum(lengths) / (T * B):.0%} of the tokens")
+    if device == "cpu":   # bfloat16 inference under autocast, as torch runs its LSTM there (oneDNN, bfloat16)
+        ours, ref = pair("LSTM", I, H)
+        x = torch.randn(T, B, I)
+
+        def under_autocast(m):
+            def run():
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                    return m(x)
+            return run
+
+        cases.append(Case(op="LSTM fwd autocast", shape=f"T{T} B{B} I{I} H{H}", dtype="bfloat16",
+                          fastconv=under_autocast(ours), torch=under_autocast(ref),
+                          flops=2.0 * T * B * (I + H) * 4 * H, peak_gflops=peak, note="float32 inside"))
     return cases
 
 
