@@ -289,9 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: a quarter of the training set, 3 PGD steps (for tests)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ap.add_argument("--part", choices=["cnn", "rnn", "all"], default="all",
+    ap.add_argument("--part", choices=["cnn", "rnn", "all", "mixed"], default="all",
                     help="cnn: LeNet-5 and the attacks; rnn: the char-LSTM language model and the captioner; all "
-                         "(default): both")
+                         "(default): both; mixed: LeNet-5 in float32 and under autocast (bfloat16 on the CPU, "
+                         "float16 + GradScaler on a GPU) with float32 master weights, both loss curves in the "
+                         "figure (SGD, lr 0.05, batch 64 unless --lr/--batch-size are given)")
     return ap
 
 
@@ -351,6 +353,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         keep = len(data[1]) // 4
         data = (data[0][:keep], data[1][:keep], data[2], data[3])
+    if args.part == "mixed":
+        from .demo_mixed import run as run_mixed
+
+        lr = args.lr if "--lr" in (argv or sys.argv[1:]) else 0.05
+        batch = args.batch_size if "--batch-size" in (argv or sys.argv[1:]) else 64
+        print(f"LeNet-5 on digits, float32 and under autocast, SGD lr {lr}, batch {batch}, {args.epochs} epochs")
+        runs = run_mixed(args.epochs, batch, lr, device, data, args.seed, os.path.abspath(args.png))
+        (loss32, _), (loss16, _) = runs["fp32"], runs["autocast"]
+        ok = loss32[-1] < loss32[0] and loss16[-1] < loss16[0]
+        print(f"both runs {'learned' if ok else 'did NOT both learn'}: final losses {loss32[-1]:.3f} (float32), "
+              f"{loss16[-1]:.3f} (autocast)")
+        return 0 if ok else 1
     cnn = rnn = None
     ok = True
     if args.part in ("cnn", "all"):

@@ -162,3 +162,18 @@ def test_require_cuda_turns_cuda_skips_into_failures(tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr
     else:
         assert proc.returncode != 0 and "FASTCONV_REQUIRE_CUDA=1, but no CUDA device" in proc.stdout, proc.stdout
+
+
+def test_main_job_mixed_precision_part(tmp_path):
+    """python -m fastconv --part mixed: LeNet-5 in float32 and under autocast (bfloat16 on the CPU), both
+    learn with the curves together, the figure written, exit status 0."""
+    png = tmp_path / "mixed.png"
+    r = _run(["--part", "mixed", "--epochs", "6", "--device", "cpu", "--png", str(png), "--no-progress"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    losses = {m.group(1): [float(v) for v in m.group(2).split()]
+              for m in re.finditer(r"^\s*(fp32|autocast): [\d.]+ s; loss per epoch ([\d. ]+);", r.stdout, re.M)}
+    assert set(losses) == {"fp32", "autocast"}, r.stdout
+    for curve in losses.values():
+        assert curve[-1] < 0.8 * curve[0], r.stdout
+    assert abs(losses["autocast"][-1] - losses["fp32"][-1]) < 0.05 * losses["fp32"][-1], r.stdout
+    assert png.stat().st_size > 0
