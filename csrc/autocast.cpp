@@ -2,8 +2,7 @@
 // precision (mm/addmm/linear, conv2d) runs here in the autocast dtype (bfloat16 or float16, as the
 // context says): floating inputs other than float64 cast with torch's cached cast, then the op called
 // again with autocast off for the rest of the call. Registered for AutocastCPU and AutocastCUDA
-// (CUDA has no half-precision kernels yet and refuses them loudly rather than computing float32 where
-// torch would return half). Ops torch keeps in float32 or in the input's dtype (batch_norm, max-pool,
+// (CUDA runs half precision in float32 inside until its tensor-core kernels; never run on a GPU yet). Ops torch keeps in float32 or in the input's dtype (batch_norm, max-pool,
 // which take half data with float32 statistics) and the backward ops need no autocast kernel: the
 // backend fallthrough runs them as called.
 #include <ATen/ATen.h>

@@ -78,12 +78,12 @@ def _gemm(device):
         b = torch.randn((n, k) if tb else (k, n), device=device, requires_grad=True)
         c = torch.randn(n, device=device, requires_grad=True) if with_c else None
         samples.append(((a, b, c, ta, tb, 0.5, 1.5 if with_c else 0.0), {}))
-    if device == "cpu":   # half precision is CPU-only so far (CUDA refuses it: test_gemm_mixed's xfail)
-        for dtype, out_dtype in [(torch.bfloat16, None), (torch.float16, torch.float32), (torch.bfloat16, torch.float16)]:
-            a = torch.randn(6, 5, device=device).to(dtype).requires_grad_()
-            b = torch.randn(7, 5, device=device).to(dtype).requires_grad_()
-            c = torch.randn(7, device=device).to(out_dtype or dtype)
-            samples.append(((a, b, c, False, True, 1.0, 1.0), {"out_dtype": out_dtype}))
+    # half precision (CUDA: float32 inside until the tensor-core kernels)
+    for dtype, out_dtype in [(torch.bfloat16, None), (torch.float16, torch.float32), (torch.bfloat16, torch.float16)]:
+        a = torch.randn(6, 5, device=device).to(dtype).requires_grad_()
+        b = torch.randn(7, 5, device=device).to(dtype).requires_grad_()
+        c = torch.randn(7, device=device).to(out_dtype or dtype)
+        samples.append(((a, b, c, False, True, 1.0, 1.0), {"out_dtype": out_dtype}))
     return samples
 
 
@@ -108,12 +108,12 @@ def _conv2d(device):
         w = torch.randn(w_shape, device=device, requires_grad=True)
         b = torch.randn(w_shape[0], device=device, requires_grad=True) if bias else None
         samples.append(((x, w, b, s, p, d, g, algo), {}))
-    if device == "cpu":   # half precision is CPU-only so far (CUDA refuses it: test_autocast's xfail)
-        for dtype, algo in [(torch.bfloat16, "im2col"), (torch.float16, "winograd_4x4")]:
-            x = torch.randn(2, 4, 6, 6, device=device).to(dtype).requires_grad_(True)
-            w = torch.randn(5, 4, 3, 3, device=device).to(dtype).requires_grad_(True)
-            b = torch.randn(5, device=device).to(dtype).requires_grad_(True)
-            samples.append(((x, w, b, [1, 1], [1, 1], [1, 1], 1, algo), {}))
+    # half precision (CUDA: float32 inside until the tensor-core kernels)
+    for dtype, algo in [(torch.bfloat16, "im2col"), (torch.float16, "winograd_4x4")]:
+        x = torch.randn(2, 4, 6, 6, device=device).to(dtype).requires_grad_(True)
+        w = torch.randn(5, 4, 3, 3, device=device).to(dtype).requires_grad_(True)
+        b = torch.randn(5, device=device).to(dtype).requires_grad_(True)
+        samples.append(((x, w, b, [1, 1], [1, 1], [1, 1], 1, algo), {}))
     return samples
 
 

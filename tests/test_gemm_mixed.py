@@ -4,8 +4,9 @@ fastconv's error is at most 2x torch's own error in the same dtype, plus about o
 largest output. Every transpose, sizes 1, primes, micro-tile +/- 1, K = 1 and K-block edges, every
 CPU ISA level (bfloat16 on the vdpbf16ps kernel at avx512_bf16, widened to float32 below it; float16
 always widened), the emulated vdpbf16ps kernel on every machine and its bit-equality with the real
-one where the CPU has it, alpha/beta with c, gradients, and linear against torch.nn.functional.linear. CUDA has no half-precision GEMM yet: it refuses, and
-the test that would check it is an xfail."""
+one where the CPU has it, the emulated AMX kernel on every machine (the real one where the CPU has
+AMX), alpha/beta with c, gradients, and linear against torch.nn.functional.linear. CUDA runs half
+precision in float32 inside until the tensor-core kernel; its test needs a GPU."""
 
 from __future__ import annotations
 
@@ -192,8 +193,15 @@ def test_bad_dtypes_are_refused():
 
 
 @pytest.mark.parametrize("device", ["cuda"], indirect=True)
-@pytest.mark.xfail(reason="issue 14: no half-precision GEMM on CUDA yet (the tensor-core kernel is to come); it "
-                   "refuses with a RuntimeError", strict=True, raises=RuntimeError)
-def test_half_gemm_on_cuda(device):
-    a = torch.randn(8, 8, device=device).bfloat16()
-    torch.testing.assert_close(gemm(a, a).float(), (a.float() @ a.float()), rtol=1e-2, atol=1e-2)
+@pytest.mark.parametrize("in_dtype", HALF, ids=str)
+def test_half_gemm_on_cuda_by_the_rule(device, in_dtype):
+    """CUDA runs half precision in float32 inside until the tensor-core kernel: every transpose and
+    output dtype by the rule (written without a GPU: skipped here, never run yet)."""
+    for (m, n, k), ta, tb in itertools.product(SIZES, (False, True), (False, True)):
+        a, b = _operands(m, n, k, ta, tb, in_dtype, seed=9)
+        op_a, op_b = (a.T if ta else a), (b.T if tb else b)
+        ref = op_a.double() @ op_b.double()
+        for out_t in (None, torch.float32):
+            ours = gemm(a.to(device), b.to(device), None, ta, tb, 1.0, 0.0, out_t).cpu()
+            theirs = (op_a @ op_b) if out_t is None else op_a.float() @ op_b.float()
+            check_rule(ours, theirs, ref, f"cuda m,n,k={m},{n},{k} ta={ta} tb={tb} out={out_t}")

@@ -29,10 +29,9 @@ char* at_elem(const at::Tensor& t, int64_t offset) {
   return static_cast<char*>(t.data_ptr()) + offset * static_cast<int64_t>(t.element_size());
 }
 
-void refuse_half(const at::Tensor& input, const char* op) {
-  FC_CHECK(!is_half(input.scalar_type()), op, "float16 and bfloat16 are not implemented on CUDA yet (issue 14's tensor-core kernels); got ",
-           input.scalar_type(), " on ", input.device());
-}
+// Half precision until issue 14's tensor-core kernels: the operands widened to float32 (exact), the
+// float32 kernels, each result rounded once to nearest even in the input's dtype.
+at::Tensor widened(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
 
 Conv2dDims dims_of(const Conv2dShape& s) { return Conv2dDims{s.batch, s.in_channels, s.out_channels, s.groups}; }
 
@@ -112,7 +111,12 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
                        c10::string_view algorithm) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups,
                                      std::string_view(algorithm.data(), algorithm.size()), kForward);
-  refuse_half(input, kForward);
+  if (is_half(input.scalar_type())) {
+    const std::optional<at::Tensor> b32 =
+        bias.has_value() && bias->defined() ? std::optional<at::Tensor>(widened(*bias)) : std::nullopt;
+    return conv2d_cuda(widened(input), widened(weight), b32, stride, padding, dilation, groups, algorithm)
+        .to(input.scalar_type());
+  }
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
   if (out.numel() == 0) return in_format(out, s.format);
@@ -153,7 +157,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
     std::array<bool, 3> output_mask) {
   const Conv2dShape s = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups,
                                               std::string_view(algorithm.data(), algorithm.size()), kBackward);
-  refuse_half(input, kBackward);
+  if (is_half(input.scalar_type())) {
+    auto [dx, dw, db] = conv2d_backward_cuda(widened(grad_output), widened(input), widened(weight), stride, padding,
+                                             dilation, groups, algorithm, output_mask);
+    const auto dt = input.scalar_type();
+    return {dx.to(dt), dw.to(dt), db.to(dt)};
+  }
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
   const DType dt = to_dtype(input.scalar_type());

@@ -1,5 +1,5 @@
 // CUDA glue for fastconv::gemm: checks (shared with the CPU), the output prefilled with beta's c, then
-// the tiled kernel of gemm.cu on the current stream.
+// the tiled kernel of gemm.cu on the current stream. Half precision runs in float32 for now.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -17,8 +17,13 @@ constexpr const char* kOp = "gemm";
 at::Tensor gemm_cuda(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c, bool trans_a,
                      bool trans_b, double alpha, double beta, std::optional<at::ScalarType> out_dtype) {
   const GemmShape s = check_gemm(a, b, c, trans_a, trans_b, out_dtype, kOp);
-  FC_CHECK(!is_half(a.scalar_type()), kOp, "float16 and bfloat16 inputs are not implemented on CUDA yet (the "
-           "tensor-core GEMM of issue 14); got ", a.scalar_type(), " on ", a.device());
+  if (is_half(a.scalar_type())) {
+    // Half precision until the tensor-core kernel (issue 14): the operands (and c, in the output's
+    // dtype) widened to float32 (exact), the float32 kernel, the result rounded once to nearest even.
+    const std::optional<at::Tensor> c32 = c.has_value() && c->defined() ? std::optional<at::Tensor>(c->to(at::kFloat)) : c;
+    return gemm_cuda(a.to(at::kFloat), b.to(at::kFloat), c32, trans_a, trans_b, alpha, beta, std::nullopt)
+        .to(s.out_dtype);
+  }
   const c10::cuda::CUDAGuard guard(a.device());
   at::Tensor out = at::empty({s.m, s.n}, a.options());
   const bool reads_c = gemm_reads_c(c, beta);
