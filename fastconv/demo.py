@@ -278,8 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "fastconv model (FGSM, PGD) and plot it all. 'python -m fastconv bench' runs the benchmark.",
         epilog="subcommand: bench [options] -- every op against torch; see 'python -m fastconv bench --help'")
     ap.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate (default 2e-3)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 32 (--part mixed: 64)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="learning rate: Adam's (default 2e-3), or SGD's with --part mixed (default 0.05)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pgd-steps", type=int, default=10, help="PGD iterations (default 10; --quick: 3)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -293,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cnn: LeNet-5 and the attacks; rnn: the char-LSTM language model and the captioner; all "
                          "(default): both; mixed: LeNet-5 in float32 and under autocast (bfloat16 on the CPU, "
                          "float16 + GradScaler on a GPU) with float32 master weights, both loss curves in the "
-                         "figure (SGD, lr 0.05, batch 64 unless --lr/--batch-size are given)")
+                         "figure")
     return ap
 
 
@@ -340,6 +341,9 @@ def run_cnn(args, device: torch.device, data: tuple) -> tuple[dict, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    mixed = args.part == "mixed"   # SGD with momentum there, Adam in the other parts
+    args.lr = args.lr if args.lr is not None else (0.05 if mixed else 2e-3)
+    args.batch_size = args.batch_size if args.batch_size is not None else (64 if mixed else 32)
     if args.epochs < 1 or args.batch_size < 1 or args.pgd_steps < 1:
         raise SystemExit("python -m fastconv: --epochs, --batch-size and --pgd-steps must be at least 1")
     import fastconv
@@ -356,10 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.part == "mixed":
         from .demo_mixed import run as run_mixed
 
-        lr = args.lr if "--lr" in (argv or sys.argv[1:]) else 0.05
-        batch = args.batch_size if "--batch-size" in (argv or sys.argv[1:]) else 64
-        print(f"LeNet-5 on digits, float32 and under autocast, SGD lr {lr}, batch {batch}, {args.epochs} epochs")
-        runs = run_mixed(args.epochs, batch, lr, device, data, args.seed, os.path.abspath(args.png))
+        print(f"LeNet-5 on digits, float32 and under autocast, SGD lr {args.lr}, batch {args.batch_size}, "
+              f"{args.epochs} epochs")
+        runs = run_mixed(args.epochs, args.batch_size, args.lr, device, data, args.seed, os.path.abspath(args.png))
         (loss32, _), (loss16, _) = runs["fp32"], runs["autocast"]
         ok = loss32[-1] < loss32[0] and loss16[-1] < loss16[0]
         print(f"both runs {'learned' if ok else 'did NOT both learn'}: final losses {loss32[-1]:.3f} (float32), "

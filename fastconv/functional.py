@@ -325,7 +325,10 @@ def lstm(input: Tensor, hx, params, has_biases: bool = True, num_layers: int = 1
         # torch's float16 there fails inside oneDNN, fastconv's runs): float32 tensors are cast to it,
         # float64 ones are left alone, and the rest of the call runs with autocast off.
         low = torch.get_autocast_dtype(dev)
-        cast = lambda t: t.to(low) if t.dtype == torch.float32 else t   # noqa: E731
+
+        def cast(t: Tensor) -> Tensor:
+            return t.to(low) if t.dtype == torch.float32 else t
+
         with torch.autocast(dev, enabled=False):
             return lstm(cast(input), tuple(cast(h) for h in hx), [cast(p) for p in params], has_biases, num_layers,
                         dropout, train, bidirectional, batch_first, batch_sizes=batch_sizes)

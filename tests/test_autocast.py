@@ -103,6 +103,26 @@ def test_bfloat16_conv2d_forward_on_each_isa_by_the_rule(isa):
         fastconv._C.set_cpu_isa(before)
 
 
+def test_half_winograd_transforms_are_keyed_on_the_callers_weight():
+    """A bfloat16 weight that does not require grad (an input gradient through a frozen layer): both
+    Winograd transforms, forward and grad_input, are made once and then found in the cache (the
+    backward pass once transformed a widened copy, a new entry every call)."""
+    gen = torch.Generator().manual_seed(9)
+    w = (torch.randn(64, 64, 3, 3, generator=gen) / 24).bfloat16()
+    x = torch.randn(1, 64, 8, 8, generator=gen).bfloat16().requires_grad_()
+    fastconv._C.weight_cache_clear()
+    for _ in range(3):
+        x.grad = None
+        F.conv2d(x, w, padding=1, algorithm="winograd").float().sum().backward()
+    stats = fastconv._C.weight_cache_stats()
+    assert (stats["entries"], stats["misses"], stats["hits"]) == (2, 2, 4), stats
+    xt = x.detach().clone().requires_grad_()
+    TF.conv2d(xt, w, padding=1).float().sum().backward()
+    ref_x = x.detach().double().requires_grad_()
+    TF.conv2d(ref_x, w.double(), padding=1).sum().backward()
+    check_rule(x.grad, xt.grad, ref_x.grad, "grad_input through the cached transform")
+
+
 def test_autocast_weight_cast_is_kept_and_never_stale():
     """Under autocast a weight that does not require grad is cast once and kept (so its Winograd
     transform is cached too); writing to the float32 weight in place must show in the next call."""

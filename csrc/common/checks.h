@@ -18,6 +18,12 @@ inline void check_floating(const at::Tensor& t, const char* op, const char* what
 
 inline bool is_half(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 
+// A float16/bfloat16 tensor widened to float32 (exact); other (and undefined) tensors as they are.
+// The ops that compute half precision in float32 inside run their float32 kernels on these.
+inline at::Tensor half_as_float(const at::Tensor& t) {
+  return t.defined() && is_half(t.scalar_type()) ? t.to(at::kFloat) : t;
+}
+
 inline DType to_dtype(at::ScalarType st) {
   switch (st) {
     case at::kFloat: return DType::f32;

@@ -26,6 +26,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/checks.h"
 #include "common/conv2d_args.h"
 #include "cpu/conv2d_direct_kernels.h"
 #include "cpu/conv2d_winograd.h"
@@ -442,54 +443,16 @@ void forward_impl(const T* x, const T* w, const T* wpacked, int64_t bundle, cons
   });
 }
 
-at::Tensor widened(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+at::Tensor conv2d_half(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& b, const Conv2dShape& s);
 
-at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                      c10::string_view algorithm);
-
-// Half precision. algorithm="auto" picks as in float32 (Winograd for 3x3 stride-1 layers of 64+
-// channels): Winograd's float32 transforms and GEMMs (conv2d_winograd.cpp, the filter transform cached
-// for the caller's bfloat16 weight) measured faster than im2col on the bfloat16 kernel on all four of
-// ResNet-18's 3x3 layers (AMD Zen 4, 2 threads, batch 8: 4.7 against 5.6 ms on conv2_x, 3.6 against
-// 5.7 on conv3_x). im2col in bfloat16 where the CPU has a bfloat16 kernel (vdpbf16ps or AMX): the
-// columns lowered straight into its panels, products summed in float32 and rounded once to nearest
-// even (Bf16Engine). Otherwise (float16; direct; no such kernel; 1x1 convolutions and planes too large
-// to pad): the operands widened to float32 (exact), the float32 kernels, the output rounded once.
-at::Tensor conv2d_half(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                       const Conv2dShape& s, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                       c10::string_view algorithm) {
-  const bool native = input.scalar_type() == at::kBFloat16 && gemm_bf16_native();
-  at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
-  if (out.numel() == 0) return in_format(out, s.format);
-  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-  if (const int m = winograd_tile(s.algorithm)) {
-    conv2d_winograd_forward(input.contiguous(), weight, b, out, s, m);
-    return in_format(out, s.format);
-  }
-  const int64_t bundle = packed_bundle(s, input.element_size());
-  if (native && s.algorithm == Conv2dAlgorithm::im2col && bundle > 0) {
-    const at::Tensor x = input.contiguous(), w = weight.contiguous();
-    using BF = c10::BFloat16;
-    forward_packed<Bf16Engine>(x.data_ptr<BF>(), pack_filters<Bf16Engine>(w.data_ptr<BF>(), s, false),
-                               b.defined() ? b.data_ptr<BF>() : nullptr, out.data_ptr<BF>(), s, bundle);
-    return in_format(out, s.format);
-  }
-  const std::optional<at::Tensor> b32 = b.defined() ? std::optional<at::Tensor>(widened(b)) : std::nullopt;
-  return conv2d_cpu(widened(input), widened(weight), b32, stride, padding, dilation, s.groups, algorithm)
-      .to(input.scalar_type());
-}
-
-at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                      c10::string_view algorithm) {
-  const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups,
-                                     std::string_view(algorithm.data(), algorithm.size()), kForward);
-  if (is_half(input.scalar_type())) return conv2d_half(input, weight, bias, s, stride, padding, dilation, algorithm);
+// The forward pass of a checked call: `s` as check_conv2d made it (its algorithm resolved once, so that
+// half precision's float32 inside runs the algorithm the caller's tensors chose), `b` the bias made
+// contiguous (or undefined).
+at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& b, const Conv2dShape& s) {
+  if (is_half(input.scalar_type())) return conv2d_half(input, weight, b, s);
   at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
   if (out.numel() == 0) return in_format(out, s.format);
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
-  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   if (const int m = winograd_tile(s.algorithm)) {   // the cache keys on the caller's weight tensor
     conv2d_winograd_forward(x, weight, b, out, s, m);
     return in_format(out, s.format);
@@ -507,6 +470,42 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
     }
   });
   return in_format(out, s.format);
+}
+
+// Half precision. algorithm="auto" picks as in float32 (Winograd for 3x3 stride-1 layers of 64+
+// channels): Winograd's float32 transforms and GEMMs (conv2d_winograd.cpp, the filter transform cached
+// for the caller's bfloat16 weight) measured faster than im2col on the bfloat16 kernel on all four of
+// ResNet-18's 3x3 layers (AMD Zen 4, 2 threads, batch 8: 4.7 against 5.6 ms on conv2_x, 3.6 against
+// 5.7 on conv3_x). im2col in bfloat16 where the CPU has a bfloat16 kernel (vdpbf16ps or AMX): the
+// columns lowered straight into its panels, products summed in float32 and rounded once to nearest
+// even (Bf16Engine). Otherwise (float16; direct; no such kernel; 1x1 convolutions and planes too large
+// to pad): the operands widened to float32 (exact), the float32 kernels, the output rounded once.
+at::Tensor conv2d_half(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& b, const Conv2dShape& s) {
+  if (const int m = winograd_tile(s.algorithm)) {
+    at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
+    if (out.numel() > 0) conv2d_winograd_forward(input.contiguous(), weight, b, out, s, m);
+    return in_format(out, s.format);
+  }
+  const int64_t bundle = packed_bundle(s, input.element_size());
+  if (input.scalar_type() == at::kBFloat16 && gemm_bf16_native() && s.algorithm == Conv2dAlgorithm::im2col &&
+      bundle > 0) {
+    at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
+    if (out.numel() == 0) return in_format(out, s.format);
+    const at::Tensor x = input.contiguous(), w = weight.contiguous();
+    using BF = c10::BFloat16;
+    forward_packed<Bf16Engine>(x.data_ptr<BF>(), pack_filters<Bf16Engine>(w.data_ptr<BF>(), s, false),
+                               b.defined() ? b.data_ptr<BF>() : nullptr, out.data_ptr<BF>(), s, bundle);
+    return in_format(out, s.format);
+  }
+  return conv2d_forward(half_as_float(input), half_as_float(weight), half_as_float(b), s).to(input.scalar_type());
+}
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                      c10::string_view algorithm) {
+  const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups,
+                                     std::string_view(algorithm.data(), algorithm.size()), kForward);
+  return conv2d_forward(input, weight, bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor(), s);
 }
 
 // dx_g = col2im(W_g^T @ dY_g) per image and group, W_g^T packed once for all of them (`wt`). Small images
@@ -650,18 +649,15 @@ void grad_bias_impl(const T* dy, T* db, const Conv2dShape& s) {
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
-    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, c10::string_view algorithm,
-    std::array<bool, 3> output_mask) {
-  const Conv2dShape s = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups,
-                                              std::string_view(algorithm.data(), algorithm.size()), kBackward);
-  if (is_half(input.scalar_type())) {   // as the forward pass: float32 inside, each gradient rounded once
-    auto [dx32, dw32, db32] = conv2d_backward_cpu(widened(grad_output), widened(input), widened(weight), stride,
-                                                  padding, dilation, groups, algorithm, output_mask);
-    const auto dt = input.scalar_type();
-    return {dx32.to(dt), dw32.to(dt), db32.to(dt)};
-  }
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_half(const at::Tensor& grad_output,
+                                                                    const at::Tensor& input, const at::Tensor& weight,
+                                                                    const Conv2dShape& s, std::array<bool, 3> output_mask);
+
+// The backward pass of a checked call (`s` as check_conv2d_backward made it).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                               const at::Tensor& weight, const Conv2dShape& s,
+                                                               std::array<bool, 3> output_mask) {
+  if (is_half(input.scalar_type())) return conv2d_backward_half(grad_output, input, weight, s, output_mask);
   const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
   // Outputs not asked for are returned empty (0 elements).
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
@@ -690,6 +686,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     }
   });
   return {dx, dw, db};
+}
+
+// Half precision, as the forward pass: float32 inside, each gradient rounded once. Winograd's
+// grad_input is given the caller's weight (it widens inside), so that its filter transform is keyed on
+// that weight rather than on a widened copy that would be a new cache entry every call.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_half(const at::Tensor& grad_output,
+                                                                    const at::Tensor& input, const at::Tensor& weight,
+                                                                    const Conv2dShape& s, std::array<bool, 3> output_mask) {
+  const int m = output_mask[0] ? winograd_tile(s.algorithm) : 0;
+  at::Tensor dx;
+  if (m != 0) {
+    dx = at::empty(input.sizes(), input.options());
+    if (dx.numel() > 0) conv2d_winograd_grad_input(grad_output.contiguous(), weight, dx, s, m);
+    dx = in_format(dx, s.format);
+  }
+  auto [dx32, dw32, db32] = conv2d_backward(half_as_float(grad_output), half_as_float(input), half_as_float(weight), s,
+                                            {output_mask[0] && m == 0, output_mask[1], output_mask[2]});
+  const auto dt = input.scalar_type();
+  return {m != 0 ? dx : dx32.to(dt), dw32.to(dt), db32.to(dt)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, c10::string_view algorithm,
+    std::array<bool, 3> output_mask) {
+  const Conv2dShape s = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups,
+                                              std::string_view(algorithm.data(), algorithm.size()), kBackward);
+  return conv2d_backward(grad_output, input, weight, s, output_mask);
 }
 
 }  // namespace

@@ -146,25 +146,20 @@ at::Tensor transform_filters(int m, const T* w, int64_t s_out, int64_t s_in, int
 
 }  // namespace
 
-namespace {
-
-// Half precision (float16, bfloat16) runs in float32: the values widened (exactly), the transforms
-// and GEMMs in float32, the result rounded once to nearest even. Its error is float32 Winograd's
-// (README's accuracy table), far below the half-precision rounding of the output.
-at::Tensor as_float(const at::Tensor& t) { return t.defined() && is_half(t.scalar_type()) ? t.to(at::kFloat) : t; }
-
-}  // namespace
+// Half precision (float16, bfloat16) runs in float32 in both directions: the values widened (exactly),
+// the transforms and GEMMs in float32, the result rounded once to nearest even. Its error is float32
+// Winograd's (README's accuracy table), far below the half-precision rounding of the output. The
+// cache keys on the caller's weight, whatever its dtype: its float32 transform is what is kept.
 
 void conv2d_winograd_forward(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias_in,
                              at::Tensor& out_in, const Conv2dShape& s, int m) {
   const auto& g = s.g;
-  const at::Tensor x = as_float(x_in), bias = as_float(bias_in);
+  const at::Tensor x = half_as_float(x_in), bias = half_as_float(bias_in);
   at::Tensor out = x.scalar_type() == out_in.scalar_type() ? out_in : at::empty(out_in.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
-    // The cache keys on the caller's weight (half precision too: its float32 transform is kept).
     const int variant = WeightCache::for_isa(WeightCache::winograd(m, false), int(active_isa()));
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
-      const at::Tensor w = as_float(weight.contiguous());   // g[k][c][i][j]
+      const at::Tensor w = half_as_float(weight.contiguous());   // g[k][c][i][j]
       return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>(), s.in_channels * 9, 9, 3, 1, s.out_channels,
                                          s.in_channels, WeightCache::cacheable(weight));
     });
@@ -175,15 +170,17 @@ void conv2d_winograd_forward(const at::Tensor& x_in, const at::Tensor& weight, c
   if (!out.is_same(out_in)) out_in.copy_(out);   // rounded to nearest even
 }
 
-void conv2d_winograd_grad_input(const at::Tensor& dy, const at::Tensor& weight, at::Tensor& dx, const Conv2dShape& s,
-                                int m) {
+void conv2d_winograd_grad_input(const at::Tensor& dy_in, const at::Tensor& weight, at::Tensor& dx_in,
+                                const Conv2dShape& s, int m) {
   const auto& g = s.g;
+  const at::Tensor dy = half_as_float(dy_in);
+  at::Tensor dx = dy.scalar_type() == dx_in.scalar_type() ? dx_in : at::empty(dx_in.sizes(), dy.options());
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "conv2d_backward", [&] {
     // dx[c][ih][iw] = sum over k, i, j of dy[k][ih + i - (2 - ph)][iw + j - (2 - pw)] * w[k][c][2 - i][2 - j]:
     // filters g'[c][k][i][j] = w[k][c][2 - i][2 - j], read in place (start at w[0][0][2][2], step back).
     const int variant = WeightCache::for_isa(WeightCache::winograd(m, true), int(active_isa()));
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
-      const at::Tensor w = weight.contiguous();
+      const at::Tensor w = half_as_float(weight.contiguous());
       return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>() + 8, 9, s.in_channels * 9, -3, -1,
                                          s.in_channels, s.out_channels, WeightCache::cacheable(weight));
     });
@@ -191,6 +188,7 @@ void conv2d_winograd_grad_input(const at::Tensor& dy, const at::Tensor& weight, 
                             2 - g.pw};
     run<scalar_t>(m, dy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), nullptr, dx.data_ptr<scalar_t>(), p);
   });
+  if (!dx.is_same(dx_in)) dx_in.copy_(dx);   // rounded to nearest even
 }
 
 }  // namespace fastconv::cpu

@@ -1,5 +1,6 @@
 // The Winograd convolution on the CPU (conv2d_winograd.cpp), for the conv2d op's glue: float and
-// double, contiguous NCHW tensors, 3x3 kernels, stride 1, dilation 1, groups 1; m = 2 or 4.
+// double (float16 and bfloat16 in float32 inside), contiguous NCHW tensors, 3x3 kernels, stride 1,
+// dilation 1, groups 1; m = 2 or 4.
 #pragma once
 
 #include <ATen/ATen.h>

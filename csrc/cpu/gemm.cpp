@@ -511,6 +511,7 @@ void gemm_bf16_pack_b_offsets(const uint16_t* base, const int64_t* row_off, int6
 
 void gemm_bf16_prepacked(const GemmArgs<float>& g, const uint16_t* a_packed, const uint16_t* b_packed) {
   const GemmBf16Kernels& k = native_bf16_checked("gemm_bf16_prepacked");
+  TORCH_CHECK(a_packed != nullptr && b_packed != nullptr, "fastconv: gemm_bf16_prepacked needs both operands packed");
   if (g.m == 0 || g.n == 0) return;
   if (g.k == 0 || g.alpha == 0.0f) return scale_c(g);
   loop_nest<float, uint16_t>(

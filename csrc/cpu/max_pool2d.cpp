@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -91,11 +92,12 @@ void forward_half_by_f32(MaxPool2dRowsFn fn, const T* in, T* out, int64_t* idx, 
   const int64_t cb = nhwc ? s.channels : 1, tasks = nhwc ? s.batch : s.batch * s.channels;
   const int64_t in_task = s.g.in_h * s.g.in_w * cb, out_task = s.g.out_h * s.g.out_w * cb;
   at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> x(static_cast<size_t>(in_task)), y(static_cast<size_t>(out_task));
+    // uninitialised: every element is written before it is read
+    std::unique_ptr<float[]> x(new float[static_cast<size_t>(in_task)]), y(new float[static_cast<size_t>(out_task)]);
     for (int64_t t = b; t < e; ++t) {
       const T* src = in + t * in_task;
       for (int64_t i = 0; i < in_task; ++i) x[i] = static_cast<float>(src[i]);
-      const MaxPool2dProblem p{x.data(), y.data(), idx + t * out_task, s.g, cb, false};
+      const MaxPool2dProblem p{x.get(), y.get(), idx + t * out_task, s.g, cb, false};
       fn(p, 0, s.g.out_h);   // the task's output rows: one plane, or one image
       T* dst = out + t * out_task;
       for (int64_t i = 0; i < out_task; ++i) dst[i] = static_cast<T>(y[i]);

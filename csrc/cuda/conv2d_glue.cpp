@@ -29,9 +29,6 @@ char* at_elem(const at::Tensor& t, int64_t offset) {
   return static_cast<char*>(t.data_ptr()) + offset * static_cast<int64_t>(t.element_size());
 }
 
-// Half precision until issue 14's tensor-core kernels: the operands widened to float32 (exact), the
-// float32 kernels, each result rounded once to nearest even in the input's dtype.
-at::Tensor widened(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
 
 Conv2dDims dims_of(const Conv2dShape& s) { return Conv2dDims{s.batch, s.in_channels, s.out_channels, s.groups}; }
 
@@ -111,10 +108,10 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
                        c10::string_view algorithm) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups,
                                      std::string_view(algorithm.data(), algorithm.size()), kForward);
-  if (is_half(input.scalar_type())) {
+  if (is_half(input.scalar_type())) {   // float32 inside until issue 14's tensor-core kernels, rounded once
     const std::optional<at::Tensor> b32 =
-        bias.has_value() && bias->defined() ? std::optional<at::Tensor>(widened(*bias)) : std::nullopt;
-    return conv2d_cuda(widened(input), widened(weight), b32, stride, padding, dilation, groups, algorithm)
+        bias.has_value() && bias->defined() ? std::optional<at::Tensor>(half_as_float(*bias)) : std::nullopt;
+    return conv2d_cuda(half_as_float(input), half_as_float(weight), b32, stride, padding, dilation, groups, algorithm)
         .to(input.scalar_type());
   }
   const c10::cuda::CUDAGuard guard(input.device());
@@ -158,8 +155,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
   const Conv2dShape s = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups,
                                               std::string_view(algorithm.data(), algorithm.size()), kBackward);
   if (is_half(input.scalar_type())) {
-    auto [dx, dw, db] = conv2d_backward_cuda(widened(grad_output), widened(input), widened(weight), stride, padding,
-                                             dilation, groups, algorithm, output_mask);
+    auto [dx, dw, db] = conv2d_backward_cuda(half_as_float(grad_output), half_as_float(input),
+                                             half_as_float(weight), stride, padding, dilation, groups, algorithm,
+                                             output_mask);
     const auto dt = input.scalar_type();
     return {dx.to(dt), dw.to(dt), db.to(dt)};
   }

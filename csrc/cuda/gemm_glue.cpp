@@ -20,8 +20,8 @@ at::Tensor gemm_cuda(const at::Tensor& a, const at::Tensor& b, const std::option
   if (is_half(a.scalar_type())) {
     // Half precision until the tensor-core kernel (issue 14): the operands (and c, in the output's
     // dtype) widened to float32 (exact), the float32 kernel, the result rounded once to nearest even.
-    const std::optional<at::Tensor> c32 = c.has_value() && c->defined() ? std::optional<at::Tensor>(c->to(at::kFloat)) : c;
-    return gemm_cuda(a.to(at::kFloat), b.to(at::kFloat), c32, trans_a, trans_b, alpha, beta, std::nullopt)
+    const std::optional<at::Tensor> c32 = c.has_value() && c->defined() ? std::optional<at::Tensor>(half_as_float(*c)) : c;
+    return gemm_cuda(half_as_float(a), half_as_float(b), c32, trans_a, trans_b, alpha, beta, std::nullopt)
         .to(s.out_dtype);
   }
   const c10::cuda::CUDAGuard guard(a.device());
