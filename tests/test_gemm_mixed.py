@@ -192,16 +192,76 @@ def test_bad_dtypes_are_refused():
         F.linear(a, torch.randn(5, 4).bfloat16(), torch.randn(5))
 
 
+# the tensor-core kernel's edges: 128 x 128 block tiles, 64 x 32 warp tiles, K steps of 32 in a ring of
+# 3 stages (K = 97 wraps it), 16-deep mma steps, 8-element copy chunks
+MMA_SIZES = [(128, 128, 32), (129, 127, 33), (127, 129, 31), (65, 33, 16), (200, 257, 97), (16, 8, 8), (3, 300, 9),
+             (257, 5, 130)]
+
+
+def _mma_cases(in_dtype, seed):
+    for (m, n, k), ta, tb in itertools.product(SIZES + MMA_SIZES, (False, True), (False, True)):
+        a, b = _operands(m, n, k, ta, tb, in_dtype, seed=seed)
+        op_a, op_b = (a.T if ta else a), (b.T if tb else b)
+        yield (m, n, k, ta, tb), a, b, op_a, op_b, op_a.double() @ op_b.double()
+
+
+def _theirs(op_a, op_b, out_t):
+    return (op_a @ op_b).to(out_t) if out_t != torch.float32 else op_a.float() @ op_b.float()
+
+
+mma_emulated = torch.ops.fastconv_testing.cuda_mma_gemm
+
+
+@pytest.mark.parametrize("in_dtype", HALF, ids=str)
+def test_tensor_core_kernel_emulated_by_the_rule(in_dtype):
+    """The CUDA tensor-core kernel's block algorithm (common/mma_gemm.h) on the CPU emulation of
+    cp.async, ldmatrix(.trans) and mma.sync.m16n8k16: stage ring, swizzle, fragment addressing, both
+    layouts of each operand, edges and every output dtype by the rule."""
+    for case, a, b, op_a, op_b, ref in _mma_cases(in_dtype, seed=10):
+        for out_t in (torch.float32, *HALF):
+            check_rule(mma_emulated(a, b, None, case[3], case[4], 1.0, 0.0, out_t), _theirs(op_a, op_b, out_t), ref,
+                       f"emulated mma {in_dtype}->{out_t} m,n,k,ta,tb={case}")
+
+
+def test_tensor_core_kernel_emulated_operand_layouts_and_c():
+    """Operands the kernel reads in place (a pitch that is a multiple of 8, either dimension unit-stride)
+    and ones the glue copies first (odd pitch, no unit stride, a misaligned start); alpha, beta and a
+    broadcast c; alpha = 0 reads neither operand."""
+    g = torch.Generator().manual_seed(11)
+    big = torch.randn(80, 96, generator=g).bfloat16()
+    views = {"pitch 96": big[:70, :50], "pitch 96 transposed": big[:50, :70].T, "odd pitch": big[:70, 1:51],
+             "no unit stride": big[:70, ::2][:, :45],
+             "strided both": big[::2, ::2][:35, :40]}
+    for name, a in views.items():
+        b = torch.randn(a.shape[1], 61, generator=g).bfloat16()
+        ref = a.double() @ b.double()
+        check_rule(mma_emulated(a, b, None, False, False, 1.0, 0.0, torch.float32), a.float() @ b.float(), ref, name)
+    a, b = big[:45, :96], torch.randn(61, 96, generator=g).bfloat16()
+    c = torch.randn(61, generator=g).bfloat16()
+    ref = 0.5 * (a.double() @ b.double().T) - 1.5 * c.double()
+    theirs = torch.addmm(c, a, b.T, beta=-1.5, alpha=0.5)
+    check_rule(mma_emulated(a, b, c, False, True, 0.5, -1.5, None), theirs, ref, "alpha, beta, broadcast c")
+    nan_a = torch.full_like(a, float("nan"))
+    c2 = torch.randn(45, 61, generator=g).bfloat16()
+    torch.testing.assert_close(mma_emulated(nan_a, b, c2, False, True, 0.0, 2.0, None), 2 * c2)
+
+
 @pytest.mark.parametrize("device", ["cuda"], indirect=True)
 @pytest.mark.parametrize("in_dtype", HALF, ids=str)
 def test_half_gemm_on_cuda_by_the_rule(device, in_dtype):
-    """CUDA runs half precision in float32 inside until the tensor-core kernel: every transpose and
-    output dtype by the rule (written without a GPU: skipped here, never run yet)."""
-    for (m, n, k), ta, tb in itertools.product(SIZES, (False, True), (False, True)):
-        a, b = _operands(m, n, k, ta, tb, in_dtype, seed=9)
-        op_a, op_b = (a.T if ta else a), (b.T if tb else b)
-        ref = op_a.double() @ op_b.double()
+    """The tensor-core kernel (compute capability 8.0 and later; float32 inside below it): every
+    transpose, the kernel's tile edges and every output dtype by the rule, and its float32 results
+    within float32 roundings of its CPU emulation (the tensor cores' internal order is unspecified, so
+    not bit for bit). Never run yet: no GPU so far."""
+    for case, a, b, op_a, op_b, ref in _mma_cases(in_dtype, seed=9):
         for out_t in (None, torch.float32):
-            ours = gemm(a.to(device), b.to(device), None, ta, tb, 1.0, 0.0, out_t).cpu()
+            ours = gemm(a.to(device), b.to(device), None, case[3], case[4], 1.0, 0.0, out_t).cpu()
             theirs = (op_a @ op_b) if out_t is None else op_a.float() @ op_b.float()
-            check_rule(ours, theirs, ref, f"cuda m,n,k={m},{n},{k} ta={ta} tb={tb} out={out_t}")
+            check_rule(ours, theirs, ref, f"cuda m,n,k,ta,tb={case} out={out_t}")
+            if out_t == torch.float32 and torch.cuda.get_device_capability()[0] >= 8:
+                emulated = mma_emulated(a, b, None, case[3], case[4], 1.0, 0.0, out_t)
+                scale = ref.abs().max().item() if ref.numel() else 0.0
+                torch.testing.assert_close(ours, emulated, rtol=1e-5, atol=1e-5 * scale + 1e-30)
+    a = torch.randn(300, 200).to(in_dtype)[:, 3:197]   # a misaligned start: the glue copies it
+    b = torch.randn(194, 130).to(in_dtype)
+    check_rule(gemm(a.to(device), b.to(device)).cpu(), a @ b, a.double() @ b.double(), "cuda copied operand")

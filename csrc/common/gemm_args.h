@@ -54,4 +54,12 @@ inline bool gemm_reads_c(const std::optional<at::Tensor>& c, double beta) {
   return c.has_value() && c->defined() && beta != 0.0;
 }
 
+// The m x n output (row-major, in the output dtype, on a's device), holding c broadcast where
+// gemm_reads_c, else left for the kernel to overwrite.
+inline at::Tensor gemm_output(const at::Tensor& a, const std::optional<at::Tensor>& c, double beta, const GemmShape& s) {
+  at::Tensor out = at::empty({s.m, s.n}, a.options().dtype(s.out_dtype));
+  if (gemm_reads_c(c, beta)) out.copy_(c->expand({s.m, s.n}));
+  return out;
+}
+
 }  // namespace fastconv

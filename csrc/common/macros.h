@@ -4,6 +4,8 @@
 
 #if defined(__CUDACC__)
 #define FC_HD __host__ __device__ __forceinline__
+#define FC_UNROLL _Pragma("unroll")   // fully unroll a loop of constant trip count (register arrays)
 #else
 #define FC_HD inline
+#define FC_UNROLL
 #endif

@@ -600,9 +600,8 @@ namespace {
 at::Tensor gemm_cpu(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c, bool trans_a,
                     bool trans_b, double alpha, double beta, std::optional<at::ScalarType> out_dtype) {
   const GemmShape s = check_gemm(a, b, c, trans_a, trans_b, out_dtype, kOp);
-  at::Tensor out = at::empty({s.m, s.n}, a.options().dtype(s.out_dtype));
+  at::Tensor out = gemm_output(a, c, beta, s);
   const bool reads_c = gemm_reads_c(c, beta);
-  if (reads_c) out.copy_(c->expand({s.m, s.n}));
   if (out.numel() == 0) return out;
   const int64_t rs_a = trans_a ? a.stride(1) : a.stride(0), cs_a = trans_a ? a.stride(0) : a.stride(1);
   const int64_t rs_b = trans_b ? b.stride(1) : b.stride(0), cs_b = trans_b ? b.stride(0) : b.stride(1);

@@ -8,6 +8,7 @@
 
 #include "common/dtype.h"
 #include "common/gemm_batch.h"
+#include "common/mma_gemm.h"
 
 namespace fastconv::cuda {
 
@@ -22,5 +23,9 @@ cudaError_t gemm(DType dtype, int64_t m, int64_t n, int64_t k, double alpha, con
 cudaError_t gemm_batched(DType dtype, int64_t m, int64_t n, int64_t k, double alpha, const void* a, int64_t rs_a,
                          int64_t cs_a, const void* b, int64_t rs_b, int64_t cs_b, double beta, void* c, int64_t rs_c,
                          GemmBatch batch, cudaStream_t stream);
+
+// The tensor-core GEMM (gemm_mma.cu, compute capability 8.0 and later): in f16 or bf16 operands as
+// common/mma_gemm.h describes them, out f32, f16 or bf16 (p.c, prefilled with C where p.beta != 0).
+cudaError_t gemm_mma(DType in, DType out, const MmaGemmParams& p, cudaStream_t stream);
 
 }  // namespace fastconv::cuda
