@@ -314,3 +314,18 @@ def test_double_backward_says_it_is_not_implemented():
     (g,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         g.sum().backward()
+
+
+# float16/bfloat16 runs on the float32 vector kernels in widened runs of 2048 values (AVX2 and up):
+# rows shorter than a run (several to a run, 1 x 1 planes included), longer ones (S = 2600: a run and
+# a piece), channels-last positions with more channels than a run (C = 2100) and fewer.
+HALF_RUN_CASES = [((3, 5, 52, 50), torch.contiguous_format), ((2, 2100, 2, 2), torch.channels_last),
+                  ((4, 7, 9, 9), torch.channels_last), ((16, 3, 1, 1), torch.contiguous_format), ((300, 7), None)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_runs_every_isa(cpu_isa, dtype):
+    for shape, mf in HALF_RUN_CASES:
+        for training, relu in itertools.product((True, False), (False, True)):
+            assert_sides_close(run_steps("cpu", dtype, shape, mf or torch.contiguous_format, training=training,
+                                         relu=relu, affine=True, track=True, steps=1, offset=3.0), dtype)

@@ -115,6 +115,18 @@ def test_forward_backward_grid_dtypes(device, dtype, memory_format):
         check_against_torch(x, k, s, p, d, ceil)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_every_cpu_isa(cpu_isa, dtype):
+    """Half precision widens into the float32 kernels by each ISA's conversions (F16C, bit operations)
+    or the portable ones; values, NaN included, and indices bit for bit as torch's."""
+    for mf in (torch.contiguous_format, torch.channels_last):
+        for (k, s, p, d), shape in itertools.product(CONFIGS[::3], SHAPES[1:4]):
+            x = make_input(shape, dtype, "cpu")
+            x.view(-1)[::7] = float("nan")
+            x = x.contiguous(memory_format=mf)
+            check_against_torch(x, k, s, p, d, False)
+
+
 def test_unbatched_input(device):
     x = make_input((5, 13, 9), torch.float32, device)
     assert check_against_torch(x, (3, 3), (2, 2), (1, 1), (1, 1), True)

@@ -23,6 +23,7 @@
 #include "common/batch_norm.h"
 #include "common/batch_norm_args.h"
 #include "cpu/batch_norm_kernels.h"
+#include "cpu/half_runs.h"
 #include "cpu/isa.h"
 #include "cpu/memory.h"
 
@@ -132,6 +133,107 @@ void elementwise(const BatchNormShape& s, PlanarFn planar, InterleavedFn interle
   }
 }
 
+// Half precision on the float32 vector kernels (the same float32 arithmetic: Acc is float for half
+// data): runs of at most kHalfRun values widened into a thread buffer (half_runs.h), the float32
+// kernel on the buffer, results narrowed back once. Planar rows shorter than a run go several to a
+// run, longer ones in pieces; interleaved positions likewise by their channels.
+constexpr int64_t kHalfRun = 2048;
+
+template <typename T>
+class HalfByF32 {
+ public:
+  HalfByF32(const T* x, const BnShape& sh, DType dtype)
+      : x_(x), sh_(sh), cv_(half_runs(dtype)), f32_(kernels_for<float>()) {}
+
+  // The shifted sums of channels [c0, c1) (stats_planar's contract): each run's sums about its own
+  // first value, moved to the channel's first value k[c] exactly in double.
+  void stats_planar(int64_t c0, int64_t c1, double* k, double* s1, double* s2) const {
+    for (int64_t c = c0; c < c1; ++c) {
+      float first;
+      cv_.widen(x_ + c * sh_.S, &first, 1);
+      k[c] = first;
+      double t1 = 0, t2 = 0;
+      for (int64_t n = 0; n < sh_.N; ++n) {
+        const int64_t r = n * sh_.C + c;
+        planar_runs(r, r + 1, [&](float* buf, int64_t, int64_t len, int64_t, int64_t) {
+          double kb, u, v;
+          f32_.stats_planar(buf, BnShape{1, 1, len, false}, 0, 1, &kb, &u, &v);
+          const double d = kb - k[c];   // sum (x - k) = sum (x - kb) + len d; squares likewise
+          t1 += u + static_cast<double>(len) * d;
+          t2 += v + 2 * d * u + static_cast<double>(len) * d * d;
+        });
+      }
+      s1[c] = t1;
+      s2[c] = t2;
+    }
+  }
+
+  void stats_interleaved(int64_t m0, int64_t m1, const double* k, double* s1, double* s2) const {
+    interleaved_runs(m0, m1, [&](float* buf, int64_t rows, int64_t n, int64_t, int64_t c0) {
+      f32_.stats_interleaved(buf, BnShape{rows, n, 1, true}, 0, rows, k + c0, s1 + c0, s2 + c0);
+    });
+  }
+
+  void normalize_planar(T* y, int64_t r0, int64_t r1, const BnChannelParams<float>& p) const {
+    planar_runs(r0, r1, [&](float* buf, int64_t rows, int64_t len, int64_t r, int64_t s0) {
+      for (int64_t j = 0; j < rows; ++j) {
+        const BnChannelParams<float> q = shifted(p, (r + j) % sh_.C);
+        f32_.normalize_planar(buf + j * len, buf + j * len, BnShape{1, 1, len, false}, 0, 1, q);
+      }
+      cv_.narrow(buf, y + r * sh_.S + s0, rows * len);
+    });
+  }
+
+  void normalize_interleaved(T* y, int64_t m0, int64_t m1, const BnChannelParams<float>& p) const {
+    interleaved_runs(m0, m1, [&](float* buf, int64_t rows, int64_t n, int64_t m, int64_t c0) {
+      f32_.normalize_interleaved(buf, buf, BnShape{rows, n, 1, true}, 0, rows, shifted(p, c0));
+      cv_.narrow(buf, y + m * sh_.C + c0, rows * n);
+    });
+  }
+
+ private:
+  static BnChannelParams<float> shifted(BnChannelParams<float> p, int64_t c) {
+    p.scale += c;
+    p.shift += c;
+    return p;
+  }
+
+  // Lines [i0, i1) of `len` contiguous values (planar rows: len = S; interleaved positions: len = C)
+  // as f(buf, lines, n, i, off): `lines` whole lines from line i (n = len, off = 0), or values
+  // [off, off + n) of line i.
+  template <typename F>
+  void line_runs(int64_t i0, int64_t i1, int64_t len, F&& f) const {
+    float buf[kHalfRun];
+    for (int64_t i = i0; i < i1;) {
+      if (len <= kHalfRun) {
+        const int64_t lines = std::min(kHalfRun / len, i1 - i);
+        cv_.widen(x_ + i * len, buf, lines * len);
+        f(buf, lines, len, i, int64_t(0));
+        i += lines;
+        continue;
+      }
+      for (int64_t off = 0; off < len; off += kHalfRun) {
+        const int64_t n = std::min(kHalfRun, len - off);
+        cv_.widen(x_ + i * len + off, buf, n);
+        f(buf, int64_t(1), n, i, off);
+      }
+      ++i;
+    }
+  }
+  template <typename F>
+  void planar_runs(int64_t r0, int64_t r1, F&& f) const { line_runs(r0, r1, sh_.S, f); }
+  template <typename F>
+  void interleaved_runs(int64_t m0, int64_t m1, F&& f) const { line_runs(m0, m1, sh_.C, f); }
+
+  const T* x_;
+  BnShape sh_;
+  const HalfRunFns& cv_;
+  const BnKernels<float>& f32_;
+};
+
+template <typename T>
+constexpr bool kIsHalf = std::is_same_v<T, at::Half> || std::is_same_v<T, at::BFloat16>;
+
 template <typename T>
 void forward_impl(const at::Tensor& x, at::Tensor& out, const BatchNormShape& s, bool training,
                   const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
@@ -142,18 +244,32 @@ void forward_impl(const at::Tensor& x, at::Tensor& out, const BatchNormShape& s,
   const T* xp = x.data_ptr<T>();
   const BnShape sh{s.N, s.C, s.S, s.interleaved};
   const int64_t C = s.C;
+  // float16/bfloat16 on the float32 vector kernels where the CPU has them, else the portable kernels
+  std::optional<HalfByF32<T>> half;
+  if (kIsHalf<T> && active_isa() >= Isa::avx2) half.emplace(xp, sh, to_dtype(x.scalar_type()));
   std::vector<double> mean(C), var(C), invstd(C);
   if (training) {
     std::vector<double> k(C), s1, s2;
     if (s.interleaved) {
       for (int64_t c = 0; c < C; ++c) k[c] = static_cast<double>(xp[c]);
     }
-    channel_sums(
-        s, s1, s2,
-        [&](int64_t c0, int64_t c1, double* a1, double* a2) { kern.stats_planar(xp, sh, c0, c1, k.data(), a1, a2); },
-        [&](int64_t m0, int64_t m1, double* a1, double* a2) {
-          kern.stats_interleaved(xp, sh, m0, m1, k.data(), a1, a2);
-        });
+    bool summed = false;
+    if constexpr (kIsHalf<T>) {
+      if (half.has_value()) {
+        channel_sums(
+            s, s1, s2, [&](int64_t c0, int64_t c1, double* a1, double* a2) { half->stats_planar(c0, c1, k.data(), a1, a2); },
+            [&](int64_t m0, int64_t m1, double* a1, double* a2) { half->stats_interleaved(m0, m1, k.data(), a1, a2); });
+        summed = true;
+      }
+    }
+    if (!summed) {
+      channel_sums(
+          s, s1, s2,
+          [&](int64_t c0, int64_t c1, double* a1, double* a2) { kern.stats_planar(xp, sh, c0, c1, k.data(), a1, a2); },
+          [&](int64_t m0, int64_t m1, double* a1, double* a2) {
+            kern.stats_interleaved(xp, sh, m0, m1, k.data(), a1, a2);
+          });
+    }
     for (int64_t c = 0; c < C; ++c) {
       bn_moments(k[c], s1[c], s2[c], static_cast<double>(s.count()), &mean[c], &var[c]);
       invstd[c] = bn_invstd(var[c], eps);
@@ -170,6 +286,14 @@ void forward_impl(const at::Tensor& x, at::Tensor& out, const BatchNormShape& s,
   const auto ch = scale_shift<Acc>(save_mean, save_invstd, weight, bias, C);
   const auto p = ch.params(relu);
   T* yp = out.data_ptr<T>();
+  if constexpr (kIsHalf<T>) {
+    if (half.has_value()) {
+      elementwise(
+          s, [&](int64_t r0, int64_t r1) { half->normalize_planar(yp, r0, r1, p); },
+          [&](int64_t m0, int64_t m1) { half->normalize_interleaved(yp, m0, m1, p); });
+      return;
+    }
+  }
   elementwise(
       s, [&](int64_t r0, int64_t r1) { kern.normalize_planar(xp, yp, sh, r0, r1, p); },
       [&](int64_t m0, int64_t m1) { kern.normalize_interleaved(xp, yp, sh, m0, m1, p); });

@@ -34,13 +34,16 @@ bool amx_usable() {
 Isa best_supported_isa() {
   static const Isa best = [] {
     __builtin_cpu_init();
+    // F16C (cpuid leaf 1, ECX bit 29; every CPU with AVX2) converts float16 in the half-run helpers.
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    const bool f16c = __get_cpuid(1, &a, &b, &c, &d) != 0 && (c >> 29 & 1u) != 0;
     // The AVX-512 kernels use F, BW, VL and DQ instructions (every AVX-512 server CPU since Skylake-SP).
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+    if (f16c && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
       if (!__builtin_cpu_supports("avx512bf16")) return Isa::avx512;
       return amx_usable() ? Isa::amx : Isa::avx512_bf16;
     }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
+    if (f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
     return Isa::scalar;
   }();
   return best;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/pool2d_args.h"
+#include "cpu/half_runs.h"
 #include "cpu/isa.h"
 #include "cpu/max_pool2d_kernels.h"
 #include "cpu/memory.h"
@@ -91,16 +92,15 @@ template <typename T>
 void forward_half_by_f32(MaxPool2dRowsFn fn, const T* in, T* out, int64_t* idx, const MaxPool2dShape& s, bool nhwc) {
   const int64_t cb = nhwc ? s.channels : 1, tasks = nhwc ? s.batch : s.batch * s.channels;
   const int64_t in_task = s.g.in_h * s.g.in_w * cb, out_task = s.g.out_h * s.g.out_w * cb;
+  const HalfRunFns& cv = half_runs(std::is_same_v<T, at::Half> ? DType::f16 : DType::bf16);
   at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
     // uninitialised: every element is written before it is read
     std::unique_ptr<float[]> x(new float[static_cast<size_t>(in_task)]), y(new float[static_cast<size_t>(out_task)]);
     for (int64_t t = b; t < e; ++t) {
-      const T* src = in + t * in_task;
-      for (int64_t i = 0; i < in_task; ++i) x[i] = static_cast<float>(src[i]);
+      cv.widen(in + t * in_task, x.get(), in_task);
       const MaxPool2dProblem p{x.get(), y.get(), idx + t * out_task, s.g, cb, false};
       fn(p, 0, s.g.out_h);   // the task's output rows: one plane, or one image
-      T* dst = out + t * out_task;
-      for (int64_t i = 0; i < out_task; ++i) dst[i] = static_cast<T>(y[i]);
+      cv.narrow(y.get(), out + t * out_task, out_task);
     }
   });
 }
