@@ -95,6 +95,26 @@ def test_repeated_calls_hit_and_an_optimizer_step_misses():
     assert (stats["entries"], stats["misses"]) == (1, 2), stats   # the entry was replaced, not added
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_im2col_packed_filters_hit_and_see_writes(dtype):
+    """im2col's packed filters (float32 panels; bfloat16 K-pair panels) are cached for a frozen weight:
+    repeated calls hit, a write through .data misses and shows."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 6, 6).to(dtype)
+    w = (torch.randn(24, 16, 3, 3) * 0.1).to(dtype)
+    with torch.no_grad():
+        for _ in range(3):
+            ours = F.conv2d(x, w, None, 1, 1, algorithm="im2col")
+        stats = fastconv._C.weight_cache_stats()
+        assert (stats["entries"], stats["misses"], stats["hits"]) == (1, 1, 2), stats
+        w.data.view(-1)[0] += 1.0
+        ours = F.conv2d(x, w, None, 1, 1, algorithm="im2col")
+        ref = TF.conv2d(x.double(), w.double(), None, 1, 1)
+        tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+        torch.testing.assert_close(ours.double(), ref, rtol=tol, atol=tol)
+        assert fastconv._C.weight_cache_stats()["misses"] == 2
+
+
 def test_frozen_weight_grad_input_and_every_isa():
     # A frozen weight's grad_input (an attack on a trained model) uses the cached flipped transform,
     # one entry per ISA (the packed layout depends on the micro-tile).

@@ -1,13 +1,13 @@
 // The cache of prepared weights (CPU): Winograd's transformed filters U = G g G^T, for the forward pass
-// and (flipped, transposed) for grad_input.
+// and (flipped, transposed) for grad_input; im2col's packed filters; autocast's casts.
 //
 // A model in eval mode calls a convolution again and again with the same weight: its transform is
 // computed once and kept (ResNet-18 at batch 1 runs ~2x faster with it on a 2-vCPU EPYC).
 //
 // An entry is used only while the weight's bytes equal the bytes it was made from. The entry keeps a
 // copy of them and every lookup compares (memcmp, in parallel chunks: reading twice the weight's bytes
-// costs a fraction of recomputing a Winograd transform, which writes four times them; im2col's packed
-// filters are not cached for that reason: checking them costs as much as packing). So every write
+// costs a fraction of recomputing a Winograd transform, which writes four times them, and less than
+// re-packing im2col's filters, whose interleaving is slower than a memcmp). So every write
 // is seen, however it was made: an optimizer step, load_state_dict, copy_ under no_grad, and writes
 // through `.data` or a numpy view, which a version counter cannot see. The version counter is no part
 // of the key for that reason; the storage, address, shape, strides, dtype and variant are.
@@ -59,6 +59,8 @@ class WeightCache {
 
   // Variants: what an entry holds for its weight.
   static int winograd(int m, bool transposed) { return m * 2 + (transposed ? 1 : 0); }   // 4, 5, 8, 9
+  // im2col's packed filters (cpu/conv2d.cpp), for the forward pass or (transposed) grad_input.
+  static int im2col_filters(bool transposed) { return transposed ? 3 : 2; }
   // The weight cast to another dtype (autocast.cpp): one tensor for as long as the weight's bytes
   // stay the same, so that what is prepared from the cast (a Winograd transform) is cached in turn.
   static int cast_to(at::ScalarType dtype) { return 1000 + static_cast<int>(dtype); }
