@@ -68,6 +68,15 @@ def test_bench_subcommand_writes_json_and_png(tmp_path):
     assert _png_shape(tmp_path / "fastconv-bench-cpu.png")[0] > 100
 
 
+def test_bench_dtypes_filter(tmp_path):
+    proc = _run(["bench", "--quick", "--ops", "gemm", "--dtypes", "bfloat16", "--rounds", "1", "--threads", "1"],
+                tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((tmp_path / "fastconv-bench-cpu.json").read_text())
+    assert data["rows"] and {r["dtype"] for r in data["rows"]} == {"bfloat16"}
+    assert data["meta"]["dtypes"] == ["bfloat16"]
+
+
 def test_console_script():
     script = os.path.join(os.path.dirname(sys.executable), "fastconv")
     if not os.path.exists(script):

@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None, *, default_outputs: bool = False) -> int
                     help="torch.set_num_threads for both fastconv and torch (default: torch's default)")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ap.add_argument("--png", metavar="FILE", help="write a bar chart of the speedups (needs matplotlib)")
+    ap.add_argument("--dtypes", nargs="+", metavar="DTYPE", default=None,
+                    help="time only the cases of these dtypes, e.g. bfloat16 float16 (default: all)")
     ap.add_argument("--quick", action="store_true", help="small shapes, few rounds (a smoke run)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case (default 5, quick 2)")
     ap.add_argument("--memory", choices=["steady", "os"], default="steady",
@@ -142,6 +144,9 @@ def main(argv: list[str] | None = None, *, default_outputs: bool = False) -> int
           f"{meta['threads']} thread(s), CPU ISA {meta['build']['cpu_isa']}")
     print(f"measured copy bandwidth (read + write): {copy_bw:.1f} GB/s; memory mode: {args.memory}")
     suites = {name: SUITES[name](args.device, args.quick) for name in args.ops}
+    if args.dtypes:
+        suites = {name: [c for c in cases if c.dtype in args.dtypes] for name, cases in suites.items()}
+        meta["dtypes"] = args.dtypes
     progress = Progress(sum(len(cases) for cases in suites.values()))
     print(f"{progress.total} cases, {rounds} interleaved rounds each")
     rows = []

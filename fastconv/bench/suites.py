@@ -92,6 +92,18 @@ def batch_norm_cases(device: str, quick: bool) -> list[Case]:
             # forward reads x and writes y; backward reads x and dy and writes dx (minimal traffic)
             cases.append(Case(op="batch_norm+relu train f+b", shape=shape, dtype="float32", fastconv=ours_train,
                               torch=torch_train, bytes=5 * nbytes, note=net))
+    # Half-precision activations with float32 parameters, as under autocast (inference, NCHW)
+    for dtype in (torch.bfloat16, torch.float16):
+        net, n, c, h, w = shapes[0]
+        x = torch.randn(n, c, h, w, device=device).to(dtype)
+        rm, rv = torch.zeros(c, device=device), torch.ones(c, device=device)
+        weight, bias = torch.rand(c, device=device), torch.randn(c, device=device)
+        cases.append(Case(op="batch_norm+relu eval fwd", shape=f"{n}x{c}x{h}x{w} NCHW", dtype=str(dtype).split(".")[-1],
+                          fastconv=lambda x=x, rm=rm, rv=rv, wt=weight, b=bias: F.batch_norm(x, rm, rv, wt, b, False,
+                                                                                           relu=True),
+                          torch=lambda x=x, rm=rm, rv=rv, wt=weight, b=bias: TF.batch_norm(x, rm, rv, wt, b,
+                                                                                         False).relu_(),
+                          bytes=2 * x.numel() * x.element_size(), note=net))
     return cases
 
 
