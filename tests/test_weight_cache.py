@@ -115,6 +115,27 @@ def test_im2col_packed_filters_hit_and_see_writes(dtype):
         assert fastconv._C.weight_cache_stats()["misses"] == 2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_one_weight_under_two_group_counts(dtype):
+    """An 8 x 2 x 3 x 3 weight is one 8-row group at groups=1 and two 4-row groups at groups=2: its
+    packed filters differ, so a call must not be served the other group count's entry (it was: NaN).
+    Forward, and grad_input of the frozen weight (the transposed packing)."""
+    torch.manual_seed(1)
+    w = torch.randn(8, 2, 3, 3).to(dtype)
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
+    for groups in (1, 2, 1, 2):
+        x = torch.randn(2, 2 * groups, 6, 6).to(dtype).requires_grad_(True)
+        ours = F.conv2d(x, w, None, 1, 1, 1, groups, algorithm="im2col")
+        x64 = x.detach().double().requires_grad_(True)
+        ref = TF.conv2d(x64, w.double(), None, 1, 1, 1, groups)
+        torch.testing.assert_close(ours.double(), ref.detach(), rtol=tol, atol=tol)
+        go = torch.randn(ref.shape)
+        ours.backward(go.to(dtype))
+        ref.backward(go.double())
+        torch.testing.assert_close(x.grad.double(), x64.grad, rtol=tol, atol=tol)
+    assert fastconv._C.weight_cache_stats()["entries"] >= 2
+
+
 def test_frozen_weight_grad_input_and_every_isa():
     # A frozen weight's grad_input (an attack on a trained model) uses the cached flipped transform,
     # one entry per ISA (the packed layout depends on the micro-tile).

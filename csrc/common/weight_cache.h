@@ -57,15 +57,17 @@ class WeightCache {
     return cache;
   }
 
-  // Variants: what an entry holds for its weight.
-  static int winograd(int m, bool transposed) { return m * 2 + (transposed ? 1 : 0); }   // 4, 5, 8, 9
-  // im2col's packed filters (cpu/conv2d.cpp), for the forward pass or (transposed) grad_input.
-  static int im2col_filters(bool transposed) { return transposed ? 3 : 2; }
+  // Variants: what an entry holds for its weight (every one a distinct number).
+  static int64_t winograd(int m, bool transposed) { return m * 2 + (transposed ? 1 : 0); }   // 4, 5, 8, 9
+  // im2col's packed filters (cpu/conv2d.cpp), for the forward pass or (transposed) grad_input. The
+  // layout depends on the group count as well as the weight's shape (an 8 x 2 x 3 x 3 weight is one
+  // 8-row group at groups=1, two 4-row groups at groups=2), so the count is part of the variant.
+  static int64_t im2col_filters(bool transposed, int64_t groups) { return 2048 + groups * 2 + (transposed ? 1 : 0); }
   // The weight cast to another dtype (autocast.cpp): one tensor for as long as the weight's bytes
   // stay the same, so that what is prepared from the cast (a Winograd transform) is cached in turn.
-  static int cast_to(at::ScalarType dtype) { return 1000 + static_cast<int>(dtype); }
+  static int64_t cast_to(at::ScalarType dtype) { return 1000 + static_cast<int64_t>(dtype); }
   // A CPU variant made for one instruction set (the GEMM's packed layout depends on its micro-tile).
-  static int for_isa(int variant, int isa) { return variant * 8 + isa; }
+  static int64_t for_isa(int64_t variant, int isa) { return variant * 8 + isa; }
 
   // Whether a transform of `weight` may be kept (see the top of this file); when not, compute() may
   // build it in scratch memory that the next call reuses.
@@ -75,7 +77,7 @@ class WeightCache {
   }
 
   // The prepared form of `weight` in variant `variant`, from the cache or from compute().
-  at::Tensor get(const at::Tensor& weight, int variant, const std::function<at::Tensor()>& compute) {
+  at::Tensor get(const at::Tensor& weight, int64_t variant, const std::function<at::Tensor()>& compute) {
     if (!cacheable(weight) || limit_bytes_.load() == 0) return compute();
     const uint64_t now = ++clock_;
     std::shared_ptr<Entry> found;
@@ -137,7 +139,7 @@ class WeightCache {
 
  private:
   struct Entry {
-    Entry(const at::Tensor& w, int variant_, at::Tensor copy_, at::Tensor u_, uint64_t now)
+    Entry(const at::Tensor& w, int64_t variant_, at::Tensor copy_, at::Tensor u_, uint64_t now)
         : storage(w.storage().getWeakStorageImpl()),
           variant(variant_),
           data(w.data_ptr()),
@@ -148,13 +150,13 @@ class WeightCache {
           u(std::move(u_)),
           bytes(copy.nbytes() + u.nbytes()),
           used(now) {}
-    bool matches(const at::Tensor& w, int v) const {
+    bool matches(const at::Tensor& w, int64_t v) const {
       return variant == v && data == w.data_ptr() && dtype == w.scalar_type() &&
              storage._unsafe_get_target() == w.storage().unsafeGetStorageImpl() && sizes == w.sizes() &&
              strides == w.strides();
     }
     c10::weak_intrusive_ptr<c10::StorageImpl> storage;
-    int variant;
+    int64_t variant;
     const void* data;
     c10::ScalarType dtype;
     std::vector<int64_t> sizes, strides;

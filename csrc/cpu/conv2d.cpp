@@ -264,7 +264,7 @@ struct Bf16Engine {
 template <class E, typename T>
 at::Tensor packed_filters(const at::Tensor& weight, const T* w, const Conv2dShape& s, bool transposed) {
   using P = typename E::Packed;
-  const int variant = WeightCache::for_isa(WeightCache::im2col_filters(transposed), int(active_isa()));
+  const int64_t variant = WeightCache::for_isa(WeightCache::im2col_filters(transposed, s.groups), int(active_isa()));
   return WeightCache::instance().get(weight, variant, [&] {
     const Conv2dGemmDims d = conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
     const int64_t m = transposed ? d.kc : d.kg, k = transposed ? d.kg : d.kc, kb = E::tile().k_block;

@@ -157,7 +157,7 @@ void conv2d_winograd_forward(const at::Tensor& x_in, const at::Tensor& weight, c
   const at::Tensor x = half_as_float(x_in), bias = half_as_float(bias_in);
   at::Tensor out = x.scalar_type() == out_in.scalar_type() ? out_in : at::empty(out_in.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
-    const int variant = WeightCache::for_isa(WeightCache::winograd(m, false), int(active_isa()));
+    const int64_t variant = WeightCache::for_isa(WeightCache::winograd(m, false), int(active_isa()));
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
       const at::Tensor w = half_as_float(weight.contiguous());   // g[k][c][i][j]
       return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>(), s.in_channels * 9, 9, 3, 1, s.out_channels,
@@ -178,7 +178,7 @@ void conv2d_winograd_grad_input(const at::Tensor& dy_in, const at::Tensor& weigh
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "conv2d_backward", [&] {
     // dx[c][ih][iw] = sum over k, i, j of dy[k][ih + i - (2 - ph)][iw + j - (2 - pw)] * w[k][c][2 - i][2 - j]:
     // filters g'[c][k][i][j] = w[k][c][2 - i][2 - j], read in place (start at w[0][0][2][2], step back).
-    const int variant = WeightCache::for_isa(WeightCache::winograd(m, true), int(active_isa()));
+    const int64_t variant = WeightCache::for_isa(WeightCache::winograd(m, true), int(active_isa()));
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
       const at::Tensor w = half_as_float(weight.contiguous());
       return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>() + 8, 9, s.in_channels * 9, -3, -1,
