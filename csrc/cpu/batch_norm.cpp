@@ -253,23 +253,20 @@ void forward_impl(const at::Tensor& x, at::Tensor& out, const BatchNormShape& s,
     if (s.interleaved) {
       for (int64_t c = 0; c < C; ++c) k[c] = static_cast<double>(xp[c]);
     }
-    bool summed = false;
-    if constexpr (kIsHalf<T>) {
-      if (half.has_value()) {
-        channel_sums(
-            s, s1, s2, [&](int64_t c0, int64_t c1, double* a1, double* a2) { half->stats_planar(c0, c1, k.data(), a1, a2); },
-            [&](int64_t m0, int64_t m1, double* a1, double* a2) { half->stats_interleaved(m0, m1, k.data(), a1, a2); });
-        summed = true;
-      }
-    }
-    if (!summed) {
-      channel_sums(
-          s, s1, s2,
-          [&](int64_t c0, int64_t c1, double* a1, double* a2) { kern.stats_planar(xp, sh, c0, c1, k.data(), a1, a2); },
-          [&](int64_t m0, int64_t m1, double* a1, double* a2) {
-            kern.stats_interleaved(xp, sh, m0, m1, k.data(), a1, a2);
-          });
-    }
+    channel_sums(
+        s, s1, s2,
+        [&](int64_t c0, int64_t c1, double* a1, double* a2) {
+          if constexpr (kIsHalf<T>) {
+            if (half.has_value()) return half->stats_planar(c0, c1, k.data(), a1, a2);
+          }
+          kern.stats_planar(xp, sh, c0, c1, k.data(), a1, a2);
+        },
+        [&](int64_t m0, int64_t m1, double* a1, double* a2) {
+          if constexpr (kIsHalf<T>) {
+            if (half.has_value()) return half->stats_interleaved(m0, m1, k.data(), a1, a2);
+          }
+          kern.stats_interleaved(xp, sh, m0, m1, k.data(), a1, a2);
+        });
     for (int64_t c = 0; c < C; ++c) {
       bn_moments(k[c], s1[c], s2[c], static_cast<double>(s.count()), &mean[c], &var[c]);
       invstd[c] = bn_invstd(var[c], eps);
@@ -286,17 +283,20 @@ void forward_impl(const at::Tensor& x, at::Tensor& out, const BatchNormShape& s,
   const auto ch = scale_shift<Acc>(save_mean, save_invstd, weight, bias, C);
   const auto p = ch.params(relu);
   T* yp = out.data_ptr<T>();
-  if constexpr (kIsHalf<T>) {
-    if (half.has_value()) {
-      elementwise(
-          s, [&](int64_t r0, int64_t r1) { half->normalize_planar(yp, r0, r1, p); },
-          [&](int64_t m0, int64_t m1) { half->normalize_interleaved(yp, m0, m1, p); });
-      return;
-    }
-  }
   elementwise(
-      s, [&](int64_t r0, int64_t r1) { kern.normalize_planar(xp, yp, sh, r0, r1, p); },
-      [&](int64_t m0, int64_t m1) { kern.normalize_interleaved(xp, yp, sh, m0, m1, p); });
+      s,
+      [&](int64_t r0, int64_t r1) {
+        if constexpr (kIsHalf<T>) {
+          if (half.has_value()) return half->normalize_planar(yp, r0, r1, p);
+        }
+        kern.normalize_planar(xp, yp, sh, r0, r1, p);
+      },
+      [&](int64_t m0, int64_t m1) {
+        if constexpr (kIsHalf<T>) {
+          if (half.has_value()) return half->normalize_interleaved(yp, m0, m1, p);
+        }
+        kern.normalize_interleaved(xp, yp, sh, m0, m1, p);
+      });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(

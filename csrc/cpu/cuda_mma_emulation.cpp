@@ -29,6 +29,7 @@
 
 #include "common/gemm_batch.h"
 #include "common/mma_gemm_args.h"
+#include "cpu/half_runs.h"
 
 namespace fastconv::cpu {
 namespace {
@@ -131,12 +132,7 @@ struct HostExec {
   }
 
   float value(uint16_t bits) const {
-    if (bf16) {
-      const uint32_t u = static_cast<uint32_t>(bits) << 16;
-      float v;
-      std::memcpy(&v, &u, 4);
-      return v;
-    }
+    if (bf16) return bf16_bits_to_float(bits);
     return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
   }
 

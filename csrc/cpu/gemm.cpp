@@ -15,6 +15,7 @@
 #include "common/gemm_args.h"
 #include "cpu/gemm_bf16.h"
 #include "cpu/gemm_kernels.h"
+#include "cpu/half_runs.h"
 #include "cpu/isa.h"
 #include "cpu/memory.h"
 
@@ -237,12 +238,6 @@ struct DotEmulated {
   struct B {
     uint16_t h[32];
   };
-  static float bf16_to_float(uint16_t bits) {
-    const uint32_t u = uint32_t(bits) << 16;
-    float f;
-    std::memcpy(&f, &u, sizeof(f));
-    return f;
-  }
   static float daz(float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0.0f, x) : x; }
   static Acc zero() { return Acc{}; }
   static B load_b(const uint16_t* p) {
@@ -251,10 +246,10 @@ struct DotEmulated {
     return b;
   }
   static Acc dot(Acc acc, uint32_t a_pair, const B& b) {
-    const float a_lo = daz(bf16_to_float(uint16_t(a_pair))), a_hi = daz(bf16_to_float(uint16_t(a_pair >> 16)));
+    const float a_lo = daz(bf16_bits_to_float(uint16_t(a_pair))), a_hi = daz(bf16_bits_to_float(uint16_t(a_pair >> 16)));
     for (int j = 0; j < 16; ++j) {
-      float t = daz(std::fma(a_hi, daz(bf16_to_float(b.h[2 * j + 1])), daz(acc.v[j])));
-      acc.v[j] = daz(std::fma(a_lo, daz(bf16_to_float(b.h[2 * j])), t));
+      float t = daz(std::fma(a_hi, daz(bf16_bits_to_float(b.h[2 * j + 1])), daz(acc.v[j])));
+      acc.v[j] = daz(std::fma(a_lo, daz(bf16_bits_to_float(b.h[2 * j])), t));
     }
     return acc;
   }
@@ -310,10 +305,10 @@ struct TilesEmulated {
     for (int m = 0; m < kRows; ++m) {
       float even[16] = {}, odd[16] = {};
       for (int k = 0; k < 16; ++k) {   // K pairs: A's row m, word k; B's row k
-        const float a0 = E::daz(E::bf16_to_float(av[m][2 * k])), a1 = E::daz(E::bf16_to_float(av[m][2 * k + 1]));
+        const float a0 = E::daz(bf16_bits_to_float(av[m][2 * k])), a1 = E::daz(bf16_bits_to_float(av[m][2 * k + 1]));
         for (int n = 0; n < 16; ++n) {
-          even[n] = E::daz(std::fma(a0, E::daz(E::bf16_to_float(bv[k][2 * n])), even[n]));
-          odd[n] = E::daz(std::fma(a1, E::daz(E::bf16_to_float(bv[k][2 * n + 1])), odd[n]));
+          even[n] = E::daz(std::fma(a0, E::daz(bf16_bits_to_float(bv[k][2 * n])), even[n]));
+          odd[n] = E::daz(std::fma(a1, E::daz(bf16_bits_to_float(bv[k][2 * n + 1])), odd[n]));
         }
       }
       for (int n = 0; n < 16; ++n) cv[m][n] = E::daz(E::daz(cv[m][n]) + E::daz(even[n] + odd[n]));
