@@ -298,7 +298,7 @@ def _conv2d_fake(x, weight, bias, stride, padding, dilation, groups, algorithm):
     oh = (x.shape[-2] + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
     ow = (x.shape[-1] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
     _check(oh >= 1 and ow >= 1, "conv2d", f"output size is too small: {oh}x{ow}")
-    shape = (*x.shape[:-3], weight.shape[0], oh, ow)
+    shape = (*x.shape[:-3], weight.shape[0] if x.shape[-3] else 0, oh, ow)   # no input channels: none out (torch's)
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_conv2d_format(x, weight))
 
 

@@ -3,8 +3,10 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <optional>
 #include <string_view>
+#include <tuple>
 
 #include "common/checks.h"
 #include "common/conv2d.h"
@@ -20,6 +22,7 @@ inline int winograd_tile(Conv2dAlgorithm a) {   // m of F(m x m, 3 x 3), or 0
 struct Conv2dShape {
   Conv2dGeometry g;
   Conv2dAlgorithm algorithm;   // "auto" resolved (choose_conv2d_algorithm)
+  bool chosen;                 // the caller asked for "auto" (a dtype's own rule may refine the choice)
   int64_t batch, in_channels, out_channels, groups;
   bool batched;
   at::MemoryFormat format;   // of the output (torch: channels-last if input or weight is)
@@ -123,6 +126,7 @@ inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weigh
              "and groups=1, but got kernel ", g.kh, "x", g.kw, ", stride=", stride, ", dilation=", dilation,
              ", groups=", groups, " (use 'auto', 'im2col' or 'direct')");
   }
+  s.chosen = algorithm == "auto";
   s.algorithm = algorithm == "direct"         ? Conv2dAlgorithm::direct
               : algorithm == "im2col"         ? Conv2dAlgorithm::im2col
               : algorithm == "winograd_2x2"   ? Conv2dAlgorithm::winograd_2x2
@@ -133,9 +137,12 @@ inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weigh
   return s;
 }
 
+// torch's output sizes; an input of no channels gives an output of none, whatever the weight's
+// out_channels (torch's convolution does so).
 inline std::vector<int64_t> conv2d_output_sizes(const Conv2dShape& s) {
-  if (s.batched) return {s.batch, s.out_channels, s.g.out_h, s.g.out_w};
-  return {s.out_channels, s.g.out_h, s.g.out_w};
+  const int64_t k = s.in_channels == 0 ? 0 : s.out_channels;
+  if (s.batched) return {s.batch, k, s.g.out_h, s.g.out_w};
+  return {k, s.g.out_h, s.g.out_w};
 }
 
 inline Conv2dShape check_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
@@ -158,6 +165,18 @@ inline at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
   at::Tensor out = at::empty(t.sizes(), t.options().memory_format(fmt));
   if (out.strides() == t.strides()) return t;
   return out.copy_(t);
+}
+
+// The backward pass of an input with no channels: no products, so an empty grad_input and
+// grad_weight and a zero grad_bias (torch's); outputs not asked for are empty.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_no_channels(const at::Tensor& input,
+                                                                                 const at::Tensor& weight,
+                                                                                 const Conv2dShape& s,
+                                                                                 std::array<bool, 3> output_mask) {
+  const at::Tensor none = at::empty({0}, input.options());
+  return {output_mask[0] ? in_format(at::empty(input.sizes(), input.options()), s.format) : none,
+          output_mask[1] ? at::empty(weight.sizes(), weight.options()) : none.clone(),
+          output_mask[2] ? at::zeros({s.out_channels}, input.options()) : none.clone()};
 }
 
 // The GEMM view of one image and group: M = kg output channels, N = P positions, K = kc; `chunk`

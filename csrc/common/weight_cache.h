@@ -63,6 +63,9 @@ class WeightCache {
   // layout depends on the group count as well as the weight's shape (an 8 x 2 x 3 x 3 weight is one
   // 8-row group at groups=1, two 4-row groups at groups=2), so the count is part of the variant.
   static int64_t im2col_filters(bool transposed, int64_t groups) { return 2048 + groups * 2 + (transposed ? 1 : 0); }
+  // The bfloat16 direct convolution's filter panels (cpu/conv2d_bf16_direct.cpp): one layout on every
+  // ISA, so no for_isa.
+  static int64_t bf16_direct_filters() { return 3; }
   // The weight cast to another dtype (autocast.cpp): one tensor for as long as the weight's bytes
   // stay the same, so that what is prepared from the cast (a Winograd transform) is cached in turn.
   static int64_t cast_to(at::ScalarType dtype) { return 1000 + static_cast<int64_t>(dtype); }

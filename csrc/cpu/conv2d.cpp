@@ -29,6 +29,7 @@
 #include "common/checks.h"
 #include "common/conv2d_args.h"
 #include "common/weight_cache.h"
+#include "cpu/conv2d_bf16_direct.h"
 #include "cpu/conv2d_direct_kernels.h"
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm_bf16.h"
@@ -491,6 +492,16 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
 // even (Bf16Engine). Otherwise (float16; direct; no such kernel; 1x1 convolutions and planes too large
 // to pad): the operands widened to float32 (exact), the float32 kernels, the output rounded once.
 at::Tensor conv2d_half(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& b, const Conv2dShape& s) {
+  if (c10::multiply_integers(conv2d_output_sizes(s)) == 0) {
+    return in_format(at::empty(conv2d_output_sizes(s), input.options()), s.format);
+  }
+  const Bf16DirectKernels* direct = input.scalar_type() == at::kBFloat16 ? bf16_direct_native() : nullptr;
+  if (direct != nullptr && bf16_direct_applies(s) &&
+      (s.algorithm == Conv2dAlgorithm::direct || (s.chosen && bf16_direct_preferred(s)))) {
+    at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
+    if (out.numel() > 0) conv2d_bf16_direct(input.contiguous(), weight, weight.contiguous(), b, out, s, *direct);
+    return in_format(out, s.format);
+  }
   if (const int m = winograd_tile(s.algorithm)) {
     at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
     if (out.numel() > 0) conv2d_winograd_forward(input.contiguous(), weight, b, out, s, m);
@@ -668,6 +679,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_half(const at::Te
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                                                const at::Tensor& weight, const Conv2dShape& s,
                                                                std::array<bool, 3> output_mask) {
+  if (s.in_channels == 0) return conv2d_backward_no_channels(input, weight, s, output_mask);
   if (is_half(input.scalar_type())) return conv2d_backward_half(grad_output, input, weight, s, output_mask);
   const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
   // Outputs not asked for are returned empty (0 elements).

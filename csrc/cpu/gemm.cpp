@@ -319,6 +319,18 @@ struct TilesEmulated {
 
 #include "cpu/gemm_bf16_kernels.inc"
 #include "cpu/gemm_amx_kernels.inc"
+#include "cpu/conv2d_bf16_direct.inc"
+
+// Bf16DirectKernels::pair_rows, portably: position by position, two channels a word.
+void pair_rows_portable(const uint16_t* src, int64_t cs, int64_t channels, int64_t width, uint32_t* d32, int64_t ld) {
+  for (int64_t c = 0; c < channels; c += 2) {
+    const uint16_t* r0 = src + c * cs;
+    const uint16_t* r1 = c + 1 < channels ? r0 + cs : nullptr;
+    for (int64_t w = 0; w < width; ++w) {
+      d32[w * ld + c / 2] = uint32_t(r0[w]) | (r1 != nullptr ? uint32_t(r1[w]) << 16 : 0u);
+    }
+  }
+}
 
 const GemmBf16Kernels kBf16Emulated{kBf16MR, kBf16NR, 2, Bf16Layout::pairs, bf16_macro_kernel<DotEmulated>,
                                     bf16_pack_b_offsets<kBf16NR, 2>};
@@ -430,6 +442,8 @@ void gemm_mixed_in(const MixedGemmArgs& m, const GemmBf16Kernels* pair) {
 }
 
 }  // namespace
+
+const Bf16DirectKernels bf16_direct_emulated{bf16_direct_tile<DotEmulated>, pair_rows_portable};
 
 namespace {
 

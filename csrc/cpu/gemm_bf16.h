@@ -64,4 +64,24 @@ void gemm_bf16_pack_b_offsets(const uint16_t* base, const int64_t* row_off, int6
 // both packed with K block g.k_block; C as in GemmArgs.
 void gemm_bf16_prepacked(const GemmArgs<float>& g, const uint16_t* a_packed, const uint16_t* b_packed);
 
+
+// The bfloat16 direct convolution's kernels (conv2d_bf16_direct.h). One tap of a tile: its A words at
+// rows[r] + a, its B panel at b (both in uint16_t elements).
+struct Bf16Tap {
+  int64_t a, b;
+};
+
+struct Bf16DirectKernels {
+  // The tile of MR positions x NR channels over `ntaps` taps plus NR biases, in bfloat16 bits
+  // (conv2d_bf16_direct.inc); MR and NR are the pair-packed GEMM kernel's.
+  void (*tile)(const uint16_t* const* rows, const Bf16Tap* taps, int ntaps, int64_t pairs, const uint16_t* b,
+               const float* bias, uint16_t* out);
+  // One image row into pair words: d32[w * ld + c / 2] = (src[c * cs + w], src[(c + 1) * cs + w]) for
+  // w < width and even c < channels (the second half zero past an odd count).
+  void (*pair_rows)(const uint16_t* src, int64_t cs, int64_t channels, int64_t width, uint32_t* d32, int64_t ld);
+};
+
+// The real vdpbf16ps build (AVX-512 pair_rows) and the portable emulation (scalar pair_rows).
+extern const Bf16DirectKernels bf16_direct_avx512bf16, bf16_direct_emulated;
+
 }  // namespace fastconv::cpu

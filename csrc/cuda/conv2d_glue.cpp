@@ -154,6 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
     std::array<bool, 3> output_mask) {
   const Conv2dShape s = check_conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups,
                                               std::string_view(algorithm.data(), algorithm.size()), kBackward);
+  if (s.in_channels == 0) return conv2d_backward_no_channels(input, weight, s, output_mask);
   if (is_half(input.scalar_type())) {
     auto [dx, dw, db] = conv2d_backward_cuda(half_as_float(grad_output), half_as_float(input),
                                              half_as_float(weight), stride, padding, dilation, groups, algorithm,

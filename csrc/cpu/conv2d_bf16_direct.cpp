@@ -1,0 +1,225 @@
+// bfloat16 direct convolution on the CPU's bfloat16 dot product: conv2d_bf16_direct.h says the
+// algorithm, conv2d_bf16_direct.inc holds the micro-kernel.
+#include "cpu/conv2d_bf16_direct.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <torch/library.h>
+
+#include <string_view>
+
+#include "common/checks.h"
+#include "common/weight_cache.h"
+#include "cpu/half_runs.h"
+#include "cpu/isa.h"
+#include "cpu/memory.h"
+
+namespace fastconv::cpu {
+namespace {
+
+constexpr int MR = 6, NR = 64;   // gemm_bf16_kernels.inc's kBf16MR x kBf16NR, the tile's shape
+
+// Which kernel taps of output row (or column) o fall inside the input: bit i for tap i.
+uint32_t tap_mask(int64_t o, int64_t k, int64_t stride, int64_t pad, int64_t dil, int64_t in) {
+  uint32_t m = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t at = conv_tap(o, i, stride, pad, dil);
+    if (at >= 0 && at < in) m |= 1u << i;
+  }
+  return m;
+}
+
+// A tile of up to MR output positions: each one's offset in the padded NHWC input (in pixels, at tap
+// (0, 0)) and in the output (image n's channel 0 plane), and the taps any of them needs.
+struct Tile {
+  int64_t in[MR], out[MR];
+  int rows;
+  uint32_t row_taps, col_taps;
+};
+
+// The positions grouped by their tap masks (row mask, then column mask; raster order within a group,
+// so a tile's pixels are neighbours), cut into tiles of MR.
+std::vector<Tile> plan_tiles(const Conv2dShape& s, int64_t hp, int64_t wp) {
+  const auto& g = s.g;
+  std::vector<uint32_t> rmask(g.out_h), cmask(g.out_w);
+  for (int64_t o = 0; o < g.out_h; ++o) rmask[o] = tap_mask(o, g.kh, g.sh, g.ph, g.dh, g.in_h);
+  for (int64_t o = 0; o < g.out_w; ++o) cmask[o] = tap_mask(o, g.kw, g.sw, g.pw, g.dw, g.in_w);
+  std::vector<uint32_t> rows(rmask), cols(cmask);
+  for (auto* v : {&rows, &cols}) {
+    std::sort(v->begin(), v->end());
+    v->erase(std::unique(v->begin(), v->end()), v->end());
+  }
+  std::vector<Tile> tiles;
+  tiles.reserve(static_cast<size_t>((s.batch * g.out_h * g.out_w + MR - 1) / MR));
+  Tile cur{};
+  const auto flush = [&] {
+    if (cur.rows == 0) return;
+    for (int r = cur.rows; r < MR; ++r) {   // spare rows repeat the last position; never stored
+      cur.in[r] = cur.in[cur.rows - 1];
+      cur.out[r] = cur.out[cur.rows - 1];
+    }
+    tiles.push_back(cur);
+    cur = Tile{};
+  };
+  for (uint32_t rm : rows) {
+    for (uint32_t cm : cols) {
+      for (int64_t n = 0; n < s.batch; ++n) {
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          if (rmask[oh] != rm) continue;
+          for (int64_t ow = 0; ow < g.out_w; ++ow) {
+            if (cmask[ow] != cm) continue;
+            cur.in[cur.rows] = (n * hp + oh * g.sh) * wp + ow * g.sw;
+            cur.out[cur.rows] = n * s.out_channels * g.out_h * g.out_w + oh * g.out_w + ow;
+            cur.row_taps |= rm;
+            cur.col_taps |= cm;
+            if (++cur.rows == MR) flush();
+          }
+        }
+      }
+    }
+  }
+  flush();
+  return tiles;
+}
+
+// The filters (out_channels x C x kh x kw bfloat16 bits) as panels of NR output channels, each
+// [tap][channel pair][NR lanes] pair words; channels past C and lanes past out_channels zero.
+at::Tensor pack_filters(const uint16_t* w, const Conv2dShape& s, int64_t pairs, bool keep) {
+  const int64_t taps = s.g.kh * s.g.kw, panels = (s.out_channels + NR - 1) / NR, panel = taps * pairs * NR * 2;
+  const auto opts = at::TensorOptions().dtype(at::kBFloat16);
+  at::Tensor out = keep ? at::empty({panels * panel}, opts)
+                        : at::from_blob(scratch<uint16_t>(Scratch::conv_wpack, panels * panel), {panels * panel}, opts);
+  uint16_t* dst = reinterpret_cast<uint16_t*>(out.data_ptr());
+  const int64_t C = s.in_channels;
+  at::parallel_for(0, panels, 1, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      for (int64_t t = 0; t < taps; ++t) {
+        for (int64_t p = 0; p < pairs; ++p) {
+          uint16_t* o = dst + j * panel + (t * pairs + p) * NR * 2;
+          for (int64_t l = 0; l < NR; ++l) {
+            const int64_t k = j * NR + l;
+            for (int64_t e = 0; e < 2; ++e) {
+              const int64_t c = 2 * p + e;
+              o[2 * l + e] = k < s.out_channels && c < C ? w[(k * C + c) * taps + t] : uint16_t(0);
+            }
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+bool bf16_direct_applies(const Conv2dShape& s) { return s.groups == 1 && s.g.kh <= 16 && s.g.kw <= 16; }
+
+// Measured on AMD Zen 4 (2 threads, batch 8; tools in README): provisional, refined below.
+bool bf16_direct_preferred(const Conv2dShape& s) { return s.in_channels >= 16; }
+
+const Bf16DirectKernels* bf16_direct_native() {
+  return active_isa() >= Isa::avx512_bf16 ? &bf16_direct_avx512bf16 : nullptr;
+}
+
+void conv2d_bf16_direct(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& w, const at::Tensor& bias,
+                        at::Tensor& out, const Conv2dShape& s, const Bf16DirectKernels& kernels) {
+  const auto& g = s.g;
+  const int64_t C = s.in_channels, pairs = (C + 1) / 2, hp = g.in_h + 2 * g.ph, wp = g.in_w + 2 * g.pw;
+  const int64_t taps = g.kh * g.kw, panel = taps * pairs * NR * 2, panels = (s.out_channels + NR - 1) / NR;
+  const auto bits = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr()); };
+  // 1. The input, zero-padded NHWC pair words (pairs words a pixel).
+  uint32_t* xp = scratch<uint32_t>(Scratch::conv_pad, s.batch * hp * wp * pairs);
+  const uint16_t* xb = bits(x);
+  at::parallel_for(0, s.batch * hp, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / hp, h = r % hp - g.ph;
+      uint32_t* row = xp + r * wp * pairs;
+      if (h < 0 || h >= g.in_h) {
+        std::fill(row, row + wp * pairs, 0u);
+        continue;
+      }
+      std::fill(row, row + g.pw * pairs, 0u);
+      std::fill(row + (g.pw + g.in_w) * pairs, row + wp * pairs, 0u);
+      kernels.pair_rows(xb + (n * C * g.in_h + h) * g.in_w, g.in_h * g.in_w, C, g.in_w, row + g.pw * pairs, pairs);
+    }
+  });
+  // 2. The filters, cached for a weight that does not require grad (the layout is the same on every ISA).
+  const at::Tensor packed = WeightCache::instance().get(weight, WeightCache::bf16_direct_filters(), [&] {
+    return pack_filters(bits(w), s, pairs, WeightCache::cacheable(weight));
+  });
+  const uint16_t* bp = bits(packed);
+  // 3. The tiles.
+  const std::vector<Tile> tiles = plan_tiles(s, hp, wp);
+  const int64_t ntiles = static_cast<int64_t>(tiles.size()), plane = g.out_h * g.out_w;
+  const uint16_t* xb16 = reinterpret_cast<const uint16_t*>(xp);
+  uint16_t* ob = reinterpret_cast<uint16_t*>(out.data_ptr());
+  const uint16_t* biasb = bias.defined() ? bits(bias) : nullptr;
+  // 4. (panel, tile) products, panel-major.
+  at::parallel_for(0, panels * ntiles, 1, [&](int64_t u0, int64_t u1) {
+    alignas(64) uint16_t result[MR * NR];
+    alignas(64) float add[NR];
+    std::vector<Bf16Tap> tap_list(static_cast<size_t>(taps));
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t j = u / ntiles;
+      const int64_t lanes = std::min<int64_t>(NR, s.out_channels - j * NR);
+      if (u == u0 || u % ntiles == 0) {   // this panel's biases
+        for (int64_t l = 0; l < NR; ++l) add[l] = biasb != nullptr && l < lanes ? bf16_bits_to_float(biasb[j * NR + l]) : 0.0f;
+      }
+      const Tile& t = tiles[static_cast<size_t>(u % ntiles)];
+      int nt = 0;
+      for (int64_t i = 0; i < g.kh; ++i) {
+        if (!(t.row_taps >> i & 1u)) continue;
+        for (int64_t jj = 0; jj < g.kw; ++jj) {
+          if (!(t.col_taps >> jj & 1u)) continue;
+          tap_list[nt++] = Bf16Tap{(i * g.dh * wp + jj * g.dw) * 2 * pairs, (i * g.kw + jj) * pairs * NR * 2};
+        }
+      }
+      const uint16_t* rows[MR];
+      for (int r = 0; r < MR; ++r) rows[r] = xb16 + t.in[r] * 2 * pairs;
+      kernels.tile(rows, tap_list.data(), nt, pairs, bp + j * panel, add, result);
+      for (int64_t l = 0; l < lanes; ++l) {
+        uint16_t* o = ob + (j * NR + l) * plane;
+        for (int r = 0; r < t.rows; ++r) o[t.out[r]] = result[r * NR + l];
+      }
+    }
+  });
+}
+
+namespace {
+
+// For tests (fastconv_testing, outside fastconv's op table): the bfloat16 direct convolution on a
+// chosen build of its kernels, "emulated" (the portable vdpbf16ps, on every machine) or
+// "avx512_bf16" (the real instruction, refused where the CPU lacks it). Batched NCHW input, groups 1.
+at::Tensor conv2d_bf16_direct_path(const at::Tensor& input, const at::Tensor& weight,
+                                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                   at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view path) {
+  constexpr const char* op = "fastconv_testing::conv2d_bf16_direct: ";
+  const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, 1, "direct", "conv2d_bf16_direct");
+  TORCH_CHECK(input.scalar_type() == at::kBFloat16 && input.dim() == 4, op, "expected a 4-D bfloat16 input");
+  const std::string_view name(path.data(), path.size());
+  TORCH_CHECK(name == "emulated" || name == "avx512_bf16", op, "unknown path '", name, "' (emulated, avx512_bf16)");
+  TORCH_CHECK(name == "emulated" || best_supported_isa() >= Isa::avx512_bf16, op, "this CPU has no AVX512-BF16");
+  at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  conv2d_bf16_direct(input.contiguous(), weight, weight.contiguous(), b, out, s,
+                     name == "emulated" ? bf16_direct_emulated : bf16_direct_avx512bf16);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastconv_testing, m) {
+  m.def("conv2d_bf16_direct(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+        "int[2] dilation, str path) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fastconv_testing, CPU, m) { m.impl("conv2d_bf16_direct", &conv2d_bf16_direct_path); }
+
+}  // namespace fastconv::cpu
