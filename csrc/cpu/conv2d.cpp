@@ -483,14 +483,15 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
   return in_format(out, s.format);
 }
 
-// Half precision. algorithm="auto" picks as in float32 (Winograd for 3x3 stride-1 layers of 64+
-// channels): Winograd's float32 transforms and GEMMs (conv2d_winograd.cpp, the filter transform cached
-// for the caller's bfloat16 weight) measured faster than im2col on the bfloat16 kernel on all four of
-// ResNet-18's 3x3 layers (AMD Zen 4, 2 threads, batch 8: 4.7 against 5.6 ms on conv2_x, 3.6 against
-// 5.7 on conv3_x). im2col in bfloat16 where the CPU has a bfloat16 kernel (vdpbf16ps or AMX): the
-// columns lowered straight into its panels, products summed in float32 and rounded once to nearest
-// even (Bf16Engine). Otherwise (float16; direct; no such kernel; 1x1 convolutions and planes too large
-// to pad): the operands widened to float32 (exact), the float32 kernels, the output rounded once.
+// Half precision. bfloat16 where the CPU has the bfloat16 dot product: algorithm="direct", and "auto"
+// by conv2d_bf16_direct.cpp's measured rule (most layers of 16+ input and 64+ output channels), run the
+// direct kernel (conv2d_bf16_direct.h: products summed in float32 and rounded once, as torch's
+// bfloat16 convolution). Otherwise "auto" picks as in float32: Winograd's float32 transforms and
+// GEMMs (conv2d_winograd.cpp, the filter transform cached for the caller's weight), or im2col -- in
+// bfloat16 on the bfloat16 kernel (vdpbf16ps or AMX) where there is one, the columns lowered straight
+// into its panels (Bf16Engine); otherwise (float16; direct without the dot product; 1x1 convolutions
+// and planes too large to pad) the operands widened to float32 (exact), the float32 kernels, the
+// output rounded once.
 at::Tensor conv2d_half(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& b, const Conv2dShape& s) {
   if (c10::multiply_integers(conv2d_output_sizes(s)) == 0) {
     return in_format(at::empty(conv2d_output_sizes(s), input.options()), s.format);

@@ -120,8 +120,17 @@ at::Tensor pack_filters(const uint16_t* w, const Conv2dShape& s, int64_t pairs, 
 
 bool bf16_direct_applies(const Conv2dShape& s) { return s.groups == 1 && s.g.kh <= 16 && s.g.kw <= 16; }
 
-// Measured on AMD Zen 4 (2 threads, batch 8; tools in README): provisional, refined below.
-bool bf16_direct_preferred(const Conv2dShape& s) { return s.in_channels >= 16; }
+// algorithm="auto" in bfloat16, measured on AMD Zen 4 (2 threads, batch 8, ResNet-18's layers at 224
+// and 112 pixels): direct beat im2col on the bfloat16 kernel and float32 Winograd on every 3x3 layer
+// (by 1.1-1.6x at 14x14 and below, where Winograd's tiles and im2col's panels are mostly edge, and the
+// skipped padding taps are 5-31% of the work), and on 1x1 stride-1 layers. It loses where a panel's
+// 64 channels are mostly empty (16 or 32 output channels: 2-3x slower than im2col), on the 3-channel
+// stem (each tap's run of channels too short), and on 1x1 stride-2 layers (the NHWC copy moves four
+// pixels for each one read: 2x slower at 56x56).
+bool bf16_direct_preferred(const Conv2dShape& s) {
+  const bool strided_pointwise = s.g.kh == 1 && s.g.kw == 1 && (s.g.sh > 1 || s.g.sw > 1);
+  return s.in_channels >= 16 && s.out_channels >= 64 && !strided_pointwise;
+}
 
 const Bf16DirectKernels* bf16_direct_native() {
   return active_isa() >= Isa::avx512_bf16 ? &bf16_direct_avx512bf16 : nullptr;
@@ -160,18 +169,27 @@ void conv2d_bf16_direct(const at::Tensor& x, const at::Tensor& weight, const at:
   const uint16_t* xb16 = reinterpret_cast<const uint16_t*>(xp);
   uint16_t* ob = reinterpret_cast<uint16_t*>(out.data_ptr());
   const uint16_t* biasb = bias.defined() ? bits(bias) : nullptr;
-  // 4. (panel, tile) products, panel-major.
+  // 4. (panel, tile) products in chunks of tiles, panels within a chunk. Where the input outweighs the
+  // filters, a chunk's input (its positions' pixels, about a quarter of the L2 cache) is reused from
+  // cache by every panel; otherwise one chunk of all tiles, each panel's filters reused by every tile.
+  const int64_t in_bytes = s.batch * hp * wp * pairs * 4, w_bytes = panels * panel * 2;
+  const int64_t chunk_positions = l2_cache_bytes() / 4 / std::max<int64_t>(1, g.sh * g.sw * pairs * 4);
+  const int64_t chunk = in_bytes > w_bytes ? std::clamp<int64_t>(chunk_positions / MR, 1, ntiles) : ntiles;
   at::parallel_for(0, panels * ntiles, 1, [&](int64_t u0, int64_t u1) {
     alignas(64) uint16_t result[MR * NR];
     alignas(64) float add[NR];
     std::vector<Bf16Tap> tap_list(static_cast<size_t>(taps));
+    int64_t loaded = -1;   // the panel whose biases `add` holds
     for (int64_t u = u0; u < u1; ++u) {
-      const int64_t j = u / ntiles;
+      // chunk c holds tiles [c * chunk, c * chunk + size), its units panel-major within it
+      const int64_t c = u / (panels * chunk), first = c * chunk, size = std::min(chunk, ntiles - first);
+      const int64_t j = (u - first * panels) / size, i = first + (u - first * panels) % size;
       const int64_t lanes = std::min<int64_t>(NR, s.out_channels - j * NR);
-      if (u == u0 || u % ntiles == 0) {   // this panel's biases
+      if (j != loaded) {
         for (int64_t l = 0; l < NR; ++l) add[l] = biasb != nullptr && l < lanes ? bf16_bits_to_float(biasb[j * NR + l]) : 0.0f;
+        loaded = j;
       }
-      const Tile& t = tiles[static_cast<size_t>(u % ntiles)];
+      const Tile& t = tiles[static_cast<size_t>(i)];
       int nt = 0;
       for (int64_t i = 0; i < g.kh; ++i) {
         if (!(t.row_taps >> i & 1u)) continue;
