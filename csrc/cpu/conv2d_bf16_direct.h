@@ -13,8 +13,9 @@
 //      of kBf16MR positions; a tile multiplies only the taps some of its positions need (the others
 //      read the zero padding), which spares 18-31% of the products on ResNet's 7x7 and 4x4 layers;
 //   4. each (64 channels, tile) product: one micro-kernel call over the tile's taps (conv2d_bf16_direct.inc),
-//      its float32 tile plus bias rounded into the NCHW output. Parallel over those pairs, channel
-//      panels outermost so a panel's filters are reused from cache by the tiles of a thread.
+//      its float32 tile plus bias rounded into the NCHW output. Parallel over those pairs, in chunks
+//      of tiles that every panel visits in turn (a chunk's input reused from cache) where the input
+//      outweighs the filters, else panels outermost (a panel's filters reused by every tile).
 #pragma once
 
 #include <ATen/core/Tensor.h>
