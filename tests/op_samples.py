@@ -109,10 +109,15 @@ def _conv2d(device):
         b = torch.randn(w_shape[0], device=device, requires_grad=True) if bias else None
         samples.append(((x, w, b, s, p, d, g, algo), {}))
     # half precision (CUDA: float32 inside until the tensor-core kernels)
-    for dtype, algo in [(torch.bfloat16, "im2col"), (torch.float16, "winograd_4x4")]:
-        x = torch.randn(2, 4, 6, 6, device=device).to(dtype).requires_grad_(True)
-        w = torch.randn(5, 4, 3, 3, device=device).to(dtype).requires_grad_(True)
-        b = torch.randn(5, device=device).to(dtype).requires_grad_(True)
+    # (bfloat16 "direct" and "auto" with 16+ in, 64+ out channels: the bfloat16 direct kernel where the
+    # CPU has vdpbf16ps; channels-last in, channels-last out)
+    for dtype, algo, cin, cout, mf in [(torch.bfloat16, "im2col", 4, 5, torch.contiguous_format),
+                                       (torch.float16, "winograd_4x4", 4, 5, torch.contiguous_format),
+                                       (torch.bfloat16, "direct", 17, 66, torch.contiguous_format),
+                                       (torch.bfloat16, "auto", 16, 64, torch.channels_last)]:
+        x = torch.randn(2, cin, 6, 6, device=device).to(dtype).contiguous(memory_format=mf).requires_grad_(True)
+        w = torch.randn(cout, cin, 3, 3, device=device).to(dtype).requires_grad_(True)
+        b = torch.randn(cout, device=device).to(dtype).requires_grad_(True)
         samples.append(((x, w, b, [1, 1], [1, 1], [1, 1], 1, algo), {}))
     return samples
 

@@ -52,6 +52,19 @@ def test_emulated_kernel_by_the_rule():
             check_rule(ours, TF.conv2d(x, w, b, s2, p2, d2), ref, f"emulated {x_shape} {w_shape} s={s} p={p} d={d}")
 
 
+def test_images_in_bundles_give_the_whole_batchs_bits():
+    """The NHWC copy is bounded (a bundle of images at a time, at least one): bundles of 2, 2 and 1
+    image, or one image each, give the bits of the whole batch in one bundle."""
+    x, w, b = _case((5, 6, 7, 5), (66, 6, 3, 3), seed=30)
+    args = (x, w, b, (1, 1), (1, 1), (1, 1), "emulated")
+    image = 9 * 7 * 3 * 4   # one padded image: 9 x 7 pixels, 3 channel pairs of 4 bytes
+    whole = direct_path(*args)
+    for workspace in (2 * image, 1):
+        assert torch.equal(direct_path(*args, workspace), whole), f"workspace {workspace}"
+    with pytest.raises(RuntimeError, match="workspace of at least 0 bytes"):
+        direct_path(*args, -1)
+
+
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no AVX512-BF16 (the emulation is tested above)")
 def test_real_kernel_gives_the_emulations_bits():
     for i, (x_shape, w_shape, s, p, d) in enumerate(SHAPES):

@@ -42,7 +42,6 @@ namespace {
 
 constexpr const char* kForward = "conv2d";
 constexpr const char* kBackward = "conv2d_backward";
-constexpr size_t kWorkspaceBytes = size_t(64) << 20;
 // Columns lowered per GEMM in the forward pass (one K block of a chunk of positions): about a third of
 // a 1 MiB L2, so that they, the packed weights' K block and the output rows stay there. Measured on
 // ResNet-18's 3x3 layers (2 threads): 256-768 KiB all beat whole images; 384 KiB was the best.
@@ -493,26 +492,25 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
 // and planes too large to pad) the operands widened to float32 (exact), the float32 kernels, the
 // output rounded once.
 at::Tensor conv2d_half(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& b, const Conv2dShape& s) {
-  if (c10::multiply_integers(conv2d_output_sizes(s)) == 0) {
-    return in_format(at::empty(conv2d_output_sizes(s), input.options()), s.format);
-  }
+  const std::vector<int64_t> sizes = conv2d_output_sizes(s);
+  if (c10::multiply_integers(sizes) == 0) return in_format(at::empty(sizes, input.options()), s.format);
+  // Below, every output has elements.
   const Bf16DirectKernels* direct = input.scalar_type() == at::kBFloat16 ? bf16_direct_native() : nullptr;
   if (direct != nullptr && bf16_direct_applies(s) &&
       (s.algorithm == Conv2dAlgorithm::direct || (s.chosen && bf16_direct_preferred(s)))) {
-    at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
-    if (out.numel() > 0) conv2d_bf16_direct(input.contiguous(), weight, weight.contiguous(), b, out, s, *direct);
+    at::Tensor out = at::empty(sizes, input.options());
+    conv2d_bf16_direct(input.contiguous(), weight, weight.contiguous(), b, out, s, *direct);
     return in_format(out, s.format);
   }
   if (const int m = winograd_tile(s.algorithm)) {
-    at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
-    if (out.numel() > 0) conv2d_winograd_forward(input.contiguous(), weight, b, out, s, m);
+    at::Tensor out = at::empty(sizes, input.options());
+    conv2d_winograd_forward(input.contiguous(), weight, b, out, s, m);
     return in_format(out, s.format);
   }
   const int64_t bundle = packed_bundle(s, input.element_size());
   if (input.scalar_type() == at::kBFloat16 && gemm_bf16_native() && s.algorithm == Conv2dAlgorithm::im2col &&
       bundle > 0) {
-    at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
-    if (out.numel() == 0) return in_format(out, s.format);
+    at::Tensor out = at::empty(sizes, input.options());
     const at::Tensor x = input.contiguous(), w = weight.contiguous();
     using BF = c10::BFloat16;
     const at::Tensor wpacked = packed_filters<Bf16Engine>(weight, w.data_ptr<BF>(), s, false);

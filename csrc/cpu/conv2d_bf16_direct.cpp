@@ -4,15 +4,12 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
-#include <vector>
-
-#include <torch/library.h>
-
 #include <string_view>
+#include <vector>
 
 #include "common/checks.h"
 #include "common/weight_cache.h"
@@ -43,20 +40,27 @@ struct Tile {
   uint32_t row_taps, col_taps;
 };
 
-// The positions grouped by their tap masks (row mask, then column mask; raster order within a group,
-// so a tile's pixels are neighbours), cut into tiles of MR.
-std::vector<Tile> plan_tiles(const Conv2dShape& s, int64_t hp, int64_t wp) {
+// The positions of `batch` images grouped by their tap masks (row mask, then column mask; raster order
+// within a group, so a tile's pixels are neighbours), cut into tiles of MR. Output offsets are from
+// the first image's.
+std::vector<Tile> plan_tiles(const Conv2dShape& s, int64_t batch, int64_t hp, int64_t wp) {
   const auto& g = s.g;
-  std::vector<uint32_t> rmask(g.out_h), cmask(g.out_w);
-  for (int64_t o = 0; o < g.out_h; ++o) rmask[o] = tap_mask(o, g.kh, g.sh, g.ph, g.dh, g.in_h);
-  for (int64_t o = 0; o < g.out_w; ++o) cmask[o] = tap_mask(o, g.kw, g.sw, g.pw, g.dw, g.in_w);
-  std::vector<uint32_t> rows(rmask), cols(cmask);
-  for (auto* v : {&rows, &cols}) {
-    std::sort(v->begin(), v->end());
-    v->erase(std::unique(v->begin(), v->end()), v->end());
-  }
+  // The rows (columns) of each distinct mask, masks in increasing order.
+  const auto classes = [](int64_t count, const auto& mask_of) {
+    std::vector<std::pair<uint32_t, std::vector<int64_t>>> out;
+    for (int64_t o = 0; o < count; ++o) {
+      const uint32_t m = mask_of(o);
+      auto it = std::find_if(out.begin(), out.end(), [&](const auto& c) { return c.first == m; });
+      if (it == out.end()) it = out.insert(out.end(), {m, {}});
+      it->second.push_back(o);
+    }
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    return out;
+  };
+  const auto rows = classes(g.out_h, [&](int64_t o) { return tap_mask(o, g.kh, g.sh, g.ph, g.dh, g.in_h); });
+  const auto cols = classes(g.out_w, [&](int64_t o) { return tap_mask(o, g.kw, g.sw, g.pw, g.dw, g.in_w); });
   std::vector<Tile> tiles;
-  tiles.reserve(static_cast<size_t>((s.batch * g.out_h * g.out_w + MR - 1) / MR));
+  tiles.reserve(static_cast<size_t>((batch * g.out_h * g.out_w + MR - 1) / MR));
   Tile cur{};
   const auto flush = [&] {
     if (cur.rows == 0) return;
@@ -67,13 +71,11 @@ std::vector<Tile> plan_tiles(const Conv2dShape& s, int64_t hp, int64_t wp) {
     tiles.push_back(cur);
     cur = Tile{};
   };
-  for (uint32_t rm : rows) {
-    for (uint32_t cm : cols) {
-      for (int64_t n = 0; n < s.batch; ++n) {
-        for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          if (rmask[oh] != rm) continue;
-          for (int64_t ow = 0; ow < g.out_w; ++ow) {
-            if (cmask[ow] != cm) continue;
+  for (const auto& [rm, ohs] : rows) {
+    for (const auto& [cm, ows] : cols) {
+      for (int64_t n = 0; n < batch; ++n) {
+        for (int64_t oh : ohs) {
+          for (int64_t ow : ows) {
             cur.in[cur.rows] = (n * hp + oh * g.sh) * wp + ow * g.sw;
             cur.out[cur.rows] = n * s.out_channels * g.out_h * g.out_w + oh * g.out_w + ow;
             cur.row_taps |= rm;
@@ -118,7 +120,7 @@ at::Tensor pack_filters(const uint16_t* w, const Conv2dShape& s, int64_t pairs, 
 
 }  // namespace
 
-bool bf16_direct_applies(const Conv2dShape& s) { return s.groups == 1 && s.g.kh <= 16 && s.g.kw <= 16; }
+bool bf16_direct_applies(const Conv2dShape& s) { return s.groups == 1 && s.g.kh <= 32 && s.g.kw <= 32; }
 
 // algorithm="auto" in bfloat16, measured on AMD Zen 4 (2 threads, batch 8, ResNet-18's layers at 224
 // and 112 pixels): direct beat im2col on the bfloat16 kernel and float32 Winograd on every 3x3 layer
@@ -137,97 +139,111 @@ const Bf16DirectKernels* bf16_direct_native() {
 }
 
 void conv2d_bf16_direct(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& w, const at::Tensor& bias,
-                        at::Tensor& out, const Conv2dShape& s, const Bf16DirectKernels& kernels) {
+                        at::Tensor& out, const Conv2dShape& s, const Bf16DirectKernels& kernels,
+                        int64_t workspace_bytes) {
   const auto& g = s.g;
   const int64_t C = s.in_channels, pairs = (C + 1) / 2, hp = g.in_h + 2 * g.ph, wp = g.in_w + 2 * g.pw;
   const int64_t taps = g.kh * g.kw, panel = taps * pairs * NR * 2, panels = (s.out_channels + NR - 1) / NR;
+  const int64_t plane = g.out_h * g.out_w, image_words = hp * wp * pairs;
   const auto bits = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr()); };
-  // 1. The input, zero-padded NHWC pair words (pairs words a pixel).
-  uint32_t* xp = scratch<uint32_t>(Scratch::conv_pad, s.batch * hp * wp * pairs);
-  const uint16_t* xb = bits(x);
-  at::parallel_for(0, s.batch * hp, 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / hp, h = r % hp - g.ph;
-      uint32_t* row = xp + r * wp * pairs;
-      if (h < 0 || h >= g.in_h) {
-        std::fill(row, row + wp * pairs, 0u);
-        continue;
-      }
-      std::fill(row, row + g.pw * pairs, 0u);
-      std::fill(row + (g.pw + g.in_w) * pairs, row + wp * pairs, 0u);
-      kernels.pair_rows(xb + (n * C * g.in_h + h) * g.in_w, g.in_h * g.in_w, C, g.in_w, row + g.pw * pairs, pairs);
-    }
-  });
-  // 2. The filters, cached for a weight that does not require grad (the layout is the same on every ISA).
+  // The filters, cached for a weight that does not require grad (the layout is the same on every ISA).
   const at::Tensor packed = WeightCache::instance().get(weight, WeightCache::bf16_direct_filters(), [&] {
     return pack_filters(bits(w), s, pairs, WeightCache::cacheable(weight));
   });
   const uint16_t* bp = bits(packed);
-  // 3. The tiles.
-  const std::vector<Tile> tiles = plan_tiles(s, hp, wp);
-  const int64_t ntiles = static_cast<int64_t>(tiles.size()), plane = g.out_h * g.out_w;
-  const uint16_t* xb16 = reinterpret_cast<const uint16_t*>(xp);
-  uint16_t* ob = reinterpret_cast<uint16_t*>(out.data_ptr());
   const uint16_t* biasb = bias.defined() ? bits(bias) : nullptr;
-  // 4. (panel, tile) products in chunks of tiles, panels within a chunk. Where the input outweighs the
-  // filters, a chunk's input (its positions' pixels, about a quarter of the L2 cache) is reused from
-  // cache by every panel; otherwise one chunk of all tiles, each panel's filters reused by every tile.
-  const int64_t in_bytes = s.batch * hp * wp * pairs * 4, w_bytes = panels * panel * 2;
-  const int64_t chunk_positions = l2_cache_bytes() / 4 / std::max<int64_t>(1, g.sh * g.sw * pairs * 4);
-  const int64_t chunk = in_bytes > w_bytes ? std::clamp<int64_t>(chunk_positions / MR, 1, ntiles) : ntiles;
-  at::parallel_for(0, panels * ntiles, 1, [&](int64_t u0, int64_t u1) {
-    alignas(64) uint16_t result[MR * NR];
-    alignas(64) float add[NR];
-    std::vector<Bf16Tap> tap_list(static_cast<size_t>(taps));
-    int64_t loaded = -1;   // the panel whose biases `add` holds
-    for (int64_t u = u0; u < u1; ++u) {
-      // chunk c holds tiles [c * chunk, c * chunk + size), its units panel-major within it
-      const int64_t c = u / (panels * chunk), first = c * chunk, size = std::min(chunk, ntiles - first);
-      const int64_t j = (u - first * panels) / size, i = first + (u - first * panels) % size;
-      const int64_t lanes = std::min<int64_t>(NR, s.out_channels - j * NR);
-      if (j != loaded) {
-        for (int64_t l = 0; l < NR; ++l) add[l] = biasb != nullptr && l < lanes ? bf16_bits_to_float(biasb[j * NR + l]) : 0.0f;
-        loaded = j;
+  // Bundles of images whose NHWC copy fits the workspace (at least one image).
+  const int64_t bundle = std::clamp<int64_t>(workspace_bytes / std::max<int64_t>(1, image_words * 4), 1, s.batch);
+  uint32_t* xp = scratch<uint32_t>(Scratch::conv_pad, bundle * image_words);
+  const uint16_t* xb16 = reinterpret_cast<const uint16_t*>(xp);
+  std::vector<Tile> tiles;
+  for (int64_t n0 = 0; n0 < s.batch; n0 += bundle) {
+    const int64_t nb = std::min(bundle, s.batch - n0);
+    // 1. The bundle's input, zero-padded NHWC pair words (pairs words a pixel).
+    const uint16_t* xb = bits(x) + n0 * C * g.in_h * g.in_w;
+    at::parallel_for(0, nb * hp, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / hp, h = r % hp - g.ph;
+        uint32_t* row = xp + r * wp * pairs;
+        if (h < 0 || h >= g.in_h) {
+          std::fill(row, row + wp * pairs, 0u);
+          continue;
+        }
+        std::fill(row, row + g.pw * pairs, 0u);
+        std::fill(row + (g.pw + g.in_w) * pairs, row + wp * pairs, 0u);
+        kernels.pair_rows(xb + (n * C * g.in_h + h) * g.in_w, g.in_h * g.in_w, C, g.in_w, row + g.pw * pairs, pairs);
       }
-      const Tile& t = tiles[static_cast<size_t>(i)];
-      int nt = 0;
-      for (int64_t i = 0; i < g.kh; ++i) {
-        if (!(t.row_taps >> i & 1u)) continue;
-        for (int64_t jj = 0; jj < g.kw; ++jj) {
-          if (!(t.col_taps >> jj & 1u)) continue;
-          tap_list[nt++] = Bf16Tap{(i * g.dh * wp + jj * g.dw) * 2 * pairs, (i * g.kw + jj) * pairs * NR * 2};
+    });
+    // 2. Its tiles (the same for every full bundle).
+    if (n0 == 0 || nb != bundle) tiles = plan_tiles(s, nb, hp, wp);
+    const int64_t ntiles = static_cast<int64_t>(tiles.size());
+    uint16_t* ob = reinterpret_cast<uint16_t*>(out.data_ptr()) + n0 * s.out_channels * plane;
+    // 3. (panel, tile) products in chunks of tiles, panels within a chunk. Where the input outweighs the
+    // filters, a chunk's input (its positions' pixels, about a quarter of the L2 cache) is reused from
+    // cache by every panel; otherwise one chunk of all tiles, each panel's filters reused by every tile.
+    const int64_t in_bytes = nb * image_words * 4, w_bytes = panels * panel * 2;
+    const int64_t chunk_positions = l2_cache_bytes() / 4 / std::max<int64_t>(1, g.sh * g.sw * pairs * 4);
+    const int64_t chunk = in_bytes > w_bytes ? std::clamp<int64_t>(chunk_positions / MR, 1, ntiles) : ntiles;
+    at::parallel_for(0, panels * ntiles, 1, [&](int64_t u0, int64_t u1) {
+      alignas(64) uint16_t result[MR * NR];
+      alignas(64) float add[NR];
+      std::vector<Bf16Tap> tap_list(static_cast<size_t>(taps));
+      int64_t loaded = -1;   // the panel whose biases `add` holds
+      for (int64_t u = u0; u < u1; ++u) {
+        // chunk c holds tiles [c * chunk, c * chunk + size), its units panel-major within it
+        const int64_t c = u / (panels * chunk), first = c * chunk, size = std::min(chunk, ntiles - first);
+        const int64_t j = (u - first * panels) / size, tile = first + (u - first * panels) % size;
+        const int64_t lanes = std::min<int64_t>(NR, s.out_channels - j * NR);
+        if (j != loaded) {
+          for (int64_t l = 0; l < NR; ++l) {
+            add[l] = biasb != nullptr && l < lanes ? bf16_bits_to_float(biasb[j * NR + l]) : 0.0f;
+          }
+          loaded = j;
+        }
+        const Tile& t = tiles[static_cast<size_t>(tile)];
+        int nt = 0;
+        for (int64_t ti = 0; ti < g.kh; ++ti) {
+          if (!(t.row_taps >> ti & 1u)) continue;
+          for (int64_t tj = 0; tj < g.kw; ++tj) {
+            if (!(t.col_taps >> tj & 1u)) continue;
+            tap_list[nt++] = Bf16Tap{(ti * g.dh * wp + tj * g.dw) * 2 * pairs, (ti * g.kw + tj) * pairs * NR * 2};
+          }
+        }
+        const uint16_t* rows[MR];
+        for (int r = 0; r < MR; ++r) rows[r] = xb16 + t.in[r] * 2 * pairs;
+        kernels.tile(rows, tap_list.data(), nt, pairs, bp + j * panel, add, result);
+        for (int64_t l = 0; l < lanes; ++l) {
+          uint16_t* o = ob + (j * NR + l) * plane;
+          for (int r = 0; r < t.rows; ++r) o[t.out[r]] = result[r * NR + l];
         }
       }
-      const uint16_t* rows[MR];
-      for (int r = 0; r < MR; ++r) rows[r] = xb16 + t.in[r] * 2 * pairs;
-      kernels.tile(rows, tap_list.data(), nt, pairs, bp + j * panel, add, result);
-      for (int64_t l = 0; l < lanes; ++l) {
-        uint16_t* o = ob + (j * NR + l) * plane;
-        for (int r = 0; r < t.rows; ++r) o[t.out[r]] = result[r * NR + l];
-      }
-    }
-  });
+    });
+  }
 }
 
 namespace {
 
 // For tests (fastconv_testing, outside fastconv's op table): the bfloat16 direct convolution on a
 // chosen build of its kernels, "emulated" (the portable vdpbf16ps, on every machine) or
-// "avx512_bf16" (the real instruction, refused where the CPU lacks it). Batched NCHW input, groups 1.
+// "avx512_bf16" (the real instruction, refused where the CPU lacks it). Batched NCHW input, groups 1;
+// `workspace` (bytes, 0: the default) bounds the NHWC copy, so tests can make it take several bundles.
 at::Tensor conv2d_bf16_direct_path(const at::Tensor& input, const at::Tensor& weight,
                                    const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                                   at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view path) {
+                                   at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view path,
+                                   int64_t workspace) {
   constexpr const char* op = "fastconv_testing::conv2d_bf16_direct: ";
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, 1, "direct", "conv2d_bf16_direct");
   TORCH_CHECK(input.scalar_type() == at::kBFloat16 && input.dim() == 4, op, "expected a 4-D bfloat16 input");
   const std::string_view name(path.data(), path.size());
   TORCH_CHECK(name == "emulated" || name == "avx512_bf16", op, "unknown path '", name, "' (emulated, avx512_bf16)");
   TORCH_CHECK(name == "emulated" || best_supported_isa() >= Isa::avx512_bf16, op, "this CPU has no AVX512-BF16");
+  TORCH_CHECK(workspace >= 0, op, "expected a workspace of at least 0 bytes, but got ", workspace);
   at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
   if (out.numel() == 0) return out;
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   conv2d_bf16_direct(input.contiguous(), weight, weight.contiguous(), b, out, s,
-                     name == "emulated" ? bf16_direct_emulated : bf16_direct_avx512bf16);
+                     name == "emulated" ? bf16_direct_emulated : bf16_direct_avx512bf16,
+                     workspace > 0 ? workspace : int64_t(kWorkspaceBytes));
   return out;
 }
 
@@ -235,7 +251,7 @@ at::Tensor conv2d_bf16_direct_path(const at::Tensor& input, const at::Tensor& we
 
 TORCH_LIBRARY_FRAGMENT(fastconv_testing, m) {
   m.def("conv2d_bf16_direct(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
-        "int[2] dilation, str path) -> Tensor");
+        "int[2] dilation, str path, int workspace=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastconv_testing, CPU, m) { m.impl("conv2d_bf16_direct", &conv2d_bf16_direct_path); }

@@ -4,7 +4,7 @@
 // once to nearest even, as torch's bfloat16 convolution does.
 //
 // Per call:
-//   1. the input copied into padded NHWC pair words (channels innermost, a zero channel appended to
+//   1. the input copied into padded NHWC pair words, a bundle of images at a time (kWorkspaceBytes) (channels innermost, a zero channel appended to
 //      an odd count): a pixel's channels are then the K run of every tap;
 //   2. the filters packed per 64 output channels as [tap][channel pair][64 lanes] pair words (the
 //      WeightCache keeps them for a weight that does not require grad);
@@ -24,10 +24,12 @@
 
 #include "common/conv2d_args.h"
 #include "cpu/gemm_bf16.h"
+#include "cpu/memory.h"
 
 namespace fastconv::cpu {
 
-// Where the direct bfloat16 kernel applies: one group, kernels at most 16 taps on a side (the masks).
+// Where the direct bfloat16 kernel applies: one group, kernels at most 32 taps on a side (a tile's
+// 32-bit row and column tap masks).
 bool bf16_direct_applies(const Conv2dShape& s);
 
 // algorithm="auto" in bfloat16 where the direct kernel applies: see conv2d_bf16_direct.cpp.
@@ -37,8 +39,10 @@ bool bf16_direct_preferred(const Conv2dShape& s);
 const Bf16DirectKernels* bf16_direct_native();
 
 // out (NCHW, bfloat16, s's output sizes) = conv(x, w) + bias by the given kernels; x and w contiguous
-// bfloat16, `weight` the caller's tensor (the cache's key), bias bfloat16 or undefined.
+// bfloat16, `weight` the caller's tensor (the cache's key), bias bfloat16 or undefined; the NHWC copy
+// takes at most workspace_bytes (but always one image).
 void conv2d_bf16_direct(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& w, const at::Tensor& bias,
-                        at::Tensor& out, const Conv2dShape& s, const Bf16DirectKernels& kernels);
+                        at::Tensor& out, const Conv2dShape& s, const Bf16DirectKernels& kernels,
+                        int64_t workspace_bytes = int64_t(kWorkspaceBytes));
 
 }  // namespace fastconv::cpu

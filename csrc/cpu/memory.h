@@ -26,6 +26,11 @@ enum class Scratch {
   count
 };
 
+// The most the convolutions' working copies (im2col's columns and padded planes, the bfloat16 direct
+// kernel's NHWC input) take in all: scratch buffers keep their largest size, so an unbounded copy of a
+// large batch would stay allocated for the life of the thread.
+constexpr size_t kWorkspaceBytes = size_t(64) << 20;
+
 // `bytes` of 64-byte aligned memory for `slot` on the calling thread, uninitialised, valid until the
 // same thread asks for the same slot again. A function holding a slot must not call one that uses it.
 void* scratch_bytes(Scratch slot, size_t bytes);
