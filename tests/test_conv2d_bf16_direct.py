@@ -121,6 +121,26 @@ def test_nan_and_inf_reach_the_outputs_torchs_do(path):
     assert torch.equal(ours.isinf(), theirs.isinf())
 
 
+@pytest.mark.parametrize("path", ["emulated", "avx512_bf16"])
+def test_padding_is_never_multiplied(path):
+    """A tile's positions share their taps, so a tap in the padding is never multiplied: an infinite
+    weight on the top-left tap makes exactly the outputs whose top-left tap reads the image infinite,
+    no NaN (0 * inf) anywhere, whatever shares a tile (torch's bfloat16 convolution on the CPU does
+    the same; a zero-padded float64 reference would give NaN at the edges)."""
+    if path == "avx512_bf16" and not HAS_BF16:
+        pytest.skip("this CPU has no AVX512-BF16")
+    for x_shape in [(1, 16, 6, 6), (3, 16, 4, 5), (2, 16, 1, 7)]:
+        x, w, b = _case(x_shape, (64, 16, 3, 3), seed=8)
+        w[0, 0, 0, 0] = float("inf")
+        out = direct_path(x, w, b, (1, 1), (1, 1), (1, 1), path)
+        oh = torch.arange(x_shape[2]).view(-1, 1)
+        ow = torch.arange(x_shape[3]).view(1, -1)
+        reads = ((oh >= 1) & (ow >= 1)).expand(x_shape[0], -1, -1)
+        assert not out.isnan().any(), x_shape
+        assert torch.equal(out[:, 0].isinf(), reads), x_shape
+        assert out[:, 1:].isfinite().all(), x_shape
+
+
 def test_cached_filters_follow_the_weight_and_inputs_are_untouched():
     """A frozen weight's packed panels are cached; changing the weight in place is seen on the next
     call (the cache compares the weight's bytes), and neither input nor weight is modified."""

@@ -41,8 +41,12 @@ struct Tile {
 };
 
 // The positions of `batch` images grouped by their tap masks (row mask, then column mask; raster order
-// within a group, so a tile's pixels are neighbours), cut into tiles of MR. Output offsets are from
-// the first image's.
+// within a group, so a tile's pixels are neighbours), each group cut into tiles of MR (its last tile
+// partial): a tile's positions need the same taps, so none of them ever multiplies the padding. An
+// infinite weight on a tap that lies in the padding thus gives no NaN, as in torch's bfloat16
+// convolution on the CPU, and every position's sum is the same whatever shares its tile. (Mixing
+// groups in a tile measured no faster: the union of their taps costs what the partial tiles do.)
+// Output offsets are from the first image's.
 std::vector<Tile> plan_tiles(const Conv2dShape& s, int64_t batch, int64_t hp, int64_t wp) {
   const auto& g = s.g;
   // The rows (columns) of each distinct mask, masks in increasing order.
@@ -78,15 +82,15 @@ std::vector<Tile> plan_tiles(const Conv2dShape& s, int64_t batch, int64_t hp, in
           for (int64_t ow : ows) {
             cur.in[cur.rows] = (n * hp + oh * g.sh) * wp + ow * g.sw;
             cur.out[cur.rows] = n * s.out_channels * g.out_h * g.out_w + oh * g.out_w + ow;
-            cur.row_taps |= rm;
-            cur.col_taps |= cm;
+            cur.row_taps = rm;
+            cur.col_taps = cm;
             if (++cur.rows == MR) flush();
           }
         }
       }
+      flush();
     }
   }
-  flush();
   return tiles;
 }
 

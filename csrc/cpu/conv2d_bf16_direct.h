@@ -10,8 +10,8 @@
 //      WeightCache keeps them for a weight that does not require grad);
 //   3. the output positions grouped by which taps fall inside the image (their row and column
 //      masks: an interior pixel has all kh x kw, a corner of a 3x3 padding-1 layer 4), cut into tiles
-//      of kBf16MR positions; a tile multiplies only the taps some of its positions need (the others
-//      read the zero padding), which spares 18-31% of the products on ResNet's 7x7 and 4x4 layers;
+//      of kBf16MR positions within a group; a tile multiplies only its positions' taps (the padding is
+//      never multiplied), which spares 18-31% of the products on ResNet's 7x7 and 4x4 layers;
 //   4. each (64 channels, tile) product: one micro-kernel call over the tile's taps (conv2d_bf16_direct.inc),
 //      its float32 tile plus bias rounded into the NCHW output. Parallel over those pairs, in chunks
 //      of tiles that every panel visits in turn (a chunk's input reused from cache) where the input
