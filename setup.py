@@ -4,9 +4,10 @@ Environment knobs
 -----------------
 FASTCONV_CUDA        unset: build CUDA when possible; 0: CPU only; 1: CUDA required (a missing toolkit
                      or a CPU-only torch is a hard error).
-FASTCONV_CUDA_ARCHS  architectures, e.g. "80;90+PTX", "sm_80,sm_90" or "8.0 9.0+PTX".
-                     Default: TORCH_CUDA_ARCH_LIST when set, else "8.0;9.0+PTX" (sm_80 and sm_90 machine
-                     code, plus PTX for newer GPUs).
+FASTCONV_CUDA_ARCHS  architectures, e.g. "80;90+PTX", "sm_80,sm_90" or "8.0 9.0a 9.0+PTX".
+                     Default: TORCH_CUDA_ARCH_LIST when set, else "8.0;9.0a;9.0+PTX" (sm_80, sm_90a and
+                     sm_90 machine code, plus PTX for newer GPUs). The Hopper GEMM (TMA + wgmma) exists
+                     only in an sm_90a image ("9.0a"); without one, Hopper runs the mma.sync kernel.
 FASTCONV_DEBUG=1     -O0 -g host code and -G device code.
 FASTCONV_SANITIZE    e.g. "address,undefined": build the host code with -fsanitize=... (scripts/asan_check.sh).
 MAX_JOBS             parallel compile jobs; default from cores and free memory (about 2 GiB a job).
@@ -102,8 +103,8 @@ else:
 
 
 def cuda_arch_flags() -> tuple[list[str], str]:
-    """-gencode flags from FASTCONV_CUDA_ARCHS, else TORCH_CUDA_ARCH_LIST, else sm_80 + sm_90 + PTX."""
-    spec = os.environ.get("FASTCONV_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "8.0;9.0+PTX"
+    """-gencode flags from FASTCONV_CUDA_ARCHS, else TORCH_CUDA_ARCH_LIST, else sm_80 + sm_90a + sm_90 + PTX."""
+    spec = os.environ.get("FASTCONV_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "8.0;9.0a;9.0+PTX"
     flags, names = [], []
     for tok in re.split(r"[;,\s]+", spec.strip()):
         if not tok:

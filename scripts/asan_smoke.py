@@ -70,11 +70,12 @@ for isa in reversed(isas[: isas.index(fastconv._C.best_cpu_isa()) + 1]):
         for cell in (fastconv.nn.LSTMCell(I, H, dtype=dt), fastconv.nn.GRUCell(I, H, dtype=dt)):
             out = cell(torch.randn(B, I, dtype=dt, requires_grad=True))
             (out[0] if isinstance(out, tuple) else out).sum().backward(); n += 1
-# The CUDA tensor-core GEMM's block algorithm on its CPU emulation (ISA-independent: once), both
-# layouts of each operand, edges, a copied operand and a c.
+# The CUDA tensor-core GEMMs' block algorithms (mma.sync; TMA + wgmma) on their CPU emulations
+# (ISA-independent: once), both layouts of each operand, edges, a copied operand and a c.
 for (m, nn_, kk), ta, tb in itertools.product([(1,1,1),(129,127,33),(7,260,70)], [False, True], [False, True]):
     a = torch.randn((kk, m) if ta else (m, kk)).bfloat16(); b = torch.randn((nn_, kk) if tb else (kk, nn_)).bfloat16()
-    torch.ops.fastconv_testing.cuda_mma_gemm(a, b, torch.randn(nn_), ta, tb, 1.0, 1.0, torch.float32); n += 1
     a_odd = torch.randn(a.shape[0], a.shape[1] + 1).half()[:, 1:]   # a misaligned start: the glue copies it
-    torch.ops.fastconv_testing.cuda_mma_gemm(a_odd, b.half(), None, ta, tb); n += 1
+    for emulated in (torch.ops.fastconv_testing.cuda_mma_gemm, torch.ops.fastconv_testing.cuda_wgmma_gemm):
+        emulated(a, b, torch.randn(nn_), ta, tb, 1.0, 1.0, torch.float32); n += 1
+        emulated(a_odd, b.half(), None, ta, tb); n += 1
 print("asan smoke ok:", n, "op calls with", fastconv._C.__file__)

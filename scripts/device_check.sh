@@ -21,7 +21,8 @@ nvidia-smi 2>&1 | tee "$out/nvidia-smi.log" || true
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 
 step "build (FASTCONV_CUDA=1, in place)"
-export FASTCONV_CUDA=1 FASTCONV_CUDA_ARCHS=${FASTCONV_CUDA_ARCHS:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+# sm_90a alone: every kernel, the Hopper GEMM (TMA + wgmma) among them, from the one image
+export FASTCONV_CUDA=1 FASTCONV_CUDA_ARCHS=${FASTCONV_CUDA_ARCHS:-9.0a} MAX_JOBS=${MAX_JOBS:-16}
 if ! "$py" setup.py build_ext --inplace > "$out/build.log" 2>&1; then
   tail -50 "$out/build.log"; echo "build failed"; exit 1
 fi

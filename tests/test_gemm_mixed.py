@@ -223,27 +223,89 @@ def test_tensor_core_kernel_emulated_by_the_rule(in_dtype):
                        f"emulated mma {in_dtype}->{out_t} m,n,k,ta,tb={case}")
 
 
-def test_tensor_core_kernel_emulated_operand_layouts_and_c():
-    """Operands the kernel reads in place (a pitch that is a multiple of 8, either dimension unit-stride)
-    and ones the glue copies first (odd pitch, no unit stride, a misaligned start); alpha, beta and a
-    broadcast c; alpha = 0 reads neither operand."""
-    g = torch.Generator().manual_seed(11)
-    big = torch.randn(80, 96, generator=g).bfloat16()
-    views = {"pitch 96": big[:70, :50], "pitch 96 transposed": big[:50, :70].T, "odd pitch": big[:70, 1:51],
-             "no unit stride": big[:70, ::2][:, :45],
+# the Hopper kernel's edges: 128 x 128 block tiles, warpgroups of 64 rows, K steps of 64 (one 128-byte
+# swizzled box row) in a ring of 4 stages (K = 321 refills every stage and ends one element into a step)
+WGMMA_SIZES = [(128, 128, 64), (129, 127, 65), (64, 257, 321), (65, 1, 63), (1, 130, 1), (200, 129, 257),
+               (3, 9, 520)]
+wgmma_emulated = torch.ops.fastconv_testing.cuda_wgmma_gemm
+
+
+def _wgmma_cases(in_dtype, seed):
+    for (m, n, k), ta, tb in itertools.product(SIZES[::3] + WGMMA_SIZES, (False, True), (False, True)):
+        a, b = _operands(m, n, k, ta, tb, in_dtype, seed=seed)
+        op_a, op_b = (a.T if ta else a), (b.T if tb else b)
+        yield (m, n, k, ta, tb), a, b, op_a, op_b, op_a.double() @ op_b.double()
+
+
+@pytest.mark.parametrize("in_dtype", HALF, ids=str)
+def test_hopper_kernel_emulated_by_the_rule(in_dtype):
+    """The Hopper kernel's block algorithm (common/wgmma_gemm.h) on the CPU emulation of TMA box copies
+    with the 128-byte swizzle, mbarrier phases and wgmma.m64n128k16 reading K-major descriptors: stage
+    ring, barrier parities, descriptors, accumulator layout, edges and every output dtype by the rule.
+    Its sums are the mma.sync kernel's (16-deep k groups, in order), so the two emulations agree bit
+    for bit."""
+    for case, a, b, op_a, op_b, ref in _wgmma_cases(in_dtype, seed=12):
+        for out_t in (torch.float32, *HALF):
+            ours = wgmma_emulated(a, b, None, case[3], case[4], 1.0, 0.0, out_t)
+            check_rule(ours, _theirs(op_a, op_b, out_t), ref, f"emulated wgmma {in_dtype}->{out_t} m,n,k,ta,tb={case}")
+            assert torch.equal(ours, mma_emulated(a, b, None, case[3], case[4], 1.0, 0.0, out_t)), case
+
+
+@pytest.mark.parametrize("kernel", ["mma_sync", "wgmma"])
+def test_tensor_core_kernels_emulated_operand_layouts_and_c(kernel):
+    """Operands each kernel reads in place -- mma.sync: either dimension unit-stride with a pitch that is
+    a multiple of 8; wgmma: K unit-stride only -- and ones the glue copies first (a transposed operand
+    for wgmma, odd pitch, no unit stride, a misaligned start); a single row of any pitch is read in
+    place; alpha, beta and a broadcast c; alpha = 0 reads neither operand. The emulations' bounds
+    checks refuse a read outside an operand."""
+    emulated = {"mma_sync": mma_emulated, "wgmma": wgmma_emulated}[kernel]
+    g = torch.Generator().manual_seed(13)
+    big = torch.randn(80, 136, generator=g).bfloat16()
+    views = {"pitch 136": big[:70, :130], "pitch 136 transposed": big[:50, :70].T, "odd pitch": big[:70, 1:51],
+             "no unit stride": big[:70, ::2][:, :45], "one row, odd pitch": big[:1, 3:70],
              "strided both": big[::2, ::2][:35, :40]}
     for name, a in views.items():
-        b = torch.randn(a.shape[1], 61, generator=g).bfloat16()
-        ref = a.double() @ b.double()
-        check_rule(mma_emulated(a, b, None, False, False, 1.0, 0.0, torch.float32), a.float() @ b.float(), ref, name)
+        k = a.shape[1]
+        for b in (torch.randn(k, 61, generator=g).bfloat16(), torch.randn(61, k, generator=g).bfloat16().T):
+            ref = a.double() @ b.double()
+            check_rule(emulated(a, b, None, False, False, 1.0, 0.0, torch.float32), a.float() @ b.float(), ref, name)
     a, b = big[:45, :96], torch.randn(61, 96, generator=g).bfloat16()
     c = torch.randn(61, generator=g).bfloat16()
     ref = 0.5 * (a.double() @ b.double().T) - 1.5 * c.double()
     theirs = torch.addmm(c, a, b.T, beta=-1.5, alpha=0.5)
-    check_rule(mma_emulated(a, b, c, False, True, 0.5, -1.5, None), theirs, ref, "alpha, beta, broadcast c")
+    check_rule(emulated(a, b, c, False, True, 0.5, -1.5, None), theirs, ref, "alpha, beta, broadcast c")
     nan_a = torch.full_like(a, float("nan"))
     c2 = torch.randn(45, 61, generator=g).bfloat16()
-    torch.testing.assert_close(mma_emulated(nan_a, b, c2, False, True, 0.0, 2.0, None), 2 * c2)
+    torch.testing.assert_close(emulated(nan_a, b, c2, False, True, 0.0, 2.0, None), 2 * c2)
+
+
+@pytest.mark.parametrize("device", ["cuda"], indirect=True)
+@pytest.mark.parametrize("in_dtype", HALF, ids=str)
+def test_each_tensor_core_kernel_on_cuda_by_the_rule(device, in_dtype):
+    """Each tensor-core kernel forced by name (mma.sync from compute capability 8.0; TMA + wgmma on 9.0
+    with an sm_90a build): the rule, and float32 results within float32 roundings of its CPU emulation.
+    On a GPU without wgmma that kernel must be refused, loudly. Never run yet: no GPU so far."""
+    path_op = torch.ops.fastconv_testing.cuda_gemm_path
+    has_wgmma = torch.cuda.get_device_capability() == (9, 0) and "sm_90a" in fastconv.build_info()["cuda_archs"]
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("the tensor-core kernels need compute capability 8.0")
+    emulations = {"mma_sync": mma_emulated, "wgmma": wgmma_emulated}
+    for path, emulated in emulations.items():
+        if path == "wgmma" and not has_wgmma:
+            with pytest.raises(RuntimeError, match="wgmma kernel needs compute capability 9.0"):
+                path_op(*_operands(8, 8, 8, False, False, in_dtype), False, False, path, None)
+            continue
+        for case, a, b, op_a, op_b, ref in _wgmma_cases(in_dtype, seed=14):
+            ours = path_op(a.to(device), b.to(device), case[3], case[4], path, torch.float32).cpu()
+            check_rule(ours, op_a.float() @ op_b.float(), ref, f"cuda {path} m,n,k,ta,tb={case}")
+            expected = emulated(a, b, None, case[3], case[4], 1.0, 0.0, torch.float32)
+            scale = ref.abs().max().item() if ref.numel() else 0.0
+            torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5 * scale + 1e-30)
+    if has_wgmma:   # what gemm chooses on Hopper
+        a, b = _operands(300, 200, 150, False, False, in_dtype, seed=15)
+        torch.testing.assert_close(gemm(a.to(device), b.to(device)).cpu(),
+                                   path_op(a.to(device), b.to(device), False, False, "wgmma", in_dtype).cpu(),
+                                   rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("device", ["cuda"], indirect=True)

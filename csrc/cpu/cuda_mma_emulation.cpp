@@ -23,24 +23,18 @@
 #include <torch/library.h>
 
 #include <cstring>
-#include <deque>
 #include <memory>
 #include <vector>
 
 #include "common/gemm_batch.h"
 #include "common/mma_gemm_args.h"
-#include "cpu/half_runs.h"
+#include "cpu/cuda_emulation.h"
 
 namespace fastconv::cpu {
 namespace {
 
 constexpr const char* kOp = "cuda_mma_gemm";
 using T = MmaTiles;
-
-struct Range {
-  const unsigned char* begin;
-  const unsigned char* end;
-};
 
 struct HostExec {
   using Frag = uint32_t[T::kWarps][32][4];
@@ -54,8 +48,7 @@ struct HostExec {
     const unsigned char* src;
     int bytes;
   };
-  std::vector<Copy> issued;             // since the last commit
-  std::deque<std::vector<Copy>> groups;   // committed, not yet landed
+  CommitGroups<Copy> copies;   // landed when retired
 
   void zero(Acc& acc) const { std::memset(acc, 0, sizeof(Acc)); }
 
@@ -79,26 +72,19 @@ struct HostExec {
     const auto* s = reinterpret_cast<const unsigned char*>(src);
     if (bytes > 0) {
       TORCH_CHECK(reinterpret_cast<uintptr_t>(s) % 16 == 0, kOp, ": cp.async from an unaligned global address");
-      const bool in_a = s >= a.begin && s + bytes <= a.end, in_b = s >= b.begin && s + bytes <= b.end;
-      TORCH_CHECK(in_a || in_b, kOp, ": cp.async reads outside both operands");
+      TORCH_CHECK(a.holds(s, bytes) || b.holds(s, bytes), kOp, ": cp.async reads outside both operands");
     }
-    issued.push_back({dst, s, bytes});
+    copies.issued.push_back({dst, s, bytes});
   }
 
-  void commit() {
-    groups.push_back(std::move(issued));
-    issued.clear();
-  }
+  void commit() { copies.commit(); }
 
   template <int N>
   void wait_pending() {
-    while (groups.size() > static_cast<size_t>(N)) {
-      for (const Copy& c : groups.front()) {
-        if (c.bytes > 0) std::memcpy(&smem[c.dst], c.src, c.bytes);
-        std::memset(&smem[c.dst + c.bytes], 0, 16 - c.bytes);
-      }
-      groups.pop_front();
-    }
+    copies.retire_beyond(N, [&](const Copy& c) {
+      if (c.bytes > 0) std::memcpy(&smem[c.dst], c.src, c.bytes);
+      std::memset(&smem[c.dst + c.bytes], 0, 16 - c.bytes);
+    });
   }
 
   void sync() const {}
@@ -131,12 +117,9 @@ struct HostExec {
     }
   }
 
-  float value(uint16_t bits) const {
-    if (bf16) return bf16_bits_to_float(bits);
-    return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+  float half_of(uint32_t reg, int h) const {
+    return half_bits_value(static_cast<uint16_t>(h ? reg >> 16 : reg & 0xFFFF), bf16);
   }
-
-  float half_of(uint32_t reg, int h) const { return value(static_cast<uint16_t>(h ? reg >> 16 : reg & 0xFFFF)); }
 
   void mma(Acc& d, const Frag& fa, const Frag& fb, int b_half) const {
     for (int w = 0; w < T::kWarps; ++w) {
@@ -175,46 +158,24 @@ struct HostExec {
   }
 };
 
-// The bytes of the operand's storage (of its copy, where the glue made one).
-Range operand_range(const at::Tensor& t, const at::Tensor& keep) {
-  const at::Tensor& src = keep.defined() ? keep : t;
-  const auto* base = static_cast<const unsigned char*>(src.storage().data());
-  return {base, base + src.storage().nbytes()};
-}
-
 template <typename Out>
 void run_blocks(const MmaGemmParams& p, bool bf16, Range ra, Range rb) {
-  const int64_t m_tiles = (p.m + T::kBM - 1) / T::kBM, tiles = m_tiles * ((p.n + T::kBN - 1) / T::kBN);
-  for (int64_t block = 0; block < tiles; ++block) {
-    int64_t row0, col0;
-    gemm_block_tile(block, m_tiles, T::kBM, T::kBN, &row0, &col0);
+  for_each_block_tile(p.m, p.n, T::kBM, T::kBN, [&](int64_t row0, int64_t col0) {
     auto x = std::make_unique<HostExec>();
     x->bf16 = bf16;
     x->a = ra;
     x->b = rb;
     mma_gemm_block<Out>(*x, p, row0, col0);
-    TORCH_CHECK(x->groups.empty() && x->issued.empty(), kOp, ": copies left in flight at the end of a block");
-  }
+    TORCH_CHECK(x->copies.empty(), kOp, ": copies left in flight at the end of a block");
+  });
 }
 
 at::Tensor cuda_mma_gemm(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c, bool trans_a,
                          bool trans_b, double alpha, double beta, std::optional<at::ScalarType> out_dtype) {
-  const GemmShape s = check_gemm(a, b, c, trans_a, trans_b, out_dtype, kOp);
-  TORCH_CHECK(is_half(a.scalar_type()) && a.device().is_cpu(), "fastconv_testing::", kOp,
-              ": expected float16 or bfloat16 CPU tensors");
-  at::Tensor out = gemm_output(a, c, beta, s);
-  const bool reads_c = gemm_reads_c(c, beta);
-  if (out.numel() == 0) return out;
-  at::Tensor keep_a, keep_b;
-  const MmaGemmParams p = mma_gemm_params(a, b, trans_a, trans_b, s, alpha, reads_c ? beta : 0.0, out, &keep_a, &keep_b);
-  const Range ra = operand_range(a, keep_a), rb = operand_range(b, keep_b);
-  const bool bf16 = a.scalar_type() == at::kBFloat16;
-  switch (s.out_dtype) {
-    case at::kFloat: run_blocks<float>(p, bf16, ra, rb); break;
-    case at::kBFloat16: run_blocks<c10::BFloat16>(p, bf16, ra, rb); break;
-    default: run_blocks<c10::Half>(p, bf16, ra, rb); break;
-  }
-  return out;
+  const auto run = [](auto out, const MmaGemmParams& p, bool bf16, Range ra, Range rb) {
+    run_blocks<typename decltype(out)::type>(p, bf16, ra, rb);
+  };
+  return emulated_gemm(kOp, false, run, a, b, c, trans_a, trans_b, alpha, beta, out_dtype);
 }
 
 }  // namespace

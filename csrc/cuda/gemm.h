@@ -28,4 +28,10 @@ cudaError_t gemm_batched(DType dtype, int64_t m, int64_t n, int64_t k, double al
 // common/mma_gemm.h describes them, out f32, f16 or bf16 (p.c, prefilled with C where p.beta != 0).
 cudaError_t gemm_mma(DType in, DType out, const MmaGemmParams& p, cudaStream_t stream);
 
+// The Hopper tensor-core GEMM (gemm_wgmma.cu: TMA and wgmma), the same contract with both operands
+// K-contiguous and k >= 1. Available on a compute capability 9.0 device when the build has an sm_90a
+// image (FASTCONV_CUDA_ARCHS with "9.0a") and the driver has the tensor-map encoder; asked once per device.
+bool gemm_wgmma_available(int device);
+cudaError_t gemm_wgmma(DType in, DType out, const MmaGemmParams& p, cudaStream_t stream);
+
 }  // namespace fastconv::cuda

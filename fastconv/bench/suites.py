@@ -143,15 +143,22 @@ def gemm_cases(device: str, quick: bool) -> list[Case]:
                 cases.append(Case(op="gemm", shape=f"{n}x{n}x{n}", dtype=str(dtype).split(".")[-1],
                                   fastconv=lambda a=a, b=b: gemm(a, b), torch=lambda a=a, b=b: torch.mm(a, b),
                                   flops=2.0 * n ** 3, peak_gflops=peak, note="square, fp32 accumulation"))
-    # Mixed precision (GPU): the tensor-core kernel (mma.sync) against torch.mm (cuBLAS, tensor cores)
-    if device == "cuda":
+    # Mixed precision (GPU): each tensor-core kernel by name -- mma.sync (compute capability 8.0+) and,
+    # on Hopper with an sm_90a build, TMA + wgmma (what gemm then chooses) -- against torch.mm (cuBLAS)
+    if device == "cuda" and torch.cuda.get_device_capability()[0] >= 8:
+        paths = ["mma_sync"]
+        if torch.cuda.get_device_capability() == (9, 0) and "sm_90a" in fastconv.build_info()["cuda_archs"]:
+            paths.append("wgmma")
+        path_op = torch.ops.fastconv_testing.cuda_gemm_path
         for n in ([1024] if quick else [1024, 2048, 4096, 8192]):
             for dtype in (torch.bfloat16, torch.float16):
                 a = torch.randn(n, n, device=device).to(dtype)
                 b = torch.randn(n, n, device=device).to(dtype)
-                cases.append(Case(op="gemm", shape=f"{n}x{n}x{n}", dtype=str(dtype).split(".")[-1],
-                                  fastconv=lambda a=a, b=b: gemm(a, b), torch=lambda a=a, b=b: torch.mm(a, b),
-                                  flops=2.0 * n ** 3, note="square, fp32 accumulation, mma.sync"))
+                for path in paths:
+                    cases.append(Case(op=f"gemm {path}", shape=f"{n}x{n}x{n}", dtype=str(dtype).split(".")[-1],
+                                      fastconv=lambda a=a, b=b, path=path: path_op(a, b, False, False, path, None),
+                                      torch=lambda a=a, b=b: torch.mm(a, b), flops=2.0 * n ** 3,
+                                      note="square, fp32 accumulation"))
     # Linear layers from real models: an LSTM's input projection (T*B = 50*32 rows, 256 -> 4*512) and
     # a classifier head (batch 256, 512 -> 1000).
     for rows, fin, fout, note in [(1600, 256, 2048, "LSTM input proj."), (256, 512, 1000, "ResNet-18 fc")]:
