@@ -78,4 +78,8 @@ for (m, nn_, kk), ta, tb in itertools.product([(1,1,1),(129,127,33),(7,260,70)],
     for emulated in (torch.ops.fastconv_testing.cuda_mma_gemm, torch.ops.fastconv_testing.cuda_wgmma_gemm):
         emulated(a, b, torch.randn(nn_), ta, tb, 1.0, 1.0, torch.float32); n += 1
         emulated(a_odd, b.half(), None, ta, tb); n += 1
+# conv2d's half-precision forward on the emulated tensor cores: groups, padding, bundles and chunks.
+for dt, ws in itertools.product((torch.bfloat16, torch.float16), (1 << 26, 600)):
+    x = torch.randn(3, 6, 7, 9).to(dt); w = torch.randn(10, 3, 3, 2).to(dt)
+    torch.ops.fastconv_testing.cuda_conv2d_half(x, w, torch.randn(10).to(dt), (2, 1), (1, 0), (1, 2), 2, ws); n += 1
 print("asan smoke ok:", n, "op calls with", fastconv._C.__file__)

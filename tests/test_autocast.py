@@ -253,8 +253,9 @@ def test_rnns_under_autocast_as_torch():
 @pytest.mark.parametrize("device", ["cuda"], indirect=True)
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 def test_conv2d_half_on_cuda_by_the_rule(device, dtype):
-    """CUDA runs half precision in float32 inside until the tensor-core kernels: forward, gradients and
-    autocast by the rule (written without a GPU: skipped here, never run yet)."""
+    """CUDA half precision: the forward (auto) on the tensor cores from compute capability 8.0
+    (test_conv2d_tensor_cores.py), the gradients in float32 inside; forward, gradients and autocast by
+    the rule (written without a GPU: skipped here, never run yet)."""
     gen = torch.Generator().manual_seed(8)
     x = torch.randn(2, 6, 9, 9, generator=gen).to(dtype)
     w = (torch.randn(8, 6, 3, 3, generator=gen) / 6 ** 0.5).to(dtype)

@@ -61,6 +61,12 @@ FC_HD I im2col_source(I e, const Conv2dGeometry& g, I p0, I pc) {
   return ih >= 0 && ih < in_h && iw >= 0 && iw < in_w ? (cn * in_h + ih) * in_w + iw : I(-1);
 }
 
+// Where im2col element e (im2col_source's numbering) lands when each column row is `pitch` long.
+template <typename I>
+FC_HD I im2col_pitched(I e, I pc, I pitch) {
+  return e / pc * pitch + e % pc;
+}
+
 // col2im as a gather over a batch of images: the sum of the column entries (laid out as
 // im2col_source writes them, positions [p0, p0 + pc)) that read input element e = (n*channels + c)*H*W
 // + ih*W + iw. One thread per input element, so no two threads write one element.

@@ -25,6 +25,7 @@
 #include <cstdint>
 
 #include "common/convert.h"
+#include "common/gemm_batch.h"
 #include "common/macros.h"
 
 namespace fastconv {
@@ -57,6 +58,16 @@ struct MmaGemmParams {
   void* c;             // row-major, ldc elements between rows
   int64_t ldc;
 };
+
+// GEMM z of a strided batch (common/gemm_batch.h; no reduction batch): the operands and C moved by
+// their batch offsets. Out is C's element type.
+template <typename Out>
+FC_HD MmaGemmParams mma_batch_entry(MmaGemmParams p, const GemmBatch& batch, int64_t z) {
+  p.a.p = static_cast<const uint16_t*>(p.a.p) + gemm_batch_offset(batch, batch.a, z, 0);
+  p.b.p = static_cast<const uint16_t*>(p.b.p) + gemm_batch_offset(batch, batch.b, z, 0);
+  p.c = static_cast<Out*>(p.c) + gemm_batch_offset(batch, batch.c, z, 0);
+  return p;
+}
 
 // The stored shape of an operand's stage tile: rows x cols, cols along the contiguous dimension.
 FC_HD int mma_tile_cols(bool k_contiguous, int extent_tile) { return k_contiguous ? MmaTiles::kBK : extent_tile; }

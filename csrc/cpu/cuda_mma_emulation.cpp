@@ -26,6 +26,7 @@
 #include <memory>
 #include <vector>
 
+#include "common/conv2d_tensor_cores.h"
 #include "common/gemm_batch.h"
 #include "common/mma_gemm_args.h"
 #include "cpu/cuda_emulation.h"
@@ -178,13 +179,59 @@ at::Tensor cuda_mma_gemm(const at::Tensor& a, const at::Tensor& b, const std::op
   return emulated_gemm(kOp, false, run, a, b, c, trans_a, trans_b, alpha, beta, out_dtype);
 }
 
+// The Backend of common/conv2d_tensor_cores.h on the emulation: im2col as the CUDA kernel's thread
+// body over every element, each GEMM of the batch on the emulated tensor-core kernel, its reads
+// confined to the filter copy (out_channels rows from the first group's) and to the columns this
+// launch wrote (its images' rows).
+struct HostConvLaunches {
+  const Conv2dShape& s;
+  bool bf16;
+
+  void im2col(const uint16_t* x, int64_t images, int64_t p0, int64_t pc, int64_t pitch, uint16_t* cols) const {
+    const int64_t total = images * s.in_channels * s.g.kh * s.g.kw * pc;
+    for (int64_t e = 0; e < total; ++e) {
+      const int64_t src = im2col_source<int64_t>(e, s.g, p0, pc);
+      cols[im2col_pitched<int64_t>(e, pc, pitch)] = src >= 0 ? x[src] : uint16_t(0);
+    }
+  }
+
+  void gemm(const MmaGemmParams& p, const GemmBatch& batch) const {
+    const auto* w = static_cast<const unsigned char*>(p.a.p);
+    const auto* c = static_cast<const unsigned char*>(p.b.p);
+    const Range weights{w, w + s.out_channels * p.a.ld * 2}, cols{c, c + batch.count / batch.inner * batch.b.outer * 2};
+    for (int64_t z = 0; z < batch.count; ++z) {
+      if (bf16) {
+        run_blocks<c10::BFloat16>(mma_batch_entry<c10::BFloat16>(p, batch, z), true, weights, cols);
+      } else {
+        run_blocks<c10::Half>(mma_batch_entry<c10::Half>(p, batch, z), false, weights, cols);
+      }
+    }
+  }
+};
+
+at::Tensor cuda_conv2d_half(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                            int64_t workspace_bytes) {
+  constexpr const char* op = "cuda_conv2d_half";
+  const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups, "im2col", op);
+  TORCH_CHECK(is_half(input.scalar_type()) && input.device().is_cpu(), "fastconv_testing::", op,
+              ": expected float16 or bfloat16 CPU tensors");
+  HostConvLaunches be{s, input.scalar_type() == at::kBFloat16};
+  return conv2d_tensor_cores(be, input, weight, bias, s, workspace_bytes);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastconv_testing, m) {
   m.def("cuda_mma_gemm(Tensor a, Tensor b, Tensor? c=None, bool trans_a=False, bool trans_b=False, float alpha=1.0, "
         "float beta=1.0, ScalarType? out_dtype=None) -> Tensor");
+  m.def("cuda_conv2d_half(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
+        "int groups, int workspace_bytes) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(fastconv_testing, CPU, m) { m.impl("cuda_mma_gemm", &cuda_mma_gemm); }
+TORCH_LIBRARY_IMPL(fastconv_testing, CPU, m) {
+  m.impl("cuda_mma_gemm", &cuda_mma_gemm);
+  m.impl("cuda_conv2d_half", &cuda_conv2d_half);
+}
 
 }  // namespace fastconv::cpu

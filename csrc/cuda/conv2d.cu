@@ -25,6 +25,17 @@ __global__ void im2col_kernel(const T* __restrict__ x, I total, Conv2dGeometry g
   }
 }
 
+// 16-bit elements (float16, bfloat16: the copy needs no arithmetic, and zero bits are +0 in both),
+// each column row `pitch` long (common/conv2d_tensor_cores.h).
+template <typename I>
+__global__ void im2col_pitched_kernel(const uint16_t* __restrict__ x, I total, Conv2dGeometry g, I p0, I pc, I pitch,
+                                      uint16_t* __restrict__ cols) {
+  for (I e = blockIdx.x * I(blockDim.x) + threadIdx.x; e < total; e += I(gridDim.x) * I(blockDim.x)) {
+    const I src = im2col_source<I>(e, g, p0, pc);
+    cols[im2col_pitched<I>(e, pc, pitch)] = src >= 0 ? x[src] : uint16_t(0);
+  }
+}
+
 template <typename T, typename I>
 __global__ void col2im_kernel(const T* __restrict__ cols, I total, Conv2dGeometry g, I p0, I pc, T* __restrict__ dx) {
   for (I e = blockIdx.x * I(blockDim.x) + threadIdx.x; e < total; e += I(gridDim.x) * I(blockDim.x)) {
@@ -89,6 +100,23 @@ cudaError_t conv2d_im2col(DType dtype, const void* x, int64_t images, int64_t ch
                           int64_t p0, int64_t pc, void* cols, cudaStream_t stream) {
   return dtype == DType::f64 ? im2col_typed<double>(x, images, g, channels, p0, pc, cols, stream)
                              : im2col_typed<float>(x, images, g, channels, p0, pc, cols, stream);
+}
+
+cudaError_t conv2d_im2col_half(const void* x, int64_t images, int64_t channels, const Conv2dGeometry& g, int64_t p0,
+                               int64_t pc, int64_t pitch, void* cols, cudaStream_t stream) {
+  const int64_t total = images * channels * g.kh * g.kw * pc, plane = images * channels * g.in_h * g.in_w;
+  if (total == 0) return cudaSuccess;   // no zero-block launch
+  const int blocks = grid_for(total);
+  const auto* xp = static_cast<const uint16_t*>(x);
+  auto* cp = static_cast<uint16_t*>(cols);
+  const int64_t written = total / pc * pitch;
+  if (std::max({plane, written, total + int64_t(blocks) * kThreads}) < INT32_MAX) {
+    im2col_pitched_kernel<int32_t><<<blocks, kThreads, 0, stream>>>(xp, int32_t(total), g, int32_t(p0), int32_t(pc),
+                                                                    int32_t(pitch), cp);
+  } else {
+    im2col_pitched_kernel<int64_t><<<blocks, kThreads, 0, stream>>>(xp, total, g, p0, pc, pitch, cp);
+  }
+  return cudaGetLastError();
 }
 
 cudaError_t conv2d_col2im_add(DType dtype, const void* cols, int64_t images, int64_t channels,

@@ -17,6 +17,11 @@ namespace fastconv::cuda {
 cudaError_t conv2d_im2col(DType dtype, const void* x, int64_t images, int64_t channels, const Conv2dGeometry& g,
                           int64_t p0, int64_t pc, void* cols, cudaStream_t stream);
 
+// The same for float16/bfloat16 images, each column row `pitch` >= pc elements long
+// (common/conv2d_tensor_cores.h).
+cudaError_t conv2d_im2col_half(const void* x, int64_t images, int64_t channels, const Conv2dGeometry& g, int64_t p0,
+                               int64_t pc, int64_t pitch, void* cols, cudaStream_t stream);
+
 // dx[n][c][ih][iw] += the sum of the column entries that read it (one thread per input element, so no
 // two threads write one element).
 cudaError_t conv2d_col2im_add(DType dtype, const void* cols, int64_t images, int64_t channels,

@@ -2,8 +2,11 @@
 // of images and all groups per launch) run by CudaLaunches on the current stream. direct: the
 // kernels of conv2d_direct.cu for the forward pass and grad_input; Winograd: conv2d_winograd.cu's
 // transforms around one batched launch of the alpha^2 GEMMs per chunk of tile rows; grad_weight is
-// im2col's for all of them.
+// im2col's for all of them. float16/bfloat16 forward with im2col or auto, on compute capability 8.0
+// and later: common/conv2d_tensor_cores.h on the mma.sync GEMM; the rest of half precision (direct,
+// Winograd, every backward) runs in float32 inside, rounded once.
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -14,6 +17,7 @@
 
 #include "common/conv2d_args.h"
 #include "common/conv2d_gemm_plan.h"
+#include "common/conv2d_tensor_cores.h"
 #include "cuda/conv2d.h"
 #include "cuda/conv2d_winograd.h"
 #include "cuda/gemm.h"
@@ -47,6 +51,20 @@ struct CudaLaunches {
   void gemm(int64_t m, int64_t n, int64_t k, const void* a, int64_t rs_a, int64_t cs_a, const void* b, int64_t rs_b,
             int64_t cs_b, double beta, void* c, int64_t rs_c, const GemmBatch& batch) const {
     C10_CUDA_CHECK(gemm_batched(dt, m, n, k, 1.0, a, rs_a, cs_a, b, rs_b, cs_b, beta, c, rs_c, batch, stream));
+  }
+};
+
+// The Backend of common/conv2d_tensor_cores.h: half-precision im2col, the mma.sync GEMM over a batch.
+struct CudaTensorCoreLaunches {
+  DType dt;
+  const Conv2dShape& s;
+  cudaStream_t stream;
+
+  void im2col(const uint16_t* x, int64_t images, int64_t p0, int64_t pc, int64_t pitch, uint16_t* cols) const {
+    C10_CUDA_CHECK(conv2d_im2col_half(x, images, s.in_channels, s.g, p0, pc, pitch, cols, stream));
+  }
+  void gemm(const MmaGemmParams& p, const GemmBatch& batch) const {
+    C10_CUDA_CHECK(gemm_mma_batched(dt, dt, p, batch, stream));
   }
 };
 
@@ -108,7 +126,14 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
                        c10::string_view algorithm) {
   const Conv2dShape s = check_conv2d(input, weight, bias, stride, padding, dilation, groups,
                                      std::string_view(algorithm.data(), algorithm.size()), kForward);
-  if (is_half(input.scalar_type())) {   // float32 inside until issue 14's tensor-core kernels, rounded once
+  if (is_half(input.scalar_type()) && (s.algorithm == Conv2dAlgorithm::im2col || s.chosen)) {
+    const c10::cuda::CUDAGuard guard(input.device());
+    if (at::cuda::getCurrentDeviceProperties()->major >= 8) {   // im2col on the tensor cores
+      CudaTensorCoreLaunches be{to_dtype(input.scalar_type()), s, c10::cuda::getCurrentCUDAStream().stream()};
+      return conv2d_tensor_cores(be, input, weight, bias, s, kWorkspaceBytes);
+    }
+  }
+  if (is_half(input.scalar_type())) {   // direct, Winograd, and before compute capability 8.0: float32
     const std::optional<at::Tensor> b32 =
         bias.has_value() && bias->defined() ? std::optional<at::Tensor>(half_as_float(*bias)) : std::nullopt;
     return conv2d_cuda(half_as_float(input), half_as_float(weight), b32, stride, padding, dilation, groups, algorithm)

@@ -27,6 +27,10 @@ cudaError_t gemm_batched(DType dtype, int64_t m, int64_t n, int64_t k, double al
 // The tensor-core GEMM (gemm_mma.cu, compute capability 8.0 and later): in f16 or bf16 operands as
 // common/mma_gemm.h describes them, out f32, f16 or bf16 (p.c, prefilled with C where p.beta != 0).
 cudaError_t gemm_mma(DType in, DType out, const MmaGemmParams& p, cudaStream_t stream);
+// The same over a strided batch (common/gemm_batch.h, no reduction batch; mma_batch_entry): every
+// batch offset must keep the operands' 16-byte alignment.
+cudaError_t gemm_mma_batched(DType in, DType out, const MmaGemmParams& p, const GemmBatch& batch,
+                             cudaStream_t stream);
 
 // The Hopper tensor-core GEMM (gemm_wgmma.cu: TMA and wgmma), the same contract with both operands
 // K-contiguous and k >= 1. Available on a compute capability 9.0 device when the build has an sm_90a

@@ -2,10 +2,13 @@
 // instructions -- cp.async.cg (16-byte global -> shared copies, zero-filled at the edges, in commit
 // groups), ldmatrix.sync.aligned.m8n8.x4(.trans) and mma.sync.aligned.m16n8k16 with float32
 // accumulators. One thread block of 256 threads per 128 x 128 tile of C, the tiles numbered with M
-// fastest. The CPU emulation (cpu/cuda_mma_emulation.cpp) runs the same block algorithm on the PTX
-// ISA's semantics of these instructions; what only this file holds is the instructions' syntax.
+// fastest on grid.x, the GEMMs of a strided batch on grid.y. The CPU emulation
+// (cpu/cuda_mma_emulation.cpp) runs the same block algorithm on the PTX ISA's semantics of these
+// instructions; what only this file holds is the instructions' syntax.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <algorithm>
 
 #include "common/gemm_batch.h"
 #include "common/mma_gemm.h"
@@ -88,22 +91,23 @@ struct DeviceExec {
   }
 };
 
+// Block (x, y): tile x of GEMM z0 + y of the batch.
 template <bool kBf16, typename Out>
-__global__ void __launch_bounds__(T::kThreads) gemm_mma_kernel(MmaGemmParams p) {
+__global__ void __launch_bounds__(T::kThreads) gemm_mma_kernel(MmaGemmParams p, GemmBatch batch, int64_t z0) {
 #if __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
   DeviceExec<kBf16> x{smem, static_cast<int>(threadIdx.x), static_cast<int>(threadIdx.x / 32),
                       static_cast<int>(threadIdx.x % 32)};
   int64_t row0, col0;
   gemm_block_tile(blockIdx.x, (p.m + T::kBM - 1) / T::kBM, T::kBM, T::kBN, &row0, &col0);
-  mma_gemm_block<Out>(x, p, row0, col0);
+  mma_gemm_block<Out>(x, mma_batch_entry<Out>(p, batch, z0 + blockIdx.y), row0, col0);
 #else
   __trap();   // the glue launches this kernel only on compute capability 8.0 and later
 #endif
 }
 
 template <bool kBf16, typename Out>
-cudaError_t launch(const MmaGemmParams& p, cudaStream_t stream) {
+cudaError_t launch(const MmaGemmParams& p, const GemmBatch& batch, cudaStream_t stream) {
   const int64_t tiles = (p.m + T::kBM - 1) / T::kBM * ((p.n + T::kBN - 1) / T::kBN);
   if (tiles > INT32_MAX) return cudaErrorInvalidConfiguration;
   if (T::kSmemBytes > 48 * 1024) {
@@ -111,27 +115,39 @@ cudaError_t launch(const MmaGemmParams& p, cudaStream_t stream) {
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes);
     if (e != cudaSuccess) return e;
   }
-  gemm_mma_kernel<kBf16, Out><<<static_cast<unsigned>(tiles), T::kThreads, T::kSmemBytes, stream>>>(p);
-  return cudaGetLastError();
+  constexpr int64_t kMaxGridY = 65535;
+  for (int64_t z0 = 0; z0 < batch.count; z0 += kMaxGridY) {
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(std::min(kMaxGridY, batch.count - z0)));
+    gemm_mma_kernel<kBf16, Out><<<grid, T::kThreads, T::kSmemBytes, stream>>>(p, batch, z0);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
 }
 
 template <bool kBf16>
-cudaError_t launch_out(DType out, const MmaGemmParams& p, cudaStream_t stream) {
+cudaError_t launch_out(DType out, const MmaGemmParams& p, const GemmBatch& batch, cudaStream_t stream) {
   switch (out) {
-    case DType::f32: return launch<kBf16, float>(p, stream);
-    case DType::bf16: return launch<kBf16, __nv_bfloat16>(p, stream);
-    case DType::f16: return launch<kBf16, __half>(p, stream);
+    case DType::f32: return launch<kBf16, float>(p, batch, stream);
+    case DType::bf16: return launch<kBf16, __nv_bfloat16>(p, batch, stream);
+    case DType::f16: return launch<kBf16, __half>(p, batch, stream);
     default: return cudaErrorInvalidValue;
   }
 }
 
 }  // namespace
 
-cudaError_t gemm_mma(DType in, DType out, const MmaGemmParams& p, cudaStream_t stream) {
-  if (p.m == 0 || p.n == 0) return cudaSuccess;
-  if (in == DType::bf16) return launch_out<true>(out, p, stream);
-  if (in == DType::f16) return launch_out<false>(out, p, stream);
+cudaError_t gemm_mma_batched(DType in, DType out, const MmaGemmParams& p, const GemmBatch& batch,
+                             cudaStream_t stream) {
+  if (p.m == 0 || p.n == 0 || batch.count == 0) return cudaSuccess;
+  if (batch.reduce != 1) return cudaErrorInvalidValue;
+  if (in == DType::bf16) return launch_out<true>(out, p, batch, stream);
+  if (in == DType::f16) return launch_out<false>(out, p, batch, stream);
   return cudaErrorInvalidValue;
+}
+
+cudaError_t gemm_mma(DType in, DType out, const MmaGemmParams& p, cudaStream_t stream) {
+  return gemm_mma_batched(in, out, p, GemmBatch{}, stream);
 }
 
 }  // namespace fastconv::cuda
