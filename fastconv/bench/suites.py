@@ -208,12 +208,13 @@ def conv2d_cases(device: str, quick: bool) -> list[Case]:
             cases.append(Case(op=f"conv2d {algo} fwd+bwd", shape=shape, dtype="float32",
                               fastconv=lambda f=fwd_bwd, a=algo: f(lambda *args: F.conv2d(*args, algorithm=a)),
                               torch=lambda f=fwd_bwd: f(TF.conv2d), flops=3 * flops, peak_gflops=peak, note=net))
-        if device == "cpu":   # bfloat16 against torch's bfloat16
+        if device == "cpu":   # bfloat16 against torch's bfloat16, against the bfloat16 roofline (gemm_cases)
             xb, wb = x.bfloat16(), w.bfloat16()
+            bf16_peak = peak * (2 if fastconv._C.cpu_isa() in ("avx512_bf16", "amx") else 1)
             cases.append(Case(op="conv2d auto fwd", shape=shape, dtype="bfloat16",
                               fastconv=lambda x=xb, w=wb, st=st, pd=pd: F.conv2d(x, w, None, st, pd),
                               torch=lambda x=xb, w=wb, st=st, pd=pd: TF.conv2d(x, w, None, st, pd),
-                              flops=flops, peak_gflops=peak, note=net))
+                              flops=flops, peak_gflops=bf16_peak, note=net))
     if device == "cpu":
         try:
             import torchvision
