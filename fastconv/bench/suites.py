@@ -92,7 +92,8 @@ def batch_norm_cases(device: str, quick: bool) -> list[Case]:
             # forward reads x and writes y; backward reads x and dy and writes dx (minimal traffic)
             cases.append(Case(op="batch_norm+relu train f+b", shape=shape, dtype="float32", fastconv=ours_train,
                               torch=torch_train, bytes=5 * nbytes, note=net))
-    # Half-precision activations with float32 parameters, as under autocast (inference, NCHW)
+    # Half-precision activations with float32 parameters, as under autocast (NCHW): inference, and a
+    # training step's forward and backward
     for dtype in (torch.bfloat16, torch.float16):
         net, n, c, h, w = shapes[0]
         x = torch.randn(n, c, h, w, device=device).to(dtype)
@@ -104,6 +105,18 @@ def batch_norm_cases(device: str, quick: bool) -> list[Case]:
                           torch=lambda x=x, rm=rm, rv=rv, wt=weight, b=bias: TF.batch_norm(x, rm, rv, wt, b,
                                                                                          False).relu_(),
                           bytes=2 * x.numel() * x.element_size(), note=net))
+        xg, go = x.clone().requires_grad_(True), torch.randn_like(x)
+        wg, bg = weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+
+        def half_train(bn, xg=xg, go=go, wg=wg, bg=bg, rm=rm, rv=rv):
+            xg.grad = wg.grad = bg.grad = None
+            bn(xg, rm, rv, wg, bg).backward(go)
+
+        cases.append(Case(op="batch_norm+relu train f+b", shape=f"{n}x{c}x{h}x{w} NCHW",
+                          dtype=str(dtype).split(".")[-1],
+                          fastconv=lambda f=half_train: f(lambda *a: F.batch_norm(*a, True, relu=True)),
+                          torch=lambda f=half_train: f(lambda *a: TF.batch_norm(*a, True).relu_()),
+                          bytes=5 * x.numel() * x.element_size(), note=net))
     return cases
 
 
