@@ -256,8 +256,9 @@ def test_tensor_core_kernels_emulated_operand_layouts_and_c(kernel):
     """Operands each kernel reads in place -- mma.sync: either dimension unit-stride with a pitch that is
     a multiple of 8; wgmma: K unit-stride only -- and ones the glue copies first (a transposed operand
     for wgmma, odd pitch, no unit stride, a misaligned start); a single row of any pitch is read in
-    place; alpha, beta and a broadcast c; alpha = 0 reads neither operand. The emulations' bounds
-    checks refuse a read outside an operand."""
+    place; alpha, beta and a broadcast c; alpha = 0 reads neither operand (on mma.sync; the Hopper
+    kernel refuses it, its first wgmma defining the accumulators). The emulations' bounds checks
+    refuse a read outside an operand."""
     emulated = {"mma_sync": mma_emulated, "wgmma": wgmma_emulated}[kernel]
     g = torch.Generator().manual_seed(13)
     big = torch.randn(80, 136, generator=g).bfloat16()
@@ -276,7 +277,11 @@ def test_tensor_core_kernels_emulated_operand_layouts_and_c(kernel):
     check_rule(emulated(a, b, c, False, True, 0.5, -1.5, None), theirs, ref, "alpha, beta, broadcast c")
     nan_a = torch.full_like(a, float("nan"))
     c2 = torch.randn(45, 61, generator=g).bfloat16()
-    torch.testing.assert_close(emulated(nan_a, b, c2, False, True, 0.0, 2.0, None), 2 * c2)
+    if kernel == "wgmma":   # no product to form: gemm runs it on the mma.sync kernel's epilogue
+        with pytest.raises(RuntimeError, match="needs k >= 1 and alpha != 0"):
+            emulated(nan_a, b, c2, False, True, 0.0, 2.0, None)
+    else:
+        torch.testing.assert_close(emulated(nan_a, b, c2, False, True, 0.0, 2.0, None), 2 * c2)
 
 
 @pytest.mark.parametrize("device", ["cuda"], indirect=True)

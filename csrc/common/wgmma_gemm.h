@@ -15,10 +15,12 @@
 //     four wgmma.mma_async m64n128k16, A and B read straight from shared memory through matrix
 //     descriptors (K-major, 128-byte swizzle, 8-row groups 1024 bytes apart), the 64 float32
 //     accumulators of each thread in registers;
-//   - a stage is refilled only after both warpgroups have waited for their wgmmas on it (wait_group
-//     0, then a barrier): kStages - 1 stages stay in flight while the tensor cores work on one.
+//   - a stage is refilled only after both warpgroups have waited for their wgmmas on it: after issuing
+//     step kt, each waits for step kt - 1's group (wait_group 1), a barrier, then the leader refills
+//     step kt - 1's stage while step kt's wgmmas run; kStages - 2 to kStages - 1 stages of copies stay
+//     in flight.
 // Requirements (the glue ensures them): operand bases 16-byte aligned, ld a multiple of 8 elements
-// (TMA's global strides are multiples of 16 bytes), k >= 1.
+// (TMA's global strides are multiples of 16 bytes), k >= 1 (the first wgmma defines the accumulators).
 #pragma once
 
 #include <cstdint>
@@ -77,7 +79,7 @@ FC_HD void wgmma_c_element(int t, int i, int* row, int* col) {
 
 // The whole block tile at (row0, col0). X provides, for this block's threads (the CUDA kernel: this
 // thread; the emulation: all of them):
-//   Acc                              a thread's kAccs float32 accumulators
+//   Acc, unset(acc)                  a thread's kAccs float32 accumulators, not yet written
 //   leader()                         true for the one thread that arms barriers and issues copies
 //   smem_addr(byte)                  the shared-memory address of byte `byte` of the stages
 //   init_barriers()                  every stage's mbarrier initialised for one arrival, then a barrier
@@ -85,7 +87,8 @@ FC_HD void wgmma_c_element(int t, int i, int* row, int* col) {
 //   tma(operand, byte, k0, x0, stage)  the box at (k0, x0) of operand 0 (A) or 1 (B) to stage byte
 //                                    `byte`, completing on the stage's mbarrier
 //   wait(stage, parity)              until the stage's mbarrier completed its phase of that parity
-//   fence(); wgmma(acc, desc_a(wg), desc_b); commit(); wait_group<N>(); sync()
+//   fence(); wgmma(acc, desc_a(wg), desc_b, accumulate); commit(); wait_group<N>(); sync()
+//                                    (accumulate false: D = A B, the old D not read)
 //   threads(f)                       f(warpgroup, thread in warpgroup); acc_at(acc, wg, t, i)
 #if defined(__CUDACC__)
 #pragma nv_exec_check_disable
@@ -94,7 +97,8 @@ template <typename Out, typename X>
 FC_HD void wgmma_gemm_block(X& x, const MmaGemmParams& p, int64_t row0, int64_t col0) {
   using T = WgmmaTiles;
   typename X::Acc acc;
-  x.zero(acc);
+  x.unset(acc);   // the first wgmma overwrites the accumulators (scale-d 0): no zeroing instructions,
+                  // which would make ptxas serialise the wgmma pipeline
   x.init_barriers();
   const int64_t k_tiles = (p.k + T::kBK - 1) / T::kBK;
   const auto load = [&](int stage, int64_t kt) {
@@ -115,13 +119,20 @@ FC_HD void wgmma_gemm_block(X& x, const MmaGemmParams& p, int64_t row0, int64_t 
     FC_UNROLL
     for (int k16 = 0; k16 < T::kBK / 16; ++k16) {
       x.wgmma(acc, [&](int wg) { return wgmma_desc(x.smem_addr(a_base + wg * 64 * T::kRowBytes + k16 * 32)); },
-              wgmma_desc(x.smem_addr(b_base + k16 * 32)));
+              wgmma_desc(x.smem_addr(b_base + k16 * 32)), kt > 0 || k16 > 0);
     }
     x.commit();
-    x.template wait_group<0>();   // this warpgroup's reads of the stage are done ...
-    x.sync();                     // ... and the other's: the leader may refill it
-    if (x.leader() && kt + T::kStages < k_tiles) load(stage, kt + T::kStages);
+    // Step kt's wgmmas stay in flight while step kt - 1's stage is released: once this warpgroup's
+    // older group is done (wait_group 1) and the barrier says the other's is too, the leader refills
+    // that stage. The tensor cores keep working on step kt meanwhile.
+    x.template wait_group<1>();
+    x.sync();
+    const int64_t done = kt - 1;
+    if (x.leader() && done >= 0 && done + T::kStages < k_tiles) {
+      load(static_cast<int>(done % T::kStages), done + T::kStages);
+    }
   }
+  x.template wait_group<0>();   // the last step's wgmmas, before the epilogue reads the accumulators
   x.threads([&](int wg, int t) {
     FC_UNROLL
     for (int i = 0; i < T::kAccs; ++i) {

@@ -10,13 +10,14 @@
 //     (tile, 128-byte swizzle)  completes (shared memory holds NaN bytes until then): box element
 //                               (r, c) at byte dst + swizzle128(128 r + 2 c), dst 1024-byte aligned,
 //                               zeros past the tensor's extents, the whole box's bytes counted;
-//   wgmma.mma_async m64n128k16  reads its operands when its commit group is waited for, and a box
-//     .f32.{bf16,f16} (K-major  copy issued to rows a wgmma in flight still reads is refused; element
-//     descriptors)              (r, k) of A (64 x 16) or B (128 x 16) at swizzle128(start + 128 (r % 8)
-//                               + SBO (r / 8) + 2 k), start and SBO decoded from the descriptor, whose
-//                               other fields must be the ones the layout needs; D by the PTX ISA's
-//                               accumulator layout; a k group's 16 products summed exactly and added
-//                               with one float32 rounding.
+//   wgmma.mma_async m64n128k16  D = A B, + D with scale-d (the accumulators start as NaN, so a first
+//     .f32.{bf16,f16} (K-major  wgmma that read them shows); operands read when its commit group is
+//     descriptors)              waited for, and a box copy issued to rows a wgmma in flight still reads
+//                               is refused; element (r, k) of A (64 x 16) or B (128 x 16) at
+//                               swizzle128(start + 128 (r % 8) + SBO (r / 8) + 2 k), start and SBO
+//                               decoded from the descriptor, whose other fields must be the ones the
+//                               layout needs; D by the PTX ISA's accumulator layout; a k group's 16
+//                               products summed exactly and added with one float32 rounding.
 // Every global read is checked to lie inside its operand and every shared access inside the stages.
 // Not emulated: the instructions' syntax, the tensor-map encoding (cuTensorMapEncodeTiled's arguments
 // are built from the same extents, pitch and box in gemm_wgmma.cu), the warpgroups' concurrency
@@ -27,7 +28,9 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -67,11 +70,13 @@ struct HostExec {
   struct Mma {
     int wg;
     uint64_t desc_a, desc_b;
+    bool accumulate;   // scale-d
     Acc* acc;
   };
   CommitGroups<Mma> mmas;
 
-  void zero(Acc& acc) const { std::memset(acc, 0, sizeof(Acc)); }
+  // Accumulators not yet written hold NaN: a first wgmma that read them instead of overwriting shows.
+  void unset(Acc& acc) const { std::fill_n(&acc[0][0][0], sizeof(Acc) / sizeof(float), NAN); }
   bool leader() const { return true; }
   uint32_t smem_addr(int byte) const { return static_cast<uint32_t>(byte); }   // the stages' base: address 0
 
@@ -140,8 +145,8 @@ struct HostExec {
   void sync() const {}
 
   template <typename F>
-  void wgmma(Acc& acc, F&& desc_a, uint64_t desc_b) {
-    for (int wg = 0; wg < T::kWarpgroups; ++wg) mmas.issued.push_back({wg, desc_a(wg), desc_b, &acc});
+  void wgmma(Acc& acc, F&& desc_a, uint64_t desc_b, bool accumulate) {
+    for (int wg = 0; wg < T::kWarpgroups; ++wg) mmas.issued.push_back({wg, desc_a(wg), desc_b, accumulate, &acc});
   }
 
   void commit() { mmas.commit(); }
@@ -188,7 +193,7 @@ struct HostExec {
         double dot = 0;   // 16 products of 11-bit significands: exact in float64
         for (int kk = 0; kk < 16; ++kk) dot += static_cast<double>(a[r][kk]) * b[c][kk];
         float& d = (*op.acc)[op.wg][t][i];
-        d = static_cast<float>(d + dot);
+        d = op.accumulate ? static_cast<float>(d + dot) : static_cast<float>(dot);
       }
     }
   }
@@ -224,6 +229,9 @@ void run_blocks(const MmaGemmParams& p, bool bf16, Range ra, Range rb) {
 at::Tensor cuda_wgmma_gemm(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c, bool trans_a,
                            bool trans_b, double alpha, double beta, std::optional<at::ScalarType> out_dtype) {
   const auto run = [](auto out, const MmaGemmParams& p, bool bf16, Range ra, Range rb) {
+    // as gemm_wgmma: the first wgmma defines the accumulators (fastconv::gemm runs alpha = 0 and
+    // k = 0 on the mma.sync kernel's epilogue instead)
+    TORCH_CHECK(p.k >= 1, "fastconv_testing::", kOp, ": the Hopper kernel needs k >= 1 and alpha != 0");
     run_blocks<typename decltype(out)::type>(p, bf16, ra, rb);
   };
   return emulated_gemm(kOp, true, run, a, b, c, trans_a, trans_b, alpha, beta, out_dtype);

@@ -41,10 +41,7 @@ struct HopperExec {
   int tid;
   const CUtensorMap* maps[2];
 
-  __device__ void zero(Acc& a) const {
-    FC_UNROLL
-    for (int i = 0; i < T::kAccs; ++i) a[i] = 0.0f;
-  }
+  __device__ void unset(Acc&) const {}
   __device__ bool leader() const { return tid == 0; }
   __device__ uint32_t smem_addr(int byte) const { return base + static_cast<uint32_t>(byte); }
   __device__ uint32_t barrier(int stage) const { return base + T::kBarrierOffset + 8 * stage; }
@@ -95,16 +92,18 @@ struct HopperExec {
   __device__ void sync() const { __syncthreads(); }
 
   template <typename F>
-  __device__ void wgmma(Acc& d, F&& desc_a, uint64_t db) const {
+  __device__ void wgmma(Acc& d, F&& desc_a, uint64_t db, bool accumulate) const {
     const uint64_t da = desc_a(tid / 128);
-    // scale-d 1 (D += A B), scale-a/b 1, no transposes (both operands K-major)
+    const int scale_d = accumulate;
+    // scale-d from `accumulate` (1: D += A B; 0: D = A B), scale-a/b 1, no transposes (both K-major)
 #define FC_WGMMA_ASM(types)                                                                                   \
-    asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32." types " {"                                    \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                               \
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." types " {"                                    \
                  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                     \
                  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "           \
                  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "           \
                  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "          \
-                 "%64, %65, 1, 1, 1, 0, 0;\n"                                                                 \
+                 "%64, %65, p, 1, 1, 0, 0;\n}\n"                                                                 \
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),        \
                    "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),    \
                    "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), \
@@ -115,7 +114,7 @@ struct HopperExec {
                    "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
                    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), \
                    "+f"(d[63])                                                                                \
-                 : "l"(da), "l"(db))
+                 : "l"(da), "l"(db), "r"(scale_d))
     if constexpr (kBf16) {
       FC_WGMMA_ASM("bf16.bf16");
     } else {
