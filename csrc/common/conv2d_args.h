@@ -160,6 +160,14 @@ inline Conv2dShape check_conv2d_backward(const at::Tensor& grad_output, const at
 
 // t laid out in `fmt` with exactly the strides torch gives a fresh tensor of that format (which
 // .contiguous(fmt) does not promise when size-1 dimensions make several layouts equivalent).
+// out (the NCHW output, batched or not) = the bias broadcast over it: the GEMM paths add their product
+// to it (beta = 1), so the bias enters before the one rounding.
+inline void conv2d_prefill_bias(at::Tensor& out, const at::Tensor& bias, const Conv2dShape& s) {
+  const auto view =
+      s.batched ? std::vector<int64_t>{1, s.out_channels, 1, 1} : std::vector<int64_t>{s.out_channels, 1, 1};
+  out.copy_(bias.reshape(view).expand_as(out));
+}
+
 inline at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
   if (fmt == at::MemoryFormat::Contiguous) return t.contiguous();
   at::Tensor out = at::empty(t.sizes(), t.options().memory_format(fmt));

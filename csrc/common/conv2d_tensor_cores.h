@@ -25,8 +25,6 @@
 
 namespace fastconv {
 
-inline int64_t round_up8(int64_t v) { return (v + 7) / 8 * 8; }
-
 struct Conv2dTensorCorePlan {
   int64_t kc, kc8;      // a group's filter row (cg * kh * kw) and its padded pitch
   int64_t positions;    // output positions per image
@@ -39,9 +37,9 @@ struct Conv2dTensorCorePlan {
 inline Conv2dTensorCorePlan conv2d_tensor_core_plan(const Conv2dShape& s, int64_t workspace_elems) {
   Conv2dTensorCorePlan plan;
   plan.kc = s.in_channels / s.groups * s.g.kh * s.g.kw;
-  plan.kc8 = round_up8(plan.kc);
+  plan.kc8 = mma_pitch(plan.kc);
   plan.positions = s.g.out_h * s.g.out_w;
-  const int64_t rows = s.in_channels * s.g.kh * s.g.kw, image = rows * round_up8(plan.positions);
+  const int64_t rows = s.in_channels * s.g.kh * s.g.kw, image = rows * mma_pitch(plan.positions);
   if (image <= workspace_elems || rows == 0) {
     plan.chunk = plan.positions;
     plan.images = std::clamp<int64_t>(image > 0 ? workspace_elems / image : s.batch, 1, std::max<int64_t>(s.batch, 1));
@@ -54,7 +52,7 @@ inline Conv2dTensorCorePlan conv2d_tensor_core_plan(const Conv2dShape& s, int64_
 
 // The column workspace's elements for a plan.
 inline int64_t conv2d_tensor_core_workspace(const Conv2dShape& s, const Conv2dTensorCorePlan& plan) {
-  return plan.images * s.in_channels * s.g.kh * s.g.kw * round_up8(plan.chunk);
+  return plan.images * s.in_channels * s.g.kh * s.g.kw * mma_pitch(plan.chunk);
 }
 
 // out (NCHW, 16-bit elements) = conv(x, w8) (+ out's prior contents, the bias, when accumulate). w8:
@@ -68,7 +66,7 @@ void conv2d_tensor_core_forward(Backend& be, const Conv2dShape& s, const Conv2dT
   for (int64_t n0 = 0; n0 < s.batch; n0 += plan.images) {
     const int64_t nb = std::min(plan.images, s.batch - n0);
     for (int64_t p0 = 0; p0 < P; p0 += plan.chunk) {
-      const int64_t pc = std::min(plan.chunk, P - p0), pitch = round_up8(pc);
+      const int64_t pc = std::min(plan.chunk, P - p0), pitch = mma_pitch(pc);
       be.im2col(x + n0 * C * hw, nb, p0, pc, pitch, cols);
       MmaGemmParams p;
       p.m = kg;
@@ -103,11 +101,7 @@ at::Tensor conv2d_tensor_cores(Backend& be, const at::Tensor& input, const at::T
   at::Tensor w8 = at::empty({s.out_channels, plan.kc8}, weight.options());
   w8.narrow(1, 0, plan.kc).copy_(weight.reshape({s.out_channels, plan.kc}));
   const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) {   // the bias enters as the GEMM's beta term
-    out.copy_(bias->reshape(s.batched ? std::vector<int64_t>{1, s.out_channels, 1, 1}
-                                      : std::vector<int64_t>{s.out_channels, 1, 1})
-                  .expand_as(out));
-  }
+  if (has_bias) conv2d_prefill_bias(out, *bias, s);   // the GEMM's beta term
   at::Tensor cols = at::empty({std::max<int64_t>(conv2d_tensor_core_workspace(s, plan), 8)}, input.options());
   conv2d_tensor_core_forward(be, s, plan, static_cast<const uint16_t*>(x.data_ptr()),
                              static_cast<const uint16_t*>(w8.data_ptr()), static_cast<uint16_t*>(out.data_ptr()),

@@ -59,6 +59,10 @@ struct MmaGemmParams {
   int64_t ldc;
 };
 
+// A row of `elems` 2-byte elements rounded up to whole 16-byte chunks: the pitch that keeps every
+// row's chunks aligned (and that a TMA descriptor accepts).
+FC_HD int64_t mma_pitch(int64_t elems) { return (elems + 7) / 8 * 8; }
+
 // GEMM z of a strided batch (common/gemm_batch.h; no reduction batch): the operands and C moved by
 // their batch offsets. Out is C's element type.
 template <typename Out>

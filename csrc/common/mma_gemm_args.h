@@ -19,15 +19,14 @@ inline MmaOperand mma_operand(const at::Tensor& xk, at::Tensor* keep, bool k_con
   const int64_t ex = xk.size(0), ek = xk.size(1), sx = xk.stride(0), sk = xk.stride(1);
   const bool aligned = reinterpret_cast<uintptr_t>(xk.data_ptr()) % 16 == 0;
   // A dimension of extent <= 1 is only ever indexed at 0, so its stride does not matter: a single row
-  // is given a pitch of K rounded up to 8 (what a TMA descriptor accepts; the mma.sync kernel ignores it).
-  const int64_t one_row_pitch = (ek + 7) / 8 * 8;
+  // is given the padded pitch (what a TMA descriptor accepts; the mma.sync kernel ignores it).
   if (aligned && (sk == 1 || ek <= 1) && (ex <= 1 || sx % 8 == 0)) {
-    return {xk.data_ptr(), ex <= 1 ? one_row_pitch : sx, true, ex};
+    return {xk.data_ptr(), ex <= 1 ? mma_pitch(ek) : sx, true, ex};
   }
   if (!k_contiguous_only && aligned && (sx == 1 || ex <= 1) && (ek <= 1 || sk % 8 == 0)) {
     return {xk.data_ptr(), sk, false, ex};
   }
-  *keep = at::empty({ex, (ek + 7) / 8 * 8}, xk.options()).narrow(1, 0, ek);
+  *keep = at::empty({ex, mma_pitch(ek)}, xk.options()).narrow(1, 0, ek);
   keep->copy_(xk);
   return {keep->data_ptr(), keep->stride(0), true, ex};
 }

@@ -161,10 +161,7 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
                                          out.data_ptr(), dims_of(s), s.g, stream));
     return in_format(out, s.format);
   }
-  if (has_bias) {   // the bias enters as the GEMM's beta term
-    const auto view = s.batched ? std::vector<int64_t>{1, s.out_channels, 1, 1} : std::vector<int64_t>{s.out_channels, 1, 1};
-    out.copy_(bias->reshape(view).expand_as(out));
-  }
+  if (has_bias) conv2d_prefill_bias(out, *bias, s);   // the GEMM's beta term
   const Conv2dBatching batching = conv2d_batching(s, d, input.element_size(), kWorkspaceBytes);
   const at::Tensor cols = plan_workspace(s, d, batching, input.options());
   CudaLaunches be{dt, s, stream};
