@@ -165,6 +165,7 @@ PACKED_PATHS = [
     ((1, 16, 40, 40), (24, 16, 3, 3), 1),    # one image: its chunks in parallel
     ((8, 32, 7, 7), (250, 32, 3, 3), 1),     # one bundle of 8 images, 2 K blocks: channels split too
     ((20, 4, 6, 5), (12, 2, 3, 3), 2),       # bundles of 17 and 3 images, a chunk ending mid-image
+    ((7, 6, 15, 15), (10, 6, 3, 3), 1),      # grad_weight: bundles of 3, 3 and 1 images shared by 2 threads
 ]
 
 

@@ -52,13 +52,14 @@ constexpr int64_t kForwardChunkBytes = int64_t(384) << 10;
 // time, 3 runs each: 0.83-0.94x torch -> 0.92-1.00x).
 constexpr int64_t kForwardOutputBytes = int64_t(256) << 10;
 
-// cols[(c*kh + i)*kw + j][p - p0] for output positions p in [p0, p1) of one image/group (Cg planes).
+// cols[(c*kh + i)*kw + j][p - p0] for output positions p in [p0, p1) of one image/group (Cg planes),
+// column rows `ld` apart (p1 - p0 unless several images' columns lie side by side).
 // Row by row of output positions: a tap row outside the input is zeros; inside, the in-range columns
 // [ow_lo, ow_hi) are a strided (for stride 1, contiguous) copy and the rest zeros. (The forward pass
 // uses forward_packed below; grad_weight and planes too large to pad use this.)
 template <typename T>
-void im2col(const T* x, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t p1, T* cols) {
-  const int64_t pc = p1 - p0;   // row stride of the column matrix
+void im2col(const T* x, int64_t cg, const Conv2dGeometry& g, int64_t p0, int64_t p1, T* cols, int64_t ld = 0) {
+  const int64_t pc = ld > 0 ? ld : p1 - p0;   // row stride of the column matrix
   for (int64_t c = 0; c < cg; ++c) {
     const T* plane = x + c * g.in_h * g.in_w;
     for (int64_t i = 0; i < g.kh; ++i) {
@@ -601,27 +602,58 @@ void grad_input_impl(const T* dy, const T* wt, T* dx, const Conv2dShape& s) {   
   });
 }
 
-// dW_g = sum over images of dY_g(n) @ cols(x_g(n))^T. The images are shared out to the threads, each
-// summing its share into a partial dW of its own (the first straight into dw), and the partials are
-// added at the end: the GEMMs then run one per thread, without a fork per K block. With a single image
-// (or thread) the images run in order and the GEMMs are parallel inside.
+// dW_g = sum over images of dY_g(n) @ cols(x_g(n))^T, a GEMM whose reduction runs over output positions.
+// Images with few positions (ResNet-18's 7x7 and 4x4 layers) would each make a GEMM with a reduction of
+// 49 or 16 that reads and writes all of dW (9 MB at 512 channels) for little work: up to
+// kBundlePositions positions of several images then form one bundle, their columns and grad_output rows
+// side by side, one GEMM each. The bundles are shared out to the threads, each summing its share into
+// a partial dW of its own (the first straight into dw), and the partials are added at the end: the GEMMs
+// then run one per thread, without a fork per K block. With a single bundle (or thread) the bundles run
+// in order and the GEMMs are parallel inside.
 template <typename T>
 void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
   const auto& g = s.g;
-  const int64_t parts = std::min<int64_t>(at::get_num_threads(), s.batch);
-  const Conv2dGemmDims d = parts > 1 ? per_thread_dims(s, sizeof(T)) : conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
+  const int64_t threads = at::get_num_threads();
+  const Conv2dGemmDims whole = conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
+  // Images per bundle: enough for kBundlePositions positions, within a thread's share of the workspace,
+  // and the same number of bundles on every thread (the batch's share of a thread in even bundles: 4
+  // images of 196 positions make two bundles of 2, not one of 3 and one of 1).
+  const int64_t fit = int64_t(kWorkspaceBytes) / threads / (std::max<int64_t>(1, whole.kc) * int64_t(sizeof(T)));
+  const int64_t most = std::max<int64_t>(1, std::min((kBundlePositions + whole.P - 1) / std::max<int64_t>(1, whole.P),
+                                                     fit / std::max<int64_t>(1, whole.P)));
+  const int64_t share = std::max<int64_t>(1, (s.batch + threads - 1) / threads);   // images per thread
+  const int64_t bundle = (share + (share + most - 1) / most - 1) / ((share + most - 1) / most);
+  const int64_t bundles = (s.batch + bundle - 1) / bundle;
+  const int64_t parts = std::min(threads, bundles);
+  const Conv2dGemmDims d = parts > 1 ? per_thread_dims(s, sizeof(T)) : whole;
   const int64_t cg = d.cg, kg = d.kg, kc = d.kc, P = d.P, HW = d.HW, chunk = d.chunk;
   const bool pointwise = d.pointwise;
   const int64_t elems = s.groups * kg * kc;
-  // Images [n0, n1) summed into acc (overwritten; zeros for an empty range).
-  const auto sum_images = [&](int64_t n0, int64_t n1, T* acc) {
-    T* cols = scratch<T>(Scratch::conv_cols, pointwise ? 1 : kc * chunk);
+  // Bundles [b0, b1) summed into acc (overwritten; zeros for an empty range).
+  const auto sum_bundles = [&](int64_t b0, int64_t b1, T* acc) {
+    const bool side_by_side = bundle > 1;
+    T* cols = scratch<T>(Scratch::conv_cols, pointwise && !side_by_side ? 1 : kc * std::max(chunk, bundle * P));
+    T* dyb = side_by_side ? scratch<T>(Scratch::conv_prod, kg * bundle * P) : nullptr;
     for (int64_t grp = 0; grp < s.groups; ++grp) {
       T* dwg = acc + grp * kg * kc;
       bool first = true;
-      for (int64_t n = n0; n < n1; ++n) {
-        const T* dyg = dy + (n * s.out_channels + grp * kg) * P;
-        const T* xg = x + (n * s.in_channels + grp * cg) * HW;
+      for (int64_t bi = b0; bi < b1; ++bi) {
+        const int64_t n0 = bi * bundle, nb = std::min(bundle, s.batch - n0);
+        const T* dyg = dy + (n0 * s.out_channels + grp * kg) * P;
+        const T* xg = x + (n0 * s.in_channels + grp * cg) * HW;
+        if (side_by_side) {   // columns and grad_output rows of the bundle's images side by side
+          const int64_t N = nb * P;
+          for (int64_t b = 0; b < nb; ++b) {
+            im2col(xg + b * s.in_channels * HW, cg, g, 0, P, cols + b * P, N);
+            for (int64_t k = 0; k < kg; ++k) {
+              const T* src = dyg + (b * s.out_channels + k) * P;
+              std::copy(src, src + P, dyb + k * N + b * P);
+            }
+          }
+          gemm(gemm_args<T>(kg, kc, N, dyb, N, 1, cols, 1, N, dwg, kc, first ? T(0) : T(1)));
+          first = false;
+          continue;
+        }
         for (int64_t p0 = 0; p0 < P; p0 += chunk) {
           const int64_t p1 = std::min(P, p0 + chunk), pc = p1 - p0;
           const T beta = first ? T(0) : T(1);
@@ -638,13 +670,13 @@ void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
     }
   };
   if (parts <= 1) {
-    sum_images(0, s.batch, dw);
+    sum_bundles(0, bundles, dw);
     return;
   }
   T* partial = scratch<T>(Scratch::conv_dw, (parts - 1) * elems);   // written and read by the workers
   at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
-      sum_images(s.batch * p / parts, s.batch * (p + 1) / parts, p == 0 ? dw : partial + (p - 1) * elems);
+      sum_bundles(bundles * p / parts, bundles * (p + 1) / parts, p == 0 ? dw : partial + (p - 1) * elems);
     }
   });
   at::parallel_for(0, elems, 1 << 14, [&](int64_t b, int64_t e) {
