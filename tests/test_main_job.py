@@ -186,3 +186,26 @@ def test_main_job_mixed_precision_part(tmp_path):
         assert curve[-1] < 0.8 * curve[0], r.stdout
     assert abs(losses["autocast"][-1] - losses["fp32"][-1]) < 0.05 * losses["fp32"][-1], r.stdout
     assert png.stat().st_size > 0
+
+
+def test_bench_models_section_runs_both_sides():
+    """The --models section: each case's two sides run (eval first, on the same weights: the converted
+    model's logits match torch's), then a training step each, which moves the weights of each copy and
+    keeps them finite."""
+    pytest.importorskip("torchvision", reason="the models section needs torchvision (requirements-ci.txt)")
+    from fastconv.bench.suites import model_cases
+
+    cases = model_cases("cpu", quick=True)
+    assert len(cases) == 12   # 3 models x 2 memory formats x (train step, eval)
+    for case in cases:
+        if case.op.endswith("eval"):
+            ours, ref = case.fastconv(), case.torch()
+            torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-3 * (1 + ref.abs().max().item()))
+    for case in cases:
+        if case.op.endswith("train step"):
+            for run in (case.fastconv, case.torch):
+                params = list(run.model.parameters())
+                before = [p.detach().clone() for p in params]
+                run()
+                assert any(not torch.equal(a, p) for a, p in zip(before, params)), case.op
+                assert all(torch.isfinite(p).all() for p in params), case.op

@@ -47,6 +47,8 @@ def _reexec_with_steady_memory(argv: list[str]) -> None:
 
 def _colour_key(row: dict) -> str:
     """What a bar's colour says: the op family, and for convolutions also the algorithm."""
+    if row["suite"] == "models":
+        return "model " + row["op"].split()[1]           # "model train", "model eval"
     if row["suite"] == "conv2d":
         return " ".join(row["op"].split()[:2])        # "conv2d im2col", "conv2d winograd", ...
     return row["suite"]
@@ -98,8 +100,11 @@ def main(argv: list[str] | None = None, *, default_outputs: bool = False) -> int
     as fastconv-bench-<device>.json/.png in the current directory."""
     ap = argparse.ArgumentParser(prog="python -m fastconv bench" if default_outputs else "python -m fastconv.bench",
                                  description=__doc__)
-    ap.add_argument("--ops", nargs="+", choices=sorted(SUITES), default=sorted(SUITES),
-                    help="op families to time (default: all)")
+    ap.add_argument("--ops", nargs="+", choices=sorted(SUITES), default=None,
+                    help="op families to time, 'models' for whole converted torchvision models (default: all)")
+    ap.add_argument("--models", action="store_true",
+                    help="time whole converted torchvision models (ResNet-18, VGG-11-BN, MobileNet-v2: training "
+                         "step and eval, NCHW and channels_last); alone, the same as --ops models")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads for both fastconv and torch (default: torch's default)")
@@ -113,6 +118,10 @@ def main(argv: list[str] | None = None, *, default_outputs: bool = False) -> int
                     help="steady (default): CPU allocations are recycled without page faults, so kernels are "
                          "compared; os: glibc's defaults, where large outputs are fresh pages each call")
     args = ap.parse_args(argv)
+    if args.ops is None:
+        args.ops = ["models"] if args.models else sorted(SUITES)
+    elif args.models and "models" not in args.ops:
+        args.ops.append("models")
     if default_outputs:
         args.json = args.json or f"fastconv-bench-{args.device}.json"
         args.png = args.png or f"fastconv-bench-{args.device}.png"

@@ -346,10 +346,68 @@ def rnn_cases(device: str, quick: bool) -> list[Case]:
     return cases
 
 
+# Whole torchvision models, converted (fastconv.convert) against the same model in torch: (name,
+# constructor, batch, input side). Random initialisation (nothing is downloaded), the same weights in
+# both copies.
+MODELS = [("ResNet-18", "resnet18", 8, 112), ("VGG-11-BN", "vgg11_bn", 8, 112), ("MobileNet-v2", "mobilenet_v2", 16, 112)]
+
+
+def model_cases(device: str, quick: bool) -> list[Case]:
+    """Per model and memory format (NCHW, channels_last): a training step -- forward, cross-entropy on
+    fixed random labels, backward and an SGD step with momentum, as a training loop runs it (the step
+    moves the weights, so per-weight caches are exercised as in training) -- and an eval forward under
+    no_grad. Each side trains its own copy; the learning rate is small enough that thousands of timed
+    steps on random data keep the numbers finite."""
+    try:
+        import torchvision
+    except ImportError:   # an optional dependency: the section needs torchvision's models
+        return []
+    import fastconv
+
+    cases = []
+    for name, ctor, n, hw in MODELS:
+        if quick:
+            n, hw = 2, 64
+        for mf in (torch.contiguous_format, torch.channels_last):
+            torch.manual_seed(0)
+            ref = getattr(torchvision.models, ctor)(num_classes=100)
+            ours = fastconv.convert(getattr(torchvision.models, ctor)(num_classes=100))
+            ours.load_state_dict(ref.state_dict())
+            ref, ours = ref.to(device, memory_format=mf), ours.to(device, memory_format=mf)
+            x = torch.randn(n, 3, hw, hw, device=device).contiguous(memory_format=mf)
+            labels = torch.randint(0, 100, (n,), device=device)
+            shape = f"{n}x3x{hw}x{hw} {_fmt_name(mf)}"
+
+            def train_step(model, opt):
+                def run():
+                    model.train()
+                    opt.zero_grad(set_to_none=True)
+                    TF.cross_entropy(model(x), labels).backward()
+                    opt.step()
+                run.model = model   # for the test that checks the step trains
+                return run
+
+            def evaluate(model):
+                def run():
+                    model.eval()
+                    with torch.no_grad():
+                        return model(x)
+                return run
+
+            opts = [torch.optim.SGD(m.parameters(), lr=1e-5, momentum=0.9) for m in (ours, ref)]
+            cases.append(Case(op=f"{name} train step", shape=shape, dtype="float32",
+                              fastconv=train_step(ours, opts[0]), torch=train_step(ref, opts[1]),
+                              note="torchvision, converted"))
+            cases.append(Case(op=f"{name} eval", shape=shape, dtype="float32", fastconv=evaluate(ours),
+                              torch=evaluate(ref), note="torchvision, converted"))
+    return cases
+
+
 SUITES = {
     "max_pool2d": max_pool2d_cases,
     "batch_norm": batch_norm_cases,
     "gemm": gemm_cases,
     "conv2d": conv2d_cases,
     "rnn": rnn_cases,
+    "models": model_cases,
 }
