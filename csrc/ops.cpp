@@ -1,6 +1,7 @@
 // fastconv's op table: every schema in one TORCH_LIBRARY block. Backends register their kernels with
 // TORCH_LIBRARY_IMPL(fastconv, CPU|CUDA, m) in csrc/cpu/<family>.cpp and csrc/cuda/<family>.cpp;
-// fake (meta) kernels and autograd are registered from Python in fastconv/ops.py.
+// the CNN ops' autograd in csrc/autograd.cpp; fake (meta) kernels, the backward ops' autograd and the
+// RNN layers' are registered from Python in fastconv/ops.py.
 //
 // This file is also the Python module fastconv._C: importing it runs the registrations. It exposes
 // no ops through Python bindings, only a few facts about the build and the CPU kernel selection.

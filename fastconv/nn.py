@@ -10,6 +10,8 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import functional as F
 
+_conv2d_op = torch.ops.fastconv.conv2d.default
+
 __all__ = ["BatchNorm2d", "Conv2d", "GRU", "GRUCell", "LSTM", "LSTMCell", "Linear", "MaxPool2d"]
 
 
@@ -100,6 +102,13 @@ class Conv2d(torch.nn.Conv2d):
 
     @_named_errors
     def _conv_forward(self, input, weight, bias):
+        if self.padding_mode == "zeros" and not isinstance(self.padding, str):
+            # The common case straight to the op: the constructor has checked the arguments and made
+            # them pairs, which is what fastconv.functional.conv2d would do again on every call.
+            if not torch.is_grad_enabled() and weight.requires_grad:
+                weight = weight.detach()   # as F.conv2d: no gradient can reach it (the weight cache may keep it)
+            return _conv2d_op(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                              self.algorithm)
         if self.padding_mode != "zeros":
             padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return F.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups,

@@ -1,5 +1,7 @@
 """Python side of the op table (csrc/ops.cpp): fake (meta) kernels, so the ops trace under
-``torch.compile`` without graph breaks, and autograd formulas, whose backward is itself a fastconv op.
+``torch.compile`` without graph breaks, and the autograd formulas of the backward ops (double backward)
+and of the RNN layers, whose backward is itself a fastconv op. The CNN ops' autograd (conv2d, max-pool,
+batch-norm, gemm) is registered in C++ (csrc/autograd.cpp), which spares each call a trip through Python.
 
 The kernels are reached as ``torch.ops.fastconv.<name>``; this module adds typed wrappers."""
 
@@ -82,23 +84,6 @@ def _max_pool2d_backward_fake(grad_output, x, kernel_size, stride, padding, dila
     return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
-def _max_pool2d_setup_context(ctx, inputs, output):
-    x, kernel_size, stride, padding, dilation, ceil_mode = inputs
-    _, indices = output
-    ctx.save_for_backward(x, indices)
-    ctx.pool_args = (kernel_size, stride, padding, dilation, ceil_mode)
-
-
-def _max_pool2d_backward(ctx, grad_out, _grad_indices):
-    x, indices = ctx.saved_tensors
-    grad_in = max_pool2d_with_indices_backward(grad_out, x, *ctx.pool_args, indices)
-    return grad_in, None, None, None, None, None
-
-
-torch.library.register_autograd(
-    "fastconv::max_pool2d_with_indices", _max_pool2d_backward, setup_context=_max_pool2d_setup_context)
-
-
 def _max_pool2d_backward_setup_context(ctx, inputs, output):
     ctx.save_for_backward(inputs[-1])
 
@@ -168,27 +153,6 @@ def _batch_norm_backward_fake(grad_output, x, weight, bias, save_mean, save_invs
     return gi, x.new_empty((n,), dtype=affine_dtype), x.new_empty((n,), dtype=affine_dtype)
 
 
-def _batch_norm_setup_context(ctx, inputs, output):
-    x, weight, bias, _running_mean, _running_var, training, _eps, relu = inputs
-    _, save_mean, save_invstd, _ = output
-    ctx.save_for_backward(x, weight, bias, save_mean, save_invstd)
-    ctx.training, ctx.relu = training, relu
-    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
-
-
-def _batch_norm_backward(ctx, grad_out, _g_mean, _g_invstd, _g_var):
-    x, weight, bias, save_mean, save_invstd = ctx.saved_tensors
-    grad_affine = bool(ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
-    gi, gw, gb = batch_norm_backward(grad_out, x, weight, bias, save_mean, save_invstd, ctx.training, ctx.relu,
-                                     grad_affine)
-    return (gi, gw if ctx.has_weight and grad_affine else None, gb if ctx.has_bias and grad_affine else None,
-            None, None, None, None, None)
-
-
-torch.library.register_autograd(
-    "fastconv::batch_norm", _batch_norm_backward, setup_context=_batch_norm_setup_context)
-
-
 def _batch_norm_backward_setup_context(ctx, inputs, output):
     pass
 
@@ -229,36 +193,6 @@ def _gemm_fake(a, b, c, trans_a, trans_b, alpha, beta, out_dtype=None):
     return a.new_empty((m, n), dtype=out)
 
 
-def _gemm_setup_context(ctx, inputs, output):
-    a, b, c, trans_a, trans_b, alpha, beta, _ = inputs
-    ctx.save_for_backward(a, b)
-    ctx.flags = (trans_a, trans_b, alpha, beta)
-    ctx.c_shape = None if c is None else c.shape
-
-
-def _gemm_backward(ctx, grad):
-    # d op(A) = alpha * grad @ op(B)^T and d op(B) = alpha * op(A)^T @ grad; a transposed operand
-    # receives the transpose, which is again one gemm with the flags swapped. Half-precision inputs
-    # with a float32 output: the gradients are computed in float32 (the other operand widened) and
-    # returned in the inputs' dtype.
-    a, b = ctx.saved_tensors
-    trans_a, trans_b, alpha, beta = ctx.flags
-    in_dtype = a.dtype
-    if grad.dtype != in_dtype:
-        a, b = a.to(grad.dtype), b.to(grad.dtype)
-    ga = gb = gc = None
-    if ctx.needs_input_grad[0]:
-        ga = gemm(b, grad, None, trans_b, True, alpha) if trans_a else gemm(grad, b, None, False, not trans_b, alpha)
-        ga = ga.to(in_dtype)
-    if ctx.needs_input_grad[1]:
-        gb = gemm(grad, a, None, True, trans_a, alpha) if trans_b else gemm(a, grad, None, not trans_a, False, alpha)
-        gb = gb.to(in_dtype)
-    if ctx.c_shape is not None and ctx.needs_input_grad[2]:
-        gc = (grad * beta).sum_to_size(ctx.c_shape)
-    return ga, gb, gc, None, None, None, None, None
-
-
-torch.library.register_autograd("fastconv::gemm", _gemm_backward, setup_context=_gemm_setup_context)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -312,25 +246,6 @@ def _conv2d_backward_fake(grad_output, x, weight, stride, padding, dilation, gro
     db = x.new_empty((weight.shape[0],))
     return (dx if output_mask[0] else empty, dw if output_mask[1] else empty.clone(),
             db if output_mask[2] else empty.clone())
-
-
-def _conv2d_setup_context(ctx, inputs, output):
-    x, weight, bias, stride, padding, dilation, groups, algorithm = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.args = (stride, padding, dilation, groups, algorithm)
-    ctx.has_bias = bias is not None
-
-
-def _conv2d_backward(ctx, grad):
-    x, weight = ctx.saved_tensors
-    mask = [bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1]),
-            bool(ctx.has_bias and ctx.needs_input_grad[2])]
-    dx, dw, db = torch.ops.fastconv.conv2d_backward.default(grad, x, weight, *ctx.args, mask)
-    return (dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None,
-            None, None, None, None, None)
-
-
-torch.library.register_autograd("fastconv::conv2d", _conv2d_backward, setup_context=_conv2d_setup_context)
 
 
 def _conv2d_backward_setup_context(ctx, inputs, output):

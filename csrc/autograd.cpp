@@ -1,0 +1,275 @@
+// Autograd for fastconv's CNN ops in C++: one torch::autograd::Function per op, registered at the
+// Autograd dispatch key (torchvision's pattern for its ops). A call that needs a gradient then records
+// its graph node without leaving C++; through torch.library.register_autograd it went C++ -> Python ->
+// C++ on every call, which cost a small convolution (1x4x4x4, 3x3) about 22 us of its 38.
+//
+// Each forward calls its op again below the Autograd key (the backend kernel, or the fake kernel
+// under torch.compile's tracing); each backward calls the op's backward op through the dispatcher, so
+// with create_graph that call is recorded too: the backward ops' own autograd (double backward) stays
+// in fastconv/ops.py, as do the fake kernels. Outputs that are bookkeeping (max-pool's indices, batch
+// norm's saved statistics) are marked non-differentiable: no gradient flows through them, loudly.
+//
+// The LSTM and GRU layers keep their autograd in Python (fastconv/ops.py): their calls are long (a
+// whole sequence), so the round trip does not show.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <string>
+#include <tuple>
+
+namespace fastconv {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+template <class Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+std::vector<int64_t> ints(const c10::IValue& v) { return v.toIntVector(); }
+
+// The edge (needs_input_grad index) of each tensor argument: a Function's optional tensor that is
+// absent gets no edge, so the edges of the arguments after it move down by one.
+struct Edges {
+  std::vector<int> index;
+  template <class... Present>
+  explicit Edges(Present... present) {
+    int next = 0;
+    for (bool p : {present...}) index.push_back(p ? next++ : -1);
+  }
+};
+
+bool needs(AutogradContext* ctx, int64_t edge) { return edge >= 0 && ctx->needs_input_grad(edge); }
+
+// ------------------------------------------------------------------------------------------------
+// conv2d: grad = conv2d_backward(grad_output, x, w, ..., mask), mask from the inputs that need one.
+// ------------------------------------------------------------------------------------------------
+using Conv2dSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, at::IntArrayRef,
+                             at::IntArrayRef, at::IntArrayRef, int64_t, c10::string_view);
+using Conv2dBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t,
+    c10::string_view, std::array<bool, 3>);
+
+struct Conv2dFunction : torch::autograd::Function<Conv2dFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, int64_t groups, c10::string_view algorithm) {
+    static const auto op = find_op<Conv2dSig>("fastconv::conv2d");
+    at::Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      out = op.call(input, weight, bias, stride, padding, dilation, groups, algorithm);
+    }
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["algorithm"] = std::string(algorithm);
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = find_op<Conv2dBackwardSig>("fastconv::conv2d_backward");
+    const auto saved = ctx->get_saved_variables();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const Edges e(true, true, has_bias);
+    const std::array<bool, 3> mask{needs(ctx, e.index[0]), needs(ctx, e.index[1]), needs(ctx, e.index[2])};
+    const std::string algorithm = ctx->saved_data["algorithm"].toStringRef();
+    auto [dx, dw, db] = op.call(grads[0], saved[0], saved[1], ints(ctx->saved_data["stride"]),
+                                ints(ctx->saved_data["padding"]), ints(ctx->saved_data["dilation"]),
+                                ctx->saved_data["groups"].toInt(), algorithm, mask);
+    return {mask[0] ? dx : at::Tensor(), mask[1] ? dw : at::Tensor(), mask[2] ? db : at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor conv2d_autograd(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                           c10::string_view algorithm) {
+  return Conv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups, algorithm);
+}
+
+// ------------------------------------------------------------------------------------------------
+// max_pool2d_with_indices: grad_input scatters grad_output to the saved argmax indices.
+// ------------------------------------------------------------------------------------------------
+using MaxPoolSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                                                      at::IntArrayRef, at::IntArrayRef, bool);
+using MaxPoolBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
+                                      at::IntArrayRef, at::IntArrayRef, bool, const at::Tensor&);
+
+struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& self, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               bool ceil_mode) {
+    static const auto op = find_op<MaxPoolSig>("fastconv::max_pool2d_with_indices");
+    at::Tensor out, indices;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      std::tie(out, indices) = op.call(self, kernel_size, stride, padding, dilation, ceil_mode);
+    }
+    ctx->mark_non_differentiable({indices});
+    ctx->save_for_backward({self, indices});
+    ctx->saved_data["kernel_size"] = kernel_size.vec();
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["ceil_mode"] = ceil_mode;
+    return {out, indices};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = find_op<MaxPoolBackwardSig>("fastconv::max_pool2d_with_indices_backward");
+    const auto saved = ctx->get_saved_variables();
+    at::Tensor grad_in = op.call(grads[0], saved[0], ints(ctx->saved_data["kernel_size"]),
+                                 ints(ctx->saved_data["stride"]), ints(ctx->saved_data["padding"]),
+                                 ints(ctx->saved_data["dilation"]), ctx->saved_data["ceil_mode"].toBool(), saved[1]);
+    return {grad_in, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_autograd(const at::Tensor& self, at::IntArrayRef kernel_size,
+                                                       at::IntArrayRef stride, at::IntArrayRef padding,
+                                                       at::IntArrayRef dilation, bool ceil_mode) {
+  auto outs = MaxPool2dFunction::apply(self, kernel_size, stride, padding, dilation, ceil_mode);
+  return {outs[0], outs[1]};
+}
+
+// ------------------------------------------------------------------------------------------------
+// batch_norm (+ fused ReLU): the gradients of input and of the affine parameters from the statistics
+// the forward used (batch or running); the saved statistics and batch_var are not differentiable.
+// ------------------------------------------------------------------------------------------------
+using BatchNormSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, double, bool);
+using BatchNormBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+    const at::Tensor&, const at::Tensor&, bool, bool, bool);
+
+std::optional<at::Tensor> present(const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; }
+
+struct BatchNormFunction : torch::autograd::Function<BatchNormFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const std::optional<at::Tensor>& weight,
+                               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
+                               const std::optional<at::Tensor>& running_var, bool training, double eps, bool relu) {
+    static const auto op = find_op<BatchNormSig>("fastconv::batch_norm");
+    at::Tensor out, save_mean, save_invstd, batch_var;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      std::tie(out, save_mean, save_invstd, batch_var) =
+          op.call(input, weight, bias, running_mean, running_var, training, eps, relu);
+    }
+    ctx->mark_non_differentiable({save_mean, save_invstd, batch_var});
+    const bool has_weight = weight.has_value() && weight->defined(), has_bias = bias.has_value() && bias->defined();
+    ctx->save_for_backward({input, has_weight ? *weight : at::Tensor(), has_bias ? *bias : at::Tensor(), save_mean,
+                            save_invstd});
+    ctx->saved_data["training"] = training;
+    ctx->saved_data["relu"] = relu;
+    ctx->saved_data["has_weight"] = has_weight;
+    ctx->saved_data["has_bias"] = has_bias;
+    ctx->saved_data["has_running_mean"] = running_mean.has_value() && running_mean->defined();
+    ctx->saved_data["has_running_var"] = running_var.has_value() && running_var->defined();
+    return {out, save_mean, save_invstd, batch_var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = find_op<BatchNormBackwardSig>("fastconv::batch_norm_backward");
+    const auto saved = ctx->get_saved_variables();
+    const bool has_weight = ctx->saved_data["has_weight"].toBool(), has_bias = ctx->saved_data["has_bias"].toBool();
+    const Edges e(true, has_weight, has_bias, ctx->saved_data["has_running_mean"].toBool(),
+                  ctx->saved_data["has_running_var"].toBool());
+    const bool grad_affine = needs(ctx, e.index[1]) || needs(ctx, e.index[2]);
+    auto [gi, gw, gb] = op.call(grads[0], saved[0], present(saved[1]), present(saved[2]), saved[3], saved[4],
+                                ctx->saved_data["training"].toBool(), ctx->saved_data["relu"].toBool(), grad_affine);
+    return {needs(ctx, e.index[0]) ? gi : at::Tensor(), has_weight && grad_affine ? gw : at::Tensor(),
+            has_bias && grad_affine ? gb : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_autograd(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
+    double eps, bool relu) {
+  auto outs = BatchNormFunction::apply(input, weight, bias, running_mean, running_var, training, eps, relu);
+  return {outs[0], outs[1], outs[2], outs[3]};
+}
+
+// ------------------------------------------------------------------------------------------------
+// gemm: out = alpha * op(A) @ op(B) + beta * c. d op(A) = alpha * grad @ op(B)^T and d op(B) =
+// alpha * op(A)^T @ grad; a transposed operand receives the transpose, again one gemm with the flags
+// swapped; dc = beta * grad summed to c's shape (c broadcasts). Half-precision inputs with a float32
+// output: the gradients are computed in float32 (the other operand widened) and returned in the
+// inputs' dtype.
+// ------------------------------------------------------------------------------------------------
+using GemmSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, bool, bool, double,
+                           double, std::optional<at::ScalarType>);
+
+struct GemmFunction : torch::autograd::Function<GemmFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b,
+                            const std::optional<at::Tensor>& c, bool trans_a, bool trans_b, double alpha, double beta,
+                            std::optional<at::ScalarType> out_dtype) {
+    static const auto op = find_op<GemmSig>("fastconv::gemm");
+    at::Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      out = op.call(a, b, c, trans_a, trans_b, alpha, beta, out_dtype);
+    }
+    ctx->save_for_backward({a, b});
+    ctx->saved_data["trans_a"] = trans_a;
+    ctx->saved_data["trans_b"] = trans_b;
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["beta"] = beta;
+    const bool has_c = c.has_value() && c->defined();
+    ctx->saved_data["has_c"] = has_c;
+    if (has_c) ctx->saved_data["c_shape"] = c->sizes().vec();
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = find_op<GemmSig>("fastconv::gemm");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& grad = grads[0];
+    const bool ta = ctx->saved_data["trans_a"].toBool(), tb = ctx->saved_data["trans_b"].toBool();
+    const double alpha = ctx->saved_data["alpha"].toDouble(), beta = ctx->saved_data["beta"].toDouble();
+    const bool has_c = ctx->saved_data["has_c"].toBool();
+    const at::ScalarType in_dtype = saved[0].scalar_type();
+    const at::Tensor a = grad.scalar_type() != in_dtype ? saved[0].to(grad.scalar_type()) : saved[0];
+    const at::Tensor b = grad.scalar_type() != in_dtype ? saved[1].to(grad.scalar_type()) : saved[1];
+    const std::nullopt_t none = std::nullopt;
+    at::Tensor ga, gb, gc;
+    if (ctx->needs_input_grad(0)) {
+      ga = ta ? op.call(b, grad, none, tb, true, alpha, 0.0, none) : op.call(grad, b, none, false, !tb, alpha, 0.0, none);
+      ga = ga.to(in_dtype);
+    }
+    if (ctx->needs_input_grad(1)) {
+      gb = tb ? op.call(grad, a, none, true, ta, alpha, 0.0, none) : op.call(a, grad, none, !ta, false, alpha, 0.0, none);
+      gb = gb.to(in_dtype);
+    }
+    if (has_c && ctx->needs_input_grad(2)) gc = (grad * beta).sum_to_size(ints(ctx->saved_data["c_shape"]));
+    return {ga, gb, gc, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor gemm_autograd(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& c, bool trans_a,
+                         bool trans_b, double alpha, double beta, std::optional<at::ScalarType> out_dtype) {
+  return GemmFunction::apply(a, b, c, trans_a, trans_b, alpha, beta, out_dtype);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastconv, Autograd, m) {
+  m.impl("conv2d", &conv2d_autograd);
+  m.impl("max_pool2d_with_indices", &max_pool2d_autograd);
+  m.impl("batch_norm", &batch_norm_autograd);
+  m.impl("gemm", &gemm_autograd);
+}
+
+}  // namespace fastconv
