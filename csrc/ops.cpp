@@ -127,6 +127,25 @@ PyObject* py_fma_peak(PyObject*, PyObject* args) {
   Py_END_ALLOW_THREADS return PyFloat_FromDouble(gflops);
 }
 
+// The float32 GEMM's cache blocking on this CPU and active ISA, and the caches it derives from.
+PyObject* py_gemm_blocking(PyObject*, PyObject*) {
+  const auto& caches = fastconv::cpu::cache_sizes();
+  const auto tile = fastconv::cpu::gemm_tile<float>();
+  const auto b = fastconv::cpu::gemm_blocking_rule(caches, tile.mr, tile.nr, 4);
+  return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:l,s:l,s:l}", "mr", (long long)tile.mr, "nr", (long long)tile.nr, "kc",
+                       (long long)b.kc, "mc", (long long)b.mc, "nc", (long long)b.nc, "l1d", caches.l1d, "l2", caches.l2,
+                       "l3", caches.l3);
+}
+
+// The blocking rule itself for given caches and micro-tile (for the tests): (kc, mc, nc).
+PyObject* py_gemm_blocking_rule(PyObject*, PyObject* args) {
+  long l1d, l2, l3;
+  long long mr, nr, elem;
+  if (!PyArg_ParseTuple(args, "lllLLL", &l1d, &l2, &l3, &mr, &nr, &elem)) return nullptr;
+  const auto b = fastconv::cpu::gemm_blocking_rule(fastconv::cpu::CacheSizes{l1d, l2, l3}, mr, nr, elem);
+  return Py_BuildValue("(LLL)", (long long)b.kc, (long long)b.mc, (long long)b.nc);
+}
+
 template <size_t R, size_t C>
 PyObject* matrix_list(const double (&mat)[R][C]) {
   PyObject* rows = PyList_New(R);
@@ -225,6 +244,10 @@ PyMethodDef methods[] = {
     {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "Whether the CUDA kernels were compiled in."},
     {"fma_peak_gflops", py_fma_peak, METH_VARARGS,
      "fma_peak_gflops(single=True, seconds=0.2): measured FMA peak of the active CPU ISA on torch's threads."},
+    {"gemm_blocking", py_gemm_blocking, METH_NOARGS,
+     "The float32 GEMM's micro-tile and cache blocking on this CPU (active ISA), and the cache sizes they come from."},
+    {"gemm_blocking_rule", py_gemm_blocking_rule, METH_VARARGS,
+     "gemm_blocking_rule(l1d, l2, l3, mr, nr, elem) -> (kc, mc, nc): the blocking rule for those caches."},
     {"winograd_matrices", py_winograd_matrices, METH_VARARGS,
      "winograd_matrices(m): the B^T, G and A^T matrices of F(m x m, 3 x 3) (m = 2 or 4)."},
     {"winograd_transform", py_winograd_transform, METH_VARARGS,

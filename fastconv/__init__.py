@@ -45,7 +45,8 @@ from . import functional, nn  # noqa: E402
 
 def build_info() -> dict:
     """What this build of fastconv is: the torch it was built against, whether (and for which GPU
-    architectures) CUDA kernels were compiled, and the CPU instruction set its kernels use now."""
+    architectures) CUDA kernels were compiled, the CPU instruction set its kernels use now, and the
+    float32 GEMM's cache blocking derived from this CPU's caches."""
     return {
         "fastconv": __version__,
         "torch_built": getattr(_build_info, "TORCH_VERSION", None),
@@ -56,6 +57,7 @@ def build_info() -> dict:
         "cuda_available": torch.cuda.is_available(),
         "cpu_isa": _C.cpu_isa(),
         "cpu_isa_best": _C.best_cpu_isa(),
+        "gemm_blocking": _C.gemm_blocking(),
     }
 
 

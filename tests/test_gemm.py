@@ -190,3 +190,60 @@ def test_torch_compile_fullgraph(device):
 
 def test_measured_fma_peak_is_positive():
     assert fastconv._C.fma_peak_gflops(True, 0.01) > 0
+
+
+def test_cache_blocking_rule():
+    """gemm_blocking_rule (csrc/cpu/gemm_kernels.h): the blocking the CPUs of this project get, the
+    invariants the loop nest relies on, and what build_info reports for this machine."""
+    rule = fastconv._C.gemm_blocking_rule
+    K, M = 1 << 10, 1 << 20
+    assert rule(32 * K, 1 * M, 32 * M, 8, 32, 4) == (256, 256, 3264)       # AMD Zen 4, AVX-512 float32
+    assert rule(48 * K, 2 * M, 105 * M, 8, 32, 4) == (256, 512, 8192)      # Intel Sapphire Rapids
+    assert rule(32 * K, 1 * M, 32 * M, 8, 16, 8) == (256, 128, 1632)       # AVX-512 float64
+    for l1d, l2, l3 in itertools.product((4 * K, 32 * K, 48 * K, 80 * K), (64 * K, 1 * M, 2 * M), (1 * M, 32 * M, 300 * M)):
+        for mr, nr, elem in ((8, 32, 4), (6, 16, 4), (8, 16, 8), (6, 8, 4)):
+            kc, mc, nc = rule(l1d, l2, l3, mr, nr, elem)
+            assert 64 <= kc <= 256 and kc % 16 == 0
+            assert mc >= mr and mc % mr == 0
+            assert nr <= nc <= 8192 and nc % nr == 0
+    info = fastconv.build_info()["gemm_blocking"]
+    assert (info["kc"], info["mc"], info["nc"]) == rule(info["l1d"], info["l2"], info["l3"], info["mr"], info["nr"], 4)
+
+
+_SMALL_CACHES_SCRIPT = r"""
+import torch, torch.nn.functional as TF, fastconv, fastconv.functional as F
+from fastconv.ops import gemm
+info = fastconv.build_info()["gemm_blocking"]
+assert (info["kc"], info["mc"], info["nc"]) == (64, 64, 384), info
+g = torch.Generator().manual_seed(0)
+for dtype in (torch.float32, torch.float64):
+    for ta, tb in ((False, False), (True, True)):
+        a = torch.randn(300, 700, generator=g, dtype=dtype)
+        b = torch.randn(700, 1000, generator=g, dtype=dtype)
+        ref = a.double() @ b.double()
+        out = gemm(a.t().contiguous() if ta else a, b.t().contiguous() if tb else b, None, ta, tb)
+        torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-3)
+x = torch.randn(3, 40, 17, 17, generator=g, dtype=torch.float64, requires_grad=True)
+w = torch.randn(72, 40, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+for algorithm in ("im2col", "winograd", "direct"):
+    y = F.conv2d(x, w, None, 1, 1, algorithm=algorithm)
+    ref = TF.conv2d(x, w, None, 1, 1)
+    torch.testing.assert_close(y, ref)
+    go = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, (x, w), go), torch.autograd.grad(ref, (x, w), go))
+print("ok")
+"""
+
+
+def test_small_cache_blocking_runs_every_block_edge():
+    """With caches small enough (FASTCONV_CPU_CACHES) that the blocking is 64 x 64 x 384, a 300 x 700 x
+    1000 GEMM crosses every K, row and column block with partial ones at each edge, and the convolutions
+    run their prepacked K blocks at 64: the loop nest is right for blockings other than this CPU's."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FASTCONV_CPU_CACHES="4K,64K,1M")
+    proc = subprocess.run([sys.executable, "-c", _SMALL_CACHES_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr

@@ -38,13 +38,27 @@ const GemmKernels<T>& kernels_for() {
   }
 }
 
-// Block sizes: a KC x NR panel of B (32 KB in float32 at NR = 32) stays in L1 while the micro-kernel
-// streams it, an MC x KC block of A (240 KB) in L2, a KC x NC block of B (3 MB) in L3.
-constexpr int64_t kDefaultKC = 256, kMC = 240, kNC = 3072;
+}  // namespace
+
+GemmBlocking gemm_blocking_rule(const CacheSizes& caches, int64_t mr, int64_t nr, int64_t elem) {
+  const auto round_down = [](int64_t v, int64_t step) { return std::max<int64_t>(step, v / step * step); };
+  const int64_t kc = std::clamp<int64_t>(round_down(caches.l1d / (nr * elem), 16), 64, kGemmMaxKBlock);
+  const int64_t mc = round_down(caches.l2 / 4 / (kc * elem), mr);
+  const int64_t nc = std::clamp<int64_t>(round_down(caches.l3 / 10 / (kc * elem), nr), nr, 8192 / nr * nr);
+  return GemmBlocking{kc, mc, nc};
+}
+
+namespace {
 
 template <typename T>
-int64_t k_block_of(const GemmArgs<T>& g) {   // the K block: the caller's, or the default
-  return g.k_block > 0 ? g.k_block : kDefaultKC;
+GemmBlocking blocking_of() {
+  const auto& kern = kernels_for<T>();
+  return gemm_blocking_rule(cache_sizes(), kern.mr, kern.nr, sizeof(T));
+}
+
+template <typename T>
+int64_t k_block_of(const GemmArgs<T>& g) {   // the K block: the caller's, or the cache-derived one
+  return g.k_block > 0 ? g.k_block : blocking_of<T>().kc;
 }
 
 }  // namespace
@@ -71,6 +85,9 @@ void scale_c(const GemmArgs<T>& g) {
 template <typename TC, typename TP, class Macro, class PackA, class PackB>
 void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, const TP* a_packed,
                const TP* b_packed, Macro macro, PackA pack_a, PackB pack_b) {
+  // MC and NC: the float32 (float64) rule's, also where the panels are bfloat16 pairs
+  const GemmBlocking blk = blocking_of<TC>();
+  const int64_t kMC = blk.mc, kNC = blk.nc;
   // Row blocks of at most kMC rows, each a multiple of the micro-tile height, at least two per thread
   // and as many on every thread (at::parallel_for hands each thread an equal run of blocks, so 9 blocks
   // on 2 threads would leave one idle a ninth of the time). Inside a parallel region (a caller already
@@ -354,10 +371,10 @@ void pack_bf16_b(const GemmBf16Kernels& k, const c10::BFloat16* b, int64_t rs_b,
 // one pair-packed B panel (kc x NR bfloat16) within 1/16 of the L2 cache, a power of two from 256 to
 // 1024 (on AMD Zen 4, 1 MiB L2: 512, which ran 15% faster there than 256). But the block is also the
 // length of the float32 summation chains: with a float32 output they are the whole error, so that
-// output keeps float32's own block (256, where the error stays within 2x torch's float32 matmul);
+// output keeps float32's chains (kGemmMaxKBlock: the error stays within 2x torch's float32 matmul);
 // a half-precision output's final rounding (2^-8 or 2^-11) dwarfs them.
 int64_t bf16_k_block(int64_t nr, DType out) {
-  if (out == DType::f32) return kDefaultKC;
+  if (out == DType::f32) return kGemmMaxKBlock;
   int64_t kc = 256;
   while (kc < 1024 && 2 * kc * nr * 2 <= l2_cache_bytes() / 16) kc *= 2;
   return kc;
@@ -546,7 +563,7 @@ int64_t gemm_packed_a_elems(int64_t m, int64_t k) {
 template <typename T>
 GemmTile gemm_tile() {
   const auto& kern = kernels_for<T>();
-  return GemmTile{kern.mr, kern.nr, kDefaultKC};
+  return GemmTile{kern.mr, kern.nr, blocking_of<T>().kc};
 }
 
 template GemmTile gemm_tile<float>();

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "cpu/isa.h"
 
 namespace fastconv::cpu {
 
@@ -115,6 +116,27 @@ constexpr int64_t kGemmOffsetsSlackBytes = 128;
 template <typename T>
 void gemm_pack_b_offsets(const T* base, const int64_t* row_off, int64_t rows, const int64_t* col_off, int64_t cols,
                          T* dst);
+
+// The cache blocking of the loop nest (the three levels of Goto and van de Geijn's GEMM), derived from
+// the CPU's caches (cpu/isa.h: cache_sizes) for a micro-tile of mr x nr elements of `elem` bytes:
+//   KC  one KC x NR micro-panel of B, reused by every micro-tile of an MC block while A's micro-panels
+//       stream past it, stays in the L1d: KC = L1d / (NR elem), a multiple of 16 within
+//       [64, kGemmMaxKBlock]. The cap is accuracy's, not speed's: KC is the length of the float32
+//       summation chain each micro-tile keeps in registers before adding it to C, and at 512 the
+//       error of a K = 511 product measured 4x torch's float32 matmul (3x is what the tests allow;
+//       at 256 it is within 2x) -- though 512 ran 3-8% faster on AMD Zen 4;
+//   MC  an MC x KC block of A takes a quarter of the L2 (the rest holds B's micro-panels, C's rows
+//       and the next block's packing): MC = L2 / 4 / (KC elem), a multiple of mr;
+//   NC  a KC x NC block of B takes a tenth of the L3 (shared with other cores and C): a multiple of
+//       NR within [NR, 8192].
+// AMD Zen 4 (32 KiB L1d, 1 MiB L2, 32 MiB L3), AVX-512 float32 (8 x 32): 256, 256, 3264 (the engine's
+// hand-tuned constants had been 256, 240, 3072); Intel Sapphire Rapids (48 KiB, 2 MiB, 105 MiB): 256,
+// 512, 8192 -- an A block of 512 KiB in its 2 MiB L2 where the constants kept 240 KiB.
+constexpr int64_t kGemmMaxKBlock = 256;
+struct GemmBlocking {
+  int64_t kc, mc, nc;
+};
+GemmBlocking gemm_blocking_rule(const CacheSizes& caches, int64_t mr, int64_t nr, int64_t elem);
 
 // The active ISA's micro-tile (mr x nr) and the engine's default K block, for callers that lay out
 // packed operands themselves.

@@ -1,9 +1,12 @@
 #include "cpu/isa.h"
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <initializer_list>
+#include <string>
 
 #include <cpuid.h>
 #include <unistd.h>
@@ -68,13 +71,64 @@ bool set_active_isa(Isa isa) {
   return true;
 }
 
-long l2_cache_bytes() {
-  static const long bytes = [] {
-    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return v > 0 ? v : 1L << 20;
-  }();
-  return bytes;
+namespace {
+
+// "32K", "1024K", "2M", "123456" -> bytes; 0 if it does not parse.
+long parse_bytes(const char* text) {
+  char* end = nullptr;
+  const long v = std::strtol(text, &end, 10);
+  if (end == text || v <= 0) return 0;
+  if (*end == 'K' || *end == 'k') return v << 10;
+  if (*end == 'M' || *end == 'm') return v << 20;
+  return *end == '\0' || *end == '\n' || *end == ',' ? v : 0;
 }
+
+// CPU 0's data or unified cache of a level from sysfs, 0 if not described there.
+long sysfs_cache_bytes(int level) {
+  for (int index = 0; index < 8; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+    std::ifstream lv(dir + "level"), ty(dir + "type"), sz(dir + "size");
+    int l = 0;
+    std::string type, size;
+    if (!(lv >> l) || !(ty >> type) || !(sz >> size)) continue;
+    if (l == level && type != "Instruction") return parse_bytes(size.c_str());
+  }
+  return 0;
+}
+
+long cache_bytes(int level, int sysconf_name, long fallback) {
+  long v = sysfs_cache_bytes(level);
+  if (v <= 0) v = sysconf(sysconf_name);
+  return v > 0 ? v : fallback;
+}
+
+}  // namespace
+
+const CacheSizes& cache_sizes() {
+  static const CacheSizes sizes = [] {
+    CacheSizes c{cache_bytes(1, _SC_LEVEL1_DCACHE_SIZE, 32L << 10), cache_bytes(2, _SC_LEVEL2_CACHE_SIZE, 1L << 20),
+                 cache_bytes(3, _SC_LEVEL3_CACHE_SIZE, 32L << 20)};
+    if (const char* env = std::getenv("FASTCONV_CPU_CACHES"); env != nullptr && *env != '\0') {
+      long v[3] = {0, 0, 0};
+      const char* p = env;
+      for (int i = 0; i < 3 && p != nullptr; ++i) {
+        v[i] = parse_bytes(p);
+        p = std::strchr(p, ',');
+        if (p != nullptr) ++p;
+      }
+      if (v[0] > 0 && v[1] > 0 && v[2] > 0) {
+        c = CacheSizes{v[0], v[1], v[2]};
+      } else {   // said, not ignored silently: the blocking would not be the one asked for
+        std::fprintf(stderr, "fastconv: FASTCONV_CPU_CACHES='%s' is not 'l1d,l2,l3' (bytes, K or M suffixes); "
+                             "using this CPU's caches\n", env);
+      }
+    }
+    return c;
+  }();
+  return sizes;
+}
+
+long l2_cache_bytes() { return cache_sizes().l2; }
 
 const char* isa_name(Isa isa) {
   switch (isa) {

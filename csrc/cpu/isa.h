@@ -22,9 +22,16 @@ bool set_active_isa(Isa isa); // false (and no change) when the CPU cannot run `
 const char* isa_name(Isa isa);
 bool parse_isa(const char* name, Isa* out);
 
-// The per-core L2 cache size in bytes (sysconf, which glibc answers from cpuid; 1 MiB if unknown):
-// cache blocking derives from it.
-long l2_cache_bytes();
+// The data caches a core sees, in bytes: read once from Linux's sysfs description of CPU 0's caches
+// (/sys/devices/system/cpu/cpu0/cache/index*/{level,type,size}, which the kernel fills from cpuid),
+// else from sysconf (glibc's cpuid reading), else 32 KiB / 1 MiB / 32 MiB. FASTCONV_CPU_CACHES
+// ("l1d,l2,l3" in bytes, K or M suffixes allowed, e.g. "48K,2M,105M") replaces them, so that the
+// blocking another CPU would get can be run and tested here. Cache blocking derives from these.
+struct CacheSizes {
+  long l1d, l2, l3;
+};
+const CacheSizes& cache_sizes();
+long l2_cache_bytes();   // cache_sizes().l2
 
 // The kernel table for the active ISA among a family's three builds.
 template <typename Table>
