@@ -228,6 +228,22 @@ def conv2d_cases(device: str, quick: bool) -> list[Case]:
                               fastconv=lambda x=xb, w=wb, st=st, pd=pd: F.conv2d(x, w, None, st, pd),
                               torch=lambda x=xb, w=wb, st=st, pd=pd: TF.conv2d(x, w, None, st, pd),
                               flops=flops, peak_gflops=bf16_peak, note=net))
+    # The per-call cost: a module call on a problem so small (1x4x4x4, 3x3: 2.3 kFLOP) that the time is
+    # the call's path -- module, dispatcher, autograd node, checks, allocation -- with and without grad.
+    ours_m = fastconv.nn.Conv2d(4, 4, 3, padding=1, device=device)
+    ref_m = torch.nn.Conv2d(4, 4, 3, padding=1, device=device)
+    tiny = torch.randn(1, 4, 4, 4, device=device)
+
+    def call(m, grad):
+        def run():
+            with torch.set_grad_enabled(grad):
+                return m(tiny)
+        return run
+
+    for grad in (True, False):
+        cases.append(Case(op="conv2d module call", shape=f"1x4x4x4 * 4x4x3x3 p1, {'grad' if grad else 'no_grad'}",
+                          dtype="float32", fastconv=call(ours_m, grad), torch=call(ref_m, grad),
+                          note="per-call cost"))
     if device == "cpu":
         try:
             import torchvision
