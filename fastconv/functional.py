@@ -122,7 +122,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     ``algorithm``:
 
     - ``"im2col"`` lowers each image to columns (in chunks of at most 64 MiB) and runs the GEMM engine;
-      1x1 stride-1 convolutions skip the lowering.
+      1x1 stride-1 convolutions skip the lowering. Channels-last input (16+ channels per group, float32
+      or float64) is lowered, and its gradients computed, in NHWC without copies; other algorithms
+      (and fewer channels) go through NCHW copies, except grad_weight, which is NHWC's for all.
     - ``"direct"`` runs a loop nest over register-blocked tiles (CPU: 8 pixels x 32 output channels in
       AVX-512 registers; CUDA: an 8x16 pixel tile with its input patch in shared memory), reading the
       input in place. Its grad_input is the transposed convolution in the same form; grad_weight is

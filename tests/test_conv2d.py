@@ -30,6 +30,8 @@ GRID = [
     ((2, 3, 10, 9), (2, 3, 4, 2), 1, "valid", 1, 1),
     ((1, 17, 7, 6), (32, 17, 3, 3), 1, 1, 1, 1),              # > one micro-tile of output channels
     ((5, 4, 6, 5), (6, 2, 3, 3), 1, 1, 1, 2),                 # small images batched per GEMM, 5 = 2+2+1
+    ((2, 16, 7, 7), (8, 16, 1, 1), 1, 0, 1, 1),               # 1x1 with 16 channels: NHWC rows in place
+    ((2, 32, 6, 7), (12, 16, 3, 3), 2, 1, 1, 2),              # groups of 16 channels in NHWC, strided
 ]
 
 
@@ -166,6 +168,7 @@ PACKED_PATHS = [
     ((8, 32, 7, 7), (250, 32, 3, 3), 1),     # one bundle of 8 images, 2 K blocks: channels split too
     ((20, 4, 6, 5), (12, 2, 3, 3), 2),       # bundles of 17 and 3 images, a chunk ending mid-image
     ((7, 6, 15, 15), (10, 6, 3, 3), 1),      # grad_weight: bundles of 3, 3 and 1 images shared by 2 threads
+    ((3, 64, 10, 20), (16, 64, 3, 3), 1),    # channels-last: chunks of 168 rows end mid-image (200 positions)
 ]
 
 
@@ -177,9 +180,10 @@ def test_im2col_parallel_paths_cpu_isas(cpu_isa, threads, dtype):
     try:
         for x_shape, w_shape, groups in PACKED_PATHS:
             for stride, dilation in ((1, 1), (2, 2)):   # runs of the lowering, and lane-by-lane gathers
-                ours, ref = run_both(x_shape, w_shape, stride, 1, dilation, groups, dtype=dtype, device="cpu",
-                                     mf=torch.contiguous_format, algorithm="im2col")
-                assert_match(ours, ref, dtype)
+                for mf in (torch.contiguous_format, torch.channels_last):   # NCHW, and NHWC in place
+                    ours, ref = run_both(x_shape, w_shape, stride, 1, dilation, groups, dtype=dtype, device="cpu",
+                                         mf=mf, algorithm="im2col")
+                    assert_match(ours, ref, dtype)
     finally:
         torch.set_num_threads(before)
 

@@ -13,7 +13,8 @@
 // once (and kept by the weight cache for weights that do not require grad).
 // Work is parallel over (image or bundle, group) items when there are enough of them, else over
 // chunks of positions (and output channels) of each item, or inside the GEMM.
-// Channels-last tensors are computed through NCHW copies. algorithm="direct" runs conv2d_direct.cpp's
+// Channels-last tensors with 16+ channels per group run im2col (and every algorithm's grad_weight) in
+// NHWC without copies (conv2d_nhwc.cpp); the rest through NCHW copies. algorithm="direct" runs conv2d_direct.cpp's
 // kernels for the forward pass and grad_input instead, the Winograd algorithms (and "auto" where it
 // picks them) conv2d_winograd.cpp's; grad_weight and grad_bias are always the ones here.
 #include <ATen/ATen.h>
@@ -31,6 +32,7 @@
 #include "common/weight_cache.h"
 #include "cpu/conv2d_bf16_direct.h"
 #include "cpu/conv2d_direct_kernels.h"
+#include "cpu/conv2d_nhwc.h"
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm_bf16.h"
 #include "cpu/gemm_kernels.h"
@@ -136,18 +138,6 @@ void col2im_add(const T* cols, int64_t ld, int64_t cg, const Conv2dGeometry& g, 
       }
     }
   }
-}
-
-template <typename T>
-GemmArgs<T> gemm_args(int64_t m, int64_t n, int64_t k, const T* a, int64_t rs_a, int64_t cs_a, const T* b,
-                      int64_t rs_b, int64_t cs_b, T* c, int64_t rs_c, T beta) {
-  GemmArgs<T> g;
-  g.m = m; g.n = n; g.k = k;
-  g.alpha = T(1); g.beta = beta;
-  g.a = a; g.rs_a = rs_a; g.cs_a = cs_a;
-  g.b = b; g.rs_b = rs_b; g.cs_b = cs_b;
-  g.c = c; g.rs_c = rs_c; g.cs_c = 1;
-  return g;
 }
 
 // Runs run(begin, end) over [0, items): in parallel when there are at least as many items as threads
@@ -462,6 +452,15 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
   if (is_half(input.scalar_type())) return conv2d_half(input, weight, b, s);
   at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
   if (out.numel() == 0) return in_format(out, s.format);
+  if (s.algorithm == Conv2dAlgorithm::im2col && conv2d_nhwc_applies(input, s)) {   // channels-last in place
+    out = at::empty(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
+    const at::Tensor w = weight.contiguous(at::MemoryFormat::ChannelsLast);
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
+      conv2d_nhwc_forward<scalar_t>(input.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                    b.defined() ? b.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), s);
+    });
+    return out;
+  }
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   if (const int m = winograd_tile(s.algorithm)) {   // the cache keys on the caller's weight tensor
     conv2d_winograd_forward(x, weight, b, out, s, m);
@@ -673,18 +672,7 @@ void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
     sum_bundles(0, bundles, dw);
     return;
   }
-  T* partial = scratch<T>(Scratch::conv_dw, (parts - 1) * elems);   // written and read by the workers
-  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
-    for (int64_t p = b; p < e; ++p) {
-      sum_bundles(bundles * p / parts, bundles * (p + 1) / parts, p == 0 ? dw : partial + (p - 1) * elems);
-    }
-  });
-  at::parallel_for(0, elems, 1 << 14, [&](int64_t b, int64_t e) {
-    for (int64_t p = 1; p < parts; ++p) {
-      const T* src = partial + (p - 1) * elems;
-      for (int64_t i = b; i < e; ++i) dw[i] += src[i];
-    }
-  });
+  sum_in_parts(parts, bundles, elems, dw, sum_bundles);
 }
 
 template <typename T>
@@ -706,12 +694,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_half(const at::Te
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask);
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Tensor& grad_output,
+                                                                    const at::Tensor& input, const at::Tensor& weight,
+                                                                    const Conv2dShape& s, std::array<bool, 3> output_mask);
+
+// The backward pass of a channels-last call on channels-last input (conv2d_nhwc.h): grad_weight (and
+// grad_input for im2col) in NHWC without copies; the other algorithms' grad_input through NCHW.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Tensor& grad_output,
+                                                                    const at::Tensor& input, const at::Tensor& weight,
+                                                                    const Conv2dShape& s, std::array<bool, 3> output_mask) {
+  constexpr auto cl = at::MemoryFormat::ChannelsLast;
+  const at::Tensor dy = grad_output.contiguous(cl), w = weight.contiguous(cl);
+  at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
+             db = at::empty({0}, input.options());
+  if (output_mask[0] && s.algorithm != Conv2dAlgorithm::im2col) {   // Winograd's or direct's, through NCHW
+    dx = std::get<0>(conv2d_backward_nchw(dy, input, weight, s, {true, false, false}));
+  }
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
+    if (output_mask[0] && s.algorithm == Conv2dAlgorithm::im2col) {
+      dx = at::empty(input.sizes(), input.options().memory_format(cl));
+      conv2d_nhwc_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);
+    }
+    if (output_mask[1]) {
+      dw = at::empty(weight.sizes(), weight.options().memory_format(cl));
+      conv2d_nhwc_grad_weight<scalar_t>(dy.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), s);
+    }
+    if (output_mask[2]) {   // sum over images and positions: the rows of dy
+      db = at::empty({s.out_channels}, input.options());
+      const scalar_t* rows = dy.data_ptr<scalar_t>();
+      scalar_t* out = db.data_ptr<scalar_t>();
+      const int64_t K = s.out_channels, R = dy.numel() / std::max<int64_t>(1, K);
+      at::parallel_for(0, K, 16, [&](int64_t k0, int64_t k1) {
+        std::vector<double> sum(k1 - k0, 0.0);
+        for (int64_t r = 0; r < R; ++r) {
+          for (int64_t k = k0; k < k1; ++k) sum[k - k0] += rows[r * K + k];
+        }
+        for (int64_t k = k0; k < k1; ++k) out[k] = static_cast<scalar_t>(sum[k - k0]);
+      });
+    }
+  });
+  return {dx, dw, db};
+}
+
 // The backward pass of a checked call (`s` as check_conv2d_backward made it).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                                                const at::Tensor& weight, const Conv2dShape& s,
                                                                std::array<bool, 3> output_mask) {
   if (s.in_channels == 0) return conv2d_backward_no_channels(input, weight, s, output_mask);
   if (is_half(input.scalar_type())) return conv2d_backward_half(grad_output, input, weight, s, output_mask);
+  if (conv2d_nhwc_applies(input, s)) return conv2d_backward_nhwc(grad_output, input, weight, s, output_mask);
+  return conv2d_backward_nchw(grad_output, input, weight, s, output_mask);
+}
+
+// The backward pass in NCHW (channels-last tensors through NCHW copies).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Tensor& grad_output,
+                                                                    const at::Tensor& input, const at::Tensor& weight,
+                                                                    const Conv2dShape& s, std::array<bool, 3> output_mask) {
   const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
   // Outputs not asked for are returned empty (0 elements).
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),

@@ -39,11 +39,24 @@ struct GemmArgs {
   // (lanes past n only feed discarded results). A producer that writes B anyway, such as im2col
   // (gemm_pack_b_offsets), writes it packed and saves a pass. 64-byte aligned.
   const T* b_packed = nullptr;
-  // K block of the loop nest (0: the engine's default, 256). Each block's products are summed in
+  // K block of the loop nest (0: the engine's, gemm_blocking_rule's KC). Each block's products are summed in
   // registers and then added to C, so a smaller block also shortens the chains of float additions:
   // Winograd's GEMMs use 64, as their rounding errors are amplified by the output transform.
   int64_t k_block = 0;
 };
+
+// C = op(A) op(B) (+ C when beta is 1): the arguments of a plain GEMM with unit column stride in C.
+template <typename T>
+GemmArgs<T> gemm_args(int64_t m, int64_t n, int64_t k, const T* a, int64_t rs_a, int64_t cs_a, const T* b,
+                      int64_t rs_b, int64_t cs_b, T* c, int64_t rs_c, T beta) {
+  GemmArgs<T> g;
+  g.m = m; g.n = n; g.k = k;
+  g.alpha = T(1); g.beta = beta;
+  g.a = a; g.rs_a = rs_a; g.cs_a = cs_a;
+  g.b = b; g.rs_b = rs_b; g.cs_b = cs_b;
+  g.c = c; g.rs_c = rs_c; g.cs_c = 1;
+  return g;
+}
 
 // The blocked loop nest above runs in gemm.cpp, parallel over MC blocks of rows with at::parallel_for.
 template <typename T>

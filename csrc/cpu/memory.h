@@ -1,6 +1,8 @@
 // Memory helpers for the CPU glue.
 #pragma once
 
+#include <ATen/Parallel.h>
+
 #include <ATen/ATen.h>
 
 namespace fastconv::cpu {
@@ -38,6 +40,24 @@ void* scratch_bytes(Scratch slot, size_t bytes);
 template <typename T>
 T* scratch(Scratch slot, int64_t elems) {
   return static_cast<T*>(scratch_bytes(slot, static_cast<size_t>(elems > 0 ? elems : 1) * sizeof(T)));
+}
+
+// A sum over `count` work units split into `parts` (>= 2) runs, one per thread: sum(u0, u1, acc) writes
+// the sum of units [u0, u1) into acc (overwriting it), the first run straight into dst and the others
+// into partial buffers (Scratch::conv_dw of the calling thread), which are then added to dst. Used by
+// the convolutions' grad_weight, whose GEMMs then each run on one thread without a fork per K block.
+template <typename T, typename Sum>
+void sum_in_parts(int64_t parts, int64_t count, int64_t elems, T* dst, const Sum& sum) {
+  T* partial = scratch<T>(Scratch::conv_dw, (parts - 1) * elems);   // written and read by the workers
+  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
+    for (int64_t q = b; q < e; ++q) sum(count * q / parts, count * (q + 1) / parts, q == 0 ? dst : partial + (q - 1) * elems);
+  });
+  at::parallel_for(0, elems, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t q = 1; q < parts; ++q) {
+      const T* src = partial + (q - 1) * elems;
+      for (int64_t i = b; i < e; ++i) dst[i] += src[i];
+    }
+  });
 }
 
 }  // namespace fastconv::cpu
