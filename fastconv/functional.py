@@ -139,7 +139,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     - ``"auto"``: on the CPU, Winograd F(4x4) for 3x3 stride-1 layers with at least 64 input and
       output channels and outputs of at least 7x7 (when the weight requires grad, so its transform
       cannot be cached, also at least 128 4x4 tiles in the batch); ``"im2col"`` otherwise (it is
-      faster than ``"direct"`` on every shape measured). On CUDA, ``"im2col"`` (the other kernels have
+      faster than ``"direct"`` on every shape measured). grad_input chooses apart: Winograd F(4x4) on
+      the same layers without the tile condition, im2col otherwise. On CUDA, ``"im2col"`` (the other kernels have
       not been measured on a GPU yet).
 
     dtypes: float32, float64, float16 and bfloat16 (input, weight and bias alike; under torch.autocast

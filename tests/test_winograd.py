@@ -166,3 +166,20 @@ def test_fake_kernel_refuses_what_the_kernels_refuse():
             torch.ops.fastconv.conv2d(x, w5, None, [1, 1], [1, 1], [1, 1], 1, "winograd")
         with pytest.raises(RuntimeError, match="unknown or unavailable algorithm 'fft'"):
             torch.ops.fastconv.conv2d(x, w5, None, [1, 1], [1, 1], [1, 1], 1, "fft")
+
+
+def test_auto_chooses_grad_input_apart_from_forward():
+    """A layer of 64 channels at 7x7 (4 tiles of 4x4) with a weight that requires grad: the forward pass's
+    "auto" is im2col (too few tiles to share the per-call filter transform), grad_input's is Winograd
+    F(4x4) (common/conv2d_args.h): bit for bit what each named algorithm gives."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 7, 7, generator=g)
+    w = (torch.randn(64, 64, 3, 3, generator=g) * 0.05).requires_grad_(True)
+    go = torch.randn(1, 64, 7, 7, generator=g)
+    conv, back = torch.ops.fastconv.conv2d, torch.ops.fastconv.conv2d_backward
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    with torch.no_grad():
+        assert torch.equal(conv(x, w, None, *args, "auto"), conv(x, w, None, *args, "im2col"))
+        dx = {a: back(go, x, w, *args, a, [True, False, False])[0] for a in ("auto", "winograd_4x4", "im2col")}
+    assert torch.equal(dx["auto"], dx["winograd_4x4"])
+    assert not torch.equal(dx["auto"], dx["im2col"])   # the two round differently: the check can fail
