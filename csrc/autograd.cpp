@@ -174,8 +174,6 @@ struct BatchNormFunction : torch::autograd::Function<BatchNormFunction> {
     ctx->saved_data["relu"] = relu;
     ctx->saved_data["has_weight"] = has_weight;
     ctx->saved_data["has_bias"] = has_bias;
-    ctx->saved_data["has_running_mean"] = running_mean.has_value() && running_mean->defined();
-    ctx->saved_data["has_running_var"] = running_var.has_value() && running_var->defined();
     return {out, save_mean, save_invstd, batch_var};
   }
 
@@ -183,8 +181,7 @@ struct BatchNormFunction : torch::autograd::Function<BatchNormFunction> {
     static const auto op = find_op<BatchNormBackwardSig>("fastconv::batch_norm_backward");
     const auto saved = ctx->get_saved_variables();
     const bool has_weight = ctx->saved_data["has_weight"].toBool(), has_bias = ctx->saved_data["has_bias"].toBool();
-    const Edges e(true, has_weight, has_bias, ctx->saved_data["has_running_mean"].toBool(),
-                  ctx->saved_data["has_running_var"].toBool());
+    const Edges e(true, has_weight, has_bias);   // the running statistics' edges come after these
     const bool grad_affine = needs(ctx, e.index[1]) || needs(ctx, e.index[2]);
     auto [gi, gw, gb] = op.call(grads[0], saved[0], present(saved[1]), present(saved[2]), saved[3], saved[4],
                                 ctx->saved_data["training"].toBool(), ctx->saved_data["relu"].toBool(), grad_affine);

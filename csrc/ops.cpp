@@ -131,7 +131,7 @@ PyObject* py_fma_peak(PyObject*, PyObject* args) {
 PyObject* py_gemm_blocking(PyObject*, PyObject*) {
   const auto& caches = fastconv::cpu::cache_sizes();
   const auto tile = fastconv::cpu::gemm_tile<float>();
-  const auto b = fastconv::cpu::gemm_blocking_rule(caches, tile.mr, tile.nr, 4);
+  const auto b = fastconv::cpu::gemm_blocking<float>();
   return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:l,s:l,s:l}", "mr", (long long)tile.mr, "nr", (long long)tile.nr, "kc",
                        (long long)b.kc, "mc", (long long)b.mc, "nc", (long long)b.nc, "l1d", caches.l1d, "l2", caches.l2,
                        "l3", caches.l3);

@@ -170,12 +170,17 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
             raise ValueError(f"fastconv.conv2d: padding must be 'valid', 'same', an int or a pair, got {padding!r}")
     else:
         p = _pair(padding, "padding", "conv2d")
+    return ops.conv2d(input, _conv2d_weight_for_call(weight), bias, s, p, d, int(groups), algorithm)
+
+
+def _conv2d_weight_for_call(weight: Tensor) -> Tensor:
+    """The weight as conv2d's op should see it: where no gradient can reach it (grad mode off), a
+    detached view (same storage), whose prepared form the weight cache may keep
+    (csrc/common/weight_cache.h: checked against the weight's bytes on every call) and which tells
+    "auto" that this is inference."""
     if not torch.is_grad_enabled() and weight.requires_grad:
-        # No gradient can reach the weight: hand over a detached view (same storage), whose
-        # prepared form the weight cache may keep (csrc/common/weight_cache.h: checked against
-        # the weight's bytes on every call) and which tells "auto" that this is inference.
-        weight = weight.detach()
-    return ops.conv2d(input, weight, bias, s, p, d, int(groups), algorithm)
+        return weight.detach()
+    return weight
 
 
 # ------------------------------------------------------------------------------------------------

@@ -39,12 +39,15 @@ WRITES = {
 }
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["NCHW", "NHWC"])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("write", list(WRITES))
-def test_every_write_shows_in_the_next_call(algorithm, write):
-    # The report: under no_grad, y2 came back equal to y1 after w.data.mul_(2).
+def test_every_write_shows_in_the_next_call(algorithm, write, memory_format):
+    # The report: under no_grad, y2 came back equal to y1 after w.data.mul_(2). Channels-last
+    # input: im2col's NHWC kernels keep their own packed filters (conv2d_nhwc.cpp).
     torch.manual_seed(0)
-    x = torch.randn(2, 64, 9, 9)          # 64 -> 64 channels, 9x9: "auto" picks Winograd in inference
+    x = torch.randn(2, 64, 9, 9).contiguous(memory_format=memory_format)   # 64 -> 64 channels, 9x9:
+                                                                           # "auto" picks Winograd in inference
     w = torch.randn(64, 64, 3, 3) * 0.05
     with torch.no_grad():
         for _ in range(2):                # the second call is served from the cache
@@ -136,24 +139,29 @@ def test_one_weight_under_two_group_counts(dtype):
     assert fastconv._C.weight_cache_stats()["entries"] >= 2
 
 
-def test_frozen_weight_grad_input_and_every_isa():
-    # A frozen weight's grad_input (an attack on a trained model) uses the cached flipped transform,
-    # one entry per ISA (the packed layout depends on the micro-tile).
+@pytest.mark.parametrize("algorithm", ["winograd", "im2col"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["NCHW", "NHWC"])
+def test_frozen_weight_grad_input_and_every_isa(algorithm, memory_format):
+    # A frozen weight's grad_input (an attack on a trained model) uses the cached flipped transform
+    # (im2col: the transposed packed filters, NCHW's or NHWC's), one entry per ISA (the packed layout
+    # depends on the micro-tile).
     torch.manual_seed(0)
-    conv = fastconv.nn.Conv2d(16, 16, 3, padding=1, algorithm="winograd").requires_grad_(False)
+    conv = fastconv.nn.Conv2d(16, 16, 3, padding=1, algorithm=algorithm).requires_grad_(False)
     ref = torch.nn.Conv2d(16, 16, 3, padding=1).requires_grad_(False)
     ref.load_state_dict(conv.state_dict())
     before, order = fastconv._C.cpu_isa(), fastconv._C.cpu_isas()
     try:
         for isa in order[:order.index(fastconv._C.best_cpu_isa()) + 1]:
             fastconv._C.set_cpu_isa(isa)
+            hits = fastconv._C.weight_cache_stats()["hits"]
             for step in range(3):
-                xg = torch.randn(2, 16, 8, 8, requires_grad=True)
+                xg = torch.randn(2, 16, 8, 8).contiguous(memory_format=memory_format).requires_grad_(True)
                 xr = xg.detach().clone().requires_grad_(True)
                 conv(xg).square().sum().backward()
                 ref(xr).square().sum().backward()
                 _close(xg.grad, xr.grad)
-                if step == 1:
+                if step == 1:   # the second call (forward and grad_input) was served from the cache
+                    assert fastconv._C.weight_cache_stats()["hits"] >= hits + 2
                     conv.weight.data[0].neg_()
                     ref.weight.data[0].neg_()
     finally:

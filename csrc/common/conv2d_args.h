@@ -42,24 +42,32 @@ inline Conv2dAlgorithm choose_winograd_tile(const Conv2dShape& s) {
   return s.g.out_h < 4 || s.g.out_w < 4 ? Conv2dAlgorithm::winograd_2x2 : Conv2dAlgorithm::winograd_4x4;
 }
 
+// Which pass an "auto" algorithm is chosen for: the forward pass, or the backward's grad_input
+// (grad_weight is im2col's, or NHWC's, whatever the algorithm).
+enum class Conv2dPass { forward, grad_input };
+
 // algorithm="auto", from measurements on this project's CPU (README): on the CPU,
 // - Winograd F(4x4) for 3x3 stride-1 layers with at least 64 input and output channels and outputs
 //   of at least 7x7 (ResNet/VGG 3x3 layers: 1.1-1.8x torch; with fewer channels or tiny outputs the
-//   transforms outweigh the saved multiplies), and when training at least 128 tiles. It rounds differently from direct convolution (at most
-//   ~10x the error, README's accuracy table); ask for "direct" where that matters.
+//   transforms outweigh the saved multiplies). A weight that requires grad is not cached
+//   (weight_cache.h): each call pays the filter transform, 36 x C x K values, which the forward
+//   pass's GEMMs must amortise over at least 128 tiles (ResNet-18's conv5_x at batch 8, 32 tiles,
+//   trains faster without Winograd). grad_input needs no such count: its Winograd wins with the
+//   per-call transform on those layers (ResNet-18's 256-channel 7x7 layer at batch 8 and 112^2, 32
+//   tiles: 2.2 ms against im2col's 2.6-2.8 on the EPYC, 2 threads, where the forward pass is 3.7
+//   against 3.6; at 4x4 outputs F(2x2) lost, 4.2 against 3.8). Winograd rounds differently from direct
+//   convolution (at most ~10x the error, README's accuracy table); ask for "direct" where that matters.
 // - im2col otherwise. (Direct was the choice for groups of at least 32 output and 16 input channels
 //   until im2col's forward lowered by vector loads into L2-sized blocks: im2col then measured 1.05-3.2x
 //   direct's speed forward and 0.97-2.7x forward+backward on ResNet's 3x3 layers at stride 1 and 2,
 //   batch 1 and 8, a 5x5 layer and LeNet's; "direct" stays available by name.)
 // On CUDA: im2col, until the other kernels have been measured on a GPU.
-inline Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dShape& s, bool cuda, bool training) {
+inline Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dShape& s, bool cuda, bool training, Conv2dPass pass) {
   if (cuda) return Conv2dAlgorithm::im2col;
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
-  // A weight that requires grad is not cached (weight_cache.h): each call pays the filter transform,
-  // 36 x C x K values, which the GEMMs must amortise over enough tiles (ResNet-18's conv5_x at batch 8,
-  // 32 tiles, trains faster without Winograd).
   const int64_t tiles = s.batch * ((s.g.out_h + 3) / 4) * ((s.g.out_w + 3) / 4);
-  if (winograd_applies(s) && cg >= 64 && kg >= 64 && s.g.out_h >= 7 && s.g.out_w >= 7 && (!training || tiles >= 128)) {
+  const bool transform_paid = pass == Conv2dPass::grad_input || !training || tiles >= 128;
+  if (winograd_applies(s) && cg >= 64 && kg >= 64 && s.g.out_h >= 7 && s.g.out_w >= 7 && transform_paid) {
     return Conv2dAlgorithm::winograd_4x4;
   }
   return Conv2dAlgorithm::im2col;
@@ -68,7 +76,8 @@ inline Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dShape& s, bool cuda, 
 inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                std::string_view algorithm, const char* op) {
+                                std::string_view algorithm, const char* op,
+                                Conv2dPass pass = Conv2dPass::forward) {
   check_pair(stride, op, "stride");
   check_pair(padding, op, "padding");
   check_pair(dilation, op, "dilation");
@@ -133,7 +142,7 @@ inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weigh
               : algorithm == "winograd_4x4"   ? Conv2dAlgorithm::winograd_4x4
               : algorithm == "winograd"       ? choose_winograd_tile(s)
                                               : choose_conv2d_algorithm(s, input.device().is_cuda(),
-                                                                        weight.requires_grad());
+                                                                        weight.requires_grad(), pass);
   return s;
 }
 
@@ -145,29 +154,13 @@ inline std::vector<int64_t> conv2d_output_sizes(const Conv2dShape& s) {
   return {k, s.g.out_h, s.g.out_w};
 }
 
-// algorithm="auto" for grad_input, chosen apart from the forward pass's (grad_weight is im2col's, or
-// NHWC's, whatever the algorithm). Winograd's grad_input (the flipped, transposed filters' transform
-// and F(4x4) tiles over grad_output) wins on the layers the forward rule names even when the weight
-// requires grad and so few tiles share the per-call filter transform: ResNet-18's conv4_x at batch 8
-// and 112^2 (256 channels at 7x7, 32 tiles) measured 2.2 ms against im2col's 2.6-2.8 ms on the EPYC, 2
-// threads, where its forward pass does not gain (3.7 against 3.6 ms: the forward keeps the tile
-// condition). Below 7x7 outputs (conv5_x at 4x4), im2col: F(2x2) took 4.2 ms against 3.8 there.
-inline Conv2dAlgorithm choose_conv2d_grad_input_algorithm(const Conv2dShape& s, bool cuda) {
-  if (cuda) return Conv2dAlgorithm::im2col;
-  const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
-  if (winograd_applies(s) && cg >= 64 && kg >= 64 && s.g.out_h >= 7 && s.g.out_w >= 7) {
-    return Conv2dAlgorithm::winograd_4x4;
-  }
-  return Conv2dAlgorithm::im2col;
-}
-
-// The checked backward call; an "auto" algorithm is grad_input's choice (above).
+// The checked backward call; an "auto" algorithm is grad_input's choice (choose_conv2d_algorithm).
 inline Conv2dShape check_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                          const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
                                          at::IntArrayRef dilation, int64_t groups, std::string_view algorithm,
                                          const char* op) {
-  Conv2dShape s = check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm, op);
-  if (s.chosen) s.algorithm = choose_conv2d_grad_input_algorithm(s, input.device().is_cuda());
+  const Conv2dShape s = check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm, op,
+                                     Conv2dPass::grad_input);
   const auto out_sizes = conv2d_output_sizes(s);
   FC_CHECK(grad_output.sizes() == at::IntArrayRef(out_sizes), op, "expected grad_output of shape ",
            at::IntArrayRef(out_sizes), ", but got ", grad_output.sizes());

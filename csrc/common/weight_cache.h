@@ -63,6 +63,11 @@ class WeightCache {
   // layout depends on the group count as well as the weight's shape (an 8 x 2 x 3 x 3 weight is one
   // 8-row group at groups=1, two 4-row groups at groups=2), so the count is part of the variant.
   static int64_t im2col_filters(bool transposed, int64_t groups) { return 2048 + groups * 2 + (transposed ? 1 : 0); }
+  // The channels-last convolution's packed filters (cpu/conv2d_nhwc.cpp): the GEMM's packed-B form of
+  // W_g^T (forward) or W_g (grad_input), per group as above; numbered apart from im2col's.
+  static int64_t nhwc_filters(bool transposed, int64_t groups) {
+    return (int64_t(1) << 40) + groups * 2 + (transposed ? 1 : 0);
+  }
   // The bfloat16 direct convolution's filter panels (cpu/conv2d_bf16_direct.cpp): one layout on every
   // ISA, so no for_isa.
   static int64_t bf16_direct_filters() { return 3; }

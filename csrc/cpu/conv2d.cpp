@@ -456,7 +456,7 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
     out = at::empty(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
     const at::Tensor w = weight.contiguous(at::MemoryFormat::ChannelsLast);
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
-      conv2d_nhwc_forward<scalar_t>(input.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+      conv2d_nhwc_forward<scalar_t>(input.data_ptr<scalar_t>(), weight, w.data_ptr<scalar_t>(),
                                     b.defined() ? b.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), s);
     });
     return out;
@@ -621,7 +621,8 @@ void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
   const int64_t most = std::max<int64_t>(1, std::min((kBundlePositions + whole.P - 1) / std::max<int64_t>(1, whole.P),
                                                      fit / std::max<int64_t>(1, whole.P)));
   const int64_t share = std::max<int64_t>(1, (s.batch + threads - 1) / threads);   // images per thread
-  const int64_t bundle = (share + (share + most - 1) / most - 1) / ((share + most - 1) / most);
+  const int64_t per_thread = (share + most - 1) / most;                               // bundles per thread
+  const int64_t bundle = (share + per_thread - 1) / per_thread;
   const int64_t bundles = (s.batch + bundle - 1) / bundle;
   const int64_t parts = std::min(threads, bundles);
   const Conv2dGemmDims d = parts > 1 ? per_thread_dims(s, sizeof(T)) : whole;
@@ -704,7 +705,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask) {
   constexpr auto cl = at::MemoryFormat::ChannelsLast;
-  const at::Tensor dy = grad_output.contiguous(cl), w = weight.contiguous(cl);
+  const at::Tensor dy = grad_output.contiguous(cl);
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
              db = at::empty({0}, input.options());
   if (output_mask[0] && s.algorithm != Conv2dAlgorithm::im2col) {   // Winograd's or direct's, through NCHW
@@ -713,7 +714,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
     if (output_mask[0] && s.algorithm == Conv2dAlgorithm::im2col) {
       dx = at::empty(input.sizes(), input.options().memory_format(cl));
-      conv2d_nhwc_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);
+      const at::Tensor w = weight.contiguous(cl);   // read in place when the weight is channels-last
+      conv2d_nhwc_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight, w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
+                                       s);
     }
     if (output_mask[1]) {
       dw = at::empty(weight.sizes(), weight.options().memory_format(cl));

@@ -16,8 +16,8 @@
 // and read by the GEMM (at least kMinRows rows, so that each packed weight panel serves many). Work items
 // are bundles of whole images (one image when it has at least a chunk of positions): grad_input's
 // col2im then never has two threads adding to one image. With at least as many items as threads the
-// items run in parallel, each GEMM on one thread over the weights packed once per call (forward,
-// grad_input) or into a partial dW per thread (grad_weight, added at the end); with fewer, the items run
+// items run in parallel, each GEMM on one thread over the weights packed once per call, or kept by
+// the weight cache for a frozen weight (forward, grad_input) or into a partial dW per thread (grad_weight, added at the end); with fewer, the items run
 // in order and the GEMMs are parallel inside. 1x1 stride-1 unpadded convolutions read the input rows,
 // and write grad_input's, in place.
 #include <ATen/ATen.h>
@@ -27,8 +27,10 @@
 #include <cstdint>
 
 #include "common/conv2d_args.h"
+#include "common/weight_cache.h"
 #include "cpu/conv2d_nhwc.h"
 #include "cpu/gemm_kernels.h"
+#include "cpu/isa.h"
 #include "cpu/memory.h"
 
 namespace fastconv::cpu {
@@ -129,20 +131,29 @@ void for_each_chunk(const Conv2dShape& s, const NhwcPlan& p, const Chunk& chunk)
   }
 }
 
-// The weights of every group packed once as the GEMM's B: forward's W_g^T (T x Kg, B[t][k] = W[k][t]),
-// grad_input's W_g (Kg x T).
+// The weights of every group packed as the GEMM's B: forward's W_g^T (T x Kg, B[t][k] = W[k][t]),
+// grad_input's W_g (Kg x T), from w (the channels-last weight). Kept in the WeightCache for a weight
+// that does not require grad, keyed on the caller's `weight` (checked against its bytes on every call,
+// as im2col's packed filters in conv2d.cpp); otherwise built in scratch memory the next call reuses.
 template <typename T>
-T* pack_weights(const T* w, const Conv2dShape& s, const NhwcPlan& p, bool transposed_b) {
-  const int64_t k = transposed_b ? p.kg : p.T, n = transposed_b ? p.T : p.kg;
-  const int64_t per_group = gemm_packed_b_elems<T>(k, n);
-  T* packed = scratch<T>(Scratch::conv_wpack, per_group * s.groups);
-  for (int64_t grp = 0; grp < s.groups; ++grp) {
-    const T* wg = w + grp * p.kg * p.T;
-    gemm_pack_b(transposed_b ? gemm_args<T>(0, n, k, nullptr, 0, 0, wg, p.T, 1, nullptr, 0, T(0))
-                             : gemm_args<T>(0, n, k, nullptr, 0, 0, wg, 1, p.T, nullptr, 0, T(0)),
-                packed + grp * per_group);
-  }
-  return packed;
+at::Tensor packed_weights(const at::Tensor& weight, const T* w, const Conv2dShape& s, const NhwcPlan& p,
+                          bool transposed_b) {
+  const int64_t variant = WeightCache::for_isa(WeightCache::nhwc_filters(transposed_b, s.groups), int(active_isa()));
+  return WeightCache::instance().get(weight, variant, [&] {
+    const int64_t k = transposed_b ? p.kg : p.T, n = transposed_b ? p.T : p.kg;
+    const int64_t per_group = gemm_packed_b_elems<T>(k, n);
+    const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+    at::Tensor out = WeightCache::cacheable(weight)
+                         ? at::empty({s.groups * per_group}, opts)
+                         : at::from_blob(scratch<T>(Scratch::conv_wpack, s.groups * per_group), {s.groups * per_group}, opts);
+    for (int64_t grp = 0; grp < s.groups; ++grp) {   // the packing is parallel inside
+      const T* wg = w + grp * p.kg * p.T;
+      gemm_pack_b(transposed_b ? gemm_args<T>(0, n, k, nullptr, 0, 0, wg, p.T, 1, nullptr, 0, T(0))
+                               : gemm_args<T>(0, n, k, nullptr, 0, 0, wg, 1, p.T, nullptr, 0, T(0)),
+                  out.data_ptr<T>() + grp * per_group);
+    }
+    return out;
+  });
 }
 
 }  // namespace
@@ -158,9 +169,11 @@ bool conv2d_nhwc_applies(const at::Tensor& input, const Conv2dShape& s) {
 }
 
 template <typename T>
-void conv2d_nhwc_forward(const T* x, const T* w, const T* bias, T* out, const Conv2dShape& s) {
+void conv2d_nhwc_forward(const T* x, const at::Tensor& weight, const T* w, const T* bias, T* out,
+                         const Conv2dShape& s) {
   const NhwcPlan p = plan_of(s, sizeof(T));
-  const T* packed = pack_weights(w, s, p, false);
+  const at::Tensor wpacked = packed_weights(weight, w, s, p, false);
+  const T* packed = wpacked.data_ptr<T>();
   const int64_t per_group = gemm_packed_b_elems<T>(p.T, p.kg);
   for_each_chunk<T>(s, p, [&](int64_t grp, int64_t q0, int64_t q1, T* cols) {
     const int64_t rows = q1 - q0;
@@ -181,9 +194,10 @@ void conv2d_nhwc_forward(const T* x, const T* w, const T* bias, T* out, const Co
 }
 
 template <typename T>
-void conv2d_nhwc_grad_input(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
+void conv2d_nhwc_grad_input(const T* dy, const at::Tensor& weight, const T* w, T* dx, const Conv2dShape& s) {
   const NhwcPlan p = plan_of(s, sizeof(T));
-  const T* packed = pack_weights(w, s, p, true);
+  const at::Tensor wpacked = packed_weights(weight, w, s, p, true);
+  const T* packed = wpacked.data_ptr<T>();
   const int64_t per_group = gemm_packed_b_elems<T>(p.kg, p.T);
   if (!p.pointwise) std::fill(dx, dx + s.batch * s.g.in_h * s.g.in_w * p.C, T(0));
   for_each_chunk<T>(s, p, [&](int64_t grp, int64_t q0, int64_t q1, T* dcols) {
@@ -232,10 +246,13 @@ void conv2d_nhwc_grad_weight(const T* dy, const T* x, T* dw, const Conv2dShape& 
   sum_in_parts(parts, bundles, elems, dw, sum_bundles);
 }
 
-template void conv2d_nhwc_forward<float>(const float*, const float*, const float*, float*, const Conv2dShape&);
-template void conv2d_nhwc_forward<double>(const double*, const double*, const double*, double*, const Conv2dShape&);
-template void conv2d_nhwc_grad_input<float>(const float*, const float*, float*, const Conv2dShape&);
-template void conv2d_nhwc_grad_input<double>(const double*, const double*, double*, const Conv2dShape&);
+template void conv2d_nhwc_forward<float>(const float*, const at::Tensor&, const float*, const float*, float*,
+                                         const Conv2dShape&);
+template void conv2d_nhwc_forward<double>(const double*, const at::Tensor&, const double*, const double*, double*,
+                                          const Conv2dShape&);
+template void conv2d_nhwc_grad_input<float>(const float*, const at::Tensor&, const float*, float*, const Conv2dShape&);
+template void conv2d_nhwc_grad_input<double>(const double*, const at::Tensor&, const double*, double*,
+                                             const Conv2dShape&);
 template void conv2d_nhwc_grad_weight<float>(const float*, const float*, float*, const Conv2dShape&);
 template void conv2d_nhwc_grad_weight<double>(const double*, const double*, double*, const Conv2dShape&);
 

@@ -12,12 +12,13 @@ namespace fastconv::cpu {
 // stored channels-last, with images and at least 16 channels per group, in float32 or float64.
 bool conv2d_nhwc_applies(const at::Tensor& input, const Conv2dShape& s);
 
-// x: N x H x W x C; w: the weight channels-last (K x kh x kw x C/groups); out: N x OH x OW x K.
+// x: N x H x W x C; w: the weight channels-last (K x kh x kw x C/groups), `weight` the caller's tensor
+// (what the weight cache keys its packed form on); out: N x OH x OW x K.
 template <typename T>
-void conv2d_nhwc_forward(const T* x, const T* w, const T* bias, T* out, const Conv2dShape& s);
+void conv2d_nhwc_forward(const T* x, const at::Tensor& weight, const T* w, const T* bias, T* out, const Conv2dShape& s);
 // dy: N x OH x OW x K; dx (written): N x H x W x C.
 template <typename T>
-void conv2d_nhwc_grad_input(const T* dy, const T* w, T* dx, const Conv2dShape& s);
+void conv2d_nhwc_grad_input(const T* dy, const at::Tensor& weight, const T* w, T* dx, const Conv2dShape& s);
 // dw (written): the weight's shape, channels-last.
 template <typename T>
 void conv2d_nhwc_grad_weight(const T* dy, const T* x, T* dw, const Conv2dShape& s);

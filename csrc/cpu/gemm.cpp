@@ -48,17 +48,20 @@ GemmBlocking gemm_blocking_rule(const CacheSizes& caches, int64_t mr, int64_t nr
   return GemmBlocking{kc, mc, nc};
 }
 
-namespace {
-
 template <typename T>
-GemmBlocking blocking_of() {
+GemmBlocking gemm_blocking() {
   const auto& kern = kernels_for<T>();
   return gemm_blocking_rule(cache_sizes(), kern.mr, kern.nr, sizeof(T));
 }
 
+template GemmBlocking gemm_blocking<float>();
+template GemmBlocking gemm_blocking<double>();
+
+namespace {
+
 template <typename T>
 int64_t k_block_of(const GemmArgs<T>& g) {   // the K block: the caller's, or the cache-derived one
-  return g.k_block > 0 ? g.k_block : blocking_of<T>().kc;
+  return g.k_block > 0 ? g.k_block : gemm_blocking<T>().kc;
 }
 
 }  // namespace
@@ -86,7 +89,7 @@ template <typename TC, typename TP, class Macro, class PackA, class PackB>
 void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, const TP* a_packed,
                const TP* b_packed, Macro macro, PackA pack_a, PackB pack_b) {
   // MC and NC: the float32 (float64) rule's, also where the panels are bfloat16 pairs
-  const GemmBlocking blk = blocking_of<TC>();
+  const GemmBlocking blk = gemm_blocking<TC>();
   const int64_t kMC = blk.mc, kNC = blk.nc;
   // Row blocks of at most kMC rows, each a multiple of the micro-tile height, at least two per thread
   // and as many on every thread (at::parallel_for hands each thread an equal run of blocks, so 9 blocks
@@ -563,7 +566,7 @@ int64_t gemm_packed_a_elems(int64_t m, int64_t k) {
 template <typename T>
 GemmTile gemm_tile() {
   const auto& kern = kernels_for<T>();
-  return GemmTile{kern.mr, kern.nr, blocking_of<T>().kc};
+  return GemmTile{kern.mr, kern.nr, gemm_blocking<T>().kc};
 }
 
 template GemmTile gemm_tile<float>();

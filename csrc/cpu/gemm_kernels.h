@@ -150,6 +150,9 @@ struct GemmBlocking {
   int64_t kc, mc, nc;
 };
 GemmBlocking gemm_blocking_rule(const CacheSizes& caches, int64_t mr, int64_t nr, int64_t elem);
+// The rule for this CPU's caches and the active ISA's micro-tile of T (float, double).
+template <typename T>
+GemmBlocking gemm_blocking();
 
 // The active ISA's micro-tile (mr x nr) and the engine's default K block, for callers that lay out
 // packed operands themselves.

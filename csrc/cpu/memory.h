@@ -1,9 +1,8 @@
 // Memory helpers for the CPU glue.
 #pragma once
 
-#include <ATen/Parallel.h>
-
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 namespace fastconv::cpu {
 
