@@ -175,26 +175,31 @@ PyObject* py_winograd_matrices(PyObject*, PyObject* args) {
 
 template <int M>
 std::vector<double> apply_1d(const std::string& kind, const std::vector<double>& x) {
-  std::vector<double> y(kind == "output" ? M : M + 2);
+  std::vector<double> y(kind == "output" ? M : kind == "filter_adjoint" ? 3 : M + 2);
   if (kind == "input") fastconv::Winograd<M>::template input<double>(x.data(), 1, y.data(), 1);
   if (kind == "filter") fastconv::Winograd<M>::template filter<double>(x.data(), 1, y.data(), 1);
   if (kind == "output") fastconv::Winograd<M>::template output<double>(x.data(), 1, y.data(), 1);
+  if (kind == "output_adjoint") fastconv::Winograd<M>::template output_adjoint<double>(x.data(), 1, y.data(), 1);
+  if (kind == "filter_adjoint") fastconv::Winograd<M>::template filter_adjoint<double>(x.data(), 1, y.data(), 1);
   return y;
 }
 
-// The straight-line 1-D transform `kind` ("input": B^T x, "filter": G x, "output": A^T x) in float64,
-// for the tests to hold against the explicit matrices.
+// The straight-line 1-D transform `kind` ("input": B^T x, "filter": G x, "output": A^T x, and the
+// weight gradient's "output_adjoint": A x, "filter_adjoint": G^T x) in float64, for the tests to hold
+// against the explicit matrices.
 PyObject* py_winograd_transform(PyObject*, PyObject* args) {
   const char* kind = nullptr;
   int m = 0;
   PyObject* seq = nullptr;
   if (!PyArg_ParseTuple(args, "siO", &kind, &m, &seq)) return nullptr;
   const std::string k(kind);
-  if ((m != 2 && m != 4) || (k != "input" && k != "filter" && k != "output")) {
-    PyErr_SetString(PyExc_ValueError, "fastconv: winograd_transform(kind in input/filter/output, m in 2/4, values)");
+  if ((m != 2 && m != 4) || (k != "input" && k != "filter" && k != "output" && k != "output_adjoint" &&
+                              k != "filter_adjoint")) {
+    PyErr_SetString(PyExc_ValueError, "fastconv: winograd_transform(kind in input/filter/output/output_adjoint/"
+                                      "filter_adjoint, m in 2/4, values)");
     return nullptr;
   }
-  const Py_ssize_t want = k == "filter" ? 3 : m + 2;
+  const Py_ssize_t want = k == "filter" ? 3 : k == "output_adjoint" ? m : m + 2;
   PyObject* fast = PySequence_Fast(seq, "values must be a sequence");
   if (fast == nullptr) return nullptr;
   if (PySequence_Fast_GET_SIZE(fast) != want) {
@@ -251,7 +256,8 @@ PyMethodDef methods[] = {
     {"winograd_matrices", py_winograd_matrices, METH_VARARGS,
      "winograd_matrices(m): the B^T, G and A^T matrices of F(m x m, 3 x 3) (m = 2 or 4)."},
     {"winograd_transform", py_winograd_transform, METH_VARARGS,
-     "winograd_transform(kind, m, values): the straight-line 1-D input/filter/output transform in float64."},
+     "winograd_transform(kind, m, values): the straight-line 1-D input/filter/output transform (or the "
+     "output_adjoint/filter_adjoint of the weight gradient) in float64."},
     {"weight_cache_stats", py_weight_cache_stats, METH_NOARGS,
      "Entries, bytes, limit, hits, misses and uncached transforms (budget full) of the CPU cache of prepared "
      "weights (Winograd transforms, im2col packed filters)."},

@@ -41,10 +41,12 @@ for isa in reversed(isas[: isas.index(fastconv._C.best_cpu_isa()) + 1]):
     for xs, ws, s_, p_, d_ in [((2,5,9,7),(70,5,3,3),(1,1),(1,1),(1,1)), ((1,17,11,13),(3,17,3,2),(2,3),(2,0),(1,2)), ((1,4,3,3),(2,4,3,3),(3,3),(4,4),(1,1))]:
         x, w, bb = torch.randn(xs).bfloat16(), torch.randn(ws).bfloat16(), torch.randn(ws[0]).bfloat16()
         torch.ops.fastconv_testing.conv2d_bf16_direct(x, w, bb, s_, p_, d_, "emulated"); n += 1   # the portable build
-    for xs, k, p_ in [((2,3,7,6),4,1), ((1,17,13,5),16,2), ((3,32,9,9),40,0), ((2,5,4,4),3,4)]:
-        for algo in ("winograd_2x2", "winograd_4x4"):
+    for xs, k, p_ in [((2,3,7,6),4,1), ((1,17,13,5),16,2), ((3,32,9,9),40,0), ((2,5,4,4),3,4), ((4,64,60,60),64,1)]:
+        for algo in ("winograd_2x2", "winograd_4x4"):   # the last shape: grad_weight over several chunks
             x = torch.randn(xs, requires_grad=True); w = torch.randn(k, xs[1], 3, 3, requires_grad=True); bb = torch.randn(k, requires_grad=True)
             F.conv2d(x, w, bb, 1, p_, algorithm=algo).sum().backward(); n += 1
+            xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)   # through NCHW copies
+            F.conv2d(xc, w, bb, 1, p_, algorithm=algo).sum().backward(); n += 1
             with torch.no_grad():
                 for _ in range(2):   # the weight cache: a miss, then a hit (its byte comparison)
                     F.conv2d(x, w, bb, 1, p_, algorithm=algo); n += 1

@@ -40,11 +40,16 @@ def test_converted_model_matches(device, make):
     ref.eval(), ours.eval()
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), rtol=2e-3, atol=2e-4)
+    # The training step in float64: in float32 a converted ResNet's Winograd layers (auto picks them for
+    # training as well) round differently enough to flip the odd ReLU at a value within ~1e-5 of zero,
+    # which moves a gradient by a few per cent (seen at one of ResNet-18's 16K block outputs). float64
+    # runs the same algorithms with no such flips, so the comparison can be tight.
+    ref, ours, x = ref.double(), ours.double(), x.double()
     ref.train(), ours.train()
-    torch.testing.assert_close(_step(ours, x, y), _step(ref, x, y), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(_step(ours, x, y), _step(ref, x, y), rtol=1e-10, atol=1e-12)
     params = dict(ref.named_parameters())
     for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, params[name].grad, rtol=2e-3, atol=2e-4, msg=name)
+        torch.testing.assert_close(p.grad, params[name].grad, rtol=1e-7, atol=1e-9, msg=name)
     buffers = dict(ref.named_buffers())
     for name, b in ours.named_buffers():
         torch.testing.assert_close(b, buffers[name], msg=name)

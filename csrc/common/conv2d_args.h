@@ -42,31 +42,43 @@ inline Conv2dAlgorithm choose_winograd_tile(const Conv2dShape& s) {
   return s.g.out_h < 4 || s.g.out_w < 4 ? Conv2dAlgorithm::winograd_2x2 : Conv2dAlgorithm::winograd_4x4;
 }
 
-// Which pass an "auto" algorithm is chosen for: the forward pass, or the backward's grad_input
-// (grad_weight is im2col's, or NHWC's, whatever the algorithm).
-enum class Conv2dPass { forward, grad_input };
+// Which pass an "auto" algorithm is chosen for: the forward pass, or the backward's grad_input or
+// grad_weight.
+enum class Conv2dPass { forward, grad_input, grad_weight };
 
-// algorithm="auto", from measurements on this project's CPU (README): on the CPU,
-// - Winograd F(4x4) for 3x3 stride-1 layers with at least 64 input and output channels and outputs
-//   of at least 7x7 (ResNet/VGG 3x3 layers: 1.1-1.8x torch; with fewer channels or tiny outputs the
-//   transforms outweigh the saved multiplies). A weight that requires grad is not cached
-//   (weight_cache.h): each call pays the filter transform, 36 x C x K values, which the forward
-//   pass's GEMMs must amortise over at least 128 tiles (ResNet-18's conv5_x at batch 8, 32 tiles,
-//   trains faster without Winograd). grad_input needs no such count: its Winograd wins with the
-//   per-call transform on those layers (ResNet-18's 256-channel 7x7 layer at batch 8 and 112^2, 32
-//   tiles: 2.2 ms against im2col's 2.6-2.8 on the EPYC, 2 threads, where the forward pass is 3.7
-//   against 3.6; at 4x4 outputs F(2x2) lost, 4.2 against 3.8). Winograd rounds differently from direct
-//   convolution (at most ~10x the error, README's accuracy table); ask for "direct" where that matters.
+// algorithm="auto", from measurements on this project's CPU (README; AMD EPYC, 2 threads, ResNet-18's
+// 3x3 layers at batch 1 and 8): on the CPU,
+// - forward and grad_input: Winograd F(4x4) for 3x3 stride-1 layers with at least 64 input and output
+//   channels and outputs of at least 7x7 (ResNet/VGG 3x3 layers: 1.1-1.8x torch; with fewer channels
+//   or tiny outputs the transforms outweigh the saved multiplies). A weight that requires grad is not
+//   cached (weight_cache.h): each call pays the filter transform, 36 x C x K values written, against
+//   GEMM savings of about 108 x C x K multiplies per tile, so it needs at least 32 tiles of 4x4 (512
+//   channels at 7x7: batch 8, 32 tiles, 7.4 ms against im2col's 11.2; batch 2, 8 tiles, 5.3 against
+//   3.5).
+// - grad_weight: Winograd's weight-gradient form for 3x3 stride-1 layers with at least 16 input and
+//   output channels and 64 output positions over the batch (1.4-3x im2col's speed on ResNet-18's
+//   layers; 512 channels at 7x7 and batch 1, 49 positions, 2.1 ms against 1.8). Its summed products
+//   dU are alpha^2 x C x K values, written and read back whatever the batch: F(4x4) (36 of them) pays
+//   when there are at least 32 tiles of 4x4 and C x K <= 256^2 (9.4 MB of dU); F(2x2) (16) otherwise
+//   (512 channels at 7x7, batch 8: 8.0-10.5 ms against F(4x4)'s 8.9-14.6, where dU is 37.7 MB).
 // - im2col otherwise. (Direct was the choice for groups of at least 32 output and 16 input channels
 //   until im2col's forward lowered by vector loads into L2-sized blocks: im2col then measured 1.05-3.2x
 //   direct's speed forward and 0.97-2.7x forward+backward on ResNet's 3x3 layers at stride 1 and 2,
 //   batch 1 and 8, a 5x5 layer and LeNet's; "direct" stays available by name.)
-// On CUDA: im2col, until the other kernels have been measured on a GPU.
+// Winograd rounds differently from direct convolution (at most ~10x the error, README's accuracy
+// table); ask for "direct" where that matters. On CUDA: im2col, until the other kernels have been
+// measured on a GPU.
 inline Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dShape& s, bool cuda, bool training, Conv2dPass pass) {
   if (cuda) return Conv2dAlgorithm::im2col;
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
-  const int64_t tiles = s.batch * ((s.g.out_h + 3) / 4) * ((s.g.out_w + 3) / 4);
-  const bool transform_paid = pass == Conv2dPass::grad_input || !training || tiles >= 128;
+  const int64_t tiles4 = s.batch * ((s.g.out_h + 3) / 4) * ((s.g.out_w + 3) / 4);
+  if (pass == Conv2dPass::grad_weight) {
+    if (!winograd_applies(s) || cg < 16 || kg < 16 || s.batch * s.g.out_h * s.g.out_w < 64) {
+      return Conv2dAlgorithm::im2col;
+    }
+    return tiles4 >= 32 && cg * kg <= 256 * 256 ? Conv2dAlgorithm::winograd_4x4 : Conv2dAlgorithm::winograd_2x2;
+  }
+  const bool transform_paid = !training || tiles4 >= 32;
   if (winograd_applies(s) && cg >= 64 && kg >= 64 && s.g.out_h >= 7 && s.g.out_w >= 7 && transform_paid) {
     return Conv2dAlgorithm::winograd_4x4;
   }
@@ -152,6 +164,15 @@ inline std::vector<int64_t> conv2d_output_sizes(const Conv2dShape& s) {
   const int64_t k = s.in_channels == 0 ? 0 : s.out_channels;
   if (s.batched) return {s.batch, k, s.g.out_h, s.g.out_w};
   return {k, s.g.out_h, s.g.out_w};
+}
+
+// The algorithm of grad_weight in a backward call: "auto" chooses for that pass; a Winograd algorithm
+// the caller named runs Winograd's weight-gradient form on the CPU; im2col's otherwise (direct has no
+// grad_weight of its own, nor does CUDA Winograd yet).
+inline Conv2dAlgorithm grad_weight_algorithm(const Conv2dShape& s, bool cuda) {
+  if (cuda) return Conv2dAlgorithm::im2col;
+  if (s.chosen) return choose_conv2d_algorithm(s, cuda, true, Conv2dPass::grad_weight);
+  return winograd_tile(s.algorithm) != 0 ? s.algorithm : Conv2dAlgorithm::im2col;
 }
 
 // The checked backward call; an "auto" algorithm is grad_input's choice (choose_conv2d_algorithm).

@@ -8,7 +8,8 @@
 // where .* is the element-wise product. Over C input channels the product is summed, which for each
 // of the alpha^2 positions e is one GEMM: M[e] (K x tiles) = U[e] (K x C) . V[e] (C x tiles), with the
 // filter transform U = G g G^T and the input transform V = B^T d B; the output transform is then
-// Y = A^T M A per tile. Each 2-D transform X -> P X Q^T applies the 1-D one to every column and then
+// Y = A^T M A per tile. The weight gradient runs the adjoints: dU[e] (K x C) = sum over tiles of
+// dM[e] (K x tiles) . V[e]^T with dM = A dY A^T, then dg = G^T dU G. Each 2-D transform X -> P X Q^T applies the 1-D one to every column and then
 // to every row; the functions below are the 1-D ones, y = P x, with strides so the same code reads
 // columns and rows.
 #pragma once
@@ -53,6 +54,24 @@ struct Winograd<2> {
     const V m0 = m[0], m1 = m[ms], m2 = m[2 * ms], m3 = m[3 * ms];
     y[0] = m0 + m1 + m2;
     y[ys] = m1 - m2 - m3;
+  }
+  // m = A y, the output transform's adjoint (the weight gradient's transform of grad_output)
+  template <typename S, typename V>
+  FC_HD static void output_adjoint(const V* y, int ys, V* m, int ms) {
+    const V y0 = y[0], y1 = y[ys];
+    m[0] = y0;
+    m[ms] = y0 + y1;
+    m[2 * ms] = y0 - y1;
+    m[3 * ms] = -y1;
+  }
+  // g = G^T u, the filter transform's adjoint (the weight gradient from its transform)
+  template <typename S, typename V>
+  FC_HD static void filter_adjoint(const V* u, int us, V* g, int gs) {
+    const V u0 = u[0], u1 = u[us], u2 = u[2 * us], u3 = u[3 * us];
+    const V h = (u1 + u2) * S(0.5);
+    g[0] = u0 + h;
+    g[gs] = (u1 - u2) * S(0.5);
+    g[2 * gs] = h + u3;
   }
 };
 
@@ -106,6 +125,28 @@ struct Winograd<4> {
     y[2 * ys] = a + c * S(4);
     y[3 * ys] = b + e * S(8) + m5;
   }
+  // m = A y, the output transform's adjoint (the weight gradient's transform of grad_output)
+  template <typename S, typename V>
+  FC_HD static void output_adjoint(const V* y, int ys, V* m, int ms) {
+    const V y0 = y[0], y1 = y[ys], y2 = y[2 * ys], y3 = y[3 * ys];
+    const V p = y0 + y2, q = y1 + y3;                          // rows 1 and 2: p + q, p - q
+    const V r = y0 + y2 * S(4), t = y1 * S(2) + y3 * S(8);     // rows 3 and 4: r + t, r - t
+    m[0] = y0;
+    m[ms] = p + q;
+    m[2 * ms] = p - q;
+    m[3 * ms] = r + t;
+    m[4 * ms] = r - t;
+    m[5 * ms] = y3;
+  }
+  // g = G^T u, the filter transform's adjoint (the weight gradient from its transform)
+  template <typename S, typename V>
+  FC_HD static void filter_adjoint(const V* u, int us, V* g, int gs) {
+    const V u0 = u[0], u1 = u[us], u2 = u[2 * us], u3 = u[3 * us], u4 = u[4 * us], u5 = u[5 * us];
+    const V s = u1 + u2, d = u2 - u1, p = u3 + u4, q = u3 - u4;
+    g[0] = u0 * S(0.25) - s * S(1.0 / 6) + p * S(1.0 / 24);
+    g[gs] = d * S(1.0 / 6) + q * S(1.0 / 12);
+    g[2 * gs] = (p - s) * S(1.0 / 6) + u5;
+  }
 };
 
 // The 2-D transforms on alpha x alpha (or 3 x 3 / m x m) row-major arrays: columns first, then rows.
@@ -131,6 +172,24 @@ FC_HD void winograd_output_2d(const V* m, V* out) {   // out = A^T m A: M x M
   V tmp[M * A];
   for (int j = 0; j < A; ++j) Winograd<M>::template output<S>(m + j, A, tmp + j, A);
   for (int i = 0; i < M; ++i) Winograd<M>::template output<S>(tmp + i * A, 1, out + i * M, 1);
+}
+
+// The weight gradient's transforms (the adjoints of the output and filter transforms): dM = A dY A^T
+// of an M x M grad_output tile, and dg = G^T dU G of a summed alpha x alpha product.
+template <int M, typename S, typename V>
+FC_HD void winograd_output_adjoint_2d(const V* y, V* out) {   // out = A y A^T: alpha x alpha
+  constexpr int A = Winograd<M>::kAlpha;
+  V tmp[A * M];
+  for (int j = 0; j < M; ++j) Winograd<M>::template output_adjoint<S>(y + j, M, tmp + j, M);
+  for (int i = 0; i < A; ++i) Winograd<M>::template output_adjoint<S>(tmp + i * M, 1, out + i * A, 1);
+}
+
+template <int M, typename S, typename V>
+FC_HD void winograd_filter_adjoint_2d(const V* u, V* out) {   // out = G^T u G: 3 x 3
+  constexpr int A = Winograd<M>::kAlpha;
+  V tmp[3 * A];
+  for (int j = 0; j < A; ++j) Winograd<M>::template filter_adjoint<S>(u + j, A, tmp + j, A);
+  for (int i = 0; i < 3; ++i) Winograd<M>::template filter_adjoint<S>(tmp + i * A, 1, out + i * 3, 1);
 }
 
 }  // namespace fastconv

@@ -13,10 +13,11 @@
 // once (and kept by the weight cache for weights that do not require grad).
 // Work is parallel over (image or bundle, group) items when there are enough of them, else over
 // chunks of positions (and output channels) of each item, or inside the GEMM.
-// Channels-last tensors with 16+ channels per group run im2col (and every algorithm's grad_weight) in
+// Channels-last tensors with 16+ channels per group run im2col (and im2col's grad_weight) in
 // NHWC without copies (conv2d_nhwc.cpp); the rest through NCHW copies. algorithm="direct" runs conv2d_direct.cpp's
 // kernels for the forward pass and grad_input instead, the Winograd algorithms (and "auto" where it
-// picks them) conv2d_winograd.cpp's; grad_weight and grad_bias are always the ones here.
+// picks them) conv2d_winograd.cpp's, grad_weight included (grad_weight_algorithm in conv2d_args.h);
+// grad_bias is always the one here.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -25,6 +26,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include "common/checks.h"
@@ -700,7 +702,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask);
 
 // The backward pass of a channels-last call on channels-last input (conv2d_nhwc.h): grad_weight (and
-// grad_input for im2col) in NHWC without copies; the other algorithms' grad_input through NCHW.
+// grad_input for im2col) in NHWC without copies; the other algorithms' grad_input, and Winograd's
+// grad_weight, through NCHW.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Tensor& grad_output,
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask) {
@@ -708,8 +711,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
   const at::Tensor dy = grad_output.contiguous(cl);
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
              db = at::empty({0}, input.options());
-  if (output_mask[0] && s.algorithm != Conv2dAlgorithm::im2col) {   // Winograd's or direct's, through NCHW
-    dx = std::get<0>(conv2d_backward_nchw(dy, input, weight, s, {true, false, false}));
+  const bool winograd_dw = output_mask[1] && winograd_tile(grad_weight_algorithm(s, false)) != 0;
+  if ((output_mask[0] && s.algorithm != Conv2dAlgorithm::im2col) || winograd_dw) {   // through NCHW copies
+    std::tie(dx, dw, std::ignore) = conv2d_backward_nchw(
+        dy, input, weight, s, {output_mask[0] && s.algorithm != Conv2dAlgorithm::im2col, winograd_dw, false});
   }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
     if (output_mask[0] && s.algorithm == Conv2dAlgorithm::im2col) {
@@ -718,7 +723,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
       conv2d_nhwc_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight, w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
                                        s);
     }
-    if (output_mask[1]) {
+    if (output_mask[1] && !winograd_dw) {
       dw = at::empty(weight.sizes(), weight.options().memory_format(cl));
       conv2d_nhwc_grad_weight<scalar_t>(dy.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), s);
     }
@@ -773,7 +778,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
     }
     if (output_mask[1]) {
       dw = at::empty(weight.sizes(), weight.options());
-      grad_weight_impl<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), s);
+      if (const int m = winograd_tile(grad_weight_algorithm(s, false))) {
+        conv2d_winograd_grad_weight(x, dy, dw, s, m);
+      } else {
+        grad_weight_impl<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), s);
+      }
       dw = in_format(dw, s.format);
     }
     if (output_mask[2]) {

@@ -6,7 +6,8 @@
 // Layouts (alpha = m + 2, E = alpha^2 transform positions e):
 //   V[e][c][t]   transformed input tiles: e_stride apart per e, tiles t contiguous
 //   M[e][k][t]   the GEMMs' products, likewise
-//   U[e][k][c]   transformed filters
+//   U[e]         transformed filters (k x c), each in the GEMM engine's packed-A form
+//   dM[e][k][t]  the weight gradient's transformed grad_output tiles; dU[e][k][c] their products with V
 #pragma once
 
 #include <cstdint>
@@ -33,10 +34,20 @@ struct WinogradKernels {
   // channel of image 0, OH x OW), each tile's m x m block clipped to the plane.
   void (*output[2])(const T* mt, int64_t e_stride, const WinogradTile* tiles, int64_t count, int64_t ph, int64_t pw,
                     T* plane, int64_t OH, int64_t OW, T bias);
-  // U[e][k][c] = G g G^T for c < cin of filter k, where g[i][j] = w[k * s_out + c * s_in + i * s_i + j * s_j]
-  // (strides let the backward pass read the flipped, transposed filters in place).
-  void (*filter[2])(const T* w, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j, int64_t k, int64_t cin,
-                    int64_t kout, T* u);
+  // One micro-panel of U[e] in the GEMM engine's packed-A form (gemm_pack_a): u[e * e_stride + c * mr + r]
+  // = (G g G^T)[e] for the filter of panel row r < mr and column c < kc, where g[i][j] = w[r * s_out +
+  // c * s_in + i * s_i + j * s_j] for r < rows, zero for the padding rows r >= rows (strides let the
+  // backward pass read the flipped, transposed filters in place). Lanes run along the packed order,
+  // so every store is a whole vector.
+  void (*filter[2])(const T* w, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j, int64_t rows, int64_t mr,
+                    int64_t kc, T* u, int64_t e_stride);
+  // The weight gradient's transforms. dm[e * e_stride + t] = (A dY A^T)[e] for tiles t < count of one
+  // output channel's grad_output (plane and tiles as for output; values outside the plane read zero).
+  void (*output_adjoint[2])(const T* plane, int64_t OH, int64_t OW, const WinogradTile* tiles, int64_t count,
+                            int64_t ph, int64_t pw, T* dm, int64_t e_stride);
+  // dw[c * 9 + i * 3 + j] = (G^T dU G)[i][j] for c < cin of one output channel, dU[e] of channel c at
+  // du[e * e_stride + c].
+  void (*filter_adjoint[2])(const T* du, int64_t e_stride, int64_t cin, T* dw);
 };
 
 extern const WinogradKernels<float> winograd_kernels_f32_avx512, winograd_kernels_f32_avx2;
