@@ -113,6 +113,31 @@ def test_gradcheck_float64(device, algorithm):
     assert torch.autograd.gradcheck(lambda x, w, b: F.conv2d(x, w, b, 1, 1, algorithm=algorithm), (x, w, b))
 
 
+@pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])
+def test_weight_read_through_its_strides(device, algorithm):
+    # The filter transforms read the weight in place (no NCHW copy): channels-last, and dense layouts
+    # with the taps or the channels in another order; a weight that requires grad (transformed every
+    # call) and one that does not (cached), forward and grad_input, which reads it flipped.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 16, 9, 10, generator=g).to(device)
+    w0 = torch.randn(8, 16, 3, 3, generator=g).to(device)
+    go = torch.randn(2, 8, 9, 10, generator=g).to(device)
+    y_ref = TF.conv2d(x, w0, padding=1)
+    dx_ref = torch.ops.aten.convolution_backward(go, x, w0, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                                                 [True, False, False])[0]
+    layouts = [w0.contiguous(memory_format=torch.channels_last), w0.transpose(2, 3).contiguous().transpose(2, 3),
+               w0.transpose(0, 1).contiguous().transpose(0, 1)]
+    for w in layouts:
+        for requires_grad in (False, True):
+            wr = w.detach().requires_grad_(requires_grad)
+            with torch.no_grad():
+                y = torch.ops.fastconv.conv2d(x.contiguous(), wr, None, [1, 1], [1, 1], [1, 1], 1, algorithm)
+                dx = torch.ops.fastconv.conv2d_backward(go, x, wr, [1, 1], [1, 1], [1, 1], 1, algorithm,
+                                                        [True, False, False])[0]
+            _close(y.contiguous(), y_ref)
+            _close(dx.contiguous(), dx_ref)
+
+
 def test_empty_batch(device):
     x = torch.randn(0, 3, 8, 8, device=device, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)

@@ -463,11 +463,12 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
     });
     return out;
   }
-  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  const at::Tensor x = input.contiguous();
   if (const int m = winograd_tile(s.algorithm)) {   // the cache keys on the caller's weight tensor
     conv2d_winograd_forward(x, weight, b, out, s, m);
     return in_format(out, s.format);
   }
+  const at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
     const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
     if (s.algorithm == Conv2dAlgorithm::direct) {
@@ -758,18 +759,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(const at::Tensor&
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Tensor& grad_output,
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask) {
-  const at::Tensor dy = grad_output.contiguous(), x = input.contiguous(), w = weight.contiguous();
+  const at::Tensor dy = grad_output.contiguous();
   // Outputs not asked for are returned empty (0 elements).
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
              db = at::empty({0}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
     if (output_mask[0]) {
       dx = at::empty(input.sizes(), input.options());
-      if (dx.numel() > 0 && winograd_tile(s.algorithm) != 0) {
+      if (dx.numel() > 0 && winograd_tile(s.algorithm) != 0) {   // reads the weight through its strides
         conv2d_winograd_grad_input(dy, weight, dx, s, winograd_tile(s.algorithm));
       } else if (dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct) {
+        const at::Tensor w = weight.contiguous();
         conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);
       } else if (dx.numel() > 0) {
+        const at::Tensor w = weight.contiguous();
         const at::Tensor wt = packed_filters<PlainEngine<scalar_t>>(weight, w.data_ptr<scalar_t>(), s, true);
         grad_input_impl<scalar_t>(dy.data_ptr<scalar_t>(), reinterpret_cast<const scalar_t*>(wt.data_ptr()),
                                   dx.data_ptr<scalar_t>(), s);
@@ -777,13 +780,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
       dx = in_format(dx, s.format);   // torch: the convolution's memory format
     }
     if (output_mask[1]) {
-      dw = at::empty(weight.sizes(), weight.options());
-      if (const int m = winograd_tile(grad_weight_algorithm(s, false))) {
+      const at::Tensor x = input.contiguous();
+      if (const int m = winograd_tile(grad_weight_algorithm(s, false))) {   // written in the output's format
+        dw = at::empty(weight.sizes(), weight.options().memory_format(s.format));
         conv2d_winograd_grad_weight(x, dy, dw, s, m);
       } else {
+        dw = at::empty(weight.sizes(), weight.options());
         grad_weight_impl<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), s);
+        dw = in_format(dw, s.format);
       }
-      dw = in_format(dw, s.format);
     }
     if (output_mask[2]) {
       db = at::empty({s.out_channels}, input.options());

@@ -149,12 +149,12 @@ void run(int m, const T* x, const T* u, const T* bias, T* out, const WinogradPro
 // dU[e] (K x C) += dM[e] (K x tiles) . V[e]^T, parallel over e; at the end dw = G^T dU G per filter.
 // F(4x4) does 36 multiplies per 16 outputs of each (k, c) pair where im2col does 144.
 template <typename T>
-void run_grad_weight(int m, const T* x, const T* dy, T* dw, const WinogradProblem& p) {
+void run_grad_weight(int m, const T* x, const T* dy, T* dw, at::IntArrayRef dw_strides, const WinogradProblem& p) {
   const auto& kern = kernels_for<T>();
   const int which = m == 4 ? 1 : 0;
   const int64_t E = (m + 2) * (m + 2), K = p.out_ch, C = p.in_ch;
   TileChunks chunks(m, p, E * (C + K) * static_cast<int64_t>(sizeof(T)));
-  if (chunks.rows == 0 || chunks.tiles_w == 0) {   // no output positions: no products
+  if (chunks.rows == 0 || chunks.tiles_w == 0) {   // no output positions: no products (dw is dense)
     std::fill(dw, dw + K * C * 9, T(0));
     return;
   }
@@ -185,7 +185,10 @@ void run_grad_weight(int m, const T* x, const T* dy, T* dw, const WinogradProble
     });
   }
   at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
-    for (int64_t k = b; k < e; ++k) kern.filter_adjoint[which](du + k * C, K * C, C, dw + k * C * 9);
+    for (int64_t k = b; k < e; ++k) {
+      kern.filter_adjoint[which](du + k * C, K * C, C, dw + k * dw_strides[0], dw_strides[1], dw_strides[2],
+                                 dw_strides[3]);
+    }
   });
 }
 
@@ -232,9 +235,9 @@ void conv2d_winograd_forward(const at::Tensor& x_in, const at::Tensor& weight, c
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
     const int64_t variant = WeightCache::for_isa(WeightCache::winograd(m, false), int(active_isa()));
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
-      const at::Tensor w = half_as_float(weight.contiguous());   // g[k][c][i][j]
-      return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>(), s.in_channels * 9, 9, 3, 1, s.out_channels,
-                                         s.in_channels, WeightCache::cacheable(weight));
+      const at::Tensor w = half_as_float(weight);   // g[k][c][i][j], read in place through its strides
+      return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), w.stride(2),
+                                         w.stride(3), s.out_channels, s.in_channels, WeightCache::cacheable(weight));
     });
     const WinogradProblem p{s.batch, s.in_channels, s.out_channels, g.in_h, g.in_w, g.out_h, g.out_w, g.ph, g.pw};
     run<scalar_t>(m, x.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
@@ -253,9 +256,10 @@ void conv2d_winograd_grad_input(const at::Tensor& dy_in, const at::Tensor& weigh
     // filters g'[c][k][i][j] = w[k][c][2 - i][2 - j], read in place (start at w[0][0][2][2], step back).
     const int64_t variant = WeightCache::for_isa(WeightCache::winograd(m, true), int(active_isa()));
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
-      const at::Tensor w = half_as_float(weight.contiguous());
-      return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>() + 8, 9, s.in_channels * 9, -3, -1,
-                                         s.in_channels, s.out_channels, WeightCache::cacheable(weight));
+      const at::Tensor w = half_as_float(weight);
+      const int64_t s_i = w.stride(2), s_j = w.stride(3);
+      return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>() + 2 * s_i + 2 * s_j, w.stride(1), w.stride(0),
+                                         -s_i, -s_j, s.in_channels, s.out_channels, WeightCache::cacheable(weight));
     });
     const WinogradProblem p{s.batch, s.out_channels, s.in_channels, g.out_h, g.out_w, g.in_h, g.in_w, 2 - g.ph,
                             2 - g.pw};
@@ -268,10 +272,11 @@ void conv2d_winograd_grad_weight(const at::Tensor& x_in, const at::Tensor& dy_in
                                  const Conv2dShape& s, int m) {
   const auto& g = s.g;
   const at::Tensor x = half_as_float(x_in), dy = half_as_float(dy_in);
-  at::Tensor dw = x.scalar_type() == dw_in.scalar_type() ? dw_in : at::empty(dw_in.sizes(), x.options());
+  at::Tensor dw = x.scalar_type() == dw_in.scalar_type() ? dw_in : at::empty_like(dw_in, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_backward", [&] {
     const WinogradProblem p{s.batch, s.in_channels, s.out_channels, g.in_h, g.in_w, g.out_h, g.out_w, g.ph, g.pw};
-    run_grad_weight<scalar_t>(m, x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), p);
+    run_grad_weight<scalar_t>(m, x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(),
+                              dw.strides(), p);
   });
   if (!dw.is_same(dw_in)) dw_in.copy_(dw);   // rounded to nearest even
 }

@@ -19,7 +19,7 @@ void conv2d_winograd_grad_input(const at::Tensor& dy, const at::Tensor& weight, 
                                 int m);
 
 // dw = the weight gradient of out = conv(x, w) for grad_output dy, by Winograd's adjoint transforms
-// (contiguous NCHW x and dy; dw contiguous, K x C x 3 x 3).
+// (contiguous NCHW x and dy; dw K x C x 3 x 3, dense in any layout: written through its strides).
 void conv2d_winograd_grad_weight(const at::Tensor& x, const at::Tensor& dy, at::Tensor& dw, const Conv2dShape& s,
                                  int m);
 

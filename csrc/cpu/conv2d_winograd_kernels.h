@@ -45,9 +45,10 @@ struct WinogradKernels {
   // output channel's grad_output (plane and tiles as for output; values outside the plane read zero).
   void (*output_adjoint[2])(const T* plane, int64_t OH, int64_t OW, const WinogradTile* tiles, int64_t count,
                             int64_t ph, int64_t pw, T* dm, int64_t e_stride);
-  // dw[c * 9 + i * 3 + j] = (G^T dU G)[i][j] for c < cin of one output channel, dU[e] of channel c at
-  // du[e * e_stride + c].
-  void (*filter_adjoint[2])(const T* du, int64_t e_stride, int64_t cin, T* dw);
+  // dw[c * s_c + i * s_i + j * s_j] = (G^T dU G)[i][j] for c < cin of one output channel (strides: the
+  // gradient written in the weight's layout), dU[e] of channel c at du[e * e_stride + c].
+  void (*filter_adjoint[2])(const T* du, int64_t e_stride, int64_t cin, T* dw, int64_t s_c, int64_t s_i,
+                            int64_t s_j);
 };
 
 extern const WinogradKernels<float> winograd_kernels_f32_avx512, winograd_kernels_f32_avx2;
