@@ -203,14 +203,15 @@ def test_auto_chooses_per_pass():
     cases = [((1, 64, 8), "im2col", "winograd_2x2"),          # 4 tiles: the filter transform does not pay
              ((2, 64, 16), "winograd_4x4", "winograd_4x4"),   # 32 tiles of 4x4
              ((2, 16, 16), "im2col", "winograd_4x4"),         # few channels: Winograd for grad_weight only
-             ((1, 64, 7), "im2col", "im2col")]                # 49 output positions
+             ((1, 64, 7), "im2col", "im2col"),                # 49 output positions
+             ((8, 64, 4), "winograd_2x2", "winograd_2x2")]    # 4x4 outputs, 32 tiles of 2x2
     g = torch.Generator().manual_seed(0)
     for (n, c, hw), data_algo, weight_algo in cases:
         x = torch.randn(n, c, hw, hw, generator=g)
         w = (torch.randn(c, c, 3, 3, generator=g) * 0.05).requires_grad_(True)
         go = torch.randn(n, c, hw, hw, generator=g)
         with torch.no_grad():
-            y = {a: conv(x, w, None, *args, a) for a in ("auto", "im2col", "winograd_4x4")}
+            y = {a: conv(x, w, None, *args, a) for a in ("auto", "im2col", "winograd_2x2", "winograd_4x4")}
             grads = {a: back(go, x, w, *args, a, [True, True, False])
                      for a in ("auto", "im2col", "winograd_2x2", "winograd_4x4")}
         other = "im2col" if data_algo != "im2col" else "winograd_4x4"
@@ -228,6 +229,21 @@ def test_grad_weight_over_several_chunks(device, algorithm):
     # whose products are summed into the same dU; channels-last input goes through NCHW copies.
     for mf in (torch.contiguous_format, torch.channels_last):
         _compare((4, 64, 60, 60), 64, 1, algorithm, dtype=torch.float32, device=device, mf=mf, seed=3)
+
+
+def test_auto_for_inference():
+    """A weight that does not require grad (cached U): fewer tiles suffice (common/conv2d_args.h)."""
+    g = torch.Generator().manual_seed(0)
+    for (n, c, hw), want in [((1, 64, 8), "winograd_2x2"),    # 4 tiles of 4x4, 16 of 2x2
+                             ((2, 64, 8), "winograd_4x4"),    # 8 tiles of 4x4, C x K <= 256^2
+                             ((1, 64, 4), "im2col")]:         # 4 tiles of 2x2
+        x = torch.randn(n, c, hw, hw, generator=g)
+        w = torch.randn(c, c, 3, 3, generator=g) * 0.05
+        y = {a: torch.ops.fastconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1, a)
+             for a in ("auto", "im2col", "winograd_2x2", "winograd_4x4")}
+        assert torch.equal(y["auto"], y[want]), (n, c, hw)
+        for a in {"im2col", "winograd_2x2", "winograd_4x4"} - {want}:
+            assert not torch.equal(y["auto"], y[a]), (n, c, hw, a)
 
 
 def test_grad_weight_accuracy_against_float64(device):

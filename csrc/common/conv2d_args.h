@@ -3,6 +3,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <string_view>
@@ -47,14 +48,19 @@ inline Conv2dAlgorithm choose_winograd_tile(const Conv2dShape& s) {
 enum class Conv2dPass { forward, grad_input, grad_weight };
 
 // algorithm="auto", from measurements on this project's CPU (README; AMD EPYC, 2 threads, ResNet-18's
-// 3x3 layers at batch 1 and 8): on the CPU,
-// - forward and grad_input: Winograd F(4x4) for 3x3 stride-1 layers with at least 64 input and output
-//   channels and outputs of at least 7x7 (ResNet/VGG 3x3 layers: 1.1-1.8x torch; with fewer channels
-//   or tiny outputs the transforms outweigh the saved multiplies). A weight that requires grad is not
-//   cached (weight_cache.h): each call pays the filter transform, 36 x C x K values written, against
-//   GEMM savings of about 108 x C x K multiplies per tile, so it needs at least 32 tiles of 4x4 (512
-//   channels at 7x7: batch 8, 32 tiles, 7.4 ms against im2col's 11.2; batch 2, 8 tiles, 5.3 against
-//   3.5).
+// 3x3 layers at batch 1, 2, 4 and 8): on the CPU,
+// - forward and grad_input: Winograd for 3x3 stride-1 layers with at least 64 input and output
+//   channels (ResNet/VGG 3x3 layers: 1.1-1.8x torch; with fewer channels the transforms outweigh the
+//   saved multiplies), F(4x4) on outputs of at least 7x7 and F(2x2) on those of at least 4x4, each
+//   given enough tiles to amortise its filter transform U (36 or 16 x C x K values). A weight that
+//   requires grad is not cached (weight_cache.h): each call writes U, so both need 32 tiles
+//   (512 channels at 7x7: batch 8, 32 tiles of 4x4, F(4x4) 7.4 ms against im2col's 11.2; batch 2,
+//   8 tiles, 4.9 against 3.4, F(2x2)'s 32 tiles 3.2; at 4x4 and batch 8, F(2x2) 4.0 against 4.8). A
+//   cached U is only read, and the read is what costs with few tiles: F(4x4) from 8 tiles where
+//   U fits 9.4 MB (C x K <= 256^2; 256 channels at 14x14, batch 1, 16 tiles: 0.81 ms against F(2x2)'s
+//   0.92 and im2col's 1.50), else from 32 (512 channels at 7x7, batch 1 and 2: F(2x2) 1.3 and 2.2 ms
+//   against F(4x4)'s 2.5 and 2.6, its 37.7 MB streamed from memory); F(2x2) from 8 tiles (512
+//   channels at 4x4: batch 8, 3.0 ms against im2col's 4.3; batch 1, 4 tiles, 1.3 against 1.1).
 // - grad_weight: Winograd's weight-gradient form for 3x3 stride-1 layers with at least 16 input and
 //   output channels and 64 output positions over the batch (1.4-3x im2col's speed on ResNet-18's
 //   layers; 512 channels at 7x7 and batch 1, 49 positions, 2.1 ms against 1.8). Its summed products
@@ -78,10 +84,11 @@ inline Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dShape& s, bool cuda, 
     }
     return tiles4 >= 32 && cg * kg <= 256 * 256 ? Conv2dAlgorithm::winograd_4x4 : Conv2dAlgorithm::winograd_2x2;
   }
-  const bool transform_paid = !training || tiles4 >= 32;
-  if (winograd_applies(s) && cg >= 64 && kg >= 64 && s.g.out_h >= 7 && s.g.out_w >= 7 && transform_paid) {
-    return Conv2dAlgorithm::winograd_4x4;
-  }
+  if (!winograd_applies(s) || cg < 64 || kg < 64) return Conv2dAlgorithm::im2col;
+  const int64_t tiles2 = s.batch * ((s.g.out_h + 1) / 2) * ((s.g.out_w + 1) / 2);
+  const int64_t min_out = std::min(s.g.out_h, s.g.out_w);
+  if (min_out >= 7 && tiles4 >= (training || cg * kg > 256 * 256 ? 32 : 8)) return Conv2dAlgorithm::winograd_4x4;
+  if (min_out >= 4 && tiles2 >= (training ? 32 : 8)) return Conv2dAlgorithm::winograd_2x2;
   return Conv2dAlgorithm::im2col;
 }
 
