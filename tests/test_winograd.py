@@ -138,6 +138,49 @@ def test_weight_read_through_its_strides(device, algorithm):
             _close(dx.contiguous(), dx_ref)
 
 
+@pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4", "auto"])
+def test_nan_and_inf_stay_where_torch_puts_them(algorithm):
+    # A transform mixes a tile's values (and inf - inf is NaN), so a non-finite input, weight or
+    # grad_output would spread past the outputs it reaches; the CPU kernels decline such calls and run
+    # im2col's: NaN and infinities of the input and grad_output land exactly where torch's do, in every
+    # pass. A NaN weight gives im2col's result bit for bit, which differs from torch's at the borders
+    # (im2col multiplies the padding's zeros by the weight, NaN * 0 = NaN, where torch skips them).
+    g = torch.Generator().manual_seed(7)
+    x0 = torch.randn(2, 64, 9, 9, generator=g)
+    w0 = torch.randn(64, 64, 3, 3, generator=g) * 0.05
+    go0 = torch.randn(2, 64, 9, 9, generator=g)
+    cases = {"x nan": (0, float("nan")), "x inf": (0, float("inf")), "w nan": (1, float("nan")),
+             "go -inf": (2, float("-inf"))}
+    for name, (which, value) in cases.items():
+        x, w, go = x0.clone(), w0.clone(), go0.clone()
+        (x, w, go)[which].view(-1)[100] = value
+        for requires_grad in (False, True):   # a cached and a per-call filter transform
+            wr = w.clone().requires_grad_(requires_grad)
+            with torch.no_grad():
+                y = torch.ops.fastconv.conv2d(x, wr, None, [1, 1], [1, 1], [1, 1], 1, algorithm)
+                dx, dw, _ = torch.ops.fastconv.conv2d_backward(go, x, wr, [1, 1], [1, 1], [1, 1], 1, algorithm,
+                                                               [True, True, False])
+            if which == 1:
+                with torch.no_grad():
+                    ref = [torch.ops.fastconv.conv2d(x, wr, None, [1, 1], [1, 1], [1, 1], 1, "im2col")] + list(
+                        torch.ops.fastconv.conv2d_backward(go, x, wr, [1, 1], [1, 1], [1, 1], 1, "im2col",
+                                                           [True, True, False])[:2])
+                for got, want in zip((y, dx), ref):   # grad_weight does not read the weight
+                    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+                torch.testing.assert_close(dw, ref[2], rtol=1e-3, atol=1e-3)
+                continue
+            ref = [TF.conv2d(x, w, padding=1)] + list(torch.ops.aten.convolution_backward(
+                go, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False])[:2])
+            for got, want, what in zip((y, dx, dw), ref, ("output", "grad_input", "grad_weight")):
+                assert torch.equal(got.isnan(), want.isnan()), (name, what)
+                assert torch.equal(got.isinf(), want.isinf()), (name, what)
+                torch.testing.assert_close(got.nan_to_num(0, 0, 0), want.nan_to_num(0, 0, 0), rtol=1e-4, atol=1e-4)
+    # once the weight is finite again, the cached call runs Winograd again (its bytes changed)
+    with torch.no_grad():
+        assert not torch.equal(torch.ops.fastconv.conv2d(x0, w0, None, [1, 1], [1, 1], [1, 1], 1, algorithm),
+                               torch.ops.fastconv.conv2d(x0, w0, None, [1, 1], [1, 1], [1, 1], 1, "im2col"))
+
+
 def test_empty_batch(device):
     x = torch.randn(0, 3, 8, 8, device=device, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)

@@ -464,10 +464,9 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
     return out;
   }
   const at::Tensor x = input.contiguous();
-  if (const int m = winograd_tile(s.algorithm)) {   // the cache keys on the caller's weight tensor
-    conv2d_winograd_forward(x, weight, b, out, s, m);
-    return in_format(out, s.format);
-  }
+  const int m = winograd_tile(s.algorithm);   // the cache keys on the caller's weight tensor
+  if (m != 0 && conv2d_winograd_forward(x, weight, b, out, s, m)) return in_format(out, s.format);
+  // Below: im2col for a Winograd algorithm that declined (a NaN or an infinity in x or the weight).
   const at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
     const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
@@ -505,10 +504,9 @@ at::Tensor conv2d_half(const at::Tensor& input, const at::Tensor& weight, const 
     conv2d_bf16_direct(input.contiguous(), weight, weight.contiguous(), b, out, s, *direct);
     return in_format(out, s.format);
   }
-  if (const int m = winograd_tile(s.algorithm)) {
+  if (const int m = winograd_tile(s.algorithm)) {   // declined (non-finite values): float32 below
     at::Tensor out = at::empty(sizes, input.options());
-    conv2d_winograd_forward(input.contiguous(), weight, b, out, s, m);
-    return in_format(out, s.format);
+    if (conv2d_winograd_forward(input.contiguous(), weight, b, out, s, m)) return in_format(out, s.format);
   }
   const int64_t bundle = packed_bundle(s, input.element_size());
   if (input.scalar_type() == at::kBFloat16 && gemm_bf16_native() && s.algorithm == Conv2dAlgorithm::im2col &&
@@ -766,12 +764,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
     if (output_mask[0]) {
       dx = at::empty(input.sizes(), input.options());
-      if (dx.numel() > 0 && winograd_tile(s.algorithm) != 0) {   // reads the weight through its strides
-        conv2d_winograd_grad_input(dy, weight, dx, s, winograd_tile(s.algorithm));
-      } else if (dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct) {
+      // Winograd reads the weight through its strides; declined (non-finite values), im2col's below.
+      const bool winograd = dx.numel() > 0 && winograd_tile(s.algorithm) != 0 &&
+                            conv2d_winograd_grad_input(dy, weight, dx, s, winograd_tile(s.algorithm));
+      if (!winograd && dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct) {
         const at::Tensor w = weight.contiguous();
         conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);
-      } else if (dx.numel() > 0) {
+      } else if (!winograd && dx.numel() > 0) {
         const at::Tensor w = weight.contiguous();
         const at::Tensor wt = packed_filters<PlainEngine<scalar_t>>(weight, w.data_ptr<scalar_t>(), s, true);
         grad_input_impl<scalar_t>(dy.data_ptr<scalar_t>(), reinterpret_cast<const scalar_t*>(wt.data_ptr()),
@@ -781,10 +780,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
     }
     if (output_mask[1]) {
       const at::Tensor x = input.contiguous();
-      if (const int m = winograd_tile(grad_weight_algorithm(s, false))) {   // written in the output's format
-        dw = at::empty(weight.sizes(), weight.options().memory_format(s.format));
-        conv2d_winograd_grad_weight(x, dy, dw, s, m);
-      } else {
+      const int m = winograd_tile(grad_weight_algorithm(s, false));
+      if (m != 0) dw = at::empty(weight.sizes(), weight.options().memory_format(s.format));   // the output's format
+      if (m == 0 || !conv2d_winograd_grad_weight(x, dy, dw, s, m)) {   // im2col's (or Winograd declined)
         dw = at::empty(weight.sizes(), weight.options());
         grad_weight_impl<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), s);
         dw = in_format(dw, s.format);
@@ -804,11 +802,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_half(const at::Tensor& grad_output,
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask) {
-  const int m = output_mask[0] ? winograd_tile(s.algorithm) : 0;
+  int m = output_mask[0] ? winograd_tile(s.algorithm) : 0;
   at::Tensor dx;
   if (m != 0) {
     dx = at::empty(input.sizes(), input.options());
-    if (dx.numel() > 0) conv2d_winograd_grad_input(grad_output.contiguous(), weight, dx, s, m);
+    if (dx.numel() > 0 && !conv2d_winograd_grad_input(grad_output.contiguous(), weight, dx, s, m)) {
+      m = 0;   // declined (non-finite values): with the rest in float32 below
+    }
     dx = in_format(dx, s.format);
   }
   auto [dx32, dw32, db32] = conv2d_backward(half_as_float(grad_output), half_as_float(input), half_as_float(weight), s,

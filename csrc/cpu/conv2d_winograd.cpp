@@ -227,30 +227,47 @@ at::Tensor transform_filters(int m, const T* w, int64_t s_out, int64_t s_in, int
 // Winograd's (README's accuracy table), far below the half-precision rounding of the output. The
 // cache keys on the caller's weight, whatever its dtype: its float32 transform is what is kept.
 
-void conv2d_winograd_forward(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias_in,
+// A weight with a NaN or an infinity gets an empty transform (kept by the cache like any other, so the
+// weight is scanned once while it stays the same): the callers then decline.
+template <typename T>
+at::Tensor transform_finite_filters(int m, const at::Tensor& w, const T* base, int64_t s_out, int64_t s_in,
+                                    int64_t s_i, int64_t s_j, int64_t kout, int64_t cin, bool keep) {
+  if (!all_finite(w)) return at::empty({0}, w.options());
+  return transform_filters<T>(m, base, s_out, s_in, s_i, s_j, kout, cin, keep);
+}
+
+bool conv2d_winograd_forward(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias_in,
                              at::Tensor& out_in, const Conv2dShape& s, int m) {
   const auto& g = s.g;
   const at::Tensor x = half_as_float(x_in), bias = half_as_float(bias_in);
+  if (!all_finite(x)) return false;
   at::Tensor out = x.scalar_type() == out_in.scalar_type() ? out_in : at::empty(out_in.sizes(), x.options());
+  bool done = false;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
     const int64_t variant = WeightCache::for_isa(WeightCache::winograd(m, false), int(active_isa()));
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
       const at::Tensor w = half_as_float(weight);   // g[k][c][i][j], read in place through its strides
-      return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), w.stride(2),
-                                         w.stride(3), s.out_channels, s.in_channels, WeightCache::cacheable(weight));
+      return transform_finite_filters<scalar_t>(m, w, w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), w.stride(2),
+                                                w.stride(3), s.out_channels, s.in_channels,
+                                                WeightCache::cacheable(weight));
     });
+    if (u.numel() == 0) return;
     const WinogradProblem p{s.batch, s.in_channels, s.out_channels, g.in_h, g.in_w, g.out_h, g.out_w, g.ph, g.pw};
     run<scalar_t>(m, x.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
                   bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), p);
+    done = true;
   });
-  if (!out.is_same(out_in)) out_in.copy_(out);   // rounded to nearest even
+  if (done && !out.is_same(out_in)) out_in.copy_(out);   // rounded to nearest even
+  return done;
 }
 
-void conv2d_winograd_grad_input(const at::Tensor& dy_in, const at::Tensor& weight, at::Tensor& dx_in,
+bool conv2d_winograd_grad_input(const at::Tensor& dy_in, const at::Tensor& weight, at::Tensor& dx_in,
                                 const Conv2dShape& s, int m) {
   const auto& g = s.g;
   const at::Tensor dy = half_as_float(dy_in);
+  if (!all_finite(dy)) return false;
   at::Tensor dx = dy.scalar_type() == dx_in.scalar_type() ? dx_in : at::empty(dx_in.sizes(), dy.options());
+  bool done = false;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "conv2d_backward", [&] {
     // dx[c][ih][iw] = sum over k, i, j of dy[k][ih + i - (2 - ph)][iw + j - (2 - pw)] * w[k][c][2 - i][2 - j]:
     // filters g'[c][k][i][j] = w[k][c][2 - i][2 - j], read in place (start at w[0][0][2][2], step back).
@@ -258,20 +275,25 @@ void conv2d_winograd_grad_input(const at::Tensor& dy_in, const at::Tensor& weigh
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
       const at::Tensor w = half_as_float(weight);
       const int64_t s_i = w.stride(2), s_j = w.stride(3);
-      return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>() + 2 * s_i + 2 * s_j, w.stride(1), w.stride(0),
-                                         -s_i, -s_j, s.in_channels, s.out_channels, WeightCache::cacheable(weight));
+      return transform_finite_filters<scalar_t>(m, w, w.data_ptr<scalar_t>() + 2 * s_i + 2 * s_j, w.stride(1),
+                                                w.stride(0), -s_i, -s_j, s.in_channels, s.out_channels,
+                                                WeightCache::cacheable(weight));
     });
+    if (u.numel() == 0) return;
     const WinogradProblem p{s.batch, s.out_channels, s.in_channels, g.out_h, g.out_w, g.in_h, g.in_w, 2 - g.ph,
                             2 - g.pw};
     run<scalar_t>(m, dy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), nullptr, dx.data_ptr<scalar_t>(), p);
+    done = true;
   });
-  if (!dx.is_same(dx_in)) dx_in.copy_(dx);   // rounded to nearest even
+  if (done && !dx.is_same(dx_in)) dx_in.copy_(dx);   // rounded to nearest even
+  return done;
 }
 
-void conv2d_winograd_grad_weight(const at::Tensor& x_in, const at::Tensor& dy_in, at::Tensor& dw_in,
+bool conv2d_winograd_grad_weight(const at::Tensor& x_in, const at::Tensor& dy_in, at::Tensor& dw_in,
                                  const Conv2dShape& s, int m) {
   const auto& g = s.g;
   const at::Tensor x = half_as_float(x_in), dy = half_as_float(dy_in);
+  if (!all_finite(x) || !all_finite(dy)) return false;
   at::Tensor dw = x.scalar_type() == dw_in.scalar_type() ? dw_in : at::empty_like(dw_in, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_backward", [&] {
     const WinogradProblem p{s.batch, s.in_channels, s.out_channels, g.in_h, g.in_w, g.out_h, g.out_w, g.ph, g.pw};
@@ -279,6 +301,7 @@ void conv2d_winograd_grad_weight(const at::Tensor& x_in, const at::Tensor& dy_in
                               dw.strides(), p);
   });
   if (!dw.is_same(dw_in)) dw_in.copy_(dw);   // rounded to nearest even
+  return true;
 }
 
 }  // namespace fastconv::cpu

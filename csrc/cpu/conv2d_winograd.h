@@ -1,6 +1,8 @@
 // The Winograd convolution on the CPU (conv2d_winograd.cpp), for the conv2d op's glue: float and
 // double (float16 and bfloat16 in float32 inside), contiguous NCHW tensors, 3x3 kernels, stride 1,
-// dilation 1, groups 1; m = 2 or 4.
+// dilation 1, groups 1; m = 2 or 4. Each returns false, having written nothing, when an operand holds
+// a NaN or an infinity (all_finite, cpu/memory.h): a tile's transform would spread it to outputs that
+// torch's convolution keeps finite, so the caller runs im2col's kernels instead.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,17 +12,17 @@
 namespace fastconv::cpu {
 
 // out = conv(x, weight) + bias (bias may be undefined); the filter transform comes from the cache.
-void conv2d_winograd_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out,
+bool conv2d_winograd_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out,
                              const Conv2dShape& s, int m);
 
 // dx = the transposed convolution of dy: a Winograd correlation of dy with the flipped, transposed
 // filters (cached too) and padding 2 - p, which may be negative (then it crops).
-void conv2d_winograd_grad_input(const at::Tensor& dy, const at::Tensor& weight, at::Tensor& dx, const Conv2dShape& s,
+bool conv2d_winograd_grad_input(const at::Tensor& dy, const at::Tensor& weight, at::Tensor& dx, const Conv2dShape& s,
                                 int m);
 
 // dw = the weight gradient of out = conv(x, w) for grad_output dy, by Winograd's adjoint transforms
 // (contiguous NCHW x and dy; dw K x C x 3 x 3, dense in any layout: written through its strides).
-void conv2d_winograd_grad_weight(const at::Tensor& x, const at::Tensor& dy, at::Tensor& dw, const Conv2dShape& s,
+bool conv2d_winograd_grad_weight(const at::Tensor& x, const at::Tensor& dy, at::Tensor& dw, const Conv2dShape& s,
                                  int m);
 
 }  // namespace fastconv::cpu

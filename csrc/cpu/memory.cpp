@@ -1,5 +1,6 @@
 #include "cpu/memory.h"
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -31,6 +32,36 @@ void advise_huge_pages(const at::Tensor& fresh) {
 #else
   (void)fresh;
 #endif
+}
+
+namespace {
+
+// Whether any of n values has all its exponent bits set (an infinity or a NaN), on the bit patterns,
+// so the loop vectorises.
+template <typename Bits>
+bool any_non_finite(const Bits* p, int64_t n, Bits exponent) {
+  Bits bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= static_cast<Bits>((p[i] & exponent) == exponent);
+  return bad != 0;
+}
+
+}  // namespace
+
+bool all_finite(const at::Tensor& any) {
+  TORCH_CHECK(any.scalar_type() == at::kFloat || any.scalar_type() == at::kDouble,
+              "fastconv: all_finite takes a float or double tensor");
+  const at::Tensor t = any.is_non_overlapping_and_dense() ? any : any.contiguous();
+  const int64_t n = t.numel();
+  const bool is_float = t.scalar_type() == at::kFloat;
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, n, int64_t(1) << 16, [&](int64_t b, int64_t e) {
+    if (!finite.load(std::memory_order_relaxed)) return;
+    const bool bad = is_float ? any_non_finite(static_cast<const uint32_t*>(t.data_ptr()) + b, e - b, uint32_t(0x7f800000))
+                              : any_non_finite(static_cast<const uint64_t*>(t.data_ptr()) + b, e - b,
+                                               uint64_t(0x7ff0000000000000ULL));
+    if (bad) finite = false;
+  });
+  return finite.load();
 }
 
 void* scratch_bytes(Scratch slot, size_t bytes) {
