@@ -175,6 +175,11 @@ def test_nan_and_inf_stay_where_torch_puts_them(algorithm):
                 assert torch.equal(got.isnan(), want.isnan()), (name, what)
                 assert torch.equal(got.isinf(), want.isinf()), (name, what)
                 torch.testing.assert_close(got.nan_to_num(0, 0, 0), want.nan_to_num(0, 0, 0), rtol=1e-4, atol=1e-4)
+    # float16 (float32 inside, the scan on the float16 input itself): the same footprint as torch's
+    x = x0.half()
+    x.view(-1)[100] = float("nan")
+    y = torch.ops.fastconv.conv2d(x, w0.half(), None, [1, 1], [1, 1], [1, 1], 1, algorithm)
+    assert torch.equal(y.isnan(), TF.conv2d(x.float(), w0.half().float(), padding=1).isnan())
     # once the weight is finite again, the cached call runs Winograd again (its bytes changed)
     with torch.no_grad():
         assert not torch.equal(torch.ops.fastconv.conv2d(x0, w0, None, [1, 1], [1, 1], [1, 1], 1, algorithm),

@@ -43,10 +43,6 @@ inline Conv2dAlgorithm choose_winograd_tile(const Conv2dShape& s) {
   return s.g.out_h < 4 || s.g.out_w < 4 ? Conv2dAlgorithm::winograd_2x2 : Conv2dAlgorithm::winograd_4x4;
 }
 
-// Which pass an "auto" algorithm is chosen for: the forward pass, or the backward's grad_input or
-// grad_weight.
-enum class Conv2dPass { forward, grad_input, grad_weight };
-
 // algorithm="auto", from measurements on this project's CPU (README; AMD EPYC, 2 threads, ResNet-18's
 // 3x3 layers at batch 1, 2, 4 and 8): on the CPU,
 // - forward and grad_input: Winograd for 3x3 stride-1 layers with at least 64 input and output
@@ -61,12 +57,7 @@ enum class Conv2dPass { forward, grad_input, grad_weight };
 //   0.92 and im2col's 1.50), else from 32 (512 channels at 7x7, batch 1 and 2: F(2x2) 1.3 and 2.2 ms
 //   against F(4x4)'s 2.5 and 2.6, its 37.7 MB streamed from memory); F(2x2) from 8 tiles (512
 //   channels at 4x4: batch 8, 3.0 ms against im2col's 4.3; batch 1, 4 tiles, 1.3 against 1.1).
-// - grad_weight: Winograd's weight-gradient form for 3x3 stride-1 layers with at least 16 input and
-//   output channels and 64 output positions over the batch (1.4-3x im2col's speed on ResNet-18's
-//   layers; 512 channels at 7x7 and batch 1, 49 positions, 2.1 ms against 1.8). Its summed products
-//   dU are alpha^2 x C x K values, written and read back whatever the batch: F(4x4) (36 of them) pays
-//   when there are at least 32 tiles of 4x4 and C x K <= 256^2 (9.4 MB of dU); F(2x2) (16) otherwise
-//   (512 channels at 7x7, batch 8: 8.0-10.5 ms against F(4x4)'s 8.9-14.6, where dU is 37.7 MB).
+// - grad_weight: its own rule (grad_weight_algorithm below).
 // - im2col otherwise. (Direct was the choice for groups of at least 32 output and 16 input channels
 //   until im2col's forward lowered by vector loads into L2-sized blocks: im2col then measured 1.05-3.2x
 //   direct's speed forward and 0.97-2.7x forward+backward on ResNet's 3x3 layers at stride 1 and 2,
@@ -74,18 +65,15 @@ enum class Conv2dPass { forward, grad_input, grad_weight };
 // Winograd rounds differently from direct convolution (at most ~10x the error, README's accuracy
 // table); ask for "direct" where that matters. On CUDA: im2col, until the other kernels have been
 // measured on a GPU.
-inline Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dShape& s, bool cuda, bool training, Conv2dPass pass) {
+inline int64_t winograd_tiles(const Conv2dShape& s, int m) {   // m x m output tiles over the batch
+  return s.batch * ((s.g.out_h + m - 1) / m) * ((s.g.out_w + m - 1) / m);
+}
+
+inline Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dShape& s, bool cuda, bool training) {
   if (cuda) return Conv2dAlgorithm::im2col;
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
-  const int64_t tiles4 = s.batch * ((s.g.out_h + 3) / 4) * ((s.g.out_w + 3) / 4);
-  if (pass == Conv2dPass::grad_weight) {
-    if (!winograd_applies(s) || cg < 16 || kg < 16 || s.batch * s.g.out_h * s.g.out_w < 64) {
-      return Conv2dAlgorithm::im2col;
-    }
-    return tiles4 >= 32 && cg * kg <= 256 * 256 ? Conv2dAlgorithm::winograd_4x4 : Conv2dAlgorithm::winograd_2x2;
-  }
   if (!winograd_applies(s) || cg < 64 || kg < 64) return Conv2dAlgorithm::im2col;
-  const int64_t tiles2 = s.batch * ((s.g.out_h + 1) / 2) * ((s.g.out_w + 1) / 2);
+  const int64_t tiles4 = winograd_tiles(s, 4), tiles2 = winograd_tiles(s, 2);
   const int64_t min_out = std::min(s.g.out_h, s.g.out_w);
   if (min_out >= 7 && tiles4 >= (training || cg * kg > 256 * 256 ? 32 : 8)) return Conv2dAlgorithm::winograd_4x4;
   if (min_out >= 4 && tiles2 >= (training ? 32 : 8)) return Conv2dAlgorithm::winograd_2x2;
@@ -95,8 +83,7 @@ inline Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dShape& s, bool cuda, 
 inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weight,
                                 const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                 at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                                std::string_view algorithm, const char* op,
-                                Conv2dPass pass = Conv2dPass::forward) {
+                                std::string_view algorithm, const char* op) {
   check_pair(stride, op, "stride");
   check_pair(padding, op, "padding");
   check_pair(dilation, op, "dilation");
@@ -161,7 +148,7 @@ inline Conv2dShape check_conv2d(const at::Tensor& input, const at::Tensor& weigh
               : algorithm == "winograd_4x4"   ? Conv2dAlgorithm::winograd_4x4
               : algorithm == "winograd"       ? choose_winograd_tile(s)
                                               : choose_conv2d_algorithm(s, input.device().is_cuda(),
-                                                                        weight.requires_grad(), pass);
+                                                                        weight.requires_grad());
   return s;
 }
 
@@ -173,22 +160,32 @@ inline std::vector<int64_t> conv2d_output_sizes(const Conv2dShape& s) {
   return {k, s.g.out_h, s.g.out_w};
 }
 
-// The algorithm of grad_weight in a backward call: "auto" chooses for that pass; a Winograd algorithm
-// the caller named runs Winograd's weight-gradient form on the CPU; im2col's otherwise (direct has no
-// grad_weight of its own, nor does CUDA Winograd yet).
+// The algorithm of grad_weight in a backward call: a Winograd algorithm the caller named runs
+// Winograd's weight-gradient form on the CPU; im2col's for the others (direct has no grad_weight of its
+// own, nor does CUDA Winograd yet). "auto", measured as above: Winograd's form for 3x3 stride-1 layers
+// with at least 16 input and output channels and 64 output positions over the batch (1.4-3x im2col's
+// speed on ResNet-18's layers; 512 channels at 7x7 and batch 1, 49 positions, 2.1 ms against 1.8). Its
+// summed products dU are alpha^2 x C x K values, written and read back whatever the batch: F(4x4) (36
+// of them) pays when there are at least 32 tiles of 4x4 and C x K <= 256^2 (9.4 MB of dU); F(2x2) (16)
+// otherwise (512 channels at 7x7, batch 8: 8.0-10.5 ms against F(4x4)'s 8.9-14.6, where dU is 37.7 MB).
 inline Conv2dAlgorithm grad_weight_algorithm(const Conv2dShape& s, bool cuda) {
   if (cuda) return Conv2dAlgorithm::im2col;
-  if (s.chosen) return choose_conv2d_algorithm(s, cuda, true, Conv2dPass::grad_weight);
-  return winograd_tile(s.algorithm) != 0 ? s.algorithm : Conv2dAlgorithm::im2col;
+  if (!s.chosen) return winograd_tile(s.algorithm) != 0 ? s.algorithm : Conv2dAlgorithm::im2col;
+  const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
+  if (!winograd_applies(s) || cg < 16 || kg < 16 || s.batch * s.g.out_h * s.g.out_w < 64) {
+    return Conv2dAlgorithm::im2col;
+  }
+  return winograd_tiles(s, 4) >= 32 && cg * kg <= 256 * 256 ? Conv2dAlgorithm::winograd_4x4
+                                                              : Conv2dAlgorithm::winograd_2x2;
 }
 
-// The checked backward call; an "auto" algorithm is grad_input's choice (choose_conv2d_algorithm).
+// The checked backward call; an "auto" algorithm is grad_input's choice (choose_conv2d_algorithm, the
+// forward pass's rule).
 inline Conv2dShape check_conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                          const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
                                          at::IntArrayRef dilation, int64_t groups, std::string_view algorithm,
                                          const char* op) {
-  const Conv2dShape s = check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm, op,
-                                     Conv2dPass::grad_input);
+  const Conv2dShape s = check_conv2d(input, weight, std::nullopt, stride, padding, dilation, groups, algorithm, op);
   const auto out_sizes = conv2d_output_sizes(s);
   FC_CHECK(grad_output.sizes() == at::IntArrayRef(out_sizes), op, "expected grad_output of shape ",
            at::IntArrayRef(out_sizes), ", but got ", grad_output.sizes());

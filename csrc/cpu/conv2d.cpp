@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string_view>
 #include <tuple>
 #include <vector>
@@ -465,7 +466,7 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
   }
   const at::Tensor x = input.contiguous();
   const int m = winograd_tile(s.algorithm);   // the cache keys on the caller's weight tensor
-  if (m != 0 && conv2d_winograd_forward(x, weight, b, out, s, m)) return in_format(out, s.format);
+  if (m != 0 && all_finite(x) && conv2d_winograd_forward(x, weight, b, out, s, m)) return in_format(out, s.format);
   // Below: im2col for a Winograd algorithm that declined (a NaN or an infinity in x or the weight).
   const at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
@@ -504,9 +505,13 @@ at::Tensor conv2d_half(const at::Tensor& input, const at::Tensor& weight, const 
     conv2d_bf16_direct(input.contiguous(), weight, weight.contiguous(), b, out, s, *direct);
     return in_format(out, s.format);
   }
-  if (const int m = winograd_tile(s.algorithm)) {   // declined (non-finite values): float32 below
+  Conv2dShape s32 = s;   // the float32 fallback's
+  if (const int m = winograd_tile(s.algorithm)) {   // declined (non-finite values): im2col in float32 below
     at::Tensor out = at::empty(sizes, input.options());
-    if (conv2d_winograd_forward(input.contiguous(), weight, b, out, s, m)) return in_format(out, s.format);
+    if (all_finite(input) && conv2d_winograd_forward(input.contiguous(), weight, b, out, s, m)) {
+      return in_format(out, s.format);
+    }
+    s32.algorithm = Conv2dAlgorithm::im2col;
   }
   const int64_t bundle = packed_bundle(s, input.element_size());
   if (input.scalar_type() == at::kBFloat16 && gemm_bf16_native() && s.algorithm == Conv2dAlgorithm::im2col &&
@@ -519,7 +524,7 @@ at::Tensor conv2d_half(const at::Tensor& input, const at::Tensor& weight, const 
                                b.defined() ? b.data_ptr<BF>() : nullptr, out.data_ptr<BF>(), s, bundle);
     return in_format(out, s.format);
   }
-  return conv2d_forward(half_as_float(input), half_as_float(weight), half_as_float(b), s).to(input.scalar_type());
+  return conv2d_forward(half_as_float(input), half_as_float(weight), half_as_float(b), s32).to(input.scalar_type());
 }
 
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -758,6 +763,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask) {
   const at::Tensor dy = grad_output.contiguous();
+  std::optional<bool> dy_finite;   // scanned once, for whichever Winograd pass asks first
+  const auto finite_dy = [&] { return dy_finite.has_value() ? *dy_finite : *(dy_finite = all_finite(dy)); };
   // Outputs not asked for are returned empty (0 elements).
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
              db = at::empty({0}, input.options());
@@ -765,7 +772,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
     if (output_mask[0]) {
       dx = at::empty(input.sizes(), input.options());
       // Winograd reads the weight through its strides; declined (non-finite values), im2col's below.
-      const bool winograd = dx.numel() > 0 && winograd_tile(s.algorithm) != 0 &&
+      const bool winograd = dx.numel() > 0 && winograd_tile(s.algorithm) != 0 && finite_dy() &&
                             conv2d_winograd_grad_input(dy, weight, dx, s, winograd_tile(s.algorithm));
       if (!winograd && dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct) {
         const at::Tensor w = weight.contiguous();
@@ -781,8 +788,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
     if (output_mask[1]) {
       const at::Tensor x = input.contiguous();
       const int m = winograd_tile(grad_weight_algorithm(s, false));
-      if (m != 0) dw = at::empty(weight.sizes(), weight.options().memory_format(s.format));   // the output's format
-      if (m == 0 || !conv2d_winograd_grad_weight(x, dy, dw, s, m)) {   // im2col's (or Winograd declined)
+      if (m != 0 && finite_dy() && all_finite(x)) {   // written in the output's format
+        dw = at::empty(weight.sizes(), weight.options().memory_format(s.format));
+        conv2d_winograd_grad_weight(x, dy, dw, s, m);
+      } else {   // im2col's (also where Winograd declines: non-finite values)
         dw = at::empty(weight.sizes(), weight.options());
         grad_weight_impl<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), s);
         dw = in_format(dw, s.format);
@@ -803,16 +812,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_half(const at::Te
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask) {
   int m = output_mask[0] ? winograd_tile(s.algorithm) : 0;
+  Conv2dShape s32 = s;   // the float32 rest's
   at::Tensor dx;
   if (m != 0) {
     dx = at::empty(input.sizes(), input.options());
-    if (dx.numel() > 0 && !conv2d_winograd_grad_input(grad_output.contiguous(), weight, dx, s, m)) {
-      m = 0;   // declined (non-finite values): with the rest in float32 below
+    if (dx.numel() > 0 && !(all_finite(grad_output) &&
+                            conv2d_winograd_grad_input(grad_output.contiguous(), weight, dx, s, m))) {
+      m = 0;   // declined (non-finite values): im2col's, with the rest in float32 below
+      s32.algorithm = Conv2dAlgorithm::im2col;
     }
     dx = in_format(dx, s.format);
   }
-  auto [dx32, dw32, db32] = conv2d_backward(half_as_float(grad_output), half_as_float(input), half_as_float(weight), s,
-                                            {output_mask[0] && m == 0, output_mask[1], output_mask[2]});
+  auto [dx32, dw32, db32] = conv2d_backward(half_as_float(grad_output), half_as_float(input), half_as_float(weight),
+                                            s32, {output_mask[0] && m == 0, output_mask[1], output_mask[2]});
   const auto dt = input.scalar_type();
   return {m != 0 ? dx : dx32.to(dt), dw32.to(dt), db32.to(dt)};
 }

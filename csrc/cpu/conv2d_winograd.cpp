@@ -18,6 +18,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -75,7 +76,8 @@ struct TileChunks {
     tiles_h = (p.out_h + m - 1) / m;
     tiles_w = (p.out_w + m - 1) / m;
     rows = p.batch * tiles_h;
-    const int64_t fit = std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(1, per_tile * tiles_w), 1, std::max<int64_t>(1, rows));
+    const int64_t fit =
+        std::clamp<int64_t>(kChunkBytes / std::max<int64_t>(1, per_tile * tiles_w), 1, std::max<int64_t>(1, rows));
     const int64_t chunks = (rows + fit - 1) / fit;
     rows_per_chunk = chunks == 0 ? 0 : (rows + chunks - 1) / chunks;   // equal chunks: no thin last GEMM
     tiles.resize(rows_per_chunk * tiles_w);
@@ -198,7 +200,9 @@ void run_grad_weight(int m, const T* x, const T* dy, T* dw, at::IntArrayRef dw_s
 // itself (a whole vector per store), in parallel over (panel, K block). A transform the cache keeps
 // gets its own tensor; one used once (a trained weight's, every step) is built in scratch memory, so
 // each step does not fault in fresh pages for it. (Transforming into a k x c matrix and packing that
-// took twice as long: ResNet-18's 512-channel layer, 6.2 ms a call on the EPYC, 2 threads.)
+// took twice as long: ResNet-18's 512-channel layer, 6.2 ms a call on the EPYC, 2 threads.) A weight
+// with a NaN or an infinity, seen by the transform as it reads it, gets an empty tensor (kept by the
+// cache like any other transform while the weight's bytes stay the same): the callers then decline.
 template <typename T>
 at::Tensor transform_filters(int m, const T* w, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j, int64_t kout,
                              int64_t cin, bool keep) {
@@ -210,14 +214,17 @@ at::Tensor transform_filters(int m, const T* w, int64_t s_out, int64_t s_in, int
   at::Tensor out = keep ? at::empty({E, packed}, opts)
                         : at::from_blob(scratch<T>(Scratch::winograd_u, E * packed), {E, packed}, opts);
   T* u = out.data_ptr<T>();
+  std::atomic<bool> finite{true};
   at::parallel_for(0, blocks * panels, 1, [&](int64_t b, int64_t e) {
     for (int64_t item = b; item < e; ++item) {
       const int64_t c0 = item / panels * kKBlock, k0 = item % panels * mr, kc = std::min(kKBlock, cin - c0);
-      kern.filter[m == 4 ? 1 : 0](w + k0 * s_out + c0 * s_in, s_out, s_in, s_i, s_j, std::min(mr, kout - k0), mr, kc,
-                                  u + c0 * m_pad + k0 * kc, packed);
+      if (!kern.filter[m == 4 ? 1 : 0](w + k0 * s_out + c0 * s_in, s_out, s_in, s_i, s_j, std::min(mr, kout - k0),
+                                       mr, kc, u + c0 * m_pad + k0 * kc, packed)) {
+        finite = false;
+      }
     }
   });
-  return out;
+  return finite.load() ? out : at::empty({0}, opts);
 }
 
 }  // namespace
@@ -227,29 +234,18 @@ at::Tensor transform_filters(int m, const T* w, int64_t s_out, int64_t s_in, int
 // Winograd's (README's accuracy table), far below the half-precision rounding of the output. The
 // cache keys on the caller's weight, whatever its dtype: its float32 transform is what is kept.
 
-// A weight with a NaN or an infinity gets an empty transform (kept by the cache like any other, so the
-// weight is scanned once while it stays the same): the callers then decline.
-template <typename T>
-at::Tensor transform_finite_filters(int m, const at::Tensor& w, const T* base, int64_t s_out, int64_t s_in,
-                                    int64_t s_i, int64_t s_j, int64_t kout, int64_t cin, bool keep) {
-  if (!all_finite(w)) return at::empty({0}, w.options());
-  return transform_filters<T>(m, base, s_out, s_in, s_i, s_j, kout, cin, keep);
-}
-
 bool conv2d_winograd_forward(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias_in,
                              at::Tensor& out_in, const Conv2dShape& s, int m) {
   const auto& g = s.g;
   const at::Tensor x = half_as_float(x_in), bias = half_as_float(bias_in);
-  if (!all_finite(x)) return false;
   at::Tensor out = x.scalar_type() == out_in.scalar_type() ? out_in : at::empty(out_in.sizes(), x.options());
   bool done = false;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
     const int64_t variant = WeightCache::for_isa(WeightCache::winograd(m, false), int(active_isa()));
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
       const at::Tensor w = half_as_float(weight);   // g[k][c][i][j], read in place through its strides
-      return transform_finite_filters<scalar_t>(m, w, w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), w.stride(2),
-                                                w.stride(3), s.out_channels, s.in_channels,
-                                                WeightCache::cacheable(weight));
+      return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), w.stride(2),
+                                         w.stride(3), s.out_channels, s.in_channels, WeightCache::cacheable(weight));
     });
     if (u.numel() == 0) return;
     const WinogradProblem p{s.batch, s.in_channels, s.out_channels, g.in_h, g.in_w, g.out_h, g.out_w, g.ph, g.pw};
@@ -265,7 +261,6 @@ bool conv2d_winograd_grad_input(const at::Tensor& dy_in, const at::Tensor& weigh
                                 const Conv2dShape& s, int m) {
   const auto& g = s.g;
   const at::Tensor dy = half_as_float(dy_in);
-  if (!all_finite(dy)) return false;
   at::Tensor dx = dy.scalar_type() == dx_in.scalar_type() ? dx_in : at::empty(dx_in.sizes(), dy.options());
   bool done = false;
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "conv2d_backward", [&] {
@@ -275,9 +270,8 @@ bool conv2d_winograd_grad_input(const at::Tensor& dy_in, const at::Tensor& weigh
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
       const at::Tensor w = half_as_float(weight);
       const int64_t s_i = w.stride(2), s_j = w.stride(3);
-      return transform_finite_filters<scalar_t>(m, w, w.data_ptr<scalar_t>() + 2 * s_i + 2 * s_j, w.stride(1),
-                                                w.stride(0), -s_i, -s_j, s.in_channels, s.out_channels,
-                                                WeightCache::cacheable(weight));
+      return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>() + 2 * s_i + 2 * s_j, w.stride(1), w.stride(0),
+                                         -s_i, -s_j, s.in_channels, s.out_channels, WeightCache::cacheable(weight));
     });
     if (u.numel() == 0) return;
     const WinogradProblem p{s.batch, s.out_channels, s.in_channels, g.out_h, g.out_w, g.in_h, g.in_w, 2 - g.ph,
@@ -289,11 +283,10 @@ bool conv2d_winograd_grad_input(const at::Tensor& dy_in, const at::Tensor& weigh
   return done;
 }
 
-bool conv2d_winograd_grad_weight(const at::Tensor& x_in, const at::Tensor& dy_in, at::Tensor& dw_in,
+void conv2d_winograd_grad_weight(const at::Tensor& x_in, const at::Tensor& dy_in, at::Tensor& dw_in,
                                  const Conv2dShape& s, int m) {
   const auto& g = s.g;
   const at::Tensor x = half_as_float(x_in), dy = half_as_float(dy_in);
-  if (!all_finite(x) || !all_finite(dy)) return false;
   at::Tensor dw = x.scalar_type() == dw_in.scalar_type() ? dw_in : at::empty_like(dw_in, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_backward", [&] {
     const WinogradProblem p{s.batch, s.in_channels, s.out_channels, g.in_h, g.in_w, g.out_h, g.out_w, g.ph, g.pw};
@@ -301,7 +294,6 @@ bool conv2d_winograd_grad_weight(const at::Tensor& x_in, const at::Tensor& dy_in
                               dw.strides(), p);
   });
   if (!dw.is_same(dw_in)) dw_in.copy_(dw);   // rounded to nearest even
-  return true;
 }
 
 }  // namespace fastconv::cpu

@@ -1,8 +1,10 @@
 // The Winograd convolution on the CPU (conv2d_winograd.cpp), for the conv2d op's glue: float and
 // double (float16 and bfloat16 in float32 inside), contiguous NCHW tensors, 3x3 kernels, stride 1,
-// dilation 1, groups 1; m = 2 or 4. Each returns false, having written nothing, when an operand holds
-// a NaN or an infinity (all_finite, cpu/memory.h): a tile's transform would spread it to outputs that
-// torch's convolution keeps finite, so the caller runs im2col's kernels instead.
+// dilation 1, groups 1; m = 2 or 4. A NaN or an infinity would spread through a tile's transform to
+// outputs that torch's convolution keeps finite, so the activations (x, dy) must be finite: the
+// caller checks them (all_finite, cpu/memory.h) and runs im2col's kernels otherwise. The weight is
+// checked by its filter transform: forward and grad_input return false, having written nothing, for
+// a weight with a NaN or an infinity.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,7 +24,7 @@ bool conv2d_winograd_grad_input(const at::Tensor& dy, const at::Tensor& weight, 
 
 // dw = the weight gradient of out = conv(x, w) for grad_output dy, by Winograd's adjoint transforms
 // (contiguous NCHW x and dy; dw K x C x 3 x 3, dense in any layout: written through its strides).
-bool conv2d_winograd_grad_weight(const at::Tensor& x, const at::Tensor& dy, at::Tensor& dw, const Conv2dShape& s,
+void conv2d_winograd_grad_weight(const at::Tensor& x, const at::Tensor& dy, at::Tensor& dw, const Conv2dShape& s,
                                  int m);
 
 }  // namespace fastconv::cpu

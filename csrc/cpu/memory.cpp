@@ -48,17 +48,21 @@ bool any_non_finite(const Bits* p, int64_t n, Bits exponent) {
 }  // namespace
 
 bool all_finite(const at::Tensor& any) {
-  TORCH_CHECK(any.scalar_type() == at::kFloat || any.scalar_type() == at::kDouble,
-              "fastconv: all_finite takes a float or double tensor");
+  const at::ScalarType dt = any.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
+              "fastconv: all_finite takes a floating-point tensor, got ", dt);
   const at::Tensor t = any.is_non_overlapping_and_dense() ? any : any.contiguous();
-  const int64_t n = t.numel();
-  const bool is_float = t.scalar_type() == at::kFloat;
+  const void* data = t.data_ptr();
   std::atomic<bool> finite{true};
-  at::parallel_for(0, n, int64_t(1) << 16, [&](int64_t b, int64_t e) {
+  at::parallel_for(0, t.numel(), int64_t(1) << 16, [&](int64_t b, int64_t e) {
     if (!finite.load(std::memory_order_relaxed)) return;
-    const bool bad = is_float ? any_non_finite(static_cast<const uint32_t*>(t.data_ptr()) + b, e - b, uint32_t(0x7f800000))
-                              : any_non_finite(static_cast<const uint64_t*>(t.data_ptr()) + b, e - b,
-                                               uint64_t(0x7ff0000000000000ULL));
+    bool bad = false;
+    if (dt == at::kFloat) bad = any_non_finite(static_cast<const uint32_t*>(data) + b, e - b, uint32_t(0x7f800000));
+    if (dt == at::kDouble) {
+      bad = any_non_finite(static_cast<const uint64_t*>(data) + b, e - b, uint64_t(0x7ff0000000000000ULL));
+    }
+    if (dt == at::kHalf) bad = any_non_finite(static_cast<const uint16_t*>(data) + b, e - b, uint16_t(0x7c00));
+    if (dt == at::kBFloat16) bad = any_non_finite(static_cast<const uint16_t*>(data) + b, e - b, uint16_t(0x7f80));
     if (bad) finite = false;
   });
   return finite.load();

@@ -14,10 +14,11 @@ namespace fastconv::cpu {
 // on small tensors, or where the kernel declines. FASTCONV_HUGE_PAGES=0 turns it off.
 void advise_huge_pages(const at::Tensor& fresh);
 
-// Whether every element of a float or double tensor is finite (no NaN, no infinity): a parallel scan
-// of its bytes (of a contiguous copy, for a tensor with gaps). Winograd's transforms mix a tile's values, so one NaN or infinity would spread
+// Whether every element of a floating-point tensor (float, double, float16, bfloat16) is finite (no NaN,
+// no infinity): a parallel scan of its bit patterns (of a contiguous copy, for a tensor with gaps). Winograd's transforms mix a tile's values, so one NaN or infinity would spread
 // to outputs whose window does not hold it (infinity minus infinity is NaN), where torch's
-// convolution keeps it to the outputs it reaches: its kernels check with this and decline.
+// convolution keeps it to the outputs it reaches: its callers check the activations with this (the
+// filter transform checks the weight as it reads it) and run im2col's kernels instead.
 bool all_finite(const at::Tensor& t);
 
 // Per-thread scratch memory that outlives a call. The kernels' temporary buffers (packed GEMM panels,
