@@ -87,6 +87,7 @@ def main() -> None:
         if rank == 0:
             print(f"epoch {epoch + 1}/{args.epochs}: mean loss {total.item() / (seen * world):.4f}, "
                   f"{seen * world / elapsed:.1f} images/s")
+    dist.barrier()   # no rank tears gloo down while another is still in a collective (that aborts it)
     dist.destroy_process_group()
 
 
