@@ -54,7 +54,7 @@ const BnKernels<T>& kernels_for() {
 std::vector<double> channel_values(const std::optional<at::Tensor>& t, int64_t C, double fallback) {
   if (!t.has_value() || !t->defined()) return std::vector<double>(C, fallback);
   std::vector<double> out(C);
-  const int64_t stride = t->dim() == 0 ? 0 : t->stride(0);
+  const int64_t stride = t->stride(0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t->scalar_type(), "batch_norm", [&] {
     const scalar_t* p = t->const_data_ptr<scalar_t>();
     for (int64_t c = 0; c < C; ++c) out[c] = static_cast<double>(p[c * stride]);

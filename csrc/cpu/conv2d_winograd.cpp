@@ -234,53 +234,65 @@ at::Tensor transform_filters(int m, const T* w, int64_t s_out, int64_t s_in, int
 // Winograd's (README's accuracy table), far below the half-precision rounding of the output. The
 // cache keys on the caller's weight, whatever its dtype: its float32 transform is what is kept.
 
-bool conv2d_winograd_forward(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& bias_in,
-                             at::Tensor& out_in, const Conv2dShape& s, int m) {
-  const auto& g = s.g;
-  const at::Tensor x = half_as_float(x_in), bias = half_as_float(bias_in);
-  at::Tensor out = x.scalar_type() == out_in.scalar_type() ? out_in : at::empty(out_in.sizes(), x.options());
+namespace {
+
+// Forward and grad_input are one pass: an input (x, or dy) through transformed 3x3 filters into an
+// output (y, or dx). The forward's filters are w[k][c][i][j]; grad_input's are w flipped and
+// transposed, g'[c][k][i][j] = w[k][c][2 - i][2 - j], read in place (start at w[0][0][2][2] and step
+// back). Each orientation has its own cache entry. False where the transform declined (a non-finite
+// weight: the caller runs im2col).
+bool forward_pass(const at::Tensor& in_in, const at::Tensor& weight, const at::Tensor& bias_in, at::Tensor& out_in,
+                  const WinogradProblem& p, int m, bool flipped, const char* op) {
+  const at::Tensor in = half_as_float(in_in), bias = half_as_float(bias_in);
+  at::Tensor out = in.scalar_type() == out_in.scalar_type() ? out_in : at::empty(out_in.sizes(), in.options());
   bool done = false;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d", [&] {
-    const int64_t variant = WeightCache::for_isa(WeightCache::winograd(m, false), int(active_isa()));
+  const auto pass = [&](auto zero) {   // float or double: half precision is float32 here
+    using scalar_t = decltype(zero);
+    const int64_t variant = WeightCache::for_isa(WeightCache::winograd(m, flipped), int(active_isa()));
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
-      const at::Tensor w = half_as_float(weight);   // g[k][c][i][j], read in place through its strides
-      return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), w.stride(2),
-                                         w.stride(3), s.out_channels, s.in_channels, WeightCache::cacheable(weight));
+      const at::Tensor w = half_as_float(weight);   // read in place through its strides
+      const int64_t s_i = w.stride(2), s_j = w.stride(3);
+      const bool cacheable = WeightCache::cacheable(weight);
+      if (!flipped) {
+        return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), s_i, s_j, p.out_ch,
+                                           p.in_ch, cacheable);
+      }
+      return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>() + 2 * s_i + 2 * s_j, w.stride(1), w.stride(0),
+                                         -s_i, -s_j, p.out_ch, p.in_ch, cacheable);
     });
     if (u.numel() == 0) return;
-    const WinogradProblem p{s.batch, s.in_channels, s.out_channels, g.in_h, g.in_w, g.out_h, g.out_w, g.ph, g.pw};
-    run<scalar_t>(m, x.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
+    run<scalar_t>(m, in.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
                   bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), p);
     done = true;
-  });
+  };
+  FC_CHECK(in.scalar_type() == at::kFloat || in.scalar_type() == at::kDouble, op,
+           "Winograd runs float32 or float64, but got ", in.scalar_type());
+  if (in.scalar_type() == at::kDouble) {
+    pass(0.0);
+  } else {
+    pass(0.0f);
+  }
   if (done && !out.is_same(out_in)) out_in.copy_(out);   // rounded to nearest even
   return done;
 }
 
-bool conv2d_winograd_grad_input(const at::Tensor& dy_in, const at::Tensor& weight, at::Tensor& dx_in,
+}  // namespace
+
+bool conv2d_winograd_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out,
+                             const Conv2dShape& s, int m) {
+  const auto& g = s.g;
+  const WinogradProblem p{s.batch, s.in_channels, s.out_channels, g.in_h, g.in_w, g.out_h, g.out_w, g.ph, g.pw};
+  return forward_pass(x, weight, bias, out, p, m, false, "conv2d");
+}
+
+// dx[c][ih][iw] = sum over k, i, j of dy[k][ih + i - (2 - ph)][iw + j - (2 - pw)] * w[k][c][2 - i][2 - j]:
+// the forward pass on grad_output with the flipped, transposed filters and padding 2 - p.
+bool conv2d_winograd_grad_input(const at::Tensor& dy, const at::Tensor& weight, at::Tensor& dx,
                                 const Conv2dShape& s, int m) {
   const auto& g = s.g;
-  const at::Tensor dy = half_as_float(dy_in);
-  at::Tensor dx = dy.scalar_type() == dx_in.scalar_type() ? dx_in : at::empty(dx_in.sizes(), dy.options());
-  bool done = false;
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "conv2d_backward", [&] {
-    // dx[c][ih][iw] = sum over k, i, j of dy[k][ih + i - (2 - ph)][iw + j - (2 - pw)] * w[k][c][2 - i][2 - j]:
-    // filters g'[c][k][i][j] = w[k][c][2 - i][2 - j], read in place (start at w[0][0][2][2], step back).
-    const int64_t variant = WeightCache::for_isa(WeightCache::winograd(m, true), int(active_isa()));
-    const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
-      const at::Tensor w = half_as_float(weight);
-      const int64_t s_i = w.stride(2), s_j = w.stride(3);
-      return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>() + 2 * s_i + 2 * s_j, w.stride(1), w.stride(0),
-                                         -s_i, -s_j, s.in_channels, s.out_channels, WeightCache::cacheable(weight));
-    });
-    if (u.numel() == 0) return;
-    const WinogradProblem p{s.batch, s.out_channels, s.in_channels, g.out_h, g.out_w, g.in_h, g.in_w, 2 - g.ph,
-                            2 - g.pw};
-    run<scalar_t>(m, dy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), nullptr, dx.data_ptr<scalar_t>(), p);
-    done = true;
-  });
-  if (done && !dx.is_same(dx_in)) dx_in.copy_(dx);   // rounded to nearest even
-  return done;
+  const WinogradProblem p{s.batch, s.out_channels, s.in_channels, g.out_h, g.out_w, g.in_h, g.in_w, 2 - g.ph,
+                          2 - g.pw};
+  return forward_pass(dy, weight, at::Tensor(), dx, p, m, true, "conv2d_backward");
 }
 
 void conv2d_winograd_grad_weight(const at::Tensor& x_in, const at::Tensor& dy_in, at::Tensor& dw_in,
