@@ -89,6 +89,10 @@ def test_awkward_sizes_cpu_isas(cpu_isa, algorithm):
             continue
         for n, c, k in [(1, 3, 17), (3, 17, 3), (3, 1, 1)]:
             _compare((n, c, hw, hw + 1 if hw > 1 else hw), k, p, algorithm, dtype=torch.float32, device="cpu")
+    # float64 has its own kernels per ISA (half the lanes; the filter gathers differ): partial panels
+    # of rows (17, 3 and 1 filters) and of lanes, forward and backward
+    for n, c, k in [(1, 3, 17), (3, 17, 3), (2, 9, 1)]:
+        _compare((n, c, 7, 6), k, 1, algorithm, dtype=torch.float64, device="cpu")
 
 
 @pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])

@@ -1,12 +1,18 @@
 // The Winograd transforms (conv2d_winograd.inc) compiled for AVX512: 64-byte vectors.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
 
 #include "common/winograd.h"
 #include "cpu/conv2d_winograd_kernels.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
+// GCC 12's unmasked gather intrinsics (_mm512_undefined_ps and friends) trip -Wmaybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 namespace fastconv::cpu {
 namespace {

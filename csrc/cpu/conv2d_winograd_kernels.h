@@ -37,8 +37,9 @@ struct WinogradKernels {
   // One micro-panel of U[e] in the GEMM engine's packed-A form (gemm_pack_a): u[e * e_stride + c * mr + r]
   // = (G g G^T)[e] for the filter of panel row r < mr and column c < kc, where g[i][j] = w[r * s_out +
   // c * s_in + i * s_i + j * s_j] for r < rows, zero for the padding rows r >= rows (strides let the
-  // backward pass read the flipped, transposed filters in place). Lanes run along the packed order,
-  // so every store is a whole vector. Returns false if a filter value read is a NaN or an infinity.
+  // backward pass read the flipped, transposed filters in place; mr <= 16). Lanes run along the
+  // packed order, so every store is a whole vector, and each lane's 9 values are gathered (the
+  // ISA's gather instructions). Returns false if a filter value read is a NaN or an infinity.
   bool (*filter[2])(const T* w, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j, int64_t rows, int64_t mr,
                     int64_t kc, T* u, int64_t e_stride);
   // The weight gradient's transforms. dm[e * e_stride + t] = (A dY A^T)[e] for tiles t < count of one
