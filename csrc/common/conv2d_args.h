@@ -165,18 +165,21 @@ inline std::vector<int64_t> conv2d_output_sizes(const Conv2dShape& s) {
 // own, nor does CUDA Winograd yet). "auto", measured as above: Winograd's form for 3x3 stride-1 layers
 // with at least 16 input and output channels and 64 output positions over the batch (1.4-3x im2col's
 // speed on ResNet-18's layers; 512 channels at 7x7 and batch 1, 49 positions, 2.1 ms against 1.8). Its
-// summed products dU are alpha^2 x C x K values, written and read back whatever the batch: F(4x4) (36
-// of them) pays when there are at least 32 tiles of 4x4 and C x K <= 256^2 (9.4 MB of dU); F(2x2) (16)
-// otherwise (512 channels at 7x7, batch 8: 8.0-10.5 ms against F(4x4)'s 8.9-14.6, where dU is 37.7 MB).
-inline Conv2dAlgorithm grad_weight_algorithm(const Conv2dShape& s, bool cuda) {
+// summed products dU are alpha^2 x C x K values (of `elem` bytes), written by the GEMMs and read back
+// by the filter transform's adjoint whatever the batch: F(4x4) (36 of them, half F(2x2)'s
+// multiplies) pays when there are at least 32 tiles of 4x4 and its dU fits in half the L3 (`l3_bytes`,
+// cpu/isa.h's cache_sizes), so that the read-back comes from the cache; F(2x2) (16) otherwise. 512
+// channels at 7x7, batch 8, where dU is 37.7 MB: on the AMD EPYC (32 MiB L3) F(2x2) 8.0-10.5 ms against
+// F(4x4)'s 8.9-14.6; on the Intel Xeon (the L3 its VM reports: 480 MiB) F(4x4) 3.9 against 4.7.
+inline Conv2dAlgorithm grad_weight_algorithm(const Conv2dShape& s, bool cuda, int64_t l3_bytes, int64_t elem) {
   if (cuda) return Conv2dAlgorithm::im2col;
   if (!s.chosen) return winograd_tile(s.algorithm) != 0 ? s.algorithm : Conv2dAlgorithm::im2col;
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups;
   if (!winograd_applies(s) || cg < 16 || kg < 16 || s.batch * s.g.out_h * s.g.out_w < 64) {
     return Conv2dAlgorithm::im2col;
   }
-  return winograd_tiles(s, 4) >= 32 && cg * kg <= 256 * 256 ? Conv2dAlgorithm::winograd_4x4
-                                                              : Conv2dAlgorithm::winograd_2x2;
+  return winograd_tiles(s, 4) >= 32 && 36 * cg * kg * elem <= l3_bytes / 2 ? Conv2dAlgorithm::winograd_4x4
+                                                                              : Conv2dAlgorithm::winograd_2x2;
 }
 
 // The checked backward call; an "auto" algorithm is grad_input's choice (choose_conv2d_algorithm, the

@@ -764,6 +764,12 @@ void grad_bias_impl(const T* dy, T* db, const Conv2dShape& s) {
   });
 }
 
+// grad_weight's algorithm for this CPU (common/conv2d_args.h's rule; Winograd computes half precision in
+// float32).
+Conv2dAlgorithm grad_weight_choice(const Conv2dShape& s, at::ScalarType dtype) {
+  return grad_weight_algorithm(s, false, cache_sizes().l3, dtype == at::kDouble ? 8 : 4);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_half(const at::Tensor& grad_output,
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask);
@@ -782,7 +788,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
   const at::Tensor dy = grad_output.contiguous(cl);
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
              db = at::empty({0}, input.options());
-  const bool winograd_dw = output_mask[1] && winograd_tile(grad_weight_algorithm(s, false)) != 0;
+  const bool winograd_dw = output_mask[1] && winograd_tile(grad_weight_choice(s, input.scalar_type())) != 0;
   if ((output_mask[0] && s.algorithm != Conv2dAlgorithm::im2col) || winograd_dw) {   // through NCHW copies
     std::tie(dx, dw, std::ignore) = conv2d_backward_nchw(
         dy, input, weight, s, {output_mask[0] && s.algorithm != Conv2dAlgorithm::im2col, winograd_dw, false});
@@ -854,7 +860,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
     }
     if (output_mask[1]) {
       const at::Tensor x = input.contiguous();
-      const int m = winograd_tile(grad_weight_algorithm(s, false));
+      const int m = winograd_tile(grad_weight_choice(s, input.scalar_type()));
       if (m != 0 && finite_dy() && all_finite(x)) {   // written in the output's format
         dw = at::empty(weight.sizes(), weight.options().memory_format(s.format));
         conv2d_winograd_grad_weight(x, dy, dw, s, m);
