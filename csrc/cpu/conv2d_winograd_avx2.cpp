@@ -10,7 +10,7 @@
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
-// GCC 12's unmasked gather intrinsics (_mm512_undefined_ps and friends) trip -Wmaybe-uninitialized.
+// GCC 12's unmasked gather intrinsics (their _mm256_undefined_* sources) trip -Wmaybe-uninitialized.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
