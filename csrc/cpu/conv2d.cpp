@@ -277,6 +277,25 @@ at::Tensor packed_filters(const at::Tensor& weight, const T* w, const Conv2dShap
   });
 }
 
+// The offset of tap r = (c, i, j) of the column matrix in zero-padded planes of padded_hw elements,
+// rows wp apart (pack_b_offsets' tables, forward and grad_weight).
+std::vector<int64_t> tap_offsets(const Conv2dGeometry& g, int64_t kc, int64_t padded_hw, int64_t wp) {
+  std::vector<int64_t> off(static_cast<size_t>(kc));
+  for (int64_t r = 0; r < kc; ++r) off[r] = r / (g.kh * g.kw) * padded_hw + r / g.kw % g.kh * g.dh * wp + r % g.kw * g.dw;
+  return off;
+}
+
+// Scratch for `elems` values of padded planes (Scratch::conv_pad), with kGemmOffsetsSlackBytes of zeros
+// on either side: pack_b_offsets' vector loads may reach that far past the planes.
+template <typename T>
+T* padded_planes_scratch(int64_t elems) {
+  const int64_t slack = kGemmOffsetsSlackBytes / int64_t(sizeof(T));
+  T* padded = scratch<T>(Scratch::conv_pad, elems + 2 * slack) + slack;
+  std::fill(padded - slack, padded, T(0));
+  std::fill(padded + elems, padded + elems + slack, T(0));
+  return padded;
+}
+
 // The packed forward pass. Work items are (bundle of images, group). Per item: copy the bundle's planes
 // zero-padded (pad_plane), then for each chunk of positions and each K block of the column matrix, lower
 // that block into packed panels (E::pack_b_offsets) and multiply it with the same K block of the
@@ -304,11 +323,7 @@ void forward_packed(const T* x, const typename E::Packed* wpacked, const T* bias
   // The column matrix by offsets into the padded planes (pack_b_offsets): row (c, i, j) is tap (i, j) of
   // channel c, column q output position q % P_ of image q / P_ of the bundle.
   const int64_t wp = g.in_w + 2 * g.pw, image_stride = cg * padded_hw;
-  std::vector<int64_t> row_off(static_cast<size_t>(kc));
-  for (int64_t r = 0; r < kc; ++r) {
-    row_off[r] = r / (g.kh * g.kw) * padded_hw + r / g.kw % g.kh * g.dh * wp + r % g.kw * g.dw;
-  }
-  const int64_t slack = kGemmOffsetsSlackBytes / int64_t(sizeof(T));   // readable memory around the planes
+  const std::vector<int64_t> row_off = tap_offsets(g, kc, padded_hw, wp);
   const int64_t bundles = (s.batch + bundle - 1) / bundle, items = bundles * s.groups;
   const int64_t threads = at::get_num_threads();
   const int64_t max_chunk = std::max(
@@ -325,9 +340,7 @@ void forward_packed(const T* x, const typename E::Packed* wpacked, const T* bias
     const int64_t chunk = ((N + pieces - 1) / pieces + nr - 1) / nr * nr, chunks = (N + chunk - 1) / chunk;
     const int64_t parts = par ? channel_parts(N, chunk, kg, mr, threads) : 1;
     const int64_t part_rows = ((kg + parts - 1) / parts + mr - 1) / mr * mr;
-    T* padded = scratch<T>(Scratch::conv_pad, nb * image_stride + 2 * slack) + slack;
-    std::fill(padded - slack, padded, T(0));
-    std::fill(padded + nb * image_stride, padded + nb * image_stride + slack, T(0));
+    T* padded = padded_planes_scratch<T>(nb * image_stride);
     const auto pad = [&](int64_t e0, int64_t e1) {   // planes e = b * cg + c
       for (int64_t e = e0; e < e1; ++e) {
         pad_plane(x + ((n0 + e / cg) * s.in_channels + grp * cg + e % cg) * HW, g, padded + e * padded_hw);
@@ -646,19 +659,13 @@ void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
   const bool lowered = g.kh * g.kw > 1 && packed_bundle(s, sizeof(T)) != 0 &&
                        bundle * cg * padded_hw * int64_t(sizeof(T)) <= int64_t(kWorkspaceBytes) / threads;
   const int64_t kb = gemm_tile<T>().k_block, n_pad = gemm_packed_b_elems<T>(1, kc);
-  const int64_t slack = kGemmOffsetsSlackBytes / int64_t(sizeof(T));   // readable memory around the planes
-  std::vector<int64_t> tap_off(static_cast<size_t>(lowered ? kc : 0));
-  for (int64_t r = 0; lowered && r < kc; ++r) {   // tap (c, i, j) in the padded planes
-    tap_off[r] = r / (g.kh * g.kw) * padded_hw + r / g.kw % g.kh * g.dh * wp + r % g.kw * g.dw;
-  }
+  const std::vector<int64_t> tap_off = lowered ? tap_offsets(g, kc, padded_hw, wp) : std::vector<int64_t>();
   // Positions per GEMM: whole K blocks whose packed panels take about kForwardChunkBytes.
   const int64_t pos_chunk = std::max<int64_t>(1, kForwardChunkBytes / (kb * n_pad * int64_t(sizeof(T)))) * kb;
   // The bundle's images nb from x_b (their group's planes) against dY_b (kg rows of N = nb * P values,
   // row stride ld) into dw_g: planes padded, then per chunk of positions cols^T packed and multiplied.
   const auto lowered_bundle = [&](const T* xb, int64_t nb, const T* dyb, int64_t ld, T* dwg, bool first) {
-    T* padded = scratch<T>(Scratch::conv_pad, nb * cg * padded_hw + 2 * slack) + slack;
-    std::fill(padded - slack, padded, T(0));
-    std::fill(padded + nb * cg * padded_hw, padded + nb * cg * padded_hw + slack, T(0));
+    T* padded = padded_planes_scratch<T>(nb * cg * padded_hw);
     for (int64_t e = 0; e < nb * cg; ++e) pad_plane(xb + (e / cg * s.in_channels + e % cg) * HW, g, padded + e * padded_hw);
     const int64_t N = nb * P;
     T* bp = scratch<T>(Scratch::conv_cols, std::min(pos_chunk, N) * n_pad);
@@ -683,46 +690,30 @@ void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
   // Bundles [b0, b1) summed into acc (overwritten; zeros for an empty range).
   const auto sum_bundles = [&](int64_t b0, int64_t b1, T* acc) {
     const bool side_by_side = bundle > 1;
-    if (lowered) {
-      T* dyb = side_by_side ? scratch<T>(Scratch::conv_prod, kg * bundle * P) : nullptr;
-      for (int64_t grp = 0; grp < s.groups; ++grp) {
-        T* dwg = acc + grp * kg * kc;
-        bool first = true;
-        for (int64_t bi = b0; bi < b1; ++bi) {
-          const int64_t n0 = bi * bundle, nb = std::min(bundle, s.batch - n0), N = nb * P;
-          const T* dyg = dy + (n0 * s.out_channels + grp * kg) * P;
-          for (int64_t b = 0; side_by_side && b < nb; ++b) {   // the bundle's grad_output rows side by side
-            for (int64_t k = 0; k < kg; ++k) {
-              const T* src = dyg + (b * s.out_channels + k) * P;
-              std::copy(src, src + P, dyb + k * N + b * P);
-            }
-          }
-          lowered_bundle(x + (n0 * s.in_channels + grp * cg) * HW, nb, side_by_side ? dyb : dyg, side_by_side ? N : P,
-                         dwg, first);
-          first = false;
-        }
-        if (first) std::fill(dwg, dwg + kg * kc, T(0));   // no images
-      }
-      return;
-    }
-    T* cols = scratch<T>(Scratch::conv_cols, pointwise && !side_by_side ? 1 : kc * std::max(chunk, bundle * P));
+    // (the lowered path's columns live in its own K-block buffer, also Scratch::conv_cols)
+    T* cols = lowered ? nullptr
+                      : scratch<T>(Scratch::conv_cols, pointwise && !side_by_side ? 1 : kc * std::max(chunk, bundle * P));
     T* dyb = side_by_side ? scratch<T>(Scratch::conv_prod, kg * bundle * P) : nullptr;
     for (int64_t grp = 0; grp < s.groups; ++grp) {
       T* dwg = acc + grp * kg * kc;
       bool first = true;
       for (int64_t bi = b0; bi < b1; ++bi) {
-        const int64_t n0 = bi * bundle, nb = std::min(bundle, s.batch - n0);
+        const int64_t n0 = bi * bundle, nb = std::min(bundle, s.batch - n0), N = nb * P;
         const T* dyg = dy + (n0 * s.out_channels + grp * kg) * P;
         const T* xg = x + (n0 * s.in_channels + grp * cg) * HW;
-        if (side_by_side) {   // columns and grad_output rows of the bundle's images side by side
-          const int64_t N = nb * P;
-          for (int64_t b = 0; b < nb; ++b) {
-            im2col(xg + b * s.in_channels * HW, cg, g, 0, P, cols + b * P, N);
-            for (int64_t k = 0; k < kg; ++k) {
-              const T* src = dyg + (b * s.out_channels + k) * P;
-              std::copy(src, src + P, dyb + k * N + b * P);
-            }
+        for (int64_t b = 0; side_by_side && b < nb; ++b) {   // the bundle's grad_output rows side by side
+          for (int64_t k = 0; k < kg; ++k) {
+            const T* src = dyg + (b * s.out_channels + k) * P;
+            std::copy(src, src + P, dyb + k * N + b * P);
           }
+        }
+        if (lowered) {
+          lowered_bundle(xg, nb, side_by_side ? dyb : dyg, side_by_side ? N : P, dwg, first);
+          first = false;
+          continue;
+        }
+        if (side_by_side) {   // and their columns likewise
+          for (int64_t b = 0; b < nb; ++b) im2col(xg + b * s.in_channels * HW, cg, g, 0, P, cols + b * P, N);
           gemm(gemm_args<T>(kg, kc, N, dyb, N, 1, cols, 1, N, dwg, kc, first ? T(0) : T(1)));
           first = false;
           continue;
