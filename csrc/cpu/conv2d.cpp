@@ -662,6 +662,13 @@ void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
   const std::vector<int64_t> tap_off = lowered ? tap_offsets(g, kc, padded_hw, wp) : std::vector<int64_t>();
   // Positions per GEMM: whole K blocks whose packed panels take about kForwardChunkBytes.
   const int64_t pos_chunk = std::max<int64_t>(1, kForwardChunkBytes / (kb * n_pad * int64_t(sizeof(T)))) * kb;
+  // The offset of position q % P of image q / P of a bundle in its padded planes (a smaller last bundle
+  // uses a prefix).
+  std::vector<int64_t> pos_off(static_cast<size_t>(lowered ? bundle * P : 0));
+  for (int64_t q = 0; q < int64_t(pos_off.size()); ++q) {
+    const int64_t p = q % P;
+    pos_off[q] = q / P * cg * padded_hw + p / g.out_w * g.sh * wp + p % g.out_w * g.sw;
+  }
   // The bundle's images nb from x_b (their group's planes) against dY_b (kg rows of N = nb * P values,
   // row stride ld) into dw_g: planes padded, then per chunk of positions cols^T packed and multiplied.
   const auto lowered_bundle = [&](const T* xb, int64_t nb, const T* dyb, int64_t ld, T* dwg, bool first) {
@@ -669,11 +676,6 @@ void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
     for (int64_t e = 0; e < nb * cg; ++e) pad_plane(xb + (e / cg * s.in_channels + e % cg) * HW, g, padded + e * padded_hw);
     const int64_t N = nb * P;
     T* bp = scratch<T>(Scratch::conv_cols, std::min(pos_chunk, N) * n_pad);
-    std::vector<int64_t> pos_off(static_cast<size_t>(N));
-    for (int64_t q = 0; q < N; ++q) {   // position q % P of image q / P
-      const int64_t p = q % P;
-      pos_off[q] = q / P * cg * padded_hw + p / g.out_w * g.sh * wp + p % g.out_w * g.sw;
-    }
     for (int64_t q0 = 0; q0 < N; q0 += pos_chunk) {
       const int64_t nq = std::min(pos_chunk, N - q0);
       for (int64_t r0 = 0; r0 < nq; r0 += kb) {
