@@ -13,6 +13,7 @@
 
 #include "common/winograd.h"
 #include "common/weight_cache.h"
+#include "cpu/conv2d_winograd.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
 
@@ -236,6 +237,20 @@ PyObject* py_weight_cache_set_limit(PyObject*, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
+PyObject* py_winograd_set_fused_min_bytes(PyObject*, PyObject* arg) {
+  const long long bytes = PyLong_AsLongLong(arg);
+  if (bytes == -1 && PyErr_Occurred()) return nullptr;
+  if (bytes < -1) {
+    PyErr_SetString(PyExc_ValueError, "winograd_set_fused_min_bytes: expected a size in bytes >= 0, or -1 for the rule's");
+    return nullptr;
+  }
+  return PyLong_FromLongLong(fastconv::cpu::winograd_set_fused_min_bytes(bytes));
+}
+
+PyObject* py_winograd_fused_passes(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(fastconv::cpu::winograd_fused_passes());
+}
+
 PyObject* py_weight_cache_clear(PyObject*, PyObject*) {
   fastconv::WeightCache::instance().clear();
   Py_RETURN_NONE;
@@ -258,6 +273,11 @@ PyMethodDef methods[] = {
     {"winograd_transform", py_winograd_transform, METH_VARARGS,
      "winograd_transform(kind, m, values): the straight-line 1-D input/filter/output transform (or the "
      "output_adjoint/filter_adjoint of the weight gradient) in float64."},
+    {"winograd_set_fused_min_bytes", py_winograd_set_fused_min_bytes, METH_O,
+     "winograd_set_fused_min_bytes(n) -> previous: the least transformed-filter size (bytes) for Winograd's fused "
+     "pass on filters transformed per call (-1: the rule's, 4 x L2; 0: every eligible call; for tests)."},
+    {"winograd_fused_passes", py_winograd_fused_passes, METH_NOARGS,
+     "How many Winograd passes have run fused (per block of output channels) in this process."},
     {"weight_cache_stats", py_weight_cache_stats, METH_NOARGS,
      "Entries, bytes, limit, hits, misses and uncached transforms (budget full) of the CPU cache of prepared "
      "weights (Winograd transforms, im2col packed filters)."},

@@ -314,3 +314,45 @@ def test_grad_weight_accuracy_against_float64(device):
                    .double() - ref).abs().max().item() for a in ("im2col", "winograd_2x2", "winograd_4x4")}
         assert err["winograd_2x2"] <= 4 * err["im2col"], err
         assert err["winograd_4x4"] <= 16 * err["im2col"], err
+
+
+@pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])
+def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
+    # Filters transformed for one call only (a weight that requires grad) whose transform U exceeds
+    # 4 L2s run the fused pass (conv2d_winograd.cpp, run_fused): per block of output channels, the
+    # filter panels of each K block of 64 input channels, their GEMMs against the packed V, then the
+    # output transform. Forced here on every eligible call (threshold 0) and against run()'s (threshold
+    # out of reach): the same bits, forward and grad_input (the flipped, transposed filters), float32
+    # and float64, per ISA; output channels that fill no block or micro-panel evenly, input channels
+    # past one K block, padding 0..2, a bias; and both against torch.
+    def calls(x, w, b, go, p):
+        with torch.no_grad():
+            y = torch.ops.fastconv.conv2d(x, w, b, [1, 1], [p, p], [1, 1], 1, algorithm)
+            dx = torch.ops.fastconv.conv2d_backward(go, x, w, [1, 1], [p, p], [1, 1], 1, algorithm,
+                                                    [True, False, False])[0]
+        return y, dx
+
+    g = torch.Generator().manual_seed(11)
+    for dtype in (torch.float32, torch.float64):
+        for (n, c, k, h, wd, p) in [(3, 70, 19, 5, 6, 1), (1, 130, 1, 7, 7, 2), (2, 1, 33, 4, 9, 0), (5, 64, 64, 3, 3, 1)]:
+            x = torch.randn(n, c, h, wd, generator=g, dtype=dtype)
+            w = torch.randn(k, c, 3, 3, generator=g, dtype=dtype).requires_grad_(True)
+            b = torch.randn(k, generator=g, dtype=dtype)
+            go = torch.randn(n, k, h + 2 * p - 2, wd + 2 * p - 2, generator=g, dtype=dtype)
+            got = {}
+            for name, least in (("fused", 0), ("unfused", 1 << 62)):
+                before = fastconv._C.winograd_set_fused_min_bytes(least)
+                passes = fastconv._C.winograd_fused_passes()
+                try:
+                    got[name] = calls(x, w, b, go, p)
+                finally:
+                    fastconv._C.winograd_set_fused_min_bytes(before)
+                assert fastconv._C.winograd_fused_passes() - passes == (2 if name == "fused" else 0), name
+            for a, b_, what in zip(got["fused"], got["unfused"], ("output", "grad_input")):
+                assert torch.equal(a, b_), (what, dtype, n, c, k, h, wd, p)
+            ref = (TF.conv2d(x, w.detach(), b, padding=p),
+                   torch.ops.aten.convolution_backward(go, x, w.detach(), None, [1, 1], [p, p], [1, 1], False,
+                                                       [0, 0], 1, [True, False, False])[0])
+            for a, want in zip(got["fused"], ref):
+                tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-5 * (1 + want.abs().max().item()))
+                torch.testing.assert_close(a, want, **tol)

@@ -12,6 +12,9 @@
 // GEMMs summed over the tiles, and the filter transform's adjoint at the end.
 // The filter transform U = G g G^T comes from the WeightCache (computed once per weight's
 // contents, common/weight_cache.h). grad_input is the same pipeline on grad_output with the flipped, transposed filters.
+// Filters transformed for one call only (a trained weight) whose U is larger than 4 L2s run fused
+// instead (run_fused): per block of output channels, U's panels are made, multiplied and dropped in
+// the cache, so U is never written to memory and read back.
 #include "cpu/conv2d_winograd.h"
 
 #include <ATen/Dispatch.h>
@@ -148,6 +151,89 @@ void run(int m, const T* x, const T* u, const T* bias, T* out, const WinogradPro
   }
 }
 
+std::atomic<int64_t> fused_min_bytes{-1};   // winograd_set_fused_min_bytes
+std::atomic<int64_t> fused_passes{0};       // winograd_fused_passes
+
+// The forward pass fused per block of output channels, for filters transformed for this call only (a
+// weight that requires grad: trained, so not cached). run() writes all of U (alpha^2 x K x C values:
+// 16.8 MB for ResNet-18's 512-channel layer in F(2x2), 9.4 MB for its 256-channel one in F(4x4)) to
+// memory and its GEMMs read it back. Here V is transformed and packed once (all tiles: one chunk),
+// then each thread takes a block of kb output channels at a time and, per K block of kKBlock input
+// channels, transforms that slice of the block's filters into packed panels (in its L1/L2) and adds
+// their products with V's slice into the block's M (kept in its L2); then the output transform of the
+// block's channels. U never leaves the cache, and there is one parallel region after the input
+// transform where run() has three per chunk. The K blocks are summed in the same order as run()'s
+// GEMMs, so the results are the same bits. False where a filter value is a NaN or an infinity (the
+// caller declines, as for a declined transform).
+template <typename T>
+bool run_fused(int m, const T* x, const T* w, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j, const T* bias,
+               T* out, const WinogradProblem& p) {
+  const auto& kern = kernels_for<T>();
+  const int which = m == 4 ? 1 : 0;
+  const int64_t E = (m + 2) * (m + 2), K = p.out_ch, C = p.in_ch, out_plane = p.out_h * p.out_w;
+  const int64_t elem = static_cast<int64_t>(sizeof(T));
+  TileChunks chunks(m, p, E * (C + K) * elem);
+  const int64_t tc = chunks.at(0, p);
+  TORCH_INTERNAL_ASSERT(tc == chunks.rows * chunks.tiles_w, "run_fused: the tiles must make one chunk");
+  ++fused_passes;
+  T* v = scratch<T>(Scratch::winograd_v, E * C * tc);
+  chunks.input_transform(kern, x, p, tc, v);
+  // V[e] in the b_packed layout (K blocks of kKBlock rows), each 64-byte aligned
+  const int64_t n_pad = gemm_packed_b_elems<T>(1, tc), vp_stride = (n_pad * C + 15) / 16 * 16;
+  T* vp = scratch<T>(Scratch::winograd_vp, E * vp_stride);
+  at::parallel_for(0, E, 1, [&](int64_t b, int64_t e_end) {
+    for (int64_t e = b; e < e_end; ++e) {
+      GemmArgs<T> g;
+      g.n = tc; g.k = C; g.k_block = kKBlock;
+      g.b = v + e * C * tc; g.rs_b = tc; g.cs_b = 1;
+      gemm_pack_b(g, vp + e * vp_stride);
+    }
+  });
+  // kb: a block's filter panels for one K block (E x kb x kKBlock) and its products M (E x kb x tc)
+  // within half the L2, and at least 4 blocks per thread so that they share out evenly; a multiple of
+  // the micro-tile height.
+  const int64_t mr = gemm_tile<T>().mr, threads = at::get_num_threads();
+  int64_t kb = std::min<int64_t>(l2_cache_bytes() / 2 / (E * elem * (kKBlock + tc)),
+                                 (K + 4 * threads - 1) / (4 * threads));
+  kb = std::max(mr, kb / mr * mr);
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, (K + kb - 1) / kb, 1, [&](int64_t b0, int64_t b1) {
+    T* ub = scratch<T>(Scratch::winograd_u, E * kb * kKBlock);
+    T* mb = scratch<T>(Scratch::winograd_m, E * kb * tc);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t k0 = blk * kb, kn = std::min(kb, K - k0), m_pad = (kn + mr - 1) / mr * mr;
+      for (int64_t c0 = 0; c0 < C; c0 += kKBlock) {
+        const int64_t kc = std::min(kKBlock, C - c0);
+        for (int64_t r0 = 0; r0 < kn; r0 += mr) {   // U[e]'s panels for these rows and channels
+          if (!kern.filter[which](w + (k0 + r0) * s_out + c0 * s_in, s_out, s_in, s_i, s_j, std::min(mr, kn - r0), mr,
+                                  kc, ub + r0 * kc, m_pad * kc)) {
+            finite = false;
+          }
+        }
+        for (int64_t e = 0; e < E; ++e) {   // M[e] (kn x tc) (+)= U[e] . V[e] over these channels
+          gemm_block(ub + e * m_pad * kc, vp + e * vp_stride + c0 * n_pad, kn, tc, kc, mb + e * kn * tc, tc, c0 > 0);
+        }
+      }
+      for (int64_t k = 0; k < kn; ++k) {
+        kern.output[which](mb + k * tc, kn * tc, chunks.tiles.data(), tc, p.ph, p.pw, out + (k0 + k) * out_plane,
+                           p.out_h, p.out_w, bias != nullptr ? bias[k0 + k] : T(0));
+      }
+    }
+  });
+  return finite.load();
+}
+
+// Whether run_fused takes a problem whose filters are transformed for this call: its tiles make one
+// chunk (V and every block's products stay small), and U is larger than 4 L2s, so that run() would
+// stream it from the L3 or memory (the rule's measurements: README).
+bool fused_applies(int m, const WinogradProblem& p, int64_t elem) {
+  const int64_t E = (m + 2) * (m + 2);
+  const TileChunks chunks(m, p, E * (p.in_ch + p.out_ch) * elem);
+  const int64_t set = fused_min_bytes.load(), least = set >= 0 ? set : 4 * l2_cache_bytes();
+  return E * p.in_ch * p.out_ch * elem > least && chunks.rows > 0 && chunks.tiles_w > 0 &&
+         chunks.rows_per_chunk >= chunks.rows;
+}
+
 // The weight gradient (Winograd's own form, Lavin & Gray's adjoint): per chunk, V = B^T d B of the
 // input tiles (as the forward pass) and dM = A dY A^T of grad_output's, then alpha^2 GEMMs
 // dU[e] (K x C) += dM[e] (K x tiles) . V[e]^T, parallel over e; at the end dw = G^T dU G per filter.
@@ -254,17 +340,28 @@ bool forward_pass(const at::Tensor& in_in, const at::Tensor& weight, const at::T
   bool done = false;
   const auto pass = [&](auto zero) {   // float or double: half precision is float32 here
     using scalar_t = decltype(zero);
+    // use(g, s_out, s_in, s_i, s_j) with this pass's filters g[k][c] read in place through the weight's
+    // strides (widened when half, only when they are read): w[k][c], or flipped and transposed,
+    // w[c][k][2 - i][2 - j]
+    const auto with_filters = [&](const auto& use) {
+      const at::Tensor w = half_as_float(weight);
+      const int64_t s_i = w.stride(2), s_j = w.stride(3);
+      if (!flipped) return use(w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), s_i, s_j);
+      return use(w.data_ptr<scalar_t>() + 2 * s_i + 2 * s_j, w.stride(1), w.stride(0), -s_i, -s_j);
+    };
+    const bool cacheable = WeightCache::cacheable(weight);
+    if (!cacheable && fused_applies(m, p, sizeof(scalar_t))) {
+      done = with_filters([&](const scalar_t* g, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j) {
+        return run_fused<scalar_t>(m, in.data_ptr<scalar_t>(), g, s_out, s_in, s_i, s_j,
+                                   bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), p);
+      });
+      return;
+    }
     const int64_t variant = WeightCache::for_isa(WeightCache::winograd(m, flipped), int(active_isa()));
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
-      const at::Tensor w = half_as_float(weight);   // read in place through its strides
-      const int64_t s_i = w.stride(2), s_j = w.stride(3);
-      const bool cacheable = WeightCache::cacheable(weight);
-      if (!flipped) {
-        return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>(), w.stride(0), w.stride(1), s_i, s_j, p.out_ch,
-                                           p.in_ch, cacheable);
-      }
-      return transform_filters<scalar_t>(m, w.data_ptr<scalar_t>() + 2 * s_i + 2 * s_j, w.stride(1), w.stride(0),
-                                         -s_i, -s_j, p.out_ch, p.in_ch, cacheable);
+      return with_filters([&](const scalar_t* g, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j) {
+        return transform_filters<scalar_t>(m, g, s_out, s_in, s_i, s_j, p.out_ch, p.in_ch, cacheable);
+      });
     });
     if (u.numel() == 0) return;
     run<scalar_t>(m, in.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
@@ -283,6 +380,9 @@ bool forward_pass(const at::Tensor& in_in, const at::Tensor& weight, const at::T
 }
 
 }  // namespace
+
+int64_t winograd_set_fused_min_bytes(int64_t bytes) { return fused_min_bytes.exchange(bytes); }
+int64_t winograd_fused_passes() { return fused_passes.load(); }
 
 bool conv2d_winograd_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, at::Tensor& out,
                              const Conv2dShape& s, int m) {

@@ -19,6 +19,14 @@ bool conv2d_winograd_forward(const at::Tensor& x, const at::Tensor& weight, cons
 
 // dx = the transposed convolution of dy: a Winograd correlation of dy with the flipped, transposed
 // filters (cached too) and padding 2 - p, which may be negative (then it crops).
+// The least size in bytes of the transformed filters U (alpha^2 x K x C values) for which a
+// convolution whose filters are transformed for that call only runs the fused pass
+// (conv2d_winograd.cpp: run_fused); -1 is the rule's size. Returns the previous setting. For tests
+// (0 sends every eligible problem through the fused pass) and measurements.
+int64_t winograd_set_fused_min_bytes(int64_t bytes);
+// How many passes have run fused since the process started (for tests: that the setting above took).
+int64_t winograd_fused_passes();
+
 bool conv2d_winograd_grad_input(const at::Tensor& dy, const at::Tensor& weight, at::Tensor& dx, const Conv2dShape& s,
                                 int m);
 

@@ -573,6 +573,20 @@ template GemmTile gemm_tile<float>();
 template GemmTile gemm_tile<double>();
 
 template <typename T>
+void gemm_block(const T* ap, const T* bp, int64_t m, int64_t n, int64_t kc, T* c, int64_t rs_c, bool accumulate) {
+  GemmArgs<T> g;
+  g.m = m; g.n = n; g.k = kc;
+  g.alpha = T(1); g.beta = T(0);
+  g.a = nullptr; g.rs_a = 0; g.cs_a = 0;
+  g.b = nullptr; g.rs_b = 0; g.cs_b = 0;
+  g.c = c; g.rs_c = rs_c; g.cs_c = 1;
+  kernels_for<T>().macro(g, ap, bp, 0, m, 0, n, kc, !accumulate);
+}
+
+template void gemm_block<float>(const float*, const float*, int64_t, int64_t, int64_t, float*, int64_t, bool);
+template void gemm_block<double>(const double*, const double*, int64_t, int64_t, int64_t, double*, int64_t, bool);
+
+template <typename T>
 void gemm_pack_b_offsets(const T* base, const int64_t* row_off, int64_t rows, const int64_t* col_off, int64_t cols,
                          T* dst) {
   kernels_for<T>().pack_b_offsets(base, row_off, rows, col_off, cols, dst);

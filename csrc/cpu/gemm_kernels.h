@@ -163,6 +163,14 @@ struct GemmTile {
 template <typename T>
 GemmTile gemm_tile();
 
+// One K block on the calling thread: C (m x n, rows rs_c apart, unit column stride) = Ap . Bp, or += with
+// `accumulate`, where Ap holds the m rows' micro-panels (mr tall, kc deep, one after another) and Bp
+// the n columns' (nr wide, kc deep), as a K block of a_packed and b_packed lays them out. No
+// blocking, packing or threads: for a caller that runs many small products in its own parallel
+// region from panels it wrote itself (Winograd's fused pass). Summed as the engine sums a K block.
+template <typename T>
+void gemm_block(const T* ap, const T* bp, int64_t m, int64_t n, int64_t kc, T* c, int64_t rs_c, bool accumulate);
+
 // GFLOP/s of the active ISA's FMA loop on every thread of at::parallel_for, for about `seconds`
 // (float32 when single, else float64): the measured peak that GEMM throughput is set against.
 double measured_fma_peak_gflops(bool single, double seconds);

@@ -29,7 +29,7 @@ enum class Scratch {
   gemm_b, gemm_a,                                  // the GEMM engine's packed panels
   conv_cols, conv_prod, conv_pad, conv_wpack,      // im2col: columns, products, padded planes, packed weights
   conv_dw,                                         // grad_weight: the threads' partial sums
-  winograd_v, winograd_m, winograd_u,              // Winograd: transformed inputs, products, filters
+  winograd_v, winograd_m, winograd_u, winograd_vp, // Winograd: transformed inputs, products, filters, packed inputs
   rnn_w_ih, rnn_w_hh, rnn_w_hr,                    // RNN layers: packed weights
   count
 };
