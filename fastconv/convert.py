@@ -107,6 +107,18 @@ def _fuse_known_block(block: nn.Module) -> nn.Module | None:
     return fused(block, inner)
 
 
+def _fuse_known_stem(model: nn.Module) -> None:
+    """torchvision's ``ResNet`` (exact type): its forward calls ``self.relu`` once, straight after
+    ``self.bn1`` (the stem), so that pair fuses like a Sequential's: ``bn1(relu=True)`` and an
+    ``nn.Identity`` for ``relu`` (no parameters: the state_dict is unchanged)."""
+    if (type(model).__module__, type(model).__name__) != ("torchvision.models.resnet", "ResNet"):
+        return
+    bn = getattr(model, "bn1", None)
+    if type(getattr(model, "relu", None)) is nn.ReLU and isinstance(bn, fnn.BatchNorm2d) and not bn.relu:
+        bn.relu = True
+        model.relu = nn.Identity()
+
+
 def _convert_children(module: nn.Module, algorithm: str) -> None:
     for name, child in list(module.named_children()):
         twin = _twin(child, algorithm)
@@ -117,6 +129,7 @@ def _convert_children(module: nn.Module, algorithm: str) -> None:
             fused = _fuse_known_block(child)
             if fused is not None:
                 setattr(module, name, fused)
+            _fuse_known_stem(child)
     if isinstance(module, nn.Sequential):   # BatchNorm2d then ReLU: one fused module
         names = list(module._modules)
         for a, b in zip(names, names[1:]):
@@ -134,8 +147,9 @@ def convert(model: nn.Module, *, inplace: bool = False, algorithm: str = "auto")
     ``nn.ReLU`` in an ``nn.Sequential`` becomes one ``BatchNorm2d(relu=True)`` (the ReLU an
     ``nn.Identity``), and so do the inner pairs of torchvision's ResNet ``BasicBlock`` and
     ``Bottleneck``, which become :class:`FusedBasicBlock` / :class:`FusedBottleneck` (same submodules
-    and state_dict; their forward skips the ReLU calls the fused batch norms now make). ReLUs in any
-    other block's forward are left alone. The original model is untouched (deep-copied)
+    and state_dict; their forward skips the ReLU calls the fused batch norms now make), as does the
+    stem of torchvision's ``ResNet`` (``bn1`` then ``relu``). ReLUs in any other block's forward are
+    left alone. The original model is untouched (deep-copied)
     unless ``inplace=True``, in which case the parameters stay the same tensor objects."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"fastconv.convert: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
@@ -145,4 +159,5 @@ def convert(model: nn.Module, *, inplace: bool = False, algorithm: str = "auto")
     if twin is not None:
         return twin
     _convert_children(model, algorithm)
+    _fuse_known_stem(model)
     return model

@@ -92,7 +92,7 @@ def test_resnet_blocks_fuse_inner_relus(name, fused_type, fused, count):
         assert all(getattr(block, f"bn{i}").relu for i in range(1, fused + 1))
         assert not getattr(block, f"bn{fused + 1}").relu    # the last one's ReLU comes after the sum
     assert ours.state_dict().keys() == ref.state_dict().keys()
-    assert not ours.bn1.relu and isinstance(ours.relu, nn.ReLU)   # the stem calls its ReLU itself: kept
+    assert ours.bn1.relu and isinstance(ours.relu, nn.Identity)   # the stem's pair, fused too
 
 
 def test_unknown_blocks_keep_their_relus():
