@@ -356,3 +356,23 @@ def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
             for a, want in zip(got["fused"], ref):
                 tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-5 * (1 + want.abs().max().item()))
                 torch.testing.assert_close(a, want, **tol)
+    # A NaN in the weight: the fused pass sees it as it transforms the filters and declines, as the
+    # unfused one does, and the call runs im2col's (the same bits as asking for im2col)
+    x = torch.randn(2, 70, 5, 5, generator=g)
+    w = torch.randn(19, 70, 3, 3, generator=g)
+    w[3, 65, 1, 2] = float("nan")
+    w.requires_grad_(True)
+    go = torch.randn(2, 19, 5, 5, generator=g)
+    before = fastconv._C.winograd_set_fused_min_bytes(0)
+    passes = fastconv._C.winograd_fused_passes()
+    try:
+        got = calls(x, w, None, go, 1)
+    finally:
+        fastconv._C.winograd_set_fused_min_bytes(before)
+    assert fastconv._C.winograd_fused_passes() - passes == 2
+    with torch.no_grad():
+        want = (torch.ops.fastconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1, "im2col"),
+                torch.ops.fastconv.conv2d_backward(go, x, w, [1, 1], [1, 1], [1, 1], 1, "im2col",
+                                                   [True, False, False])[0])
+    for a, b_ in zip(got, want):
+        assert a.isnan().any() and torch.equal(a.isnan(), b_.isnan()) and torch.equal(a.nan_to_num(), b_.nan_to_num())
