@@ -45,6 +45,9 @@ for isa in reversed(isas[: isas.index(fastconv._C.best_cpu_isa()) + 1]):
         for algo in ("winograd_2x2", "winograd_4x4"):   # the last shape: grad_weight over several chunks
             x = torch.randn(xs, requires_grad=True); w = torch.randn(k, xs[1], 3, 3, requires_grad=True); bb = torch.randn(k, requires_grad=True)
             F.conv2d(x, w, bb, 1, p_, algorithm=algo).sum().backward(); n += 1
+            before = fastconv._C.winograd_set_fused_min_bytes(0)   # the fused pass, forced on these small U
+            F.conv2d(x, w, bb, 1, p_, algorithm=algo).sum().backward(); n += 1
+            fastconv._C.winograd_set_fused_min_bytes(before)
             xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)   # through NCHW copies
             F.conv2d(xc, w, bb, 1, p_, algorithm=algo).sum().backward(); n += 1
             with torch.no_grad():
