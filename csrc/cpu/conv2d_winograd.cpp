@@ -228,10 +228,10 @@ bool run_fused(int m, const T* x, const T* w, int64_t s_out, int64_t s_in, int64
 // stream it from the L3 or memory (the rule's measurements: README).
 bool fused_applies(int m, const WinogradProblem& p, int64_t elem) {
   const int64_t E = (m + 2) * (m + 2);
-  const TileChunks chunks(m, p, E * (p.in_ch + p.out_ch) * elem);
   const int64_t set = fused_min_bytes.load(), least = set >= 0 ? set : 4 * l2_cache_bytes();
-  return E * p.in_ch * p.out_ch * elem > least && chunks.rows > 0 && chunks.tiles_w > 0 &&
-         chunks.rows_per_chunk >= chunks.rows;
+  if (E * p.in_ch * p.out_ch * elem <= least) return false;   // before the chunking: most calls stop here
+  const TileChunks chunks(m, p, E * (p.in_ch + p.out_ch) * elem);
+  return chunks.rows > 0 && chunks.tiles_w > 0 && chunks.rows_per_chunk >= chunks.rows;
 }
 
 // The weight gradient (Winograd's own form, Lavin & Gray's adjoint): per chunk, V = B^T d B of the
