@@ -105,17 +105,20 @@ def test_im2col_packed_filters_hit_and_see_writes(dtype):
     torch.manual_seed(0)
     x = torch.randn(2, 16, 6, 6).to(dtype)
     w = (torch.randn(24, 16, 3, 3) * 0.1).to(dtype)
+    # Without a bfloat16 GEMM (AVX2-only CPUs) bfloat16 runs the float32 kernels on the weight widened
+    # once: the cache holds that widened weight and the filters packed from it, two entries a weight.
+    per_weight = 1 if dtype == torch.float32 or fastconv.build_info()["cpu_isa"] in ("avx512_bf16", "amx") else 2
     with torch.no_grad():
         for _ in range(3):
             ours = F.conv2d(x, w, None, 1, 1, algorithm="im2col")
         stats = fastconv._C.weight_cache_stats()
-        assert (stats["entries"], stats["misses"], stats["hits"]) == (1, 1, 2), stats
+        assert (stats["entries"], stats["misses"], stats["hits"]) == (per_weight, per_weight, 2 * per_weight), stats
         w.data.view(-1)[0] += 1.0
         ours = F.conv2d(x, w, None, 1, 1, algorithm="im2col")
         ref = TF.conv2d(x.double(), w.double(), None, 1, 1)
         tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
         torch.testing.assert_close(ours.double(), ref, rtol=tol, atol=tol)
-        assert fastconv._C.weight_cache_stats()["misses"] == 2
+        assert fastconv._C.weight_cache_stats()["misses"] == 2 * per_weight
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

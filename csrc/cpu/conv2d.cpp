@@ -461,6 +461,19 @@ void forward_impl(const T* x, const T* w, const T* wpacked, int64_t bundle, cons
 
 at::Tensor conv2d_half(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& b, const Conv2dShape& s);
 
+namespace {
+
+// A half-precision weight widened to float32 for the float32 kernels: for a frozen weight from the
+// WeightCache (the same tensor every call while the weight's bytes stay, so that the filters packed
+// for it are found again: keyed on a fresh copy, they missed on every call and churned the cache on
+// CPUs without a bfloat16 GEMM), else a fresh copy.
+at::Tensor widened_weight(const at::Tensor& weight) {
+  if (!WeightCache::cacheable(weight)) return half_as_float(weight);
+  return WeightCache::instance().get(weight, WeightCache::cast_to(at::kFloat), [&] { return weight.to(at::kFloat); });
+}
+
+}  // namespace
+
 // The forward pass of a checked call: `s` as check_conv2d made it (its algorithm resolved once, so that
 // half precision's float32 inside runs the algorithm the caller's tensors chose), `b` the bias made
 // contiguous (or undefined).
@@ -537,7 +550,7 @@ at::Tensor conv2d_half(const at::Tensor& input, const at::Tensor& weight, const 
                                b.defined() ? b.data_ptr<BF>() : nullptr, out.data_ptr<BF>(), s, bundle);
     return in_format(out, s.format);
   }
-  return conv2d_forward(half_as_float(input), half_as_float(weight), half_as_float(b), s32).to(input.scalar_type());
+  return conv2d_forward(half_as_float(input), widened_weight(weight), half_as_float(b), s32).to(input.scalar_type());
 }
 
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -889,8 +902,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_half(const at::Te
     }
     dx = in_format(dx, s.format);
   }
-  auto [dx32, dw32, db32] = conv2d_backward(half_as_float(grad_output), half_as_float(input), half_as_float(weight),
-                                            s32, {output_mask[0] && m == 0, output_mask[1], output_mask[2]});
+  const bool dx_here = output_mask[0] && m == 0;   // the only gradient below that reads the weight
+  auto [dx32, dw32, db32] = conv2d_backward(half_as_float(grad_output), half_as_float(input),
+                                            dx_here ? widened_weight(weight) : half_as_float(weight), s32,
+                                            {dx_here, output_mask[1], output_mask[2]});
   const auto dt = input.scalar_type();
   return {m != 0 ? dx : dx32.to(dt), dw32.to(dt), db32.to(dt)};
 }
