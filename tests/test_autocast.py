@@ -238,7 +238,13 @@ def test_rnns_under_autocast_as_torch():
     x = torch.randn(5, 3, 8)
     ref_b = copy.deepcopy(theirs).bfloat16().double()   # the reference: bfloat16-rounded weights and input
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        o, t = ours(x), theirs(x)
+        o = ours(x)
+        try:
+            t = theirs(x)
+        except RuntimeError as e:   # AVX2-only CPUs: torch's oneDNN LSTM has no bfloat16 primitive there
+            if "primitive descriptor" not in str(e):
+                raise
+            t = None
         for ours_gru, theirs_gru in ((fastconv.nn.GRU(8, 16), torch.nn.GRU(8, 16)),):
             assert ours_gru(x)[0].dtype == theirs_gru(x)[0].dtype == torch.float32
         for ours_c, theirs_c in ((fastconv.nn.LSTMCell(8, 16), torch.nn.LSTMCell(8, 16)),
@@ -246,6 +252,10 @@ def test_rnns_under_autocast_as_torch():
             oc, tc = ours_c(x[0]), theirs_c(x[0])
             assert (oc[0] if isinstance(oc, tuple) else oc).dtype == (tc[0] if isinstance(tc, tuple) else tc).dtype
     r = ref_b(x.bfloat16().double())
+    if t is None:   # what torch's policy gives: bfloat16-rounded weights and input, results rounded to bfloat16
+        with torch.no_grad():
+            out, (h, c) = copy.deepcopy(theirs).bfloat16().float()(x.bfloat16().float())
+        t = (out.bfloat16(), (h.bfloat16(), c.bfloat16()))
     for a, b, c in zip((o[0], *o[1]), (t[0], *t[1]), (r[0], *r[1])):
         check_rule(a, b, c, "LSTM under autocast")
 

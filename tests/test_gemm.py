@@ -214,7 +214,8 @@ _SMALL_CACHES_SCRIPT = r"""
 import torch, torch.nn.functional as TF, fastconv, fastconv.functional as F
 from fastconv.ops import gemm
 info = fastconv.build_info()["gemm_blocking"]
-assert (info["kc"], info["mc"], info["nc"]) == (64, 64, 384), info
+mr, nr = info["mr"], info["nr"]   # gemm_blocking_rule on these caches (AVX-512's 8 x 32 tile: 64 x 64 x 384)
+assert (info["kc"], info["mc"], info["nc"]) == (64, 64 // mr * mr, 409 // nr * nr), info
 g = torch.Generator().manual_seed(0)
 for dtype in (torch.float32, torch.float64):
     for ta, tb in ((False, False), (True, True)):
@@ -236,8 +237,9 @@ print("ok")
 
 
 def test_small_cache_blocking_runs_every_block_edge():
-    """With caches small enough (FASTCONV_CPU_CACHES) that the blocking is 64 x 64 x 384, a 300 x 700 x
-    1000 GEMM crosses every K, row and column block with partial ones at each edge, and the convolutions
+    """With caches small enough (FASTCONV_CPU_CACHES) that the blocking is 64 x 64 x 384 (AVX2's tile:
+    64 x 60 x 400), a 300 x 700 x 1000 GEMM crosses every K, row and column block with partial ones at
+    each edge, and the convolutions
     run their prepacked K blocks at 64: the loop nest is right for blockings other than this CPU's."""
     import os
     import subprocess
