@@ -252,7 +252,7 @@ def test_rnns_under_autocast_as_torch():
             oc, tc = ours_c(x[0]), theirs_c(x[0])
             assert (oc[0] if isinstance(oc, tuple) else oc).dtype == (tc[0] if isinstance(tc, tuple) else tc).dtype
     r = ref_b(x.bfloat16().double())
-    if t is None:   # what torch's policy gives: bfloat16-rounded weights and input, results rounded to bfloat16
+    if t is None:   # torch's policy: bfloat16-rounded weights and input, results rounded to bfloat16
         with torch.no_grad():
             out, (h, c) = copy.deepcopy(theirs).bfloat16().float()(x.bfloat16().float())
         t = (out.bfloat16(), (h.bfloat16(), c.bfloat16()))

@@ -108,8 +108,10 @@ def test_channels_last_through_nchw_copies(dtype):
     # The algorithms that run in NCHW copy a channels-last call's input and grad_output to NCHW and their
     # results back: Winograd and direct on 35 channels of 63 positions, a 7x7 stem-like layer of 3
     # channels (too few for the NHWC kernels), and a layer of one position; values and strides as torch's.
-    cases = [((2, 35, 9, 7), (33, 35, 3, 3), 1, 1, "winograd_4x4"), ((2, 35, 9, 7), (33, 35, 3, 3), 2, 1, "direct"),
-             ((2, 3, 19, 17), (40, 3, 7, 7), 2, 3, "auto"), ((3, 40, 1, 1), (37, 40, 1, 1), 1, 0, "direct")]
+    cases = [((2, 35, 9, 7), (33, 35, 3, 3), 1, 1, "winograd_4x4"),
+             ((2, 35, 9, 7), (33, 35, 3, 3), 2, 1, "direct"),
+             ((2, 3, 19, 17), (40, 3, 7, 7), 2, 3, "auto"),
+             ((3, 40, 1, 1), (37, 40, 1, 1), 1, 0, "direct")]
     for x_shape, w_shape, stride, padding, algorithm in cases:
         ours, ref = run_both(x_shape, w_shape, stride, padding, 1, 1, dtype=dtype, device="cpu",
                              mf=torch.channels_last, algorithm=algorithm)

@@ -239,8 +239,8 @@ print("ok")
 def test_small_cache_blocking_runs_every_block_edge():
     """With caches small enough (FASTCONV_CPU_CACHES) that the blocking is 64 x 64 x 384 (AVX2's tile:
     64 x 60 x 400), a 300 x 700 x 1000 GEMM crosses every K, row and column block with partial ones at
-    each edge, and the convolutions
-    run their prepacked K blocks at 64: the loop nest is right for blockings other than this CPU's."""
+    each edge, and the convolutions run their prepacked K blocks at 64: the loop nest is right for
+    blockings other than this CPU's."""
     import os
     import subprocess
     import sys

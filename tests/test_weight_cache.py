@@ -107,12 +107,14 @@ def test_im2col_packed_filters_hit_and_see_writes(dtype):
     w = (torch.randn(24, 16, 3, 3) * 0.1).to(dtype)
     # Without a bfloat16 GEMM (AVX2-only CPUs) bfloat16 runs the float32 kernels on the weight widened
     # once: the cache holds that widened weight and the filters packed from it, two entries a weight.
-    per_weight = 1 if dtype == torch.float32 or fastconv.build_info()["cpu_isa"] in ("avx512_bf16", "amx") else 2
+    bf16_gemm = fastconv.build_info()["cpu_isa"] in ("avx512_bf16", "amx")
+    per_weight = 1 if dtype == torch.float32 or bf16_gemm else 2
     with torch.no_grad():
         for _ in range(3):
             ours = F.conv2d(x, w, None, 1, 1, algorithm="im2col")
         stats = fastconv._C.weight_cache_stats()
-        assert (stats["entries"], stats["misses"], stats["hits"]) == (per_weight, per_weight, 2 * per_weight), stats
+        counts = (stats["entries"], stats["misses"], stats["hits"])
+        assert counts == (per_weight, per_weight, 2 * per_weight), stats
         w.data.view(-1)[0] += 1.0
         ours = F.conv2d(x, w, None, 1, 1, algorithm="im2col")
         ref = TF.conv2d(x.double(), w.double(), None, 1, 1)
