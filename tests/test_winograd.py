@@ -278,7 +278,7 @@ def test_auto_chooses_per_pass():
 @pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])
 def test_grad_weight_over_several_chunks(device, algorithm):
     # 4 x 64 x 60 x 60: the tile rows split into 2 (F(4x4)) or 4 (F(2x2)) chunks of the 8 MiB buffers,
-    # whose products are summed into the same dU; channels-last input goes through NCHW copies.
+    # whose products are summed into the same dU; channels-last input through its own pass.
     for mf in (torch.contiguous_format, torch.channels_last):
         _compare((4, 64, 60, 60), 64, 1, algorithm, dtype=torch.float32, device=device, mf=mf, seed=3)
 
@@ -379,3 +379,43 @@ def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
     for a, b_ in zip(got, want):
         assert a.isnan().any() and torch.equal(a.isnan(), b_.isnan())
         assert torch.equal(a.nan_to_num(), b_.nan_to_num())
+
+
+@pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])
+def test_channels_last_pass_gives_the_bits_of_nchw(cpu_isa, algorithm):
+    # Channels-last tensors of 16+ channels run their own pass (conv2d_winograd.cpp: run_nhwc,
+    # run_grad_weight_nhwc): transforms vectorised along the channels, U^T packed as the GEMMs' B, no
+    # NCHW copies. Its sums are the NCHW pass's (the same K blocks in the same order), so the same bits:
+    # forward, grad_input, grad_weight and grad_bias, float32 and float64, per ISA; weights
+    # channels-last (read along the channels) and contiguous, requiring grad (transformed every call)
+    # or not (cached); channel counts that fill no vector, micro-panel or K block evenly, 1x1 to 9x10
+    # images, padding 0..2. The gradients come in torch's layouts, and no aten copy runs.
+    g = torch.Generator().manual_seed(13)
+    cl = torch.channels_last
+    for dtype in (torch.float32, torch.float64):
+        for (n, c, k, h, wd, p) in [(2, 16, 17, 9, 10, 1), (1, 70, 33, 5, 6, 2), (3, 33, 16, 6, 7, 0),
+                                    (2, 24, 40, 1, 1, 1)]:
+            x0 = torch.randn(n, c, h, wd, generator=g, dtype=dtype)
+            w0 = torch.randn(k, c, 3, 3, generator=g, dtype=dtype)
+            b0 = torch.randn(k, generator=g, dtype=dtype)
+            go0 = torch.randn(n, k, h + 2 * p - 2, wd + 2 * p - 2, generator=g, dtype=dtype)
+            for w_cl, requires_grad in itertools.product((False, True), (False, True)):
+                w = (w0.contiguous(memory_format=cl) if w_cl else w0.clone()).requires_grad_(requires_grad)
+                got = {}
+                for mf in (torch.contiguous_format, cl):
+                    x, go = x0.contiguous(memory_format=mf), go0.contiguous(memory_format=mf)
+                    with torch.no_grad(), torch.profiler.profile() as prof:
+                        y = torch.ops.fastconv.conv2d(x, w, b0, [1, 1], [p, p], [1, 1], 1, algorithm)
+                        grads = torch.ops.fastconv.conv2d_backward(go, x, w, [1, 1], [p, p], [1, 1], 1, algorithm,
+                                                                   [True, True, True])
+                    got[mf] = (y, *grads)
+                    if mf == cl:
+                        copies = [e.name for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
+                        assert not copies, (n, c, k, h, wd, p, copies)
+                        ref = torch.ops.aten.convolution_backward(go, x, w, [k], [1, 1], [p, p], [1, 1], False,
+                                                                  [0, 0], 1, [True, True, True])
+                        assert [t.stride() for t in got[cl][1:3]] == [t.stride() for t in ref[:2]]
+                for name, a, b in zip(("output", "grad_input", "grad_weight", "grad_bias"), got[cl],
+                                      got[torch.contiguous_format]):
+                    assert torch.equal(a, b), (name, dtype, n, c, k, h, wd, p, w_cl, requires_grad)
+            _close(got[cl][0], TF.conv2d(x0, w0, b0, 1, p))   # and both are torch's convolution

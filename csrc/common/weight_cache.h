@@ -59,6 +59,8 @@ class WeightCache {
 
   // Variants: what an entry holds for its weight (every one a distinct number).
   static int64_t winograd(int m, bool transposed) { return m * 2 + (transposed ? 1 : 0); }   // 4, 5, 8, 9
+  // The channels-last Winograd passes' U^T in packed-B form (cpu/conv2d_winograd.cpp): 20, 21, 24, 25.
+  static int64_t winograd_nhwc(int m, bool transposed) { return 16 + winograd(m, transposed); }
   // im2col's packed filters (cpu/conv2d.cpp), for the forward pass or (transposed) grad_input. The
   // layout depends on the group count as well as the weight's shape (an 8 x 2 x 3 x 3 weight is one
   // 8-row group at groups=1, two 4-row groups at groups=2), so the count is part of the variant.

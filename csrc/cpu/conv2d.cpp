@@ -14,7 +14,8 @@
 // Work is parallel over (image or bundle, group) items when there are enough of them, else over
 // chunks of positions (and output channels) of each item, or inside the GEMM.
 // Channels-last tensors with 16+ channels per group run im2col (and im2col's grad_weight) in
-// NHWC without copies (conv2d_nhwc.cpp); the rest through NCHW copies. algorithm="direct" runs conv2d_direct.cpp's
+// NHWC without copies (conv2d_nhwc.cpp), and Winograd too (conv2d_winograd.cpp's channels-last
+// passes); the rest through NCHW copies. algorithm="direct" runs conv2d_direct.cpp's
 // kernels for the forward pass and grad_input instead, the Winograd algorithms (and "auto" where it
 // picks them) conv2d_winograd.cpp's, grad_weight included (grad_weight_algorithm in conv2d_args.h);
 // grad_bias is always the one here.
@@ -490,9 +491,16 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
     });
     return out;
   }
-  const at::Tensor x = input.contiguous();
   const int m = winograd_tile(s.algorithm);   // the cache keys on the caller's weight tensor
-  if (m != 0 && all_finite(x) && conv2d_winograd_forward(x, weight, b, out, s, m)) return in_format(out, s.format);
+  const bool nhwc_winograd = m != 0 && conv2d_nhwc_applies(input, s);
+  if (nhwc_winograd) {   // channels-last in place
+    at::Tensor y = at::empty(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
+    if (all_finite(input) && conv2d_winograd_forward(input, weight, b, y, s, m)) return y;
+  }
+  const at::Tensor x = input.contiguous();
+  if (m != 0 && !nhwc_winograd && all_finite(x) && conv2d_winograd_forward(x, weight, b, out, s, m)) {
+    return in_format(out, s.format);
+  }
   // Below: im2col for a Winograd algorithm that declined (a NaN or an infinity in x or the weight).
   const at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
@@ -784,20 +792,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask);
 
-// The backward pass of a channels-last call on channels-last input (conv2d_nhwc.h): grad_weight (and
-// grad_input for im2col) in NHWC without copies; the other algorithms' grad_input, and Winograd's
-// grad_weight, through NCHW.
+// The backward pass of a channels-last call on channels-last input (conv2d_nhwc.h, conv2d_winograd.h):
+// grad_weight, and im2col's and Winograd's grad_input, in NHWC without copies; direct's grad_input
+// (and Winograd's where it declines: non-finite values) through NCHW.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Tensor& grad_output,
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask) {
   constexpr auto cl = at::MemoryFormat::ChannelsLast;
   const at::Tensor dy = grad_output.contiguous(cl);
+  std::optional<bool> dy_finite;   // scanned once, for whichever Winograd pass asks first
+  const auto finite_dy = [&] { return dy_finite.has_value() ? *dy_finite : *(dy_finite = all_finite(dy)); };
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
              db = at::empty({0}, input.options());
-  const bool winograd_dw = output_mask[1] && winograd_tile(grad_weight_choice(s, input.scalar_type())) != 0;
-  if ((output_mask[0] && s.algorithm != Conv2dAlgorithm::im2col) || winograd_dw) {   // through NCHW copies
-    std::tie(dx, dw, std::ignore) = conv2d_backward_nchw(
-        dy, input, weight, s, {output_mask[0] && s.algorithm != Conv2dAlgorithm::im2col, winograd_dw, false});
+  bool dx_done = !output_mask[0] || s.algorithm == Conv2dAlgorithm::im2col;   // im2col's below
+  if (!dx_done && winograd_tile(s.algorithm) != 0) {
+    dx = at::empty(input.sizes(), input.options().memory_format(cl));
+    dx_done = dx.numel() == 0 ||
+              (finite_dy() && conv2d_winograd_grad_input(dy, weight, dx, s, winograd_tile(s.algorithm)));
+  }
+  if (!dx_done) std::tie(dx, std::ignore, std::ignore) = conv2d_backward_nchw(dy, input, weight, s, {true, false, false});
+  const int dw_m = output_mask[1] ? winograd_tile(grad_weight_choice(s, input.scalar_type())) : 0;
+  const bool winograd_dw = dw_m != 0 && finite_dy() && all_finite(input);   // else im2col's below
+  if (winograd_dw) {
+    dw = at::empty(weight.sizes(), weight.options().memory_format(cl));
+    conv2d_winograd_grad_weight(input, dy, dw, s, dw_m);
   }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
     if (output_mask[0] && s.algorithm == Conv2dAlgorithm::im2col) {

@@ -15,6 +15,8 @@
 // Filters transformed for one call only (a trained weight) whose U is larger than 4 L2s run fused
 // instead (run_fused): per block of output channels, U's panels are made, multiplied and dropped in
 // the cache, so U is never written to memory and read back.
+// Channels-last tensors run the same steps with a tile's channels contiguous (run_nhwc, and
+// run_grad_weight with nhwc): the transforms vectorised along the channels, the GEMMs M[e]^T = V[e]^T U[e]^T.
 #include "cpu/conv2d_winograd.h"
 
 #include <ATen/Dispatch.h>
@@ -77,6 +79,7 @@ struct TileChunks {
   int64_t tiles_h, tiles_w, rows, rows_per_chunk;
   std::vector<WinogradTile> tiles;         // output tiles of the chunk
   std::vector<int64_t> row_image, row_ih0;   // each tile row's image and top input row
+  std::vector<WinogradTileNhwc> nhwc;        // the chunk's tiles for the channels-last passes
   TileChunks(int m_, const WinogradProblem& p, int64_t per_tile) : m(m_) {
     tiles_h = (p.out_h + m - 1) / m;
     tiles_w = (p.out_w + m - 1) / m;
@@ -99,6 +102,17 @@ struct TileChunks {
     for (int64_t rr = 0; rr < nrows; ++rr) {
       row_image[rr] = (r0 + rr) / tiles_h;
       row_ih0[rr] = (r0 + rr) % tiles_h * m - p.ph;
+    }
+    return tc;
+  }
+  // Sets up the chunk of rows [r0, r0 + rows_per_chunk) for a channels-last pass (nhwc) and returns
+  // its tile count.
+  int64_t at_nhwc(int64_t r0, const WinogradProblem& p) {
+    const int64_t tc = std::min(rows_per_chunk, rows - r0) * tiles_w;
+    nhwc.resize(rows_per_chunk * tiles_w);
+    for (int64_t t = 0; t < tc; ++t) {
+      const int64_t row = r0 + t / tiles_w;
+      nhwc[t] = WinogradTileNhwc{row / tiles_h, row % tiles_h * m - p.ph, t % tiles_w * m - p.pw};
     }
     return tc;
   }
@@ -147,6 +161,45 @@ void run(int m, const T* x, const T* u, const T* bias, T* out, const WinogradPro
         kern.output[which](mt + k * tc, p.out_ch * tc, chunks.tiles.data(), tc, p.ph, p.pw, out + k * out_plane,
                            p.out_h, p.out_w, bias != nullptr ? bias[k] : T(0));
       }
+    });
+  }
+}
+
+// The channels-last pass: the same three steps with a tile's channels contiguous (V[e][t][c],
+// M[e][t][k]), so that the transforms read and write NHWC pixels a vector of channels at a time, in
+// parallel over tiles, and the GEMMs are M[e] (T x K) = V[e] (T x C) . U[e]^T, U[e]^T prepacked as the
+// GEMM's B (transform_filters with as_b). Per chunk the sums are those of run(): the same K blocks in
+// the same order.
+template <typename T>
+void run_nhwc(int m, const T* x, const T* u, int64_t u_stride, const T* bias, T* out, const WinogradProblem& p) {
+  const auto& kern = kernels_for<T>();
+  const int which = m == 4 ? 1 : 0;
+  const int64_t E = (m + 2) * (m + 2), C = p.in_ch, K = p.out_ch;
+  TileChunks chunks(m, p, E * (C + K) * static_cast<int64_t>(sizeof(T)));
+  const int64_t cap = chunks.rows_per_chunk * chunks.tiles_w;
+  T* v = scratch<T>(Scratch::winograd_v, E * C * cap);
+  T* mt = scratch<T>(Scratch::winograd_m, E * K * cap);
+  for (int64_t r0 = 0; r0 < chunks.rows; r0 += chunks.rows_per_chunk) {
+    const int64_t tc = chunks.at_nhwc(r0, p);
+    const WinogradTileNhwc* tiles = chunks.nhwc.data();
+    at::parallel_for(0, tc, 1, [&](int64_t b, int64_t e) {
+      kern.input_nhwc[which](x, p.in_h, p.in_w, C, tiles, b, e, v, C * tc);
+    });
+    at::parallel_for(0, E, 1, [&](int64_t b, int64_t e_end) {
+      for (int64_t e = b; e < e_end; ++e) {
+        GemmArgs<T> g;
+        g.m = tc; g.n = K; g.k = C;
+        g.alpha = T(1); g.beta = T(0);
+        g.a = v + e * C * tc; g.rs_a = C; g.cs_a = 1;
+        g.b = nullptr; g.rs_b = K; g.cs_b = 1;
+        g.b_packed = u + e * u_stride;
+        g.k_block = kKBlock;
+        g.c = mt + e * K * tc; g.rs_c = K; g.cs_c = 1;
+        gemm(g);
+      }
+    });
+    at::parallel_for(0, tc, 1, [&](int64_t b, int64_t e) {
+      kern.output_nhwc[which](mt, K * tc, tiles, b, e, K, p.ph, p.pw, out, p.out_h, p.out_w, bias);
     });
   }
 }
@@ -237,9 +290,11 @@ bool fused_applies(int m, const WinogradProblem& p, int64_t elem) {
 // The weight gradient (Winograd's own form, Lavin & Gray's adjoint): per chunk, V = B^T d B of the
 // input tiles (as the forward pass) and dM = A dY A^T of grad_output's, then alpha^2 GEMMs
 // dU[e] (K x C) += dM[e] (K x tiles) . V[e]^T, parallel over e; at the end dw = G^T dU G per filter.
-// F(4x4) does 36 multiplies per 16 outputs of each (k, c) pair where im2col does 144.
+// F(4x4) does 36 multiplies per 16 outputs of each (k, c) pair where im2col does 144. Channels-last
+// x and dy (nhwc): V[e][t][c] and dM[e][t][k] by the NHWC transforms, parallel over tiles.
 template <typename T>
-void run_grad_weight(int m, const T* x, const T* dy, T* dw, at::IntArrayRef dw_strides, const WinogradProblem& p) {
+void run_grad_weight(int m, const T* x, const T* dy, T* dw, at::IntArrayRef dw_strides, const WinogradProblem& p,
+                     bool nhwc) {
   const auto& kern = kernels_for<T>();
   const int which = m == 4 ? 1 : 0;
   const int64_t E = (m + 2) * (m + 2), K = p.out_ch, C = p.in_ch;
@@ -253,22 +308,32 @@ void run_grad_weight(int m, const T* x, const T* dy, T* dw, at::IntArrayRef dw_s
   T* dm = scratch<T>(Scratch::winograd_m, E * K * cap);
   T* du = scratch<T>(Scratch::winograd_u, E * K * C);
   for (int64_t r0 = 0; r0 < chunks.rows; r0 += chunks.rows_per_chunk) {
-    const int64_t tc = chunks.at(r0, p);
-    chunks.input_transform(kern, x, p, tc, v);
-    at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
-      for (int64_t k = b; k < e; ++k) {
-        kern.output_adjoint[which](dy + k * out_plane, p.out_h, p.out_w, chunks.tiles.data(), tc, p.ph, p.pw,
-                                   dm + k * tc, K * tc);
-      }
-    });
+    const int64_t tc = nhwc ? chunks.at_nhwc(r0, p) : chunks.at(r0, p);
+    if (nhwc) {
+      const WinogradTileNhwc* tiles = chunks.nhwc.data();
+      at::parallel_for(0, tc, 1, [&](int64_t b, int64_t e) {
+        kern.input_nhwc[which](x, p.in_h, p.in_w, C, tiles, b, e, v, C * tc);
+        kern.output_adjoint_nhwc[which](dy, p.out_h, p.out_w, K, tiles, b, e, p.ph, p.pw, dm, K * tc);
+      });
+    } else {
+      chunks.input_transform(kern, x, p, tc, v);
+      at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
+        for (int64_t k = b; k < e; ++k) {
+          kern.output_adjoint[which](dy + k * out_plane, p.out_h, p.out_w, chunks.tiles.data(), tc, p.ph, p.pw,
+                                     dm + k * tc, K * tc);
+        }
+      });
+    }
+    // element (k, t) of dM[e] and (t, c) of V[e]: at [k][t] and [c][t], or [t][k] and [t][c] (nhwc)
+    const int64_t dm_k = nhwc ? 1 : tc, dm_t = nhwc ? K : 1, v_t = nhwc ? C : 1, v_c = nhwc ? 1 : tc;
     at::parallel_for(0, E, 1, [&](int64_t b, int64_t e_end) {
       for (int64_t e = b; e < e_end; ++e) {
         GemmArgs<T> g;
         g.m = K; g.n = C; g.k = tc;
         g.alpha = T(1); g.beta = r0 == 0 ? T(0) : T(1);
         g.k_block = kKBlock;
-        g.a = dm + e * K * tc; g.rs_a = tc; g.cs_a = 1;
-        g.b = v + e * C * tc; g.rs_b = 1; g.cs_b = tc;   // V[e]^T
+        g.a = dm + e * K * tc; g.rs_a = dm_k; g.cs_a = dm_t;
+        g.b = v + e * C * tc; g.rs_b = v_t; g.cs_b = v_c;   // V[e]^T
         g.c = du + e * K * C; g.rs_c = C; g.cs_c = 1;
         gemm(g);
       }
@@ -282,6 +347,14 @@ void run_grad_weight(int m, const T* x, const T* dy, T* dw, at::IntArrayRef dw_s
   });
 }
 
+// Elements per transform position e of the channels-last passes' U[e]^T (cin x kout, packed B), each
+// e's panels 64-byte aligned as the GEMM engine's packed B must be.
+template <typename T>
+int64_t filters_b_stride(int64_t kout, int64_t cin) {
+  constexpr int64_t align = 64 / static_cast<int64_t>(sizeof(T));
+  return (gemm_packed_b_elems<T>(cin, kout) + align - 1) / align * align;
+}
+
 // U[e] (kout x cin) for the filters w viewed through the strides (see WinogradKernels::filter), each
 // in the GEMM engine's packed-A form, which the alpha^2 GEMMs then read without packing: K blocks of
 // kKBlock columns, each holding the micro-panels of mr rows, every panel written by the transform
@@ -291,15 +364,18 @@ void run_grad_weight(int m, const T* x, const T* dy, T* dw, at::IntArrayRef dw_s
 // took twice as long: ResNet-18's 512-channel layer, 6.2 ms a call on the EPYC, 2 threads.) Each
 // vector's 9 filter values come by gather instructions: reading them lane by lane into a buffer cost
 // 2.5x as much (512 channels, F(2x2), one thread on the Intel Xeon: 1.25 -> 0.5 ms; a ResNet-18
-// training step at batch 8, 112 px, 2 threads: 129 -> 123 ms). A weight
+// training step at batch 8, 112 px, 2 threads: 129 -> 123 ms). With as_b, U[e]^T (cin x kout) in the
+// packed-B form instead, for the channels-last passes: the same panels, nr columns wide in place of mr
+// rows tall, so the same kernel writes them. A weight
 // with a NaN or an infinity, seen by the transform as it reads it, gets an empty tensor (kept by the
 // cache like any other transform while the weight's bytes stay the same): the callers then decline.
 template <typename T>
 at::Tensor transform_filters(int m, const T* w, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j, int64_t kout,
-                             int64_t cin, bool keep) {
+                             int64_t cin, bool keep, bool as_b) {
   const auto& kern = kernels_for<T>();
-  const int64_t E = (m + 2) * (m + 2), packed = gemm_packed_a_elems(kout, cin);
-  const int64_t mr = gemm_tile<T>().mr, panels = (kout + mr - 1) / mr, m_pad = panels * mr;
+  const int64_t E = (m + 2) * (m + 2), mr = as_b ? gemm_tile<T>().nr : gemm_tile<T>().mr;
+  const int64_t packed = as_b ? filters_b_stride<T>(kout, cin) : gemm_packed_a_elems(kout, cin);
+  const int64_t panels = (kout + mr - 1) / mr, m_pad = panels * mr;
   TORCH_INTERNAL_ASSERT(mr <= kMaxPanelRows, "Winograd's filter panels hold at most ", kMaxPanelRows, " rows, not ", mr);
   const int64_t blocks = (cin + kKBlock - 1) / kKBlock;
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
@@ -328,6 +404,13 @@ at::Tensor transform_filters(int m, const T* w, int64_t s_out, int64_t s_in, int
 
 namespace {
 
+// Whether a pass reads `in` and writes `out` channels-last (run_nhwc): both dense in that layout, and not
+// both plain contiguous too (a tensor of one channel or one pixel is both; NCHW is then run()'s).
+bool channels_last_pass(const at::Tensor& in, const at::Tensor& out) {
+  constexpr auto cl = at::MemoryFormat::ChannelsLast;
+  return in.dim() == 4 && in.is_contiguous(cl) && out.is_contiguous(cl) && !(in.is_contiguous() && out.is_contiguous());
+}
+
 // Forward and grad_input are one pass: an input (x, or dy) through transformed 3x3 filters into an
 // output (y, or dx). The forward's filters are w[k][c][i][j]; grad_input's are w flipped and
 // transposed, g'[c][k][i][j] = w[k][c][2 - i][2 - j], read in place (start at w[0][0][2][2] and step
@@ -336,7 +419,11 @@ namespace {
 bool forward_pass(const at::Tensor& in_in, const at::Tensor& weight, const at::Tensor& bias_in, at::Tensor& out_in,
                   const WinogradProblem& p, int m, bool flipped, const char* op) {
   const at::Tensor in = half_as_float(in_in), bias = half_as_float(bias_in);
-  at::Tensor out = in.scalar_type() == out_in.scalar_type() ? out_in : at::empty(out_in.sizes(), in.options());
+  const bool nhwc = channels_last_pass(in, out_in);
+  at::Tensor out = in.scalar_type() == out_in.scalar_type()
+                       ? out_in
+                       : at::empty(out_in.sizes(), in.options().memory_format(nhwc ? at::MemoryFormat::ChannelsLast
+                                                                                  : at::MemoryFormat::Contiguous));
   bool done = false;
   const auto pass = [&](auto zero) {   // float or double: half precision is float32 here
     using scalar_t = decltype(zero);
@@ -350,6 +437,19 @@ bool forward_pass(const at::Tensor& in_in, const at::Tensor& weight, const at::T
       return use(w.data_ptr<scalar_t>() + 2 * s_i + 2 * s_j, w.stride(1), w.stride(0), -s_i, -s_j);
     };
     const bool cacheable = WeightCache::cacheable(weight);
+    if (nhwc) {   // U[e]^T packed as the GEMMs' B, cached apart from run()'s U[e]
+      const int64_t variant = WeightCache::for_isa(WeightCache::winograd_nhwc(m, flipped), int(active_isa()));
+      const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
+        return with_filters([&](const scalar_t* g, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j) {
+          return transform_filters<scalar_t>(m, g, s_out, s_in, s_i, s_j, p.out_ch, p.in_ch, cacheable, true);
+        });
+      });
+      if (u.numel() == 0) return;
+      run_nhwc<scalar_t>(m, in.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), u.size(1),
+                         bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), p);
+      done = true;
+      return;
+    }
     if (!cacheable && fused_applies(m, p, sizeof(scalar_t))) {
       done = with_filters([&](const scalar_t* g, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j) {
         return run_fused<scalar_t>(m, in.data_ptr<scalar_t>(), g, s_out, s_in, s_i, s_j,
@@ -360,7 +460,7 @@ bool forward_pass(const at::Tensor& in_in, const at::Tensor& weight, const at::T
     const int64_t variant = WeightCache::for_isa(WeightCache::winograd(m, flipped), int(active_isa()));
     const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
       return with_filters([&](const scalar_t* g, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j) {
-        return transform_filters<scalar_t>(m, g, s_out, s_in, s_i, s_j, p.out_ch, p.in_ch, cacheable);
+        return transform_filters<scalar_t>(m, g, s_out, s_in, s_i, s_j, p.out_ch, p.in_ch, cacheable, false);
       });
     });
     if (u.numel() == 0) return;
@@ -406,10 +506,12 @@ void conv2d_winograd_grad_weight(const at::Tensor& x_in, const at::Tensor& dy_in
   const auto& g = s.g;
   const at::Tensor x = half_as_float(x_in), dy = half_as_float(dy_in);
   at::Tensor dw = x.scalar_type() == dw_in.scalar_type() ? dw_in : at::empty_like(dw_in, x.options());
+  const bool nhwc = channels_last_pass(x, dy);
+  TORCH_INTERNAL_ASSERT(nhwc || (x.is_contiguous() && dy.is_contiguous()), "Winograd grad_weight: x and dy in one layout");
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_backward", [&] {
     const WinogradProblem p{s.batch, s.in_channels, s.out_channels, g.in_h, g.in_w, g.out_h, g.out_w, g.ph, g.pw};
     run_grad_weight<scalar_t>(m, x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(),
-                              dw.strides(), p);
+                              dw.strides(), p, nhwc);
   });
   if (!dw.is_same(dw_in)) dw_in.copy_(dw);   // rounded to nearest even
 }

@@ -8,6 +8,8 @@
 //   M[e][k][t]   the GEMMs' products, likewise
 //   U[e]         transformed filters (k x c), each in the GEMM engine's packed-A form
 //   dM[e][k][t]  the weight gradient's transformed grad_output tiles; dU[e][k][c] their products with V
+// Channels-last passes hold a tile's channels contiguously instead: V[e][t][c], M[e][t][k], dM[e][t][k],
+// and their transformed filters are U[e]^T (c x k) in the GEMM engine's packed-B form.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +21,13 @@ namespace fastconv::cpu {
 // iw0 + pw), i.e. at (th * m, tw * m).
 struct WinogradTile {
   int64_t image;
+  int64_t ih0, iw0;
+};
+
+// A tile of a channels-last pass: image n, top-left input pixel (ih0, iw0); its output tile starts at
+// (ih0 + ph, iw0 + pw).
+struct WinogradTileNhwc {
+  int64_t n;
   int64_t ih0, iw0;
 };
 
@@ -50,6 +59,16 @@ struct WinogradKernels {
   // gradient written in the weight's layout), dU[e] of channel c at du[e * e_stride + c].
   void (*filter_adjoint[2])(const T* du, int64_t e_stride, int64_t cin, T* dw, int64_t s_c, int64_t s_i,
                             int64_t s_j);
+  // Channels-last (NHWC) tensors, lanes along the channels (conv2d_winograd.inc):
+  // V[e][t][c] (v[e * e_stride + t * C + c]) for tiles t in [t0, t1) of the H x W x C input x;
+  void (*input_nhwc[2])(const T* x, int64_t H, int64_t W, int64_t C, const WinogradTileNhwc* tiles, int64_t t0,
+                        int64_t t1, T* v, int64_t e_stride);
+  // y = A^T M A + bias from M[e][t][k] into the OH x OW x K output, clipped (bias may be null);
+  void (*output_nhwc[2])(const T* mt, int64_t e_stride, const WinogradTileNhwc* tiles, int64_t t0, int64_t t1,
+                         int64_t K, int64_t ph, int64_t pw, T* y, int64_t OH, int64_t OW, const T* bias);
+  // dM[e][t][k] = A dY A^T of the OH x OW x K grad_output (zero outside it).
+  void (*output_adjoint_nhwc[2])(const T* dy, int64_t OH, int64_t OW, int64_t K, const WinogradTileNhwc* tiles,
+                                 int64_t t0, int64_t t1, int64_t ph, int64_t pw, T* dm, int64_t e_stride);
 };
 
 extern const WinogradKernels<float> winograd_kernels_f32_avx512, winograd_kernels_f32_avx2;
