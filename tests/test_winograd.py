@@ -323,8 +323,9 @@ def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
     # filter panels of each K block of 64 input channels, their GEMMs against the packed V, then the
     # output transform. Forced here on every eligible call (threshold 0) and against run()'s (threshold
     # out of reach): the same bits, forward and grad_input (the flipped, transposed filters), float32
-    # and float64, per ISA; output channels that fill no block or micro-panel evenly, input channels
-    # past one K block, padding 0..2, a bias; and both against torch.
+    # and float64, per ISA, NCHW and channels-last (its own pass: V packed as the GEMMs' A, the filter
+    # panels as B; a channels-last weight); output channels that fill no block or micro-panel evenly,
+    # input channels past one K block, padding 0..2, a bias; and both against torch.
     def calls(x, w, b, go, p):
         with torch.no_grad():
             y = torch.ops.fastconv.conv2d(x, w, b, [1, 1], [p, p], [1, 1], 1, algorithm)
@@ -336,28 +337,31 @@ def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
     for dtype in (torch.float32, torch.float64):
         for (n, c, k, h, wd, p) in [(3, 70, 19, 5, 6, 1), (1, 130, 1, 7, 7, 2), (2, 1, 33, 4, 9, 0),
                                     (5, 64, 64, 3, 3, 1)]:
-            x = torch.randn(n, c, h, wd, generator=g, dtype=dtype)
-            w = torch.randn(k, c, 3, 3, generator=g, dtype=dtype).requires_grad_(True)
+            x0 = torch.randn(n, c, h, wd, generator=g, dtype=dtype)
+            w0 = torch.randn(k, c, 3, 3, generator=g, dtype=dtype)
             b = torch.randn(k, generator=g, dtype=dtype)
-            go = torch.randn(n, k, h + 2 * p - 2, wd + 2 * p - 2, generator=g, dtype=dtype)
-            got = {}
-            for name, least in (("fused", 0), ("unfused", 1 << 62)):
-                before = fastconv._C.winograd_set_fused_min_bytes(least)
-                passes = fastconv._C.winograd_fused_passes()
-                try:
-                    got[name] = calls(x, w, b, go, p)
-                finally:
-                    fastconv._C.winograd_set_fused_min_bytes(before)
-                assert fastconv._C.winograd_fused_passes() - passes == (2 if name == "fused" else 0), name
-            for a, b_, what in zip(got["fused"], got["unfused"], ("output", "grad_input")):
-                assert torch.equal(a, b_), (what, dtype, n, c, k, h, wd, p)
-            ref = (TF.conv2d(x, w.detach(), b, padding=p),
-                   torch.ops.aten.convolution_backward(go, x, w.detach(), None, [1, 1], [p, p], [1, 1], False,
-                                                       [0, 0], 1, [True, False, False])[0])
-            for a, want in zip(got["fused"], ref):
-                big = 1 + want.abs().max().item()
-                tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-5 * big)
-                torch.testing.assert_close(a, want, **tol)
+            go0 = torch.randn(n, k, h + 2 * p - 2, wd + 2 * p - 2, generator=g, dtype=dtype)
+            for mf in (torch.contiguous_format, torch.channels_last):
+                x, go = x0.contiguous(memory_format=mf), go0.contiguous(memory_format=mf)
+                w = w0.contiguous(memory_format=mf).requires_grad_(True)
+                got = {}
+                for name, least in (("fused", 0), ("unfused", 1 << 62)):
+                    before = fastconv._C.winograd_set_fused_min_bytes(least)
+                    passes = fastconv._C.winograd_fused_passes()
+                    try:
+                        got[name] = calls(x, w, b, go, p)
+                    finally:
+                        fastconv._C.winograd_set_fused_min_bytes(before)
+                    assert fastconv._C.winograd_fused_passes() - passes == (2 if name == "fused" else 0), name
+                for a, b_, what in zip(got["fused"], got["unfused"], ("output", "grad_input")):
+                    assert torch.equal(a, b_), (what, dtype, n, c, k, h, wd, p, mf)
+                ref = (TF.conv2d(x, w.detach(), b, padding=p),
+                       torch.ops.aten.convolution_backward(go, x, w.detach(), None, [1, 1], [p, p], [1, 1], False,
+                                                           [0, 0], 1, [True, False, False])[0])
+                for a, want in zip(got["fused"], ref):
+                    big = 1 + want.abs().max().item()
+                    tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-5 * big)
+                    torch.testing.assert_close(a, want, **tol)
     # A NaN in the weight: the fused pass sees it as it transforms the filters and declines, as the
     # unfused one does, and the call runs im2col's (the same bits as asking for im2col)
     x = torch.randn(2, 70, 5, 5, generator=g)

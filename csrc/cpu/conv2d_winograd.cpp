@@ -199,7 +199,7 @@ void run_nhwc(int m, const T* x, const T* u, int64_t u_stride, const T* bias, T*
       }
     });
     at::parallel_for(0, tc, 1, [&](int64_t b, int64_t e) {
-      kern.output_nhwc[which](mt, K * tc, tiles, b, e, K, p.ph, p.pw, out, p.out_h, p.out_w, bias);
+      kern.output_nhwc[which](mt, K * tc, K, tiles, b, e, K, K, p.ph, p.pw, out, p.out_h, p.out_w, bias);
     });
   }
 }
@@ -220,52 +220,78 @@ std::atomic<int64_t> fused_passes{0};       // winograd_fused_passes
 // caller declines, as for a declined transform).
 template <typename T>
 bool run_fused(int m, const T* x, const T* w, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j, const T* bias,
-               T* out, const WinogradProblem& p) {
+               T* out, const WinogradProblem& p, bool nhwc) {
   const auto& kern = kernels_for<T>();
   const int which = m == 4 ? 1 : 0;
   const int64_t E = (m + 2) * (m + 2), K = p.out_ch, C = p.in_ch, out_plane = p.out_h * p.out_w;
   const int64_t elem = static_cast<int64_t>(sizeof(T));
   TileChunks chunks(m, p, E * (C + K) * elem);
-  const int64_t tc = chunks.at(0, p);
+  const int64_t tc = nhwc ? chunks.at_nhwc(0, p) : chunks.at(0, p);
   TORCH_INTERNAL_ASSERT(tc == chunks.rows * chunks.tiles_w, "run_fused: the tiles must make one chunk");
   ++fused_passes;
   T* v = scratch<T>(Scratch::winograd_v, E * C * tc);
-  chunks.input_transform(kern, x, p, tc, v);
-  // V[e] in the b_packed layout (K blocks of kKBlock rows), each 64-byte aligned
-  const int64_t n_pad = gemm_packed_b_elems<T>(1, tc), vp_stride = (n_pad * C + 15) / 16 * 16;
+  if (nhwc) {
+    at::parallel_for(0, tc, 1, [&](int64_t b, int64_t e) {
+      kern.input_nhwc[which](x, p.in_h, p.in_w, C, chunks.nhwc.data(), b, e, v, C * tc);
+    });
+  } else {
+    chunks.input_transform(kern, x, p, tc, v);
+  }
+  // V[e] packed (K blocks of kKBlock channels), each 64-byte aligned: the GEMMs' B (tc columns), or
+  // their A (tc rows) in the channels-last pass, where the filters are B
+  const GemmTile tile = gemm_tile<T>();
+  const int64_t pr = nhwc ? tile.nr : tile.mr, tr = nhwc ? tile.mr : tile.nr;   // filters' and tiles' panels
+  const int64_t t_pad = (tc + tr - 1) / tr * tr;
+  const int64_t vp_stride = (t_pad * C + 15) / 16 * 16;
   T* vp = scratch<T>(Scratch::winograd_vp, E * vp_stride);
   at::parallel_for(0, E, 1, [&](int64_t b, int64_t e_end) {
     for (int64_t e = b; e < e_end; ++e) {
       GemmArgs<T> g;
-      g.n = tc; g.k = C; g.k_block = kKBlock;
-      g.b = v + e * C * tc; g.rs_b = tc; g.cs_b = 1;
-      gemm_pack_b(g, vp + e * vp_stride);
+      g.k = C; g.k_block = kKBlock;
+      if (nhwc) {
+        g.m = tc; g.a = v + e * C * tc; g.rs_a = C; g.cs_a = 1;
+        gemm_pack_a(g, vp + e * vp_stride);
+      } else {
+        g.n = tc; g.b = v + e * C * tc; g.rs_b = tc; g.cs_b = 1;
+        gemm_pack_b(g, vp + e * vp_stride);
+      }
     }
   });
   // kb: a block's filter panels for one K block (E x kb x kKBlock) and its products M (E x kb x tc)
   // within half the L2, and at least 4 blocks per thread so that they share out evenly; a multiple of
-  // the micro-tile height.
-  const int64_t mr = gemm_tile<T>().mr, threads = at::get_num_threads();
+  // the filter panels' width.
+  const int64_t threads = at::get_num_threads();
   int64_t kb = std::min<int64_t>(l2_cache_bytes() / 2 / (E * elem * (kKBlock + tc)),
                                  (K + 4 * threads - 1) / (4 * threads));
-  kb = std::max(mr, kb / mr * mr);
+  kb = std::max(pr, kb / pr * pr);
   std::atomic<bool> finite{true};
   at::parallel_for(0, (K + kb - 1) / kb, 1, [&](int64_t b0, int64_t b1) {
     T* ub = scratch<T>(Scratch::winograd_u, E * kb * kKBlock);
     T* mb = scratch<T>(Scratch::winograd_m, E * kb * tc);
     for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t k0 = blk * kb, kn = std::min(kb, K - k0), m_pad = (kn + mr - 1) / mr * mr;
+      const int64_t k0 = blk * kb, kn = std::min(kb, K - k0), k_pad = (kn + pr - 1) / pr * pr;
       for (int64_t c0 = 0; c0 < C; c0 += kKBlock) {
         const int64_t kc = std::min(kKBlock, C - c0);
-        for (int64_t r0 = 0; r0 < kn; r0 += mr) {   // U[e]'s panels for these rows and channels
-          if (!kern.filter[which](w + (k0 + r0) * s_out + c0 * s_in, s_out, s_in, s_i, s_j, std::min(mr, kn - r0), mr,
-                                  kc, ub + r0 * kc, m_pad * kc)) {
+        for (int64_t r0 = 0; r0 < kn; r0 += pr) {   // U[e]'s (or U[e]^T's) panels for these filters and channels
+          if (!kern.filter[which](w + (k0 + r0) * s_out + c0 * s_in, s_out, s_in, s_i, s_j, std::min(pr, kn - r0), pr,
+                                  kc, ub + r0 * kc, k_pad * kc)) {
             finite = false;
           }
         }
-        for (int64_t e = 0; e < E; ++e) {   // M[e] (kn x tc) (+)= U[e] . V[e] over these channels
-          gemm_block(ub + e * m_pad * kc, vp + e * vp_stride + c0 * n_pad, kn, tc, kc, mb + e * kn * tc, tc, c0 > 0);
+        for (int64_t e = 0; e < E; ++e) {   // M[e] (+)= U[e] . V[e] over these channels, or M[e]^T = V[e]^T U[e]^T
+          const T* u_e = ub + e * k_pad * kc;
+          const T* v_e = vp + e * vp_stride + c0 * t_pad;
+          if (nhwc) {
+            gemm_block(v_e, u_e, tc, kn, kc, mb + e * tc * kn, kn, c0 > 0);
+          } else {
+            gemm_block(u_e, v_e, kn, tc, kc, mb + e * kn * tc, tc, c0 > 0);
+          }
         }
+      }
+      if (nhwc) {
+        kern.output_nhwc[which](mb, tc * kn, kn, chunks.nhwc.data(), 0, tc, K, kn, p.ph, p.pw, out + k0, p.out_h,
+                                p.out_w, bias != nullptr ? bias + k0 : nullptr);
+        continue;
       }
       for (int64_t k = 0; k < kn; ++k) {
         kern.output[which](mb + k * tc, kn * tc, chunks.tiles.data(), tc, p.ph, p.pw, out + (k0 + k) * out_plane,
@@ -437,6 +463,14 @@ bool forward_pass(const at::Tensor& in_in, const at::Tensor& weight, const at::T
       return use(w.data_ptr<scalar_t>() + 2 * s_i + 2 * s_j, w.stride(1), w.stride(0), -s_i, -s_j);
     };
     const bool cacheable = WeightCache::cacheable(weight);
+    if (!cacheable && fused_applies(m, p, sizeof(scalar_t))) {
+      done = with_filters([&](const scalar_t* g, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j) {
+        return run_fused<scalar_t>(m, in.data_ptr<scalar_t>(), g, s_out, s_in, s_i, s_j,
+                                   bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), p,
+                                   nhwc);
+      });
+      return;
+    }
     if (nhwc) {   // U[e]^T packed as the GEMMs' B, cached apart from run()'s U[e]
       const int64_t variant = WeightCache::for_isa(WeightCache::winograd_nhwc(m, flipped), int(active_isa()));
       const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
@@ -448,13 +482,6 @@ bool forward_pass(const at::Tensor& in_in, const at::Tensor& weight, const at::T
       run_nhwc<scalar_t>(m, in.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), u.size(1),
                          bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), p);
       done = true;
-      return;
-    }
-    if (!cacheable && fused_applies(m, p, sizeof(scalar_t))) {
-      done = with_filters([&](const scalar_t* g, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j) {
-        return run_fused<scalar_t>(m, in.data_ptr<scalar_t>(), g, s_out, s_in, s_i, s_j,
-                                   bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), p);
-      });
       return;
     }
     const int64_t variant = WeightCache::for_isa(WeightCache::winograd(m, flipped), int(active_isa()));

@@ -63,9 +63,11 @@ struct WinogradKernels {
   // V[e][t][c] (v[e * e_stride + t * C + c]) for tiles t in [t0, t1) of the H x W x C input x;
   void (*input_nhwc[2])(const T* x, int64_t H, int64_t W, int64_t C, const WinogradTileNhwc* tiles, int64_t t0,
                         int64_t t1, T* v, int64_t e_stride);
-  // y = A^T M A + bias from M[e][t][k] into the OH x OW x K output, clipped (bias may be null);
-  void (*output_nhwc[2])(const T* mt, int64_t e_stride, const WinogradTileNhwc* tiles, int64_t t0, int64_t t1,
-                         int64_t K, int64_t ph, int64_t pw, T* y, int64_t OH, int64_t OW, const T* bias);
+  // y = A^T M A + bias from M[e][t][k] (mt[e * e_stride + t * t_stride + k]) for a block of kn output
+  // channels into the OH x OW x K output (y, bias: the block's first channel), clipped (bias may be null);
+  void (*output_nhwc[2])(const T* mt, int64_t e_stride, int64_t t_stride, const WinogradTileNhwc* tiles, int64_t t0,
+                         int64_t t1, int64_t K, int64_t kn, int64_t ph, int64_t pw, T* y, int64_t OH, int64_t OW,
+                         const T* bias);
   // dM[e][t][k] = A dY A^T of the OH x OW x K grad_output (zero outside it).
   void (*output_adjoint_nhwc[2])(const T* dy, int64_t OH, int64_t OW, int64_t K, const WinogradTileNhwc* tiles,
                                  int64_t t0, int64_t t1, int64_t ph, int64_t pw, T* dm, int64_t e_stride);
