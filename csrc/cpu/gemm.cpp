@@ -96,10 +96,15 @@ void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, c
   // on 2 threads would leave one idle a ninth of the time). Inside a parallel region (a caller already
   // splits the work, as conv2d does over images) the GEMM runs on one thread, and taller row blocks
   // reuse each packed B panel across more micro-tiles.
+  // The blocks share out the micro-panels as evenly as whole panels allow (block b: panels
+  // [b P / blocks, (b + 1) P / blocks)): rounding one block height up to whole panels left the last
+  // block short and the threads unequal (SGEMM 1024^3 on 2 threads: 10 blocks of 108 rows but the last
+  // of 52, 540 rows against 484, the second thread spinning ~9% of the time at each K block's end).
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   const int64_t per_thread = std::max<int64_t>(2, (g.m + threads * kMC - 1) / (threads * kMC));
-  int64_t mc = (g.m + threads * per_thread - 1) / (threads * per_thread);
-  mc = std::max<int64_t>(mr, (mc + mr - 1) / mr * mr);
+  const int64_t m_panels = (g.m + mr - 1) / mr, blocks = std::max<int64_t>(1, std::min(threads * per_thread, m_panels));
+  const auto block_row = [&](int64_t b) { return std::min(g.m, b * m_panels / blocks * mr); };
+  const int64_t mc = (m_panels + blocks - 1) / blocks * mr;   // the tallest block
   const int64_t ncap = std::min<int64_t>(kNC, (g.n + nr - 1) / nr * nr);
   const int64_t m_pad = (g.m + mr - 1) / mr * mr;   // rows of a prepacked A
   const int64_t kKC = k_block_of(g);
@@ -123,11 +128,10 @@ void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, c
           }
         });
       }
-      const int64_t blocks = (g.m + mc - 1) / mc;
       at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
         TP* ap = a_packed != nullptr ? nullptr : scratch<TP>(Scratch::gemm_a, mc * kcp);
         for (int64_t blk = b0; blk < b1; ++blk) {
-          const int64_t i0 = blk * mc, m_here = std::min(mc, g.m - i0);
+          const int64_t i0 = block_row(blk), m_here = block_row(blk + 1) - i0;
           if (a_packed != nullptr) {   // K block k0 of all rows, then row i0's panel within it
             macro(a_packed + k0 * m_pad + i0 * kcp, bp, i0, m_here, j0, nc, kc, first);
           } else {
