@@ -355,8 +355,9 @@ def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
                     assert fastconv._C.winograd_fused_passes() - passes == (2 if name == "fused" else 0), name
                 for a, b_, what in zip(got["fused"], got["unfused"], ("output", "grad_input")):
                     assert torch.equal(a, b_), (what, dtype, n, c, k, h, wd, p, mf)
-                ref = (TF.conv2d(x, w.detach(), b, padding=p),
-                       torch.ops.aten.convolution_backward(go, x, w.detach(), None, [1, 1], [p, p], [1, 1], False,
+                wd_ = w.detach()
+                ref = (TF.conv2d(x, wd_, b, padding=p),
+                       torch.ops.aten.convolution_backward(go, x, wd_, None, [1, 1], [p, p], [1, 1], False,
                                                            [0, 0], 1, [True, False, False])[0])
                 for a, want in zip(got["fused"], ref):
                     big = 1 + want.abs().max().item()
@@ -387,8 +388,8 @@ def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
 
 @pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])
 def test_channels_last_pass_gives_the_bits_of_nchw(cpu_isa, algorithm):
-    # Channels-last tensors of 16+ channels run their own pass (conv2d_winograd.cpp: run_nhwc,
-    # run_grad_weight_nhwc): transforms vectorised along the channels, U^T packed as the GEMMs' B, no
+    # Channels-last tensors of 16+ channels run their own pass (conv2d_winograd.cpp: run_nhwc, and
+    # run_grad_weight with nhwc): transforms vectorised along the channels, U^T packed as the GEMMs' B, no
     # NCHW copies. Its sums are the NCHW pass's (the same K blocks in the same order), so the same bits:
     # forward, grad_input, grad_weight and grad_bias, float32 and float64, per ISA; weights
     # channels-last (read along the channels) and contiguous, requiring grad (transformed every call)
@@ -410,14 +411,14 @@ def test_channels_last_pass_gives_the_bits_of_nchw(cpu_isa, algorithm):
                     x, go = x0.contiguous(memory_format=mf), go0.contiguous(memory_format=mf)
                     with torch.no_grad(), torch.profiler.profile() as prof:
                         y = torch.ops.fastconv.conv2d(x, w, b0, [1, 1], [p, p], [1, 1], 1, algorithm)
-                        grads = torch.ops.fastconv.conv2d_backward(go, x, w, [1, 1], [p, p], [1, 1], 1, algorithm,
-                                                                   [True, True, True])
+                        grads = torch.ops.fastconv.conv2d_backward(go, x, w, [1, 1], [p, p], [1, 1], 1,
+                                                                   algorithm, [True, True, True])
                     got[mf] = (y, *grads)
                     if mf == cl:
                         copies = [e.name for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
                         assert not copies, (n, c, k, h, wd, p, copies)
-                        ref = torch.ops.aten.convolution_backward(go, x, w, [k], [1, 1], [p, p], [1, 1], False,
-                                                                  [0, 0], 1, [True, True, True])
+                        ref = torch.ops.aten.convolution_backward(go, x, w, [k], [1, 1], [p, p], [1, 1],
+                                                                  False, [0, 0], 1, [True, True, True])
                         assert [t.stride() for t in got[cl][1:3]] == [t.stride() for t in ref[:2]]
                 for name, a, b in zip(("output", "grad_input", "grad_weight", "grad_bias"), got[cl],
                                       got[torch.contiguous_format]):

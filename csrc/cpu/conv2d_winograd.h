@@ -1,11 +1,11 @@
 // The Winograd convolution on the CPU (conv2d_winograd.cpp), for the conv2d op's glue: float and
 // double (float16 and bfloat16 in float32 inside), 3x3 kernels, stride 1, dilation 1, groups 1;
 // m = 2 or 4. Tensors contiguous NCHW, or all of a call's activations (x and out, dy and dx, x and
-// dy) channels-last, which then run the channels-last pass (no NCHW copies). A NaN or an infinity would spread through a tile's transform to
-// outputs that torch's convolution keeps finite, so the activations (x, dy) must be finite: the
-// caller checks them (all_finite, cpu/memory.h) and runs im2col's kernels otherwise. The weight is
-// checked by its filter transform: forward and grad_input return false, having written nothing, for
-// a weight with a NaN or an infinity.
+// dy) channels-last, which then run the channels-last pass (no NCHW copies). A NaN or an infinity
+// would spread through a tile's transform to outputs that torch's convolution keeps finite, so the
+// activations (x, dy) must be finite: the caller checks them (all_finite, cpu/memory.h) and runs
+// im2col's kernels otherwise. The weight is checked by its filter transform: forward and grad_input
+// return false, having written nothing, for a weight with a NaN or an infinity.
 #pragma once
 
 #include <ATen/ATen.h>
