@@ -316,6 +316,19 @@ def test_grad_weight_accuracy_against_float64(device):
         assert err["winograd_4x4"] <= 16 * err["im2col"], err
 
 
+def _cases(seed, shapes):
+    """Per dtype and shape (n, c, k, h, w, p) of a 3x3 stride-1 convolution: the shape and random x,
+    weight, bias and grad_output."""
+    g = torch.Generator().manual_seed(seed)
+    for dtype in (torch.float32, torch.float64):
+        for (n, c, k, h, wd, p) in shapes:
+            yield dtype, (n, c, k, h, wd, p), (torch.randn(n, c, h, wd, generator=g, dtype=dtype),
+                                               torch.randn(k, c, 3, 3, generator=g, dtype=dtype),
+                                               torch.randn(k, generator=g, dtype=dtype),
+                                               torch.randn(n, k, h + 2 * p - 2, wd + 2 * p - 2, generator=g,
+                                                           dtype=dtype))
+
+
 @pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])
 def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
     # Filters transformed for one call only (a weight that requires grad) whose transform U exceeds
@@ -333,57 +346,54 @@ def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
                                                     [True, False, False])[0]
         return y, dx
 
-    g = torch.Generator().manual_seed(11)
-    for dtype in (torch.float32, torch.float64):
-        for (n, c, k, h, wd, p) in [(3, 70, 19, 5, 6, 1), (1, 130, 1, 7, 7, 2), (2, 1, 33, 4, 9, 0),
-                                    (5, 64, 64, 3, 3, 1)]:
-            x0 = torch.randn(n, c, h, wd, generator=g, dtype=dtype)
-            w0 = torch.randn(k, c, 3, 3, generator=g, dtype=dtype)
-            b = torch.randn(k, generator=g, dtype=dtype)
-            go0 = torch.randn(n, k, h + 2 * p - 2, wd + 2 * p - 2, generator=g, dtype=dtype)
-            for mf in (torch.contiguous_format, torch.channels_last):
-                x, go = x0.contiguous(memory_format=mf), go0.contiguous(memory_format=mf)
-                w = w0.contiguous(memory_format=mf).requires_grad_(True)
-                got = {}
-                for name, least in (("fused", 0), ("unfused", 1 << 62)):
-                    before = fastconv._C.winograd_set_fused_min_bytes(least)
-                    passes = fastconv._C.winograd_fused_passes()
-                    try:
-                        got[name] = calls(x, w, b, go, p)
-                    finally:
-                        fastconv._C.winograd_set_fused_min_bytes(before)
-                    assert fastconv._C.winograd_fused_passes() - passes == (2 if name == "fused" else 0), name
-                for a, b_, what in zip(got["fused"], got["unfused"], ("output", "grad_input")):
-                    assert torch.equal(a, b_), (what, dtype, n, c, k, h, wd, p, mf)
-                wd_ = w.detach()
-                ref = (TF.conv2d(x, wd_, b, padding=p),
-                       torch.ops.aten.convolution_backward(go, x, wd_, None, [1, 1], [p, p], [1, 1], False,
-                                                           [0, 0], 1, [True, False, False])[0])
-                for a, want in zip(got["fused"], ref):
-                    big = 1 + want.abs().max().item()
-                    tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-5 * big)
-                    torch.testing.assert_close(a, want, **tol)
+    shapes = [(3, 70, 19, 5, 6, 1), (1, 130, 1, 7, 7, 2), (2, 1, 33, 4, 9, 0), (5, 64, 64, 3, 3, 1)]
+    for dtype, (n, c, k, h, wd, p), (x0, w0, b, go0) in _cases(11, shapes):
+        for mf in (torch.contiguous_format, torch.channels_last):
+            x, go = x0.contiguous(memory_format=mf), go0.contiguous(memory_format=mf)
+            w = w0.contiguous(memory_format=mf).requires_grad_(True)
+            got = {}
+            for name, least in (("fused", 0), ("unfused", 1 << 62)):
+                before = fastconv._C.winograd_set_fused_min_bytes(least)
+                passes = fastconv._C.winograd_fused_passes()
+                try:
+                    got[name] = calls(x, w, b, go, p)
+                finally:
+                    fastconv._C.winograd_set_fused_min_bytes(before)
+                assert fastconv._C.winograd_fused_passes() - passes == (2 if name == "fused" else 0), name
+            for a, b_, what in zip(got["fused"], got["unfused"], ("output", "grad_input")):
+                assert torch.equal(a, b_), (what, dtype, n, c, k, h, wd, p, mf)
+            wd_ = w.detach()
+            ref = (TF.conv2d(x, wd_, b, padding=p),
+                   torch.ops.aten.convolution_backward(go, x, wd_, None, [1, 1], [p, p], [1, 1], False,
+                                                       [0, 0], 1, [True, False, False])[0])
+            for a, want in zip(got["fused"], ref):
+                big = 1 + want.abs().max().item()
+                tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-5 * big)
+                torch.testing.assert_close(a, want, **tol)
     # A NaN in the weight: the fused pass sees it as it transforms the filters and declines, as the
-    # unfused one does, and the call runs im2col's (the same bits as asking for im2col)
+    # unfused one does, and the call runs im2col's (the same bits as asking for im2col on NCHW tensors,
+    # which is what a declined channels-last call runs)
+    g = torch.Generator().manual_seed(12)
     x = torch.randn(2, 70, 5, 5, generator=g)
     w = torch.randn(19, 70, 3, 3, generator=g)
     w[3, 65, 1, 2] = float("nan")
     w.requires_grad_(True)
     go = torch.randn(2, 19, 5, 5, generator=g)
-    before = fastconv._C.winograd_set_fused_min_bytes(0)
-    passes = fastconv._C.winograd_fused_passes()
-    try:
-        got = calls(x, w, None, go, 1)
-    finally:
-        fastconv._C.winograd_set_fused_min_bytes(before)
-    assert fastconv._C.winograd_fused_passes() - passes == 2
     with torch.no_grad():
         want = (torch.ops.fastconv.conv2d(x, w, None, [1, 1], [1, 1], [1, 1], 1, "im2col"),
                 torch.ops.fastconv.conv2d_backward(go, x, w, [1, 1], [1, 1], [1, 1], 1, "im2col",
                                                    [True, False, False])[0])
-    for a, b_ in zip(got, want):
-        assert a.isnan().any() and torch.equal(a.isnan(), b_.isnan())
-        assert torch.equal(a.nan_to_num(), b_.nan_to_num())
+    for mf in (torch.contiguous_format, torch.channels_last):
+        before = fastconv._C.winograd_set_fused_min_bytes(0)
+        passes = fastconv._C.winograd_fused_passes()
+        try:
+            got = calls(x.contiguous(memory_format=mf), w, None, go.contiguous(memory_format=mf), 1)
+        finally:
+            fastconv._C.winograd_set_fused_min_bytes(before)
+        assert fastconv._C.winograd_fused_passes() - passes == 2
+        for a, b_ in zip(got, want):
+            assert a.isnan().any() and torch.equal(a.isnan(), b_.isnan()), mf
+            assert torch.equal(a.nan_to_num(), b_.nan_to_num()), mf
 
 
 @pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])
@@ -395,32 +405,26 @@ def test_channels_last_pass_gives_the_bits_of_nchw(cpu_isa, algorithm):
     # channels-last (read along the channels) and contiguous, requiring grad (transformed every call)
     # or not (cached); channel counts that fill no vector, micro-panel or K block evenly, 1x1 to 9x10
     # images, padding 0..2. The gradients come in torch's layouts, and no aten copy runs.
-    g = torch.Generator().manual_seed(13)
     cl = torch.channels_last
-    for dtype in (torch.float32, torch.float64):
-        for (n, c, k, h, wd, p) in [(2, 16, 17, 9, 10, 1), (1, 70, 33, 5, 6, 2), (3, 33, 16, 6, 7, 0),
-                                    (2, 24, 40, 1, 1, 1)]:
-            x0 = torch.randn(n, c, h, wd, generator=g, dtype=dtype)
-            w0 = torch.randn(k, c, 3, 3, generator=g, dtype=dtype)
-            b0 = torch.randn(k, generator=g, dtype=dtype)
-            go0 = torch.randn(n, k, h + 2 * p - 2, wd + 2 * p - 2, generator=g, dtype=dtype)
-            for w_cl, requires_grad in itertools.product((False, True), (False, True)):
-                w = (w0.contiguous(memory_format=cl) if w_cl else w0.clone()).requires_grad_(requires_grad)
-                got = {}
-                for mf in (torch.contiguous_format, cl):
-                    x, go = x0.contiguous(memory_format=mf), go0.contiguous(memory_format=mf)
-                    with torch.no_grad(), torch.profiler.profile() as prof:
-                        y = torch.ops.fastconv.conv2d(x, w, b0, [1, 1], [p, p], [1, 1], 1, algorithm)
-                        grads = torch.ops.fastconv.conv2d_backward(go, x, w, [1, 1], [p, p], [1, 1], 1,
-                                                                   algorithm, [True, True, True])
-                    got[mf] = (y, *grads)
-                    if mf == cl:
-                        copies = [e.name for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
-                        assert not copies, (n, c, k, h, wd, p, copies)
-                        ref = torch.ops.aten.convolution_backward(go, x, w, [k], [1, 1], [p, p], [1, 1],
-                                                                  False, [0, 0], 1, [True, True, True])
-                        assert [t.stride() for t in got[cl][1:3]] == [t.stride() for t in ref[:2]]
-                for name, a, b in zip(("output", "grad_input", "grad_weight", "grad_bias"), got[cl],
-                                      got[torch.contiguous_format]):
-                    assert torch.equal(a, b), (name, dtype, n, c, k, h, wd, p, w_cl, requires_grad)
-            _close(got[cl][0], TF.conv2d(x0, w0, b0, 1, p))   # and both are torch's convolution
+    shapes = [(2, 16, 17, 9, 10, 1), (1, 70, 33, 5, 6, 2), (3, 33, 16, 6, 7, 0), (2, 24, 40, 1, 1, 1)]
+    for dtype, (n, c, k, h, wd, p), (x0, w0, b0, go0) in _cases(13, shapes):
+        for w_cl, requires_grad in itertools.product((False, True), (False, True)):
+            w = (w0.contiguous(memory_format=cl) if w_cl else w0.clone()).requires_grad_(requires_grad)
+            got = {}
+            for mf in (torch.contiguous_format, cl):
+                x, go = x0.contiguous(memory_format=mf), go0.contiguous(memory_format=mf)
+                with torch.no_grad(), torch.profiler.profile() as prof:
+                    y = torch.ops.fastconv.conv2d(x, w, b0, [1, 1], [p, p], [1, 1], 1, algorithm)
+                    grads = torch.ops.fastconv.conv2d_backward(go, x, w, [1, 1], [p, p], [1, 1], 1,
+                                                               algorithm, [True, True, True])
+                got[mf] = (y, *grads)
+                if mf == cl:
+                    copies = [e.name for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
+                    assert not copies, (n, c, k, h, wd, p, copies)
+                    ref = torch.ops.aten.convolution_backward(go, x, w, [k], [1, 1], [p, p], [1, 1],
+                                                              False, [0, 0], 1, [True, True, True])
+                    assert [t.stride() for t in got[cl][1:3]] == [t.stride() for t in ref[:2]]
+            for name, a, b in zip(("output", "grad_input", "grad_weight", "grad_bias"), got[cl],
+                                  got[torch.contiguous_format]):
+                assert torch.equal(a, b), (name, dtype, n, c, k, h, wd, p, w_cl, requires_grad)
+        _close(got[cl][0], TF.conv2d(x0, w0, b0, 1, p))   # and both are torch's convolution

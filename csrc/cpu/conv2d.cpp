@@ -805,12 +805,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
              db = at::empty({0}, input.options());
   bool dx_done = !output_mask[0] || s.algorithm == Conv2dAlgorithm::im2col;   // im2col's below
+  Conv2dShape s_nchw = s;   // for the NCHW route: direct's, or im2col's where Winograd declined
   if (!dx_done && winograd_tile(s.algorithm) != 0) {
     dx = at::empty(input.sizes(), input.options().memory_format(cl));
     dx_done = dx.numel() == 0 ||
               (finite_dy() && conv2d_winograd_grad_input(dy, weight, dx, s, winograd_tile(s.algorithm)));
+    s_nchw.algorithm = Conv2dAlgorithm::im2col;   // not Winograd again on the same values
   }
-  if (!dx_done) std::tie(dx, std::ignore, std::ignore) = conv2d_backward_nchw(dy, input, weight, s, {true, false, false});
+  if (!dx_done) {
+    std::tie(dx, std::ignore, std::ignore) = conv2d_backward_nchw(dy, input, weight, s_nchw, {true, false, false});
+  }
   const int dw_m = output_mask[1] ? winograd_tile(grad_weight_choice(s, input.scalar_type())) : 0;
   const bool winograd_dw = dw_m != 0 && finite_dy() && all_finite(input);   // else im2col's below
   if (winograd_dw) {

@@ -471,26 +471,20 @@ bool forward_pass(const at::Tensor& in_in, const at::Tensor& weight, const at::T
       });
       return;
     }
-    if (nhwc) {   // U[e]^T packed as the GEMMs' B, cached apart from run()'s U[e]
-      const int64_t variant = WeightCache::for_isa(WeightCache::winograd_nhwc(m, flipped), int(active_isa()));
-      const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
-        return with_filters([&](const scalar_t* g, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j) {
-          return transform_filters<scalar_t>(m, g, s_out, s_in, s_i, s_j, p.out_ch, p.in_ch, cacheable, true);
-        });
+    // U[e] packed as the GEMMs' A, or (channels-last) U[e]^T as their B: two cache entries
+    const int64_t kind = nhwc ? WeightCache::winograd_nhwc(m, flipped) : WeightCache::winograd(m, flipped);
+    const at::Tensor u = WeightCache::instance().get(weight, WeightCache::for_isa(kind, int(active_isa())), [&] {
+      return with_filters([&](const scalar_t* g, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j) {
+        return transform_filters<scalar_t>(m, g, s_out, s_in, s_i, s_j, p.out_ch, p.in_ch, cacheable, nhwc);
       });
-      if (u.numel() == 0) return;
+    });
+    if (u.numel() == 0) return;
+    if (nhwc) {
       run_nhwc<scalar_t>(m, in.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), u.size(1),
                          bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), p);
       done = true;
       return;
     }
-    const int64_t variant = WeightCache::for_isa(WeightCache::winograd(m, flipped), int(active_isa()));
-    const at::Tensor u = WeightCache::instance().get(weight, variant, [&] {
-      return with_filters([&](const scalar_t* g, int64_t s_out, int64_t s_in, int64_t s_i, int64_t s_j) {
-        return transform_filters<scalar_t>(m, g, s_out, s_in, s_i, s_j, p.out_ch, p.in_ch, cacheable, false);
-      });
-    });
-    if (u.numel() == 0) return;
     run<scalar_t>(m, in.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
                   bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), p);
     done = true;
@@ -534,7 +528,8 @@ void conv2d_winograd_grad_weight(const at::Tensor& x_in, const at::Tensor& dy_in
   const at::Tensor x = half_as_float(x_in), dy = half_as_float(dy_in);
   at::Tensor dw = x.scalar_type() == dw_in.scalar_type() ? dw_in : at::empty_like(dw_in, x.options());
   const bool nhwc = channels_last_pass(x, dy);
-  TORCH_INTERNAL_ASSERT(nhwc || (x.is_contiguous() && dy.is_contiguous()), "Winograd grad_weight: x and dy in one layout");
+  TORCH_INTERNAL_ASSERT(nhwc || (x.is_contiguous() && dy.is_contiguous()),
+                        "Winograd grad_weight: x and dy in one layout");
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_backward", [&] {
     const WinogradProblem p{s.batch, s.in_channels, s.out_channels, g.in_h, g.in_w, g.out_h, g.out_w, g.ph, g.pw};
     run_grad_weight<scalar_t>(m, x.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(),
