@@ -103,17 +103,54 @@ def test_wide_layers(device, algorithm):
         assert_match(ours, ref, torch.float32)
 
 
+# Channels-last calls that run in NHWC (conv2d_nhwc.cpp, conv2d_direct.cpp, conv2d_winograd.cpp's
+# channels-last pass) without an NCHW copy: (input, weight, stride, padding, groups, algorithm)
+NHWC_CASES = [
+    ((2, 3, 19, 17), (40, 3, 7, 7), 2, 3, 1, "im2col"),        # a stem: rows of 7 taps x 3 channels copied
+    ((2, 3, 19, 17), (40, 3, 7, 7), 2, 3, 1, "auto"),
+    ((2, 6, 9, 8), (10, 3, 3, 3), 1, 1, 2, "direct"),           # 3 channels per group, 5 filters per group
+    ((2, 35, 9, 7), (33, 35, 3, 3), 2, 1, 1, "direct"),         # strided grad_input: taps off the grid
+    ((1, 3, 6, 5), (70, 3, 3, 3), 1, 2, 1, "direct"),           # 70 filters: several channel blocks
+    ((2, 35, 9, 7), (33, 35, 3, 3), 1, 1, 1, "winograd_4x4"),
+    ((3, 40, 1, 1), (37, 40, 1, 1), 1, 0, 1, "direct"),         # one pixel: NCHW and NHWC alike
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channels_last_without_copies(cpu_isa, dtype):
+    # Forward and every gradient of a channels-last call, in NHWC throughout: no aten::copy_ or clone of
+    # an activation in the call, nor of a channels-last weight (im2col packs a contiguous one from a
+    # channels-last copy; direct and Winograd read either in place); values and strides as torch's.
+    for x_shape, w_shape, stride, padding, groups, algorithm in NHWC_CASES:
+        g = torch.Generator().manual_seed(3)
+        x = torch.randn(x_shape, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w0, b = torch.randn(w_shape, generator=g, dtype=dtype), torch.randn(w_shape[0], generator=g, dtype=dtype)
+        for w in (w0, w0.contiguous(memory_format=torch.channels_last)):
+            args = ([stride] * 2, [padding] * 2, [1, 1], groups)
+            ref_y = TF.conv2d(x, w, b, stride, padding, 1, groups)
+            go = torch.randn(ref_y.shape, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), torch.profiler.profile(record_shapes=True) as prof:
+                y = torch.ops.fastconv.conv2d(x, w, b, *args, algorithm)
+                grads = torch.ops.fastconv.conv2d_backward(go, x, w, *args, algorithm, [True, True, True])
+            copied = [e.input_shapes[0] for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
+            weight_copies = algorithm in ("im2col", "auto") and not w.is_contiguous(memory_format=torch.channels_last)
+            allowed = [list(w_shape)] if weight_copies else []
+            assert all(shape in allowed for shape in copied), (x_shape, w_shape, algorithm, copied)
+            ref = torch.ops.aten.convolution_backward(go, x, w, [w_shape[0]], *args[:3], False, [0, 0], groups,
+                                                      [True, True, True])
+            assert_match((y, *grads), (ref_y, *ref), dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_channels_last_through_nchw_copies(dtype):
-    # The algorithms that run in NCHW copy a channels-last call's input and grad_output to NCHW and their
-    # results back: Winograd and direct on 35 channels of 63 positions, a 7x7 stem-like layer of 3
-    # channels (too few for the NHWC kernels), and a layer of one position; values and strides as torch's.
-    cases = [((2, 35, 9, 7), (33, 35, 3, 3), 1, 1, "winograd_4x4"),
-             ((2, 35, 9, 7), (33, 35, 3, 3), 2, 1, "direct"),
-             ((2, 3, 19, 17), (40, 3, 7, 7), 2, 3, "auto"),
-             ((3, 40, 1, 1), (37, 40, 1, 1), 1, 0, "direct")]
-    for x_shape, w_shape, stride, padding, algorithm in cases:
-        ours, ref = run_both(x_shape, w_shape, stride, padding, 1, 1, dtype=dtype, device="cpu",
+    # What still runs in NCHW copies its channels-last input and grad_output to NCHW and its results back:
+    # im2col where a tap reads fewer than 16 contiguous values (3x3 over 3 channels, groups of 2), and
+    # Winograd on fewer than 16 channels; values and strides as torch's.
+    cases = [((2, 3, 9, 7), (4, 3, 3, 3), 1, 1, 1, "im2col"),
+             ((2, 8, 9, 9), (8, 2, 3, 3), 2, 1, 4, "im2col"),
+             ((2, 8, 9, 7), (6, 8, 3, 3), 1, 1, 1, "winograd_2x2")]
+    for x_shape, w_shape, stride, padding, groups, algorithm in cases:
+        ours, ref = run_both(x_shape, w_shape, stride, padding, 1, groups, dtype=dtype, device="cpu",
                              mf=torch.channels_last, algorithm=algorithm)
         assert_match(ours, ref, dtype)
 

@@ -13,9 +13,10 @@
 // once (and kept by the weight cache for weights that do not require grad).
 // Work is parallel over (image or bundle, group) items when there are enough of them, else over
 // chunks of positions (and output channels) of each item, or inside the GEMM.
-// Channels-last tensors with 16+ channels per group run im2col (and im2col's grad_weight) in
-// NHWC without copies (conv2d_nhwc.cpp), and Winograd too (conv2d_winograd.cpp's channels-last
-// passes); the rest through NCHW copies. algorithm="direct" runs conv2d_direct.cpp's
+// Channels-last tensors run im2col (and im2col's grad_weight) in NHWC without copies where a tap
+// row is a run of 16+ values (conv2d_nhwc.cpp), direct always (conv2d_direct.cpp), Winograd with 16+
+// channels per group (conv2d_winograd.cpp's channels-last passes); the rest through NCHW copies
+// (conv2d_nhwc_applies). algorithm="direct" runs conv2d_direct.cpp's
 // kernels for the forward pass and grad_input instead, the Winograd algorithms (and "auto" where it
 // picks them) conv2d_winograd.cpp's, grad_weight included (grad_weight_algorithm in conv2d_args.h);
 // grad_bias is always the one here.
@@ -464,6 +465,10 @@ at::Tensor conv2d_half(const at::Tensor& input, const at::Tensor& weight, const 
 
 namespace {
 
+DirectWeightStrides direct_strides(const at::Tensor& weight) {   // read in place, in any layout
+  return {weight.stride(0), weight.stride(1), weight.stride(2), weight.stride(3)};
+}
+
 // A half-precision weight widened to float32 for the float32 kernels: for a frozen weight from the
 // WeightCache (the same tensor every call while the weight's bytes stay, so that the filters packed
 // for it are found again: keyed on a fresh copy, they missed on every call and churned the cache on
@@ -482,12 +487,19 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
   if (is_half(input.scalar_type())) return conv2d_half(input, weight, b, s);
   at::Tensor out = at::empty(conv2d_output_sizes(s), input.options());
   if (out.numel() == 0) return in_format(out, s.format);
-  if (s.algorithm == Conv2dAlgorithm::im2col && conv2d_nhwc_applies(input, s)) {   // channels-last in place
+  const bool im2col_or_direct = s.algorithm == Conv2dAlgorithm::im2col || s.algorithm == Conv2dAlgorithm::direct;
+  if (im2col_or_direct && conv2d_nhwc_applies(input, s)) {   // channels-last in place
     out = at::empty(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
-    const at::Tensor w = weight.contiguous(at::MemoryFormat::ChannelsLast);
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
-      conv2d_nhwc_forward<scalar_t>(input.data_ptr<scalar_t>(), weight, w.data_ptr<scalar_t>(),
-                                    b.defined() ? b.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), s);
+      const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+      if (s.algorithm == Conv2dAlgorithm::direct) {
+        conv2d_direct_forward<scalar_t>(input.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight), bp,
+                                        out.data_ptr<scalar_t>(), s, true);
+      } else {
+        const at::Tensor w = weight.contiguous(at::MemoryFormat::ChannelsLast);
+        conv2d_nhwc_forward<scalar_t>(input.data_ptr<scalar_t>(), weight, w.data_ptr<scalar_t>(), bp,
+                                      out.data_ptr<scalar_t>(), s);
+      }
     });
     return out;
   }
@@ -506,7 +518,8 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
     const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
     if (s.algorithm == Conv2dAlgorithm::direct) {
-      conv2d_direct_forward<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), s);
+      conv2d_direct_forward<scalar_t>(x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight), bp,
+                                      out.data_ptr<scalar_t>(), s, false);
     } else {
       const int64_t bundle = packed_bundle(s, x.element_size());
       const at::Tensor wpacked = bundle > 0 ? packed_filters<PlainEngine<scalar_t>>(weight, w.data_ptr<scalar_t>(), s, false)
@@ -792,9 +805,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask);
 
-// The backward pass of a channels-last call on channels-last input (conv2d_nhwc.h, conv2d_winograd.h):
-// grad_weight, and im2col's and Winograd's grad_input, in NHWC without copies; direct's grad_input
-// (and Winograd's where it declines: non-finite values) through NCHW.
+// The backward pass of a channels-last call on channels-last input (conv2d_nhwc.h, conv2d_winograd.h,
+// conv2d_direct_kernels.h): every gradient in NHWC without copies, but Winograd's grad_input where it
+// declines (non-finite values), which runs im2col's through NCHW.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Tensor& grad_output,
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask) {
@@ -805,7 +818,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
              db = at::empty({0}, input.options());
   bool dx_done = !output_mask[0] || s.algorithm == Conv2dAlgorithm::im2col;   // im2col's below
-  Conv2dShape s_nchw = s;   // for the NCHW route: direct's, or im2col's where Winograd declined
+  if (!dx_done && s.algorithm == Conv2dAlgorithm::direct) {
+    dx = at::empty(input.sizes(), input.options().memory_format(cl));
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
+      conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
+                                         dx.data_ptr<scalar_t>(), s, true);
+    });
+    dx_done = true;
+  }
+  Conv2dShape s_nchw = s;   // for the NCHW route: im2col's where Winograd declined
   if (!dx_done && winograd_tile(s.algorithm) != 0) {
     dx = at::empty(input.sizes(), input.options().memory_format(cl));
     dx_done = dx.numel() == 0 ||
@@ -876,8 +897,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
       const bool winograd = dx.numel() > 0 && winograd_tile(s.algorithm) != 0 && finite_dy() &&
                             conv2d_winograd_grad_input(dy, weight, dx, s, winograd_tile(s.algorithm));
       if (!winograd && dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct) {
-        const at::Tensor w = weight.contiguous();
-        conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), s);
+        conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
+                                           dx.data_ptr<scalar_t>(), s, false);
       } else if (!winograd && dx.numel() > 0) {
         const at::Tensor w = weight.contiguous();
         const at::Tensor wt = packed_filters<PlainEngine<scalar_t>>(weight, w.data_ptr<scalar_t>(), s, true);

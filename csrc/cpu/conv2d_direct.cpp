@@ -1,6 +1,8 @@
 // The direct convolution on the CPU (algorithm="direct"): a loop nest over register-blocked tiles of
 // MR positions x NR channels (conv2d_direct_kernels.h), reading the input (forward) or grad_output
-// (grad_input) in place: no column matrix and no padded copy. The weights are repacked once per call
+// (grad_input) in place, NCHW or NHWC (channels-last: the reduction runs along each pixel's contiguous
+// channels and a tile's results are stored pixel by pixel): no column matrix and no padded copy. The
+// weight is read through its strides (contiguous or channels-last) and repacked once per call
 // into the kernel's order, [group][channel block][tap][reduction channel][NR], zero-filled past the
 // last channel; grad_weight uses the im2col path's columns x grad_output (conv2d.cpp).
 //
@@ -51,7 +53,7 @@ int64_t depth_chunk(int64_t depth, int64_t nr, size_t elem) {
 // the vector runs over output channels and the reduction over input channels; transposed (for
 // grad_input) the other way round.
 template <typename T>
-at::Tensor pack_weights(const T* w, const Conv2dShape& s, int64_t nr, bool transposed) {
+at::Tensor pack_weights(const T* w, const DirectWeightStrides& ws, const Conv2dShape& s, int64_t nr, bool transposed) {
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups, taps = s.g.kh * s.g.kw;
   const int64_t vec = transposed ? cg : kg, depth = transposed ? kg : cg;
   const int64_t blocks = (vec + nr - 1) / nr, chunk = depth_chunk(depth, nr, sizeof(T));
@@ -68,7 +70,7 @@ at::Tensor pack_weights(const T* w, const Conv2dShape& s, int64_t nr, bool trans
             for (int64_t l = 0; l < nr; ++l) {
               const int64_t v = v0 + l;
               const int64_t k = transposed ? r : v, c = transposed ? v : r;   // within the group
-              *out++ = v < vec ? w[((grp * kg + k) * cg + c) * taps + t] : T(0);
+              *out++ = v < vec ? w[(grp * kg + k) * ws.k + c * ws.c + t / s.g.kw * ws.i + t % s.g.kw * ws.j] : T(0);
             }
           }
         }
@@ -79,18 +81,29 @@ at::Tensor pack_weights(const T* w, const Conv2dShape& s, int64_t nr, bool trans
 }
 
 // Where the tiles read and write, per image and group: the source (input, or grad_output for
-// grad_input) has reduction channels `src_plane` apart; the result has `positions` pixels per plane.
+// grad_input) has pixels `src_pixel` and reduction channels `src_channel` apart; the result has
+// `positions` pixels per image, `out_pixel` apart, and channels `out_channel` apart. NCHW: pixels 1
+// apart, channels a plane; NHWC: channels 1 apart, pixels a row of all channels.
 template <typename T>
 struct TileOperands {
   const T* src;
-  int64_t src_image, src_group, src_plane;
+  int64_t src_image, src_group, src_pixel, src_channel;
   T* out;
-  int64_t out_image, out_group, positions;
+  int64_t out_image, out_group, out_pixel, out_channel, positions;
   const T* bias;   // per result channel, or null
 };
 
+// The strides of a tensor of `channels` channels (`group` of them per group) and `pixels` pixels per
+// image: per image, per group, per pixel, per channel.
+struct Layout {
+  int64_t image, group, pixel, channel;
+};
+Layout layout_of(bool nhwc, int64_t channels, int64_t group, int64_t pixels) {
+  return nhwc ? Layout{channels * pixels, group, channels, 1} : Layout{channels * pixels, group * pixels, 1, pixels};
+}
+
 // The shared loop nest. tap(p, t) is the offset within a source plane of what tap t of result pixel
-// p reads, or -1 for a zero. Tiles number the pixels of the whole batch, so a tile may span two
+// p reads (a pixel index within the image), or -1 for a zero. Tiles number the pixels of the whole batch, so a tile may span two
 // images (no half-empty tiles on small images). Work items are runs of kTilesPerItem tiles of one
 // channel block; within an item the reduction runs in chunks whose
 // weights stay in L1 while every tile of the run uses them, tiles accumulating from chunk to chunk.
@@ -103,7 +116,7 @@ void run_tiles(const DirectConvKernels<T>& kern, const T* packed, const TileOper
   const int64_t runs = (tiles + kTilesPerItem - 1) / kTilesPerItem;
   // What taps outside the image read: zeros for every reduction channel.
   std::unique_ptr<T, decltype(&std::free)> zeros(
-      static_cast<T*>(std::calloc((depth - 1) * o.src_plane + 1, sizeof(T))), &std::free);
+      static_cast<T*>(std::calloc((depth - 1) * o.src_channel + 1, sizeof(T))), &std::free);
   FC_CHECK(zeros != nullptr, "conv2d", "out of memory");
   at::parallel_for(0, groups * blocks * runs, 1, [&](int64_t i0, int64_t i1) {
     std::vector<const T*> src(kTilesPerItem * taps * mr);
@@ -117,10 +130,10 @@ void run_tiles(const DirectConvKernels<T>& kern, const T* packed, const TileOper
         for (int64_t m = 0; m < mr; ++m) {
           const int64_t q = tile * mr + m, n = q / positions, p = q % positions;   // q may pass the batch
           const T* base = o.src + n * o.src_image + grp * o.src_group;
-          td[m] = n * o.out_image + grp * o.out_group + blk * nr * positions + p;
+          td[m] = n * o.out_image + grp * o.out_group + blk * nr * o.out_channel + p * o.out_pixel;
           for (int64_t t = 0; t < taps; ++t) {
-            const int64_t off = q < total ? tap(p, t) : -1;
-            ts[t * mr + m] = off >= 0 ? base + off : zeros.get();
+            const int64_t pixel = q < total ? tap(p, t) : -1;
+            ts[t * mr + m] = pixel >= 0 ? base + pixel * o.src_pixel : zeros.get();
           }
         }
       }
@@ -130,8 +143,8 @@ void run_tiles(const DirectConvKernels<T>& kern, const T* packed, const TileOper
       for (int64_t r0 = 0; r0 < depth; r0 += chunk) {
         const int64_t dc = std::min(chunk, depth - r0);
         for (int64_t tile = t0; tile < t1; ++tile) {
-          kern.tile(taps, dc, src.data() + (tile - t0) * taps * mr, r0 * o.src_plane, o.src_plane,
-                    wblock + r0 * taps * nr, o.out, dst.data() + (tile - t0) * mr, positions,
+          kern.tile(taps, dc, src.data() + (tile - t0) * taps * mr, r0 * o.src_channel, o.src_channel,
+                    wblock + r0 * taps * nr, o.out, dst.data() + (tile - t0) * mr, o.out_channel,
                     std::min(mr, total - tile * mr), w, b, r0 > 0);
         }
       }
@@ -142,29 +155,33 @@ void run_tiles(const DirectConvKernels<T>& kern, const T* packed, const TileOper
 }  // namespace
 
 template <typename T>
-void conv2d_direct_forward(const T* x, const T* w, const T* bias, T* out, const Conv2dShape& s) {
+void conv2d_direct_forward(const T* x, const T* w, const DirectWeightStrides& ws, const T* bias, T* out,
+                           const Conv2dShape& s, bool nhwc) {
   const auto& g = s.g;
   const auto& kern = kernels_for<T>();
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups, taps = g.kh * g.kw;
   const int64_t HW = g.in_h * g.in_w, P = g.out_h * g.out_w;
-  const at::Tensor packed = pack_weights(w, s, kern.nr, false);
+  const at::Tensor packed = pack_weights(w, ws, s, kern.nr, false);
   // Tap t = (i, j) of output pixel p reads input pixel (oh*sh - ph + i*dh, ow*sw - pw + j*dw).
   const auto tap = [&](int64_t p, int64_t t) -> int64_t {
     const int64_t ih = conv_tap(p / g.out_w, t / g.kw, g.sh, g.ph, g.dh);
     const int64_t iw = conv_tap(p % g.out_w, t % g.kw, g.sw, g.pw, g.dw);
     return ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w ? ih * g.in_w + iw : -1;
   };
-  const TileOperands<T> o{x, s.in_channels * HW, cg * HW, HW, out, s.out_channels * P, kg * P, P, bias};
+  const Layout in = layout_of(nhwc, s.in_channels, cg, HW), res = layout_of(nhwc, s.out_channels, kg, P);
+  const TileOperands<T> o{x,   in.image,  in.group,  in.pixel,  in.channel,
+                          out, res.image, res.group, res.pixel, res.channel, P, bias};
   run_tiles<T>(kern, packed.data_ptr<T>(), o, s.batch, s.groups, kg, cg, taps, tap);
 }
 
 template <typename T>
-void conv2d_direct_grad_input(const T* dy, const T* w, T* dx, const Conv2dShape& s) {
+void conv2d_direct_grad_input(const T* dy, const T* w, const DirectWeightStrides& ws, T* dx, const Conv2dShape& s,
+                              bool nhwc) {
   const auto& g = s.g;
   const auto& kern = kernels_for<T>();
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups, taps = g.kh * g.kw;
   const int64_t HW = g.in_h * g.in_w, P = g.out_h * g.out_w;
-  const at::Tensor packed = pack_weights(w, s, kern.nr, true);
+  const at::Tensor packed = pack_weights(w, ws, s, kern.nr, true);
   // The transposed form: input pixel q receives grad_output at the output pixel whose tap t reads
   // it, if there is one (conv_reader: in range and on the stride's grid).
   const auto tap = [&](int64_t q, int64_t t) -> int64_t {
@@ -172,14 +189,19 @@ void conv2d_direct_grad_input(const T* dy, const T* w, T* dx, const Conv2dShape&
     const int64_t ow = conv_reader(q % g.in_w, t % g.kw, g.sw, g.pw, g.dw, g.out_w);
     return oh >= 0 && ow >= 0 ? oh * g.out_w + ow : -1;
   };
-  const TileOperands<T> o{dy, s.out_channels * P, kg * P, P, dx, s.in_channels * HW, cg * HW, HW, nullptr};
+  const Layout src = layout_of(nhwc, s.out_channels, kg, P), res = layout_of(nhwc, s.in_channels, cg, HW);
+  const TileOperands<T> o{dy, src.image, src.group, src.pixel, src.channel,
+                          dx, res.image, res.group, res.pixel, res.channel, HW, nullptr};
   run_tiles<T>(kern, packed.data_ptr<T>(), o, s.batch, s.groups, cg, kg, taps, tap);
 }
 
-template void conv2d_direct_forward<float>(const float*, const float*, const float*, float*, const Conv2dShape&);
-template void conv2d_direct_forward<double>(const double*, const double*, const double*, double*,
-                                            const Conv2dShape&);
-template void conv2d_direct_grad_input<float>(const float*, const float*, float*, const Conv2dShape&);
-template void conv2d_direct_grad_input<double>(const double*, const double*, double*, const Conv2dShape&);
+template void conv2d_direct_forward<float>(const float*, const float*, const DirectWeightStrides&, const float*, float*,
+                                           const Conv2dShape&, bool);
+template void conv2d_direct_forward<double>(const double*, const double*, const DirectWeightStrides&, const double*,
+                                            double*, const Conv2dShape&, bool);
+template void conv2d_direct_grad_input<float>(const float*, const float*, const DirectWeightStrides&, float*,
+                                              const Conv2dShape&, bool);
+template void conv2d_direct_grad_input<double>(const double*, const double*, const DirectWeightStrides&, double*,
+                                               const Conv2dShape&, bool);
 
 }  // namespace fastconv::cpu

@@ -4,6 +4,7 @@
 // One kernel serves the forward pass and grad_input. A tile is MR positions x NR channels of the
 // result; its value is a sum over `taps` kernel taps and `depth` reduction channels:
 //   acc[m][v] = sum over t < taps, r < depth of  src[t][m][first + r * stride] * wp[(t * depth + r) * NR + v]
+// (stride: a plane in NCHW, 1 in NHWC)
 // forward:    positions = output pixels, v = output channels, r = input channels, src = the input
 //             pixel that tap t of output pixel m reads;
 // grad_input: positions = input pixels, v = input channels, r = output channels, src = the output
@@ -41,11 +42,20 @@ struct Conv2dShape;
 
 namespace fastconv::cpu {
 
-// The direct algorithm on contiguous NCHW data (conv2d_direct.cpp), for float and double:
+// The weight's strides (output channel, input channel, kernel row, kernel column): the kernels read
+// it in place in any layout (contiguous, channels-last) and repack it once per call.
+struct DirectWeightStrides {
+  int64_t k, c, i, j;
+};
+
+// The direct algorithm (conv2d_direct.cpp), for float and double, on contiguous NCHW tensors, or with
+// `nhwc` on channels-last ones (x, out, dy and dx alike):
 // out = conv(x, w) + bias (bias may be null), and dx = the transposed convolution of dy.
 template <typename T>
-void conv2d_direct_forward(const T* x, const T* w, const T* bias, T* out, const Conv2dShape& s);
+void conv2d_direct_forward(const T* x, const T* w, const DirectWeightStrides& ws, const T* bias, T* out,
+                           const Conv2dShape& s, bool nhwc);
 template <typename T>
-void conv2d_direct_grad_input(const T* dy, const T* w, T* dx, const Conv2dShape& s);
+void conv2d_direct_grad_input(const T* dy, const T* w, const DirectWeightStrides& ws, T* dx, const Conv2dShape& s,
+                              bool nhwc);
 
 }  // namespace fastconv::cpu

@@ -8,8 +8,10 @@
 
 namespace fastconv::cpu {
 
-// Whether the NHWC kernels take this call: a channels-last convolution (s.format) whose input is
-// stored channels-last, with images and at least 16 channels per group, in float32 or float64.
+// Whether this call runs in NHWC (im2col here, direct in conv2d_direct.cpp, Winograd's channels-last
+// pass): a channels-last convolution (s.format) whose input is stored channels-last, with images, in
+// float32 or float64, and for im2col runs of 16+ values per tap row (Cg channels, or kw taps x C
+// channels in one group without dilation), for Winograd 16+ channels per group; direct takes any.
 bool conv2d_nhwc_applies(const at::Tensor& input, const Conv2dShape& s);
 
 // x: N x H x W x C; w: the weight channels-last (K x kh x kw x C/groups), `weight` the caller's tensor
