@@ -127,8 +127,10 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
       (and fewer channels) go through NCHW copies, except grad_weight, which is NHWC's for all.
     - ``"direct"`` runs a loop nest over register-blocked tiles (CPU: 8 pixels x 32 output channels in
       AVX-512 registers; CUDA: an 8x16 pixel tile with its input patch in shared memory), reading the
-      input in place. Its grad_input is the transposed convolution in the same form; grad_weight is
-      im2col's columns x grad_output.
+      input in place (CPU: NCHW or channels-last). Its grad_input is the transposed convolution in the
+      same form; grad_weight is im2col's columns x grad_output. Depthwise layers (groups = input =
+      output channels) run dedicated CPU kernels instead, all three passes: NCHW planes zero-padded and
+      split into stride phases, vectorised along rows; channels-last vectorised along the channels.
     - ``"winograd_2x2"`` / ``"winograd_4x4"``: Winograd's minimal filtering F(2x2, 3x3) / F(4x4, 3x3)
       (Lavin & Gray 2015) for 3x3 kernels, stride 1, dilation 1, groups 1, any padding and size:
       input and output tile transforms around 16 / 36 GEMMs over channels on the GEMM engine; the
@@ -138,8 +140,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
       4 pixels on a side.
     - ``"auto"``: on the CPU, Winograd F(4x4) for 3x3 stride-1 layers with at least 64 input and
       output channels and outputs of at least 7x7 (when the weight requires grad, so its transform
-      cannot be cached, also at least 128 4x4 tiles in the batch); ``"im2col"`` otherwise (it is
-      faster than ``"direct"`` on every shape measured). grad_input chooses apart: Winograd F(4x4) on
+      cannot be cached, also at least 128 4x4 tiles in the batch); ``"direct"`` for depthwise layers
+      (its depthwise kernels); ``"im2col"`` otherwise (faster than ``"direct"`` on every other shape
+      measured). grad_input chooses apart: Winograd F(4x4) on
       the same layers without the tile condition, im2col otherwise. On CUDA, ``"im2col"`` (the other kernels have
       not been measured on a GPU yet).
 

@@ -155,6 +155,34 @@ def test_channels_last_through_nchw_copies(dtype):
         assert_match(ours, ref, dtype)
 
 
+# Depthwise layers (groups = input = output channels), which "direct" and "auto" run on the depthwise
+# kernels (conv2d_depthwise.cpp): (input, kernel, stride, padding, dilation)
+DEPTHWISE = [
+    ((2, 8, 9, 11), (3, 3), 1, 1, 1),
+    ((2, 8, 9, 11), (3, 3), 2, 1, 1),
+    ((1, 37, 7, 6), (5, 5), 1, 2, 1),            # channels past the vector blocks, a wide kernel
+    ((2, 6, 10, 9), (3, 2), (2, 3), (1, 0), (2, 1)),
+    ((3, 4, 1, 1), (3, 3), 1, 1, 1),             # one pixel: every tap but the centre in the padding
+    ((2, 3, 8, 8), (3, 3), 3, 0, 2),             # stride past the kernel
+    ((2, 16, 20, 37), (3, 3), 1, 1, 1),          # rows of several vectors and a tail
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_depthwise_cpu_isas(cpu_isa, memory_format, dtype):
+    mf = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+    for x_shape, k, stride, padding, dilation in DEPTHWISE:
+        for algorithm in ("direct", "auto"):
+            ours, ref = run_both(x_shape, (x_shape[1], 1, *k), stride, padding, dilation, x_shape[1], dtype=dtype,
+                                 device="cpu", mf=mf, algorithm=algorithm, bias=algorithm == "auto")
+            assert_match(ours, ref, dtype)
+    if dtype == torch.float64:   # and the gradients are the derivatives
+        x = torch.randn(2, 5, 6, 7, dtype=dtype).contiguous(memory_format=mf).requires_grad_(True)
+        w = torch.randn(5, 1, 3, 3, dtype=dtype, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda x, w: F.conv2d(x, w, None, 2, 1, 1, 5, algorithm="direct"), (x, w))
+
+
 def test_nan_propagates(device):
     # A NaN in the input reaches exactly the outputs whose window covers it, as in torch; padding
     # taps never turn into NaN.

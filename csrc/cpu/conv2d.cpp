@@ -36,6 +36,7 @@
 #include "common/conv2d_args.h"
 #include "common/weight_cache.h"
 #include "cpu/conv2d_bf16_direct.h"
+#include "cpu/conv2d_depthwise.h"
 #include "cpu/conv2d_direct_kernels.h"
 #include "cpu/conv2d_nhwc.h"
 #include "cpu/conv2d_winograd.h"
@@ -492,7 +493,10 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
     out = at::empty(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
       const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
-      if (s.algorithm == Conv2dAlgorithm::direct) {
+      if (s.algorithm == Conv2dAlgorithm::direct && depthwise_applies(s, input.element_size(), true)) {
+        conv2d_depthwise_forward<scalar_t>(input.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
+                                           bp, out.data_ptr<scalar_t>(), s, true);
+      } else if (s.algorithm == Conv2dAlgorithm::direct) {
         conv2d_direct_forward<scalar_t>(input.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight), bp,
                                         out.data_ptr<scalar_t>(), s, true);
       } else {
@@ -517,7 +521,10 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
   const at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
     const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
-    if (s.algorithm == Conv2dAlgorithm::direct) {
+    if (s.algorithm == Conv2dAlgorithm::direct && depthwise_applies(s, x.element_size(), false)) {
+      conv2d_depthwise_forward<scalar_t>(x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight), bp,
+                                         out.data_ptr<scalar_t>(), s, false);
+    } else if (s.algorithm == Conv2dAlgorithm::direct) {
       conv2d_direct_forward<scalar_t>(x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight), bp,
                                       out.data_ptr<scalar_t>(), s, false);
     } else {
@@ -821,8 +828,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
   if (!dx_done && s.algorithm == Conv2dAlgorithm::direct) {
     dx = at::empty(input.sizes(), input.options().memory_format(cl));
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-      conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
-                                         dx.data_ptr<scalar_t>(), s, true);
+      if (depthwise_applies(s, input.element_size(), true)) {
+        conv2d_depthwise_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
+                                              dx.data_ptr<scalar_t>(), s, true);
+      } else {
+        conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
+                                           dx.data_ptr<scalar_t>(), s, true);
+      }
     });
     dx_done = true;
   }
@@ -851,7 +863,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
     }
     if (output_mask[1] && !winograd_dw) {
       dw = at::empty(weight.sizes(), weight.options().memory_format(cl));
-      conv2d_nhwc_grad_weight<scalar_t>(dy.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), s);
+      if (s.algorithm == Conv2dAlgorithm::direct && depthwise_applies(s, input.element_size(), true)) {
+        // C x 1 x kh x kw: channels-last and contiguous are one memory order, and only the size-1 dim's
+        // stride tells them apart. torch's float64 kernel without dilation gives the contiguous strides.
+        const bool dilated = s.g.dh != 1 || s.g.dw != 1;
+        if (input.scalar_type() == at::kDouble && !dilated) dw = at::empty(weight.sizes(), weight.options());
+        conv2d_depthwise_grad_weight<scalar_t>(dy.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(),
+                                               s, true);
+      } else {
+        conv2d_nhwc_grad_weight<scalar_t>(dy.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(),
+                                          s);
+      }
     }
     if (output_mask[2]) {   // sum over images and positions: the rows of dy
       db = at::empty({s.out_channels}, input.options());
@@ -896,7 +918,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
       // Winograd reads the weight through its strides; declined (non-finite values), im2col's below.
       const bool winograd = dx.numel() > 0 && winograd_tile(s.algorithm) != 0 && finite_dy() &&
                             conv2d_winograd_grad_input(dy, weight, dx, s, winograd_tile(s.algorithm));
-      if (!winograd && dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct) {
+      const bool direct = !winograd && dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct;
+      if (direct && depthwise_applies(s, dx.element_size(), false)) {
+        conv2d_depthwise_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
+                                              dx.data_ptr<scalar_t>(), s, false);
+      } else if (direct) {
         conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
                                            dx.data_ptr<scalar_t>(), s, false);
       } else if (!winograd && dx.numel() > 0) {
@@ -913,6 +939,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
       if (m != 0 && finite_dy() && all_finite(x)) {   // written in the output's format
         dw = at::empty(weight.sizes(), weight.options().memory_format(s.format));
         conv2d_winograd_grad_weight(x, dy, dw, s, m);
+      } else if (s.algorithm == Conv2dAlgorithm::direct && depthwise_applies(s, x.element_size(), false)) {
+        dw = at::empty(weight.sizes(), weight.options());
+        conv2d_depthwise_grad_weight<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), s,
+                                               false);
+        dw = in_format(dw, s.format);
       } else {   // im2col's (also where Winograd declines: non-finite values)
         dw = at::empty(weight.sizes(), weight.options());
         grad_weight_impl<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), s);
