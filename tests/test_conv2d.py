@@ -6,6 +6,8 @@ module against torch.nn.Conv2d; bad inputs."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -185,7 +187,8 @@ def test_depthwise_cpu_isas(cpu_isa, memory_format, dtype):
 
 def test_nan_propagates(device):
     # A NaN in the input reaches exactly the outputs whose window covers it, as in torch; padding
-    # taps never turn into NaN.
+    # taps never turn into NaN. Depthwise too (its kernels compute whole vectors past a row's end and
+    # read grad_output through zero-padded copies), NCHW and channels-last, every gradient.
     x = torch.randn(1, 32, 6, 6, device=device)
     x[0, 3, 2, 4] = float("nan")
     w = torch.randn(32, 32, 3, 3, device=device)
@@ -193,6 +196,21 @@ def test_nan_propagates(device):
         y, ref = F.conv2d(x, w, padding=1, algorithm=algorithm), TF.conv2d(x, w, padding=1)
         assert torch.equal(y.isnan(), ref.isnan()), algorithm
         torch.testing.assert_close(y.nan_to_num(), ref.nan_to_num(), rtol=1e-4, atol=1e-4)
+    for mf, stride in itertools.product((torch.contiguous_format, torch.channels_last), (1, 2)):
+        xd = torch.randn(2, 9, 11, 13, device=device).contiguous(memory_format=mf)
+        xd[1, 4, 5, 6] = float("nan")
+        wd = torch.randn(9, 1, 3, 3, device=device)
+        got, want = [], []
+        for conv, out in ((F.conv2d, got), (TF.conv2d, want)):
+            xx, ww = xd.clone().requires_grad_(True), wd.clone().requires_grad_(True)
+            y = conv(xx, ww, None, stride, 1, 1, 9)
+            go = torch.ones_like(y)
+            go[0, 2, 1, 1] = float("nan")
+            y.backward(go)
+            out.extend((y, xx.grad, ww.grad))
+        for a, b in zip(got, want):
+            assert torch.equal(a.isnan(), b.isnan()), (mf, stride)
+            torch.testing.assert_close(a.nan_to_num(), b.nan_to_num(), rtol=1e-4, atol=1e-4)
 
 
 def test_channels_last_weight_gives_channels_last_output(device):
