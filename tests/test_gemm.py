@@ -56,6 +56,21 @@ def test_all_transposes_and_edge_sizes_cpu_isas(cpu_isa):
         check(a, b, c, ta, tb, 0.5, -2.0)
 
 
+def test_few_columns_read_a_in_place_cpu_isas(cpu_isa):
+    # GEMMs of at most two micro-panels of columns with a row-major A read it in place instead of
+    # packing it (gemm.cpp: gemm_a_in_place), with the packed path's FMAs in its order: the bits of the
+    # first columns of a wider product (which packs A), over K-block counts, row-tile edges, alpha/beta.
+    for dtype in (torch.float32, torch.float64):
+        for m, n, k in [(24, 1, 3), (97, 16, 300), (131, 24, 513), (500, 33, 64), (61, 64, 7)]:
+            a, b, c = operands(m, n, k, False, False, dtype, "cpu")
+            wide = torch.cat([b, torch.randn(k, 200 - n, dtype=dtype)], 1)
+            for alpha, beta, cc in ((1.0, 0.0, None), (0.5, -2.0, c)):
+                cw = None if cc is None else torch.cat([cc, torch.randn(m, 200 - n, dtype=dtype)], 1)
+                got = gemm(a, b, cc, False, False, alpha, beta)
+                assert torch.equal(got, gemm(a, wide, cw, False, False, alpha, beta)[:, :n]), (m, n, k, dtype)
+                check(a, b, cc, False, False, alpha, beta)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_all_transposes_and_edge_sizes(device, dtype):
     for (m, n, k), ta, tb in itertools.product(SIZES, (False, True), (False, True)):

@@ -146,11 +146,50 @@ void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, c
 
 }  // namespace
 
+// GEMMs of few columns read a row-major A in place instead of packing it: packing copies all of A, and
+// with n <= kInPlacePanels * NR each element of A then feeds only n products, so the copy costs about
+// as much as the arithmetic (the channels-last 1x1 convolutions of MobileNet-v2's bottlenecks: M = the
+// batch's pixels, N = 16-32 output channels). FMAs and their order are the packed path's (bit-identical).
+constexpr int64_t kInPlacePanels = 2;
+
+template <typename T>
+bool reads_a_in_place(const GemmArgs<T>& g, const GemmKernels<T>& kern) {
+  return g.a_packed == nullptr && g.cs_a == 1 && g.n <= kInPlacePanels * kern.nr && g.m >= 4 * kern.mr;
+}
+
+template <typename T>
+void gemm_a_in_place(const GemmArgs<T>& g, const GemmKernels<T>& kern) {
+  const int64_t kKC = k_block_of(g), n_pad = (g.n + kern.nr - 1) / kern.nr * kern.nr;
+  const T* bp = g.b_packed;
+  if (bp == nullptr) {   // all of B (few columns), packed once
+    T* dst = scratch<T>(Scratch::gemm_b, gemm_packed_b_elems<T>(g.k, g.n));
+    gemm_pack_b(g, dst);
+    bp = dst;
+  }
+  // Rows in runs of kRun micro-panels, each run through every K block while its C rows stay in L1.
+  constexpr int64_t kRun = 16;
+  const int64_t panels = (g.m + kern.mr - 1) / kern.mr, runs = (panels + kRun - 1) / kRun;
+  const auto run_rows = [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t i0 = r * kRun * kern.mr, mc = std::min(g.m, i0 + kRun * kern.mr) - i0;
+      for (int64_t k0 = 0; k0 < g.k; k0 += kKC) {
+        kern.macro_rows(g, bp + k0 * n_pad, i0, mc, k0, std::min(kKC, g.k - k0), k0 == 0);
+      }
+    }
+  };
+  if (at::in_parallel_region()) {
+    run_rows(0, runs);
+  } else {
+    at::parallel_for(0, runs, 1, run_rows);
+  }
+}
+
 template <typename T>
 void gemm(const GemmArgs<T>& g) {
   if (g.m == 0 || g.n == 0) return;
   if (g.k == 0 || g.alpha == T(0)) return scale_c(g);
   const auto& kern = kernels_for<T>();
+  if (reads_a_in_place(g, kern)) return gemm_a_in_place(g, kern);
   loop_nest<T, T>(
       g, kern.mr, kern.nr, 1, g.a_packed, g.b_packed,
       [&](const T* ap, const T* bp, int64_t i0, int64_t mc, int64_t j0, int64_t nc, int64_t kc, bool first) {

@@ -74,6 +74,9 @@ struct GemmKernels {
   // pack a K block of an op(B) given by offset tables (see gemm_pack_b_offsets)
   void (*pack_b_offsets)(const T* base, const int64_t* row_off, int64_t rows, const int64_t* col_off, int64_t cols,
                          T* dst);
+  // C[i0:i0+mc, :] (+)= alpha * A[i0:i0+mc, k0:k0+kc] * Bpacked, A read in place (cs_a == 1), Bpacked one
+  // K block of all of B's panels: the loop nest without packing A, for GEMMs of few columns
+  void (*macro_rows)(const GemmArgs<T>& g, const T* bp, int64_t i0, int64_t mc, int64_t k0, int64_t kc, bool first);
 };
 
 // The engine: C = alpha * op(A) * op(B) + beta * C for the strided operands in `g`, with the active
