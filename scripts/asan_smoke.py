@@ -22,7 +22,7 @@ for isa in reversed(isas[: isas.index(fastconv._C.best_cpu_isa()) + 1]):
             x = torch.randn(shape).contiguous(memory_format=mf).requires_grad_(True)
             w = torch.rand(shape[1], requires_grad=True); b = torch.randn(shape[1], requires_grad=True)
             F.batch_norm(x, torch.zeros(shape[1]), torch.ones(shape[1]), w, b, training, relu=relu).sum().backward(); n += 1
-    for (m, nn_, kk), ta, tb in itertools.product([(1,1,1),(7,33,5),(241,65,257),(13,3100,300)], [False, True], [False, True]):
+    for (m, nn_, kk), ta, tb in itertools.product([(1,1,1),(7,33,5),(241,65,257),(13,3100,300),(131,24,513),(97,3,40)], [False, True], [False, True]):
         a = torch.randn((kk, m) if ta else (m, kk)); b = torch.randn((nn_, kk) if tb else (kk, nn_))
         gemm(a, b, torch.randn(nn_), ta, tb, 1.0, 1.0); n += 1
         for dt, out in [(torch.bfloat16, None), (torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16)]:
@@ -38,6 +38,10 @@ for isa in reversed(isas[: isas.index(fastconv._C.best_cpu_isa()) + 1]):
             F.conv2d(x, w, bb, s_, p_, d_, g_, algorithm=algo).sum().backward(); n += 1
             with torch.autocast("cpu", dtype=torch.bfloat16):   # half precision through autocast
                 F.conv2d(x, w, bb, s_, p_, d_, g_, algorithm=algo).float().sum().backward(); n += 1
+    for xs, k, s_, p_, d_ in [((2,5,19,23),(3,3),1,1,1), ((1,6,21,18),(3,3),2,1,1), ((2,4,17,20),(5,3),(2,3),(2,0),(1,2)), ((1,3,30,9),(3,3),3,4,2)]:
+        for mf in (torch.contiguous_format, torch.channels_last):   # depthwise: planes over 256 pixels (NCHW phases)
+            x = torch.randn(xs).contiguous(memory_format=mf).requires_grad_(True); w = torch.randn(xs[1], 1, *k, requires_grad=True)
+            F.conv2d(x, w, torch.randn(xs[1]), s_, p_, d_, xs[1], algorithm="direct").sum().backward(); n += 1
     for xs, ws, s_, p_, d_ in [((2,5,9,7),(70,5,3,3),(1,1),(1,1),(1,1)), ((1,17,11,13),(3,17,3,2),(2,3),(2,0),(1,2)), ((1,4,3,3),(2,4,3,3),(3,3),(4,4),(1,1))]:
         x, w, bb = torch.randn(xs).bfloat16(), torch.randn(ws).bfloat16(), torch.randn(ws[0]).bfloat16()
         torch.ops.fastconv_testing.conv2d_bf16_direct(x, w, bb, s_, p_, d_, "emulated"); n += 1   # the portable build
