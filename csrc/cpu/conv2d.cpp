@@ -18,9 +18,10 @@
 // row is a run of 16+ values (conv2d_nhwc.cpp), direct always (conv2d_direct.cpp), Winograd with 16+
 // channels per group (conv2d_winograd.cpp's channels-last passes); the rest through NCHW copies
 // (conv2d_nhwc_applies). algorithm="direct" runs conv2d_direct.cpp's
-// kernels for the forward pass and grad_input instead, the Winograd algorithms (and "auto" where it
-// picks them) conv2d_winograd.cpp's, grad_weight included (grad_weight_algorithm in conv2d_args.h);
-// grad_bias is always the one here.
+// kernels for the forward pass and grad_input instead (on depthwise layers conv2d_depthwise.cpp's,
+// grad_weight included), the Winograd algorithms (and "auto" where it picks them)
+// conv2d_winograd.cpp's, grad_weight included (grad_weight_algorithm in conv2d_args.h); grad_bias is
+// always the one here.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
