@@ -60,7 +60,7 @@ inline Conv2dAlgorithm choose_winograd_tile(const Conv2dShape& s) {
 // - grad_weight: its own rule (grad_weight_algorithm below).
 // - direct for depthwise layers (groups = input = output channels), which it runs on its depthwise
 //   kernels (cpu/conv2d_depthwise.h): MobileNet-v2's 3x3 layers, batch 16, forward + backward, NCHW
-//   1.0-3.6x im2col's speed (but at 56x56 stride 2 and 7x7, 0.95x), channels-last 5.7-10x.
+//   1.9-4.4x im2col's speed, channels-last 5.2-9.4x (AMD Zen 3, 2 threads).
 // - im2col otherwise. (Direct was the choice for groups of at least 32 output and 16 input channels
 //   until im2col's forward lowered by vector loads into L2-sized blocks: im2col then measured 1.05-3.2x
 //   direct's speed forward and 0.97-2.7x forward+backward on ResNet's 3x3 layers at stride 1 and 2,
