@@ -146,10 +146,12 @@ def test_channels_last_without_copies(cpu_isa, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_channels_last_through_nchw_copies(dtype):
     # What still runs in NCHW copies its channels-last input and grad_output to NCHW and its results back:
-    # im2col where a tap reads fewer than 16 contiguous values (3x3 over 3 channels, groups of 2), and
-    # Winograd on fewer than 16 channels; values and strides as torch's.
+    # im2col where a tap reads fewer than 16 contiguous values (3x3 over 3 channels, groups of 2,
+    # depthwise), and Winograd on fewer than 16 channels; values and strides as torch's (float64
+    # depthwise: torch's grad_weight has the contiguous strides, conv2d.cpp's torch_depthwise_strides).
     cases = [((2, 3, 9, 7), (4, 3, 3, 3), 1, 1, 1, "im2col"),
              ((2, 8, 9, 9), (8, 2, 3, 3), 2, 1, 4, "im2col"),
+             ((2, 8, 9, 9), (8, 1, 3, 3), 2, 1, 8, "im2col"),
              ((2, 8, 9, 7), (6, 8, 3, 3), 1, 1, 1, "winograd_2x2")]
     for x_shape, w_shape, stride, padding, groups, algorithm in cases:
         ours, ref = run_both(x_shape, w_shape, stride, padding, 1, groups, dtype=dtype, device="cpu",

@@ -25,6 +25,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/util/strides.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -868,10 +869,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
     if (output_mask[1] && !winograd_dw) {
       dw = at::empty(weight.sizes(), weight.options().memory_format(cl));
       if (s.algorithm == Conv2dAlgorithm::direct && depthwise_applies(s, input.element_size(), true)) {
-        // C x 1 x kh x kw: channels-last and contiguous are one memory order, and only the size-1 dim's
-        // stride tells them apart. torch's float64 kernel without dilation gives the contiguous strides.
-        const bool dilated = s.g.dh != 1 || s.g.dw != 1;
-        if (input.scalar_type() == at::kDouble && !dilated) dw = at::empty(weight.sizes(), weight.options());
         conv2d_depthwise_grad_weight<scalar_t>(dy.data_ptr<scalar_t>(), input.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(),
                                                s, true);
       } else {
@@ -896,14 +893,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
   return {dx, dw, db};
 }
 
+// torch's float64 depthwise grad_weight on a channels-last call without dilation (its per-group
+// kernel's) has the contiguous strides. C x 1 x kh x kw is one memory order either way -- only the
+// size-1 dim's stride tells them apart, which opcheck and torch.compile's stride asserts do not compare
+// -- so every route's result (im2col, direct, the depthwise kernels) is restrided in place, not copied.
+at::Tensor torch_depthwise_strides(const at::Tensor& dw, const at::Tensor& input, const Conv2dShape& s) {
+  const bool depthwise = s.groups == s.in_channels && s.out_channels == s.in_channels;
+  if (!depthwise || s.format != at::MemoryFormat::ChannelsLast || input.scalar_type() != at::kDouble ||
+      s.g.dh != 1 || s.g.dw != 1 || dw.numel() == 0) {
+    return dw;
+  }
+  return dw.as_strided(dw.sizes(), c10::contiguous_strides(dw.sizes()));
+}
+
 // The backward pass of a checked call (`s` as check_conv2d_backward made it).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
                                                                const at::Tensor& weight, const Conv2dShape& s,
                                                                std::array<bool, 3> output_mask) {
   if (s.in_channels == 0) return conv2d_backward_no_channels(input, weight, s, output_mask);
   if (is_half(input.scalar_type())) return conv2d_backward_half(grad_output, input, weight, s, output_mask);
-  if (conv2d_nhwc_applies(input, s)) return conv2d_backward_nhwc(grad_output, input, weight, s, output_mask);
-  return conv2d_backward_nchw(grad_output, input, weight, s, output_mask);
+  auto [dx, dw, db] = conv2d_nhwc_applies(input, s) ? conv2d_backward_nhwc(grad_output, input, weight, s, output_mask)
+                                                    : conv2d_backward_nchw(grad_output, input, weight, s, output_mask);
+  return {dx, torch_depthwise_strides(dw, input, s), db};
 }
 
 // The backward pass in NCHW (channels-last tensors through NCHW copies).

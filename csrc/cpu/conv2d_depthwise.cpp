@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/conv2d.h"
 #include "common/conv2d_args.h"
 #include "cpu/conv2d_depthwise.h"
 #include "cpu/isa.h"
@@ -97,12 +98,6 @@ std::vector<T> weight_table(const T* w, const DirectWeightStrides& ws, const Con
   return out;
 }
 
-// Input coordinate of tap k of output coordinate o, or -1 outside [0, n).
-inline int64_t tap_at(int64_t o, int64_t k, int64_t stride, int64_t pad, int64_t dil, int64_t n) {
-  const int64_t v = o * stride - pad + k * dil;
-  return v >= 0 && v < n ? v : -1;
-}
-
 // The taps of output pixel (oh, ow) that read inside the image: `src` gets where each reads in x (an
 // NHWC image of C channels starting at `image`), `tap` which tap it is; returns how many.
 template <typename T>
@@ -110,23 +105,16 @@ int64_t taps_inside(const T* image, const Conv2dGeometry& g, int64_t C, int64_t 
                     int64_t* tap) {
   int64_t used = 0;
   for (int64_t i = 0; i < g.kh; ++i) {
-    const int64_t ih = tap_at(oh, i, g.sh, g.ph, g.dh, g.in_h);
-    if (ih < 0) continue;
+    const int64_t ih = conv_tap(oh, i, g.sh, g.ph, g.dh);
+    if (ih < 0 || ih >= g.in_h) continue;
     for (int64_t j = 0; j < g.kw; ++j) {
-      const int64_t iw = tap_at(ow, j, g.sw, g.pw, g.dw, g.in_w);
-      if (iw < 0) continue;
+      const int64_t iw = conv_tap(ow, j, g.sw, g.pw, g.dw);
+      if (iw < 0 || iw >= g.in_w) continue;
       src[used] = image + (ih * g.in_w + iw) * C;
       tap[used++] = i * g.kw + j;
     }
   }
   return used;
-}
-
-// Output coordinate whose tap k reads input coordinate v, or -1 (off the stride's grid, or outside).
-inline int64_t reader_of(int64_t v, int64_t k, int64_t stride, int64_t pad, int64_t dil, int64_t n) {
-  const int64_t a = v + pad - k * dil;
-  if (a < 0 || a % stride != 0 || a / stride >= n) return -1;
-  return a / stride;
 }
 
 // NCHW planes of at most kSmallPlane pixels run the channels-last kernels on channels-last copies in
@@ -244,7 +232,7 @@ void conv2d_depthwise_grad_input(const T* dy, const T* w, const DirectWeightStri
     for (int64_t ih = 0; ih < g.in_h; ++ih) {
       for (int64_t f = 0; f < g.sw; ++f) {
         for (int64_t i = 0; i < g.kh; ++i) {
-          const int64_t oh = reader_of(ih, i, g.sh, g.ph, g.dh, g.out_h);
+          const int64_t oh = conv_reader(ih, i, g.sh, g.ph, g.dh, g.out_h);
           for (int64_t j = 0; oh >= 0 && j < g.kw; ++j) {
             if (j * g.dw % g.sw != f) continue;
             offset.push_back(oh * dy_ld + shift - j * g.dw / g.sw);
@@ -293,10 +281,10 @@ void conv2d_depthwise_grad_input(const T* dy, const T* w, const DirectWeightStri
       for (int64_t iw = 0; iw < g.in_w; ++iw) {
         int64_t used = 0;
         for (int64_t i = 0; i < g.kh; ++i) {
-          const int64_t oh = reader_of(ih, i, g.sh, g.ph, g.dh, g.out_h);
+          const int64_t oh = conv_reader(ih, i, g.sh, g.ph, g.dh, g.out_h);
           if (oh < 0) continue;
           for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t ow = reader_of(iw, j, g.sw, g.pw, g.dw, OW);
+            const int64_t ow = conv_reader(iw, j, g.sw, g.pw, g.dw, OW);
             if (ow < 0) continue;
             src[used] = dy + ((n * g.out_h + oh) * OW + ow) * C;
             wr[used++] = wt.data() + (i * g.kw + j) * C;

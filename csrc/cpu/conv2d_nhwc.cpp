@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/conv2d.h"
 #include "common/conv2d_args.h"
 #include "common/weight_cache.h"
 #include "cpu/conv2d_nhwc.h"
@@ -72,7 +73,7 @@ struct TapRun {
 };
 
 TapRun inside_taps(const Conv2dGeometry& g, int64_t ow) {
-  const int64_t iw0 = ow * g.sw - g.pw;   // what tap 0 reads
+  const int64_t iw0 = conv_tap(ow, 0, g.sw, g.pw, g.dw);   // what tap 0 reads
   const int64_t j0 = iw0 >= 0 ? 0 : std::min(g.kw, (-iw0 + g.dw - 1) / g.dw);
   const int64_t j1 = iw0 >= g.in_w ? 0 : std::min(g.kw, (g.in_w - iw0 + g.dw - 1) / g.dw);
   return {j0, std::max(j0, j1)};
@@ -82,7 +83,7 @@ TapRun inside_taps(const Conv2dGeometry& g, int64_t ow) {
 // inside the image, as is that tap).
 int64_t pixel_of(const Conv2dShape& s, const NhwcPlan& p, int64_t n, int64_t ih, int64_t ow, int64_t j) {
   const auto& g = s.g;
-  return ((n * g.in_h + ih) * g.in_w + ow * g.sw - g.pw + j * g.dw) * p.C;
+  return ((n * g.in_h + ih) * g.in_w + conv_tap(ow, j, g.sw, g.pw, g.dw)) * p.C;
 }
 
 // cols[r][t] for rows q in [q0, q1) (global output positions) of group grp: per tap (i, j) a run of cg
