@@ -100,7 +100,10 @@ def _conv2d(device):
             ((2, 3, 5, 5), (4, 3, 3, 3), [1, 1], [1, 1], [1, 1], 1, False, torch.channels_last, "direct"),
             ((2, 16, 5, 5), (32, 16, 3, 3), [1, 1], [1, 1], [1, 1], 1, True, torch.contiguous_format, "auto"),
             ((2, 3, 7, 6), (4, 3, 3, 3), [1, 1], [1, 1], [1, 1], 1, True, torch.contiguous_format, "winograd_2x2"),
-            ((2, 3, 5, 9), (4, 3, 3, 3), [1, 1], [2, 0], [1, 1], 1, False, torch.channels_last, "winograd_4x4")]:
+            ((2, 3, 5, 9), (4, 3, 3, 3), [1, 1], [2, 0], [1, 1], 1, False, torch.channels_last, "winograd_4x4"),
+            # depthwise: the NCHW phase kernels (17x17 planes), and channels-last
+            ((2, 5, 17, 17), (5, 1, 3, 3), [2, 2], [1, 1], [1, 1], 5, True, torch.contiguous_format, "auto"),
+            ((2, 6, 7, 6), (6, 1, 3, 3), [1, 1], [1, 1], [1, 1], 6, False, torch.channels_last, "direct")]:
         x = torch.randn(x_shape, device=device)
         if x.dim() == 4:
             x = x.contiguous(memory_format=mf)
