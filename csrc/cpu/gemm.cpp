@@ -147,14 +147,18 @@ void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, c
 }  // namespace
 
 // GEMMs of few columns read a row-major A in place instead of packing it: packing copies all of A, and
-// with n <= kInPlacePanels * NR each element of A then feeds only n products, so the copy costs about
-// as much as the arithmetic (the channels-last 1x1 convolutions of MobileNet-v2's bottlenecks: M = the
-// batch's pixels, N = 16-32 output channels). FMAs and their order are the packed path's (bit-identical).
-constexpr int64_t kInPlacePanels = 2;
+// with n <= kInPlaceColumns each element of A then feeds only n products, so the copy costs a good part
+// of the arithmetic (the channels-last convolutions: M = the batch's pixels, N = the output channels,
+// 16-64 in MobileNet-v2's bottlenecks and ResNet's 7x7 stem). The row panel being multiplied stays in
+// the L1 while B's K block (kc x n, at most 64 KiB in float32) streams from the L2. FMAs and their order
+// are the packed path's (bit-identical). AMD Zen 3 (AVX2, 16-column panels), against torch.mm on 2
+// threads: 2 panels -> 4 took 25088x64x147 (the stem's lowered GEMM) 0.94 -> 1.03-1.04x, 4096x64x1024
+// 0.92 -> 1.15-1.18x; up to 16 panels gained nothing clear at 96-256 columns (0.96-1.14x either way).
+constexpr int64_t kInPlaceColumns = 64;
 
 template <typename T>
 bool reads_a_in_place(const GemmArgs<T>& g, const GemmKernels<T>& kern) {
-  return g.a_packed == nullptr && g.cs_a == 1 && g.n <= kInPlacePanels * kern.nr && g.m >= 4 * kern.mr;
+  return g.a_packed == nullptr && g.cs_a == 1 && g.n <= kInPlaceColumns && g.m >= 4 * kern.mr;
 }
 
 template <typename T>
