@@ -57,11 +57,11 @@ def test_all_transposes_and_edge_sizes_cpu_isas(cpu_isa):
 
 
 def test_few_columns_read_a_in_place_cpu_isas(cpu_isa):
-    # GEMMs of at most 64 columns with a row-major A read it in place instead of packing it (gemm.cpp:
-    # gemm_a_in_place), with the packed path's FMAs in its order: the bits of the first columns of a
-    # wider product (which packs A), over K-block counts, row-tile edges, alpha/beta.
+    # GEMMs of at most 64-128 columns (per ISA) with a row-major A read it in place instead of packing
+    # it (gemm.cpp: gemm_a_in_place), with the packed path's FMAs in its order: the bits of the first
+    # columns of a wider product (which packs A), over K-block counts, row-tile edges, alpha/beta.
     for dtype in (torch.float32, torch.float64):
-        for m, n, k in [(24, 1, 3), (97, 16, 300), (131, 24, 513), (500, 33, 64), (61, 64, 7), (203, 57, 290)]:
+        for m, n, k in [(24, 1, 3), (97, 16, 300), (131, 24, 513), (500, 33, 64), (61, 64, 7), (203, 100, 290), (50, 128, 33)]:
             a, b, c = operands(m, n, k, False, False, dtype, "cpu")
             wide = torch.cat([b, torch.randn(k, 200 - n, dtype=dtype)], 1)
             for alpha, beta, cc in ((1.0, 0.0, None), (0.5, -2.0, c)):

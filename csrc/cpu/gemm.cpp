@@ -147,18 +147,18 @@ void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, c
 }  // namespace
 
 // GEMMs of few columns read a row-major A in place instead of packing it: packing copies all of A, and
-// with n <= kInPlaceColumns each element of A then feeds only n products, so the copy costs a good part
-// of the arithmetic (the channels-last convolutions: M = the batch's pixels, N = the output channels,
-// 16-64 in MobileNet-v2's bottlenecks and ResNet's 7x7 stem). The row panel being multiplied stays in
-// the L1 while B's K block (kc x n, at most 64 KiB in float32) streams from the L2. FMAs and their order
-// are the packed path's (bit-identical). AMD Zen 3 (AVX2, 16-column panels), against torch.mm on 2
-// threads: 2 panels -> 4 took 25088x64x147 (the stem's lowered GEMM) 0.94 -> 1.03-1.04x, 4096x64x1024
-// 0.92 -> 1.15-1.18x; up to 16 panels gained nothing clear at 96-256 columns (0.96-1.14x either way).
-constexpr int64_t kInPlaceColumns = 64;
-
+// with n <= kern.in_place_columns (128; two panels for AVX-512 float32, gemm_kernels.inc) each element
+// of A then feeds only n products, so the copy costs a good part of the arithmetic (the channels-last
+// convolutions: M = the batch's pixels, N = the output channels, 16-128 in ResNet-18's first stages
+// and MobileNet-v2). The row panel being multiplied stays in the L1 while B's K block (kc x n) streams
+// from the L2. FMAs and their order are the packed path's (bit-identical). AMD Zen 3 (AVX2, 16-column
+// panels), 2 threads, against torch.mm: two panels -> 128 columns took the stem's lowered GEMM
+// 25088x64x147 0.94 -> 1.04x, 4096x64x1024 0.92 -> 1.15x, and in our own time 12544x128x64 -9%,
+// 6272x96x288 -13%, 1568x128x576 -3%; at 256 columns
+// 392x256x1152 ran 10-30% slower (with the runs below then uneven).
 template <typename T>
 bool reads_a_in_place(const GemmArgs<T>& g, const GemmKernels<T>& kern) {
-  return g.a_packed == nullptr && g.cs_a == 1 && g.n <= kInPlaceColumns && g.m >= 4 * kern.mr;
+  return g.a_packed == nullptr && g.cs_a == 1 && g.n <= kern.in_place_columns && g.m >= 4 * kern.mr;
 }
 
 template <typename T>
@@ -170,12 +170,17 @@ void gemm_a_in_place(const GemmArgs<T>& g, const GemmKernels<T>& kern) {
     gemm_pack_b(g, dst);
     bp = dst;
   }
-  // Rows in runs of kRun micro-panels, each run through every K block while its C rows stay in L1.
+  // Rows in runs of at most kRun micro-panels, each run through every K block while its C rows stay in
+  // L1; the runs as many as make whole rounds for the threads (66 panels as 5 runs of 16 had left one
+  // thread 3 runs to the other's 2), their panels shared out evenly.
   constexpr int64_t kRun = 16;
-  const int64_t panels = (g.m + kern.mr - 1) / kern.mr, runs = (panels + kRun - 1) / kRun;
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t panels = (g.m + kern.mr - 1) / kern.mr;
+  const int64_t runs = std::min(panels, ((panels + kRun - 1) / kRun + threads - 1) / threads * threads);
+  const auto run_start = [&](int64_t r) { return std::min(g.m, r * panels / runs * kern.mr); };
   const auto run_rows = [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t i0 = r * kRun * kern.mr, mc = std::min(g.m, i0 + kRun * kern.mr) - i0;
+      const int64_t i0 = run_start(r), mc = run_start(r + 1) - i0;
       for (int64_t k0 = 0; k0 < g.k; k0 += kKC) {
         kern.macro_rows(g, bp + k0 * n_pad, i0, mc, k0, std::min(kKC, g.k - k0), k0 == 0);
       }

@@ -77,6 +77,8 @@ struct GemmKernels {
   // C[i0:i0+mc, :] (+)= alpha * A[i0:i0+mc, k0:k0+kc] * Bpacked, A read in place (cs_a == 1), Bpacked one
   // K block of all of B's panels: the loop nest without packing A, for GEMMs of few columns
   void (*macro_rows)(const GemmArgs<T>& g, const T* bp, int64_t i0, int64_t mc, int64_t k0, int64_t kc, bool first);
+  // the most columns for which macro_rows beats packing A (see gemm.cpp: reads_a_in_place)
+  int64_t in_place_columns;
 };
 
 // The engine: C = alpha * op(A) * op(B) + beta * C for the strided operands in `g`, with the active
