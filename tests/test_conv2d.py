@@ -14,6 +14,7 @@ import torch.nn.functional as TF
 
 import fastconv
 import fastconv.functional as F
+from fastconv.ops import gemm
 
 # (input shape, weight shape, stride, padding, dilation, groups)
 GRID = [
@@ -141,6 +142,44 @@ def test_channels_last_without_copies(cpu_isa, dtype):
             ref = torch.ops.aten.convolution_backward(go, x, w, [w_shape[0]], *args[:3], False, [0, 0], groups,
                                                       [True, True, True])
             assert_match((y, *grads), (ref_y, *ref), dtype)
+
+
+# Channels-last layers whose forward reads each kernel row's taps where they lie (conv2d_nhwc.cpp:
+# forward_gathered): one group, no dilation along the width, kh * kw * C within the GEMM's K block.
+# (input, weight, stride, padding, dilation)
+GATHERED = [
+    ((2, 3, 19, 17), (40, 3, 7, 7), 2, 3, 1),                # a stem
+    ((3, 64, 9, 9), (130, 64, 1, 1), 2, 0, 1),               # 1x1 stride 2, unpadded; past 128 filters
+    ((2, 8, 11, 10), (9, 8, 3, 3), (2, 1), (0, 2), (2, 1)),  # dilated rows, padded columns only
+    ((1, 16, 5, 7), (7, 16, 1, 4), 1, (0, 1), 1),            # one kernel row of 4 taps
+    ((1, 4, 1, 1), (5, 4, 5, 5), 1, 2, 1),                   # one pixel: all but the centre tap padding
+    ((2, 256, 5, 5), (20, 256, 1, 1), 2, 0, 1),              # 256 taps: one K block exactly
+    ((2, 257, 5, 5), (20, 257, 1, 1), 2, 0, 1),              # 257: lowered instead
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channels_last_gathered_rows_cpu_isas(cpu_isa, dtype):
+    # Against torch, and bit for bit against the product it stands for: im2col's matrix (taps in the
+    # channels-last weight's order) lowered by torch and multiplied by fastconv's GEMM, plus the bias.
+    k_block = fastconv._C.gemm_blocking()["kc"]
+    for x_shape, w_shape, stride, padding, dilation in GATHERED:
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(x_shape, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(w_shape, generator=g, dtype=dtype)
+        for b in (None, torch.randn(w_shape[0], generator=g, dtype=dtype)):
+            y = F.conv2d(x, w, b, stride, padding, dilation, algorithm="im2col")
+            assert y.is_contiguous(memory_format=torch.channels_last)
+            assert_match((y,), (TF.conv2d(x, w, b, stride, padding, dilation),), dtype)
+            (n, k, oh, ow), (kh, kw) = y.shape, w_shape[2:]
+            taps = w_shape[1] * kh * kw
+            if taps > k_block:
+                continue
+            cols = TF.unfold(x, (kh, kw), dilation, padding, stride).view(n, -1, kh, kw, oh * ow)
+            cols = cols.permute(0, 4, 2, 3, 1).reshape(n * oh * ow, taps)
+            wt = w.permute(0, 2, 3, 1).reshape(k, taps).t()
+            want = gemm(cols, wt, b, False, False, 1.0, 0.0 if b is None else 1.0)
+            assert torch.equal(y.permute(0, 2, 3, 1).reshape(n * oh * ow, k), want), (x_shape, w_shape, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

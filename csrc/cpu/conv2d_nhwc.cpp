@@ -201,6 +201,68 @@ at::Tensor packed_weights(const at::Tensor& weight, const T* w, const Conv2dShap
   });
 }
 
+// The forward pass without lowering, where each kernel row's taps are one run of kw * C values (one
+// group, no dilation along the width) and all T = kh * kw * C taps fit one K block of the GEMM: an output
+// position's row of im2col's matrix is then kh runs of a zero-padded copy of the input (the input itself
+// when unpadded), which gemm_gathered reads where they lie, the same FMAs in the same order as the
+// lowered product (bit for bit the result of im2col_rows + gemm). The stem's lowering had taken a fifth
+// of its forward pass (ResNet-18, 7x7 over 3 channels; 1x1 stride-2 layers too take this path).
+// forward_gathered's pieces: up to kPieceTiles micro-tiles of output positions (their row pointers on
+// the stack), at least four per thread where there are enough tiles.
+constexpr int64_t kPieceTiles = 32, kMaxMr = 8;
+
+template <typename T>
+bool gathers_rows(const Conv2dShape& s, const NhwcPlan& p) {
+  return s.groups == 1 && s.g.dw == 1 && !p.pointwise && p.T <= gemm_tile<T>().k_block;
+}
+
+template <typename T>
+void forward_gathered(const T* x, const T* packed, const T* bias, T* out, const Conv2dShape& s, const NhwcPlan& p) {
+  const auto& g = s.g;
+  const int64_t Hp = g.in_h + 2 * g.ph, Wp = g.in_w + 2 * g.pw, pitch = Wp * p.C;   // the padded rows
+  at::Tensor padded;
+  const T* src = x;
+  if (g.ph > 0 || g.pw > 0) {
+    padded = at::zeros({s.batch * Hp * pitch}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+    T* dst = padded.data_ptr<T>();
+    const int64_t run = g.in_w * p.C;
+    at::parallel_for(0, s.batch * g.in_h, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / g.in_h, h = r % g.in_h;
+        std::copy(x + r * run, x + (r + 1) * run, dst + (n * Hp + h + g.ph) * pitch + g.pw * p.C);
+      }
+    });
+    src = dst;
+  }
+  const int64_t mr = gemm_tile<T>().mr, M = s.batch * p.P, tiles = (M + mr - 1) / mr;
+  TORCH_INTERNAL_ASSERT(mr <= kMaxMr);
+  const int64_t piece = std::clamp<int64_t>(tiles / (4 * at::get_num_threads()), 1, kPieceTiles) * mr;
+  const auto gathered = [&](const T* const* rows, int64_t m) {   // kh runs of kw * C values per row
+    GatheredRows<T> a;
+    a.rows = rows;
+    a.m = m;
+    a.segs = g.kh;
+    a.len = g.kw * p.C;
+    a.stride = g.dh * pitch;
+    return a;
+  };
+  at::parallel_for(0, (M + piece - 1) / piece, 1, [&](int64_t b0, int64_t b1) {
+    const T* rows[kPieceTiles * kMaxMr];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t q0 = b * piece, q1 = std::min(M, q0 + piece);
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t n = q / p.P, pos = q % p.P, oh = pos / g.out_w, ow = pos % g.out_w;
+        rows[q - q0] = src + (n * Hp + oh * g.sh) * pitch + ow * g.sw * p.C;
+      }
+      T* c = out + q0 * p.K;
+      if (bias != nullptr) {
+        for (int64_t q = q0; q < q1; ++q) std::copy(bias, bias + p.K, c + (q - q0) * p.K);
+      }
+      gemm_gathered(gathered(rows, q1 - q0), packed, p.K, c, p.K, bias != nullptr ? T(1) : T(0));
+    }
+  });
+}
+
 }  // namespace
 
 bool conv2d_nhwc_applies(const at::Tensor& input, const Conv2dShape& s) {
@@ -228,6 +290,7 @@ void conv2d_nhwc_forward(const T* x, const at::Tensor& weight, const T* w, const
   const NhwcPlan p = plan_of(s, sizeof(T));
   const at::Tensor wpacked = packed_weights(weight, w, s, p, false);
   const T* packed = wpacked.data_ptr<T>();
+  if (gathers_rows<T>(s, p)) return forward_gathered(x, packed, bias, out, s, p);
   const int64_t per_group = gemm_packed_b_elems<T>(p.T, p.kg);
   for_each_chunk<T>(s, p, [&](int64_t grp, int64_t q0, int64_t q1, T* cols) {
     const int64_t rows = q1 - q0;

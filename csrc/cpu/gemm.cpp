@@ -625,6 +625,14 @@ template GemmTile gemm_tile<float>();
 template GemmTile gemm_tile<double>();
 
 template <typename T>
+void gemm_gathered(const GatheredRows<T>& a, const T* bp, int64_t n, T* c, int64_t rs_c, T beta) {
+  if (a.m > 0 && n > 0) kernels_for<T>().macro_gathered(a, bp, n, c, rs_c, beta);
+}
+
+template void gemm_gathered<float>(const GatheredRows<float>&, const float*, int64_t, float*, int64_t, float);
+template void gemm_gathered<double>(const GatheredRows<double>&, const double*, int64_t, double*, int64_t, double);
+
+template <typename T>
 void gemm_block(const T* ap, const T* bp, int64_t m, int64_t n, int64_t kc, T* c, int64_t rs_c, bool accumulate) {
   GemmArgs<T> g;
   g.m = m; g.n = n; g.k = kc;

@@ -58,6 +58,15 @@ GemmArgs<T> gemm_args(int64_t m, int64_t n, int64_t k, const T* a, int64_t rs_a,
   return g;
 }
 
+// An A that is never stored (an implicit im2col): row i is `segs` runs of `len` values, run s starting at
+// rows[i] + s * stride. A convolution's kernel rows in a zero-padded channels-last input are such
+// runs (segs = kh, len = kw * C, stride = dh * the padded row's values), its output positions the rows.
+template <typename T>
+struct GatheredRows {
+  const T* const* rows;
+  int64_t m, segs, len, stride;
+};
+
 // The blocked loop nest above runs in gemm.cpp, parallel over MC blocks of rows with at::parallel_for.
 template <typename T>
 struct GemmKernels {
@@ -79,6 +88,8 @@ struct GemmKernels {
   void (*macro_rows)(const GemmArgs<T>& g, const T* bp, int64_t i0, int64_t mc, int64_t k0, int64_t kc, bool first);
   // the most columns for which macro_rows beats packing A (see gemm.cpp: reads_a_in_place)
   int64_t in_place_columns;
+  // C (a.m x n, rows rs_c apart, unit column stride) = A . Bp (+ beta * C), A gathered (see gemm_gathered)
+  void (*macro_gathered)(const GatheredRows<T>& a, const T* bp, int64_t n, T* c, int64_t rs_c, T beta);
 };
 
 // The engine: C = alpha * op(A) * op(B) + beta * C for the strided operands in `g`, with the active
@@ -175,6 +186,13 @@ GemmTile gemm_tile();
 // region from panels it wrote itself (Winograd's fused pass). Summed as the engine sums a K block.
 template <typename T>
 void gemm_block(const T* ap, const T* bp, int64_t m, int64_t n, int64_t kc, T* c, int64_t rs_c, bool accumulate);
+
+// On the calling thread: C (a.m x n, rows rs_c apart, unit column stride) = A . Bp (+ beta * C), A the
+// gathered rows, a.segs * a.len <= gemm_tile<T>().k_block, and Bp that one K block of b_packed's
+// panels. A is read where it lies, never copied; the FMAs and their order are those of the same A
+// stored and multiplied by gemm, so the results are bit for bit the lowered product's.
+template <typename T>
+void gemm_gathered(const GatheredRows<T>& a, const T* bp, int64_t n, T* c, int64_t rs_c, T beta);
 
 // GFLOP/s of the active ISA's FMA loop on every thread of at::parallel_for, for about `seconds`
 // (float32 when single, else float64): the measured peak that GEMM throughput is set against.
