@@ -243,9 +243,10 @@ def _conv2d_backward_fake(grad_output, x, weight, stride, padding, dilation, gro
     fmt = _conv2d_format(x, weight)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     dw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device, memory_format=fmt)
-    depthwise = groups == x.shape[-3] == weight.shape[0]
-    if (fmt == torch.channels_last and depthwise and x.dtype == torch.float64 and list(dilation) == [1, 1]
-            and x.device.type == "cpu"):   # torch's strides, as the CPU kernel's (conv2d.cpp: torch_depthwise_strides)
+    both = weight.shape[1] == 1 or weight.shape[2] * weight.shape[3] == 1   # contiguous is channels-last too
+    # torch's strides, as the CPU kernel's (conv2d.cpp: torch_float64_weight_strides)
+    if (fmt == torch.channels_last and both and x.dtype == torch.float64 and list(dilation) == [1, 1]
+            and x.device.type == "cpu"):
         dw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
     db = x.new_empty((weight.shape[0],))
     return (dx if output_mask[0] else empty, dw if output_mask[1] else empty.clone(),

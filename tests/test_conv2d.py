@@ -162,6 +162,8 @@ GATHERED = [
 def test_channels_last_gathered_rows_cpu_isas(cpu_isa, dtype):
     # Against torch, and bit for bit against the product it stands for: im2col's matrix (taps in the
     # channels-last weight's order) lowered by torch and multiplied by fastconv's GEMM, plus the bias.
+    # grad_weight of the same layers (packed from the padded input by offsets where kh * kw > 1)
+    # against torch's.
     k_block = fastconv._C.gemm_blocking()["kc"]
     for x_shape, w_shape, stride, padding, dilation in GATHERED:
         g = torch.Generator().manual_seed(5)
@@ -171,6 +173,11 @@ def test_channels_last_gathered_rows_cpu_isas(cpu_isa, dtype):
             y = F.conv2d(x, w, b, stride, padding, dilation, algorithm="im2col")
             assert y.is_contiguous(memory_format=torch.channels_last)
             assert_match((y,), (TF.conv2d(x, w, b, stride, padding, dilation),), dtype)
+            go = torch.randn(y.shape, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            args = [list(v) if isinstance(v, tuple) else [v, v] for v in (stride, padding, dilation)]
+            dw = torch.ops.fastconv.conv2d_backward(go, x, w, *args, 1, "im2col", [False, True, False])[1]
+            ref = torch.ops.aten.convolution_backward(go, x, w, None, *args, False, [0, 0], 1, [False, True, False])[1]
+            assert_match((dw,), (ref,), dtype)
             (n, k, oh, ow), (kh, kw) = y.shape, w_shape[2:]
             taps = w_shape[1] * kh * kw
             if taps > k_block:
@@ -187,7 +194,7 @@ def test_channels_last_through_nchw_copies(dtype):
     # What still runs in NCHW copies its channels-last input and grad_output to NCHW and its results back:
     # im2col where a tap reads fewer than 16 contiguous values (3x3 over 3 channels, groups of 2,
     # depthwise), and Winograd on fewer than 16 channels; values and strides as torch's (float64
-    # depthwise: torch's grad_weight has the contiguous strides, conv2d.cpp's torch_depthwise_strides).
+    # depthwise: torch's grad_weight has the contiguous strides, conv2d.cpp's torch_float64_weight_strides).
     cases = [((2, 3, 9, 7), (4, 3, 3, 3), 1, 1, 1, "im2col"),
              ((2, 8, 9, 9), (8, 2, 3, 3), 2, 1, 4, "im2col"),
              ((2, 8, 9, 9), (8, 1, 3, 3), 2, 1, 8, "im2col"),
@@ -196,6 +203,29 @@ def test_channels_last_through_nchw_copies(dtype):
         ours, ref = run_both(x_shape, w_shape, stride, padding, 1, groups, dtype=dtype, device="cpu",
                              mf=torch.channels_last, algorithm=algorithm)
         assert_match(ours, ref, dtype)
+
+
+def test_float64_channels_last_grad_weight_strides():
+    # torch's float64 grad_weight on a channels-last call without dilation keeps the contiguous strides
+    # where they are channels-last ones too (one input channel per group, or a 1x1 kernel): so do ours
+    # (every algorithm) and the fake kernel; float32 and dilated calls get the channels-last strides.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    for k, groups, dilation, stride, cin, cout, dtype in itertools.product(
+            [(1, 1), (1, 3), (3, 3)], [1, 2, 4], [1, 2], [1, 2], [4, 8], [4, 8], [torch.float64, torch.float32]):
+        if cin % groups or cout % groups:
+            continue
+        x = torch.randn(2, cin, 7, 7, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(cout, cin // groups, *k, dtype=dtype)
+        args = ([stride] * 2, [k[0] // 2 * dilation, k[1] // 2 * dilation], [dilation] * 2, groups)
+        go = torch.randn(TF.conv2d(x, w, None, *args).shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        mask = [False, True, False]
+        want = torch.ops.aten.convolution_backward(go, x, w, None, *args[:3], False, [0, 0], groups, mask)[1].stride()
+        for algorithm in ("im2col", "direct", "auto"):
+            assert torch.ops.fastconv.conv2d_backward(go, x, w, *args, algorithm, mask)[1].stride() == want, (
+                k, groups, dilation, stride, cin, cout, dtype, algorithm)
+        with FakeTensorMode() as mode:
+            fake = torch.ops.fastconv.conv2d_backward(*(mode.from_tensor(t) for t in (go, x, w)), *args, "auto", mask)[1]
+        assert fake.stride() == want, (k, groups, dilation, stride, cin, cout, dtype)
 
 
 # Depthwise layers (groups = input = output channels), which "direct" and "auto" run on the depthwise

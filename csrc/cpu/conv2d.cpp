@@ -893,14 +893,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
   return {dx, dw, db};
 }
 
-// torch's float64 depthwise grad_weight on a channels-last call without dilation (its per-group
-// kernel's) has the contiguous strides. C x 1 x kh x kw is one memory order either way -- only the
-// size-1 dim's stride tells them apart, which opcheck and torch.compile's stride asserts do not compare
-// -- so every route's result (im2col, direct, the depthwise kernels) is restrided in place, not copied.
-at::Tensor torch_depthwise_strides(const at::Tensor& dw, const at::Tensor& input, const Conv2dShape& s) {
-  const bool depthwise = s.groups == s.in_channels && s.out_channels == s.in_channels;
-  if (!depthwise || s.format != at::MemoryFormat::ChannelsLast || input.scalar_type() != at::kDouble ||
-      s.g.dh != 1 || s.g.dw != 1 || dw.numel() == 0) {
+// torch's float64 grad_weight on a channels-last call without dilation has the contiguous strides where
+// those are also channels-last ones: one input channel per group (depthwise layers, also with a channel
+// multiplier) or a 1x1 kernel -- its (non-mkldnn) kernels make the result channels-last by
+// .contiguous(channels_last), which leaves such a tensor as it is. K x Cg x kh x kw is then one memory
+// order either way, only size-1 dims' strides tell them apart (which opcheck and torch.compile's stride
+// asserts do not compare), so every route's result (im2col, direct, the depthwise kernels) is restrided
+// in place, not copied.
+at::Tensor torch_float64_weight_strides(const at::Tensor& dw, const at::Tensor& input, const Conv2dShape& s) {
+  const bool both = s.in_channels / s.groups == 1 || s.g.kh * s.g.kw == 1;
+  if (!both || s.format != at::MemoryFormat::ChannelsLast || input.scalar_type() != at::kDouble || s.g.dh != 1 ||
+      s.g.dw != 1 || dw.numel() == 0) {
     return dw;
   }
   return dw.as_strided(dw.sizes(), c10::contiguous_strides(dw.sizes()));
@@ -914,7 +917,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(const at::Tensor&
   if (is_half(input.scalar_type())) return conv2d_backward_half(grad_output, input, weight, s, output_mask);
   auto [dx, dw, db] = conv2d_nhwc_applies(input, s) ? conv2d_backward_nhwc(grad_output, input, weight, s, output_mask)
                                                     : conv2d_backward_nchw(grad_output, input, weight, s, output_mask);
-  return {dx, torch_depthwise_strides(dw, input, s), db};
+  return {dx, torch_float64_weight_strides(dw, input, s), db};
 }
 
 // The backward pass in NCHW (channels-last tensors through NCHW copies).
