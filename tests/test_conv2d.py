@@ -116,6 +116,7 @@ NHWC_CASES = [
     ((1, 3, 6, 5), (70, 3, 3, 3), 1, 2, 1, "direct"),           # 70 filters: several channel blocks
     ((2, 35, 9, 7), (33, 35, 3, 3), 1, 1, 1, "winograd_4x4"),
     ((3, 40, 1, 1), (37, 40, 1, 1), 1, 0, 1, "direct"),         # one pixel: NCHW and NHWC alike
+    ((2, 3, 9, 8), (6, 3, 3, 3), 2, 1, 1, "im2col"),            # few taps (27), runs of 9 values
 ]
 
 
@@ -192,10 +193,11 @@ def test_channels_last_gathered_rows_cpu_isas(cpu_isa, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_channels_last_through_nchw_copies(dtype):
     # What still runs in NCHW copies its channels-last input and grad_output to NCHW and its results back:
-    # im2col where a tap reads fewer than 16 contiguous values (3x3 over 3 channels, groups of 2,
-    # depthwise), and Winograd on fewer than 16 channels; values and strides as torch's (float64
-    # depthwise: torch's grad_weight has the contiguous strides, conv2d.cpp's torch_float64_weight_strides).
-    cases = [((2, 3, 9, 7), (4, 3, 3, 3), 1, 1, 1, "im2col"),
+    # im2col where a tap reads fewer than 16 contiguous values in a layer of more taps than a K block
+    # (15 channels, 18x1), in groups of 2 or depthwise, and Winograd on fewer than 16 channels; values and
+    # strides as torch's (float64 depthwise: torch's grad_weight has the contiguous strides, conv2d.cpp's
+    # torch_float64_weight_strides).
+    cases = [((2, 15, 20, 5), (4, 15, 18, 1), 1, 1, 1, "im2col"),
              ((2, 8, 9, 9), (8, 2, 3, 3), 2, 1, 4, "im2col"),
              ((2, 8, 9, 9), (8, 1, 3, 3), 2, 1, 8, "im2col"),
              ((2, 8, 9, 7), (6, 8, 3, 3), 1, 1, 1, "winograd_2x2")]
