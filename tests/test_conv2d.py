@@ -207,6 +207,23 @@ def test_channels_last_through_nchw_copies(dtype):
         assert_match(ours, ref, dtype)
 
 
+def test_channels_last_few_taps_past_the_padded_copy_bound():
+    # A few-tap channels-last layer whose zero-padded input would take more than the 64 MiB workspace
+    # (3 x 2400 x 2400 floats, 69 MB) is lowered in chunks instead of copied whole: same results.
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 3, 2400, 2400, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 3, 3, 3, generator=g)
+    y = F.conv2d(x, w, None, 2, 1, algorithm="im2col")
+    assert_match((y,), (TF.conv2d(x, w, None, 2, 1),), torch.float32)
+    go = torch.randn(y.shape, generator=g).contiguous(memory_format=torch.channels_last)
+    mask = [False, True, False]
+    dw = torch.ops.fastconv.conv2d_backward(go, x, w, [2, 2], [1, 1], [1, 1], 1, "im2col", mask)[1]
+    # sums of 1.44 million terms: against float64 (torch's float32 is off by ~5e-5 of the largest value)
+    args = [t.double() for t in (go, x, w)]
+    ref = torch.ops.aten.convolution_backward(*args, None, [2, 2], [1, 1], [1, 1], False, [0, 0], 1, mask)[1]
+    assert_match((dw,), (ref.float(),), torch.float32)
+
+
 def test_float64_channels_last_grad_weight_strides():
     # torch's float64 grad_weight on a channels-last call without dilation keeps the contiguous strides
     # where they are channels-last ones too (one input channel per group, or a 1x1 kernel): so do ours

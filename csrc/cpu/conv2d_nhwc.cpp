@@ -207,14 +207,18 @@ at::Tensor packed_weights(const at::Tensor& weight, const T* w, const Conv2dShap
 // position's row of im2col's matrix is then kh runs of a zero-padded copy of the input (the input itself
 // when unpadded), which gemm_gathered reads where they lie, the same FMAs in the same order as the
 // lowered product (bit for bit the result of im2col_rows + gemm). The stem's lowering had taken a fifth
-// of its forward pass (ResNet-18, 7x7 over 3 channels; 1x1 stride-2 layers too take this path).
+// of its forward pass (ResNet-18, 7x7 over 3 channels; 1x1 stride-2 layers too take this path). The
+// padded copy is bounded by the workspace size (64 MiB); a larger padded input is lowered in chunks.
 // forward_gathered's pieces: up to kPieceTiles micro-tiles of output positions (their row pointers on
 // the stack), at least four per thread where there are enough tiles.
 constexpr int64_t kPieceTiles = 32, kMaxMr = 8;
 
 template <typename T>
 bool gathers_rows(const Conv2dShape& s, const NhwcPlan& p) {
-  return s.groups == 1 && s.g.dw == 1 && !p.pointwise && p.T <= gemm_tile<T>().k_block;
+  const auto& g = s.g;
+  const int64_t padded = g.ph > 0 || g.pw > 0 ? s.batch * (g.in_h + 2 * g.ph) * (g.in_w + 2 * g.pw) * p.C : 0;
+  return s.groups == 1 && g.dw == 1 && !p.pointwise && p.T <= gemm_tile<T>().k_block &&
+         padded * int64_t(sizeof(T)) <= int64_t(kWorkspaceBytes);   // larger inputs: lowered in chunks
 }
 
 // The input zero-padded by (ph, pw) in NHWC, `slack` zero values before and after it; `at` points at
