@@ -19,7 +19,9 @@
 // items run in parallel, each GEMM on one thread over the weights packed once per call, or kept by
 // the weight cache for a frozen weight (forward, grad_input) or into a partial dW per thread (grad_weight, added at the end); with fewer, the items run
 // in order and the GEMMs are parallel inside. 1x1 stride-1 unpadded convolutions read the input rows,
-// and write grad_input's, in place.
+// and write grad_input's, in place. Layers of few taps (one group, kh * kw * C within a K block: the
+// stems, 1x1 stride-2 layers) lower nothing forward (forward_gathered reads the kernel rows in a padded
+// copy where they lie) nor, with several taps, for grad_weight (grad_weight_by_offsets packs them).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -202,6 +204,10 @@ at::Tensor packed_weights(const at::Tensor& weight, const T* w, const Conv2dShap
   });
 }
 
+// forward_gathered's pieces: up to kPieceTiles micro-tiles of output positions (their row pointers on
+// the stack), at least four per thread where there are enough tiles.
+constexpr int64_t kPieceTiles = 32, kMaxMr = 8;
+
 // The forward pass without lowering, where each kernel row's taps are one run of kw * C values (one
 // group, no dilation along the width) and all T = kh * kw * C taps fit one K block of the GEMM: an output
 // position's row of im2col's matrix is then kh runs of a zero-padded copy of the input (the input itself
@@ -209,10 +215,6 @@ at::Tensor packed_weights(const at::Tensor& weight, const T* w, const Conv2dShap
 // lowered product (bit for bit the result of im2col_rows + gemm). The stem's lowering had taken a fifth
 // of its forward pass (ResNet-18, 7x7 over 3 channels; 1x1 stride-2 layers too take this path). The
 // padded copy is bounded by the workspace size (64 MiB); a larger padded input is lowered in chunks.
-// forward_gathered's pieces: up to kPieceTiles micro-tiles of output positions (their row pointers on
-// the stack), at least four per thread where there are enough tiles.
-constexpr int64_t kPieceTiles = 32, kMaxMr = 8;
-
 template <typename T>
 bool gathers_rows(const Conv2dShape& s, const NhwcPlan& p) {
   const auto& g = s.g;

@@ -11,7 +11,9 @@ namespace fastconv::cpu {
 // Whether this call runs in NHWC (im2col here, direct in conv2d_direct.cpp, Winograd's channels-last
 // pass): a channels-last convolution (s.format) whose input is stored channels-last, with images, in
 // float32 or float64, and for im2col runs of 16+ values per tap row (Cg channels, or kw taps x C
-// channels in one group without dilation), for Winograd 16+ channels per group; direct takes any.
+// channels in one group without dilation) or, in one group without dilation along the width, at most a
+// K block of taps (kh * kw * C <= 256: the 3-channel stems), for Winograd 16+ channels per group; direct
+// takes any.
 bool conv2d_nhwc_applies(const at::Tensor& input, const Conv2dShape& s);
 
 // x: N x H x W x C; w: the weight channels-last (K x kh x kw x C/groups), `weight` the caller's tensor
