@@ -154,8 +154,8 @@ void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, c
 // from the L2. FMAs and their order are the packed path's (bit-identical). AMD Zen 3 (AVX2, 16-column
 // panels), 2 threads, against torch.mm: two panels -> 128 columns took the stem's lowered GEMM
 // 25088x64x147 0.94 -> 1.04x, 4096x64x1024 0.92 -> 1.15x, and in our own time 12544x128x64 -9%,
-// 6272x96x288 -13%, 1568x128x576 -3%; at 256 columns
-// 392x256x1152 ran 10-30% slower (with the runs below then uneven).
+// 6272x96x288 -13%, 1568x128x576 -3%; at 256 columns 392x256x1152 ran 10-30% slower (with the runs
+// below then uneven).
 template <typename T>
 bool reads_a_in_place(const GemmArgs<T>& g, const GemmKernels<T>& kern) {
   return g.a_packed == nullptr && g.cs_a == 1 && g.n <= kern.in_place_columns && g.m >= 4 * kern.mr;
