@@ -15,7 +15,7 @@
 // Work is parallel over (image or bundle, group) items when there are enough of them, else over
 // chunks of positions (and output channels) of each item, or inside the GEMM.
 // Channels-last tensors run im2col (and im2col's grad_weight) in NHWC without copies where a tap
-// row is a run of 16+ values (conv2d_nhwc.cpp), direct always (conv2d_direct.cpp), Winograd with 16+
+// row is a run of 16+ values or a layer of one group has few taps (conv2d_nhwc.cpp), direct always (conv2d_direct.cpp), Winograd with 16+
 // channels per group (conv2d_winograd.cpp's channels-last passes); the rest through NCHW copies
 // (conv2d_nhwc_applies). algorithm="direct" runs conv2d_direct.cpp's
 // kernels for the forward pass and grad_input instead (on depthwise layers conv2d_depthwise.cpp's,
@@ -498,10 +498,7 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
     out = at::empty(out.sizes(), input.options().memory_format(at::MemoryFormat::ChannelsLast));
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
       const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
-      if (s.algorithm == Conv2dAlgorithm::direct && depthwise_applies(s, input.element_size(), true)) {
-        conv2d_depthwise_forward<scalar_t>(input.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
-                                           bp, out.data_ptr<scalar_t>(), s, true);
-      } else if (s.algorithm == Conv2dAlgorithm::direct) {
+      if (s.algorithm == Conv2dAlgorithm::direct) {
         conv2d_direct_forward<scalar_t>(input.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight), bp,
                                         out.data_ptr<scalar_t>(), s, true);
       } else {
@@ -526,10 +523,7 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
   const at::Tensor w = weight.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
     const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
-    if (s.algorithm == Conv2dAlgorithm::direct && depthwise_applies(s, x.element_size(), false)) {
-      conv2d_depthwise_forward<scalar_t>(x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight), bp,
-                                         out.data_ptr<scalar_t>(), s, false);
-    } else if (s.algorithm == Conv2dAlgorithm::direct) {
+    if (s.algorithm == Conv2dAlgorithm::direct) {
       conv2d_direct_forward<scalar_t>(x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight), bp,
                                       out.data_ptr<scalar_t>(), s, false);
     } else {
@@ -833,13 +827,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
   if (!dx_done && s.algorithm == Conv2dAlgorithm::direct) {
     dx = at::empty(input.sizes(), input.options().memory_format(cl));
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-      if (depthwise_applies(s, input.element_size(), true)) {
-        conv2d_depthwise_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
-                                              dx.data_ptr<scalar_t>(), s, true);
-      } else {
-        conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
-                                           dx.data_ptr<scalar_t>(), s, true);
-      }
+      conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
+                                         dx.data_ptr<scalar_t>(), s, true);
     });
     dx_done = true;
   }
@@ -895,8 +884,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
 
 // torch's float64 grad_weight on a channels-last call without dilation has the contiguous strides where
 // those are also channels-last ones: one input channel per group (depthwise layers, also with a channel
-// multiplier) or a 1x1 kernel -- its (non-mkldnn) kernels make the result channels-last by
-// .contiguous(channels_last), which leaves such a tensor as it is. K x Cg x kh x kw is then one memory
+// multiplier) or a 1x1 kernel -- torch's own float64 convolution kernels make the result channels-last
+// by .contiguous(channels_last), which leaves such a tensor as it is. K x Cg x kh x kw is then one memory
 // order either way, only size-1 dims' strides tell them apart (which opcheck and torch.compile's stride
 // asserts do not compare), so every route's result (im2col, direct, the depthwise kernels) is restrided
 // in place, not copied.
@@ -936,11 +925,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
       // Winograd reads the weight through its strides; declined (non-finite values), im2col's below.
       const bool winograd = dx.numel() > 0 && winograd_tile(s.algorithm) != 0 && finite_dy() &&
                             conv2d_winograd_grad_input(dy, weight, dx, s, winograd_tile(s.algorithm));
-      const bool direct = !winograd && dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct;
-      if (direct && depthwise_applies(s, dx.element_size(), false)) {
-        conv2d_depthwise_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
-                                              dx.data_ptr<scalar_t>(), s, false);
-      } else if (direct) {
+      if (!winograd && dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct) {
         conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
                                            dx.data_ptr<scalar_t>(), s, false);
       } else if (!winograd && dx.numel() > 0) {

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/conv2d_args.h"
+#include "cpu/conv2d_depthwise.h"
 #include "cpu/conv2d_direct_kernels.h"
 #include "cpu/isa.h"
 
@@ -157,6 +158,7 @@ void run_tiles(const DirectConvKernels<T>& kern, const T* packed, const TileOper
 template <typename T>
 void conv2d_direct_forward(const T* x, const T* w, const DirectWeightStrides& ws, const T* bias, T* out,
                            const Conv2dShape& s, bool nhwc) {
+  if (depthwise_applies(s, sizeof(T), nhwc)) return conv2d_depthwise_forward(x, w, ws, bias, out, s, nhwc);
   const auto& g = s.g;
   const auto& kern = kernels_for<T>();
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups, taps = g.kh * g.kw;
@@ -177,6 +179,7 @@ void conv2d_direct_forward(const T* x, const T* w, const DirectWeightStrides& ws
 template <typename T>
 void conv2d_direct_grad_input(const T* dy, const T* w, const DirectWeightStrides& ws, T* dx, const Conv2dShape& s,
                               bool nhwc) {
+  if (depthwise_applies(s, sizeof(T), nhwc)) return conv2d_depthwise_grad_input(dy, w, ws, dx, s, nhwc);
   const auto& g = s.g;
   const auto& kern = kernels_for<T>();
   const int64_t cg = s.in_channels / s.groups, kg = s.out_channels / s.groups, taps = g.kh * g.kw;

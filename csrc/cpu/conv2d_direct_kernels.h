@@ -50,7 +50,8 @@ struct DirectWeightStrides {
 
 // The direct algorithm (conv2d_direct.cpp), for float and double, on contiguous NCHW tensors, or with
 // `nhwc` on channels-last ones (x, out, dy and dx alike):
-// out = conv(x, w) + bias (bias may be null), and dx = the transposed convolution of dy.
+// out = conv(x, w) + bias (bias may be null), and dx = the transposed convolution of dy. Depthwise
+// layers that conv2d_depthwise.h's kernels take (depthwise_applies) run on those instead.
 template <typename T>
 void conv2d_direct_forward(const T* x, const T* w, const DirectWeightStrides& ws, const T* bias, T* out,
                            const Conv2dShape& s, bool nhwc);
