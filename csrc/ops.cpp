@@ -89,7 +89,9 @@ PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
   if (name == nullptr) return nullptr;
   Isa isa;
   if (!fastconv::cpu::parse_isa(name, &isa)) {
-    PyErr_Format(PyExc_ValueError, "fastconv: unknown CPU ISA '%s' (expected scalar, avx2, avx512 or avx512_bf16)", name);
+    PyErr_Format(PyExc_ValueError,
+                 "fastconv: unknown CPU ISA '%s' (expected scalar, avx2, avx512, avx512_bf16, amx or avx512_emulated)",
+                 name);
     return nullptr;
   }
   if (!fastconv::cpu::set_active_isa(isa)) {
@@ -103,7 +105,7 @@ PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
 PyObject* py_cpu_isas(PyObject*, PyObject*) {
   using fastconv::cpu::Isa;
   PyObject* list = PyList_New(0);
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx}) {
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx, Isa::avx512_emulated}) {
     PyObject* name = PyUnicode_FromString(fastconv::cpu::isa_name(isa));
     PyList_Append(list, name);
     Py_DECREF(name);

@@ -90,7 +90,7 @@ def assert_sides_close(sides, dtype):
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
-def test_grid_cpu_isas(cpu_isa, case):
+def test_grid_cpu_isas(cpu_isa_native, case):
     shape, mf = case
     for training, relu, affine in itertools.product((True, False), (False, True), (True, False)):
         assert_sides_close(run_steps("cpu", torch.float32, shape, mf, training=training, relu=relu, affine=affine,
@@ -324,7 +324,7 @@ HALF_RUN_CASES = [((3, 5, 52, 50), torch.contiguous_format), ((2, 2100, 2, 2), t
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_half_runs_every_isa(cpu_isa, dtype):
+def test_half_runs_every_isa(cpu_isa_native, dtype):
     for shape, mf in HALF_RUN_CASES:
         for training, relu in itertools.product((True, False), (False, True)):
             assert_sides_close(run_steps("cpu", dtype, shape, mf or torch.contiguous_format, training=training,

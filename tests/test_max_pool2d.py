@@ -96,7 +96,7 @@ def check_against_torch(x, k, s, p, d, ceil, *, backward=True):
 
 
 @pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
-def test_forward_backward_grid_cpu_isas(cpu_isa, memory_format):
+def test_forward_backward_grid_cpu_isas(cpu_isa_native, memory_format):
     """Every CPU variant (scalar, AVX2, AVX-512 where available) on the whole grid, float32."""
     mf = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
     checked = 0
@@ -116,7 +116,7 @@ def test_forward_backward_grid_dtypes(device, dtype, memory_format):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_half_every_cpu_isa(cpu_isa, dtype):
+def test_half_every_cpu_isa(cpu_isa_native, dtype):
     """Half precision widens into the float32 kernels by each ISA's conversions (F16C, bit operations)
     or the portable ones; values, NaN included, and indices bit for bit as torch's."""
     for mf in (torch.contiguous_format, torch.channels_last):

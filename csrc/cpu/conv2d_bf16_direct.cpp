@@ -139,7 +139,8 @@ bool bf16_direct_preferred(const Conv2dShape& s) {
 }
 
 const Bf16DirectKernels* bf16_direct_native() {
-  return active_isa() >= Isa::avx512_bf16 ? &bf16_direct_avx512bf16 : nullptr;
+  const Isa isa = active_isa();
+  return isa == Isa::avx512_bf16 || isa == Isa::amx ? &bf16_direct_avx512bf16 : nullptr;
 }
 
 void conv2d_bf16_direct(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& w, const at::Tensor& bias,

@@ -24,9 +24,11 @@ template <typename T>
 const DepthwiseKernels<T>& kernels_for() {
   static const DepthwiseKernels<T> baseline = make_depthwise_kernels<T>();
   if constexpr (std::is_same_v<T, float>) {
-    return for_active_isa(depthwise_kernels_f32_avx512, depthwise_kernels_f32_avx2, baseline);
+    return for_active_isa(depthwise_kernels_f32_avx512, depthwise_kernels_f32_avx512_emulated,
+                          depthwise_kernels_f32_avx2, baseline);
   } else {
-    return for_active_isa(depthwise_kernels_f64_avx512, depthwise_kernels_f64_avx2, baseline);
+    return for_active_isa(depthwise_kernels_f64_avx512, depthwise_kernels_f64_avx512_emulated,
+                          depthwise_kernels_f64_avx2, baseline);
   }
 }
 

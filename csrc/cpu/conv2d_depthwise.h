@@ -42,7 +42,9 @@ struct DepthwiseKernels {
 };
 
 extern const DepthwiseKernels<float> depthwise_kernels_f32_avx512, depthwise_kernels_f32_avx2;
+extern const DepthwiseKernels<float> depthwise_kernels_f32_avx512_emulated;   // isa.h: avx512_emulated
 extern const DepthwiseKernels<double> depthwise_kernels_f64_avx512, depthwise_kernels_f64_avx2;
+extern const DepthwiseKernels<double> depthwise_kernels_f64_avx512_emulated;   // isa.h: avx512_emulated
 
 }  // namespace fastconv::cpu
 

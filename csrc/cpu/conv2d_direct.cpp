@@ -33,9 +33,11 @@ template <typename T>
 const DirectConvKernels<T>& kernels_for() {
   static const DirectConvKernels<T> baseline = make_direct_kernels<T>();
   if constexpr (std::is_same_v<T, float>) {
-    return for_active_isa(direct_kernels_f32_avx512, direct_kernels_f32_avx2, baseline);
+    return for_active_isa(direct_kernels_f32_avx512, direct_kernels_f32_avx512_emulated,
+                          direct_kernels_f32_avx2, baseline);
   } else {
-    return for_active_isa(direct_kernels_f64_avx512, direct_kernels_f64_avx2, baseline);
+    return for_active_isa(direct_kernels_f64_avx512, direct_kernels_f64_avx512_emulated,
+                          direct_kernels_f64_avx2, baseline);
   }
 }
 

@@ -32,7 +32,9 @@ struct DirectConvKernels {
 };
 
 extern const DirectConvKernels<float> direct_kernels_f32_avx512, direct_kernels_f32_avx2;
+extern const DirectConvKernels<float> direct_kernels_f32_avx512_emulated;   // isa.h: avx512_emulated
 extern const DirectConvKernels<double> direct_kernels_f64_avx512, direct_kernels_f64_avx2;
+extern const DirectConvKernels<double> direct_kernels_f64_avx512_emulated;   // isa.h: avx512_emulated
 
 }  // namespace fastconv::cpu
 

@@ -48,9 +48,11 @@ template <typename T>
 const WinogradKernels<T>& kernels_for() {
   static const WinogradKernels<T> baseline = make_winograd_kernels<T>();
   if constexpr (std::is_same_v<T, float>) {
-    return for_active_isa(winograd_kernels_f32_avx512, winograd_kernels_f32_avx2, baseline);
+    return for_active_isa(winograd_kernels_f32_avx512, winograd_kernels_f32_avx512_emulated,
+                          winograd_kernels_f32_avx2, baseline);
   } else {
-    return for_active_isa(winograd_kernels_f64_avx512, winograd_kernels_f64_avx2, baseline);
+    return for_active_isa(winograd_kernels_f64_avx512, winograd_kernels_f64_avx512_emulated,
+                          winograd_kernels_f64_avx2, baseline);
   }
 }
 

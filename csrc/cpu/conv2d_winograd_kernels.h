@@ -74,6 +74,8 @@ struct WinogradKernels {
 };
 
 extern const WinogradKernels<float> winograd_kernels_f32_avx512, winograd_kernels_f32_avx2;
+extern const WinogradKernels<float> winograd_kernels_f32_avx512_emulated;   // isa.h: avx512_emulated
 extern const WinogradKernels<double> winograd_kernels_f64_avx512, winograd_kernels_f64_avx2;
+extern const WinogradKernels<double> winograd_kernels_f64_avx512_emulated;   // isa.h: avx512_emulated
 
 }  // namespace fastconv::cpu

@@ -32,9 +32,11 @@ template <typename T>
 const GemmKernels<T>& kernels_for() {
   static const GemmKernels<T> baseline = make_gemm_kernels<T>();
   if constexpr (std::is_same_v<T, float>) {
-    return for_active_isa(gemm_kernels_f32_avx512, gemm_kernels_f32_avx2, baseline);
+    return for_active_isa(gemm_kernels_f32_avx512, gemm_kernels_f32_avx512_emulated,
+                          gemm_kernels_f32_avx2, baseline);
   } else {
-    return for_active_isa(gemm_kernels_f64_avx512, gemm_kernels_f64_avx2, baseline);
+    return for_active_isa(gemm_kernels_f64_avx512, gemm_kernels_f64_avx512_emulated,
+                          gemm_kernels_f64_avx2, baseline);
   }
 }
 

@@ -199,6 +199,8 @@ void gemm_gathered(const GatheredRows<T>& a, const T* bp, int64_t n, T* c, int64
 double measured_fma_peak_gflops(bool single, double seconds);
 
 extern const GemmKernels<float> gemm_kernels_f32_avx512, gemm_kernels_f32_avx2;
+extern const GemmKernels<float> gemm_kernels_f32_avx512_emulated;   // isa.h: avx512_emulated
 extern const GemmKernels<double> gemm_kernels_f64_avx512, gemm_kernels_f64_avx2;
+extern const GemmKernels<double> gemm_kernels_f64_avx512_emulated;   // isa.h: avx512_emulated
 
 }  // namespace fastconv::cpu

@@ -57,7 +57,7 @@ static std::atomic<int>& active_slot() {
     Isa isa = best_supported_isa();
     Isa requested;
     const char* env = std::getenv("FASTCONV_CPU_ISA");
-    if (env != nullptr && parse_isa(env, &requested) && requested < isa) isa = requested;
+    if (env != nullptr && parse_isa(env, &requested) && isa_runs_here(requested)) isa = requested;
     return static_cast<int>(isa);
   }()};
   return slot;
@@ -65,8 +65,13 @@ static std::atomic<int>& active_slot() {
 
 Isa active_isa() { return static_cast<Isa>(active_slot().load(std::memory_order_relaxed)); }
 
+bool isa_runs_here(Isa isa) {
+  const Isa best = best_supported_isa();
+  return isa == Isa::avx512_emulated ? best >= Isa::avx2 : isa <= best;
+}
+
 bool set_active_isa(Isa isa) {
-  if (isa > best_supported_isa()) return false;
+  if (!isa_runs_here(isa)) return false;
   active_slot().store(static_cast<int>(isa), std::memory_order_relaxed);
   return true;
 }
@@ -132,6 +137,7 @@ long l2_cache_bytes() { return cache_sizes().l2; }
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::avx512_emulated: return "avx512_emulated";
     case Isa::amx: return "amx";
     case Isa::avx512_bf16: return "avx512_bf16";
     case Isa::avx512: return "avx512";
@@ -141,7 +147,7 @@ const char* isa_name(Isa isa) {
 }
 
 bool parse_isa(const char* name, Isa* out) {
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx}) {
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx, Isa::avx512_emulated}) {
     if (std::strcmp(name, isa_name(isa)) == 0) {
       *out = isa;
       return true;

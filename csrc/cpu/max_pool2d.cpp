@@ -79,6 +79,7 @@ MaxPool2dRowsFn pick_f32_kernel(const MaxPool2dShape& s, bool nhwc) {
     case Isa::amx:
     case Isa::avx512_bf16:
     case Isa::avx512: return nhwc ? max_pool2d_nhwc_f32_avx512 : max_pool2d_nchw_f32_avx512;
+    case Isa::avx512_emulated:   // no emulated build (isa.h)
     case Isa::avx2: return nhwc ? max_pool2d_nhwc_f32_avx2 : max_pool2d_nchw_f32_avx2;
     default: return nullptr;
   }

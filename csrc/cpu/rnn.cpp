@@ -44,9 +44,11 @@ template <typename T>
 const RnnKernels<T>& rnn_kernels() {
   static const RnnKernels<T> baseline = make_rnn_kernels<T>();
   if constexpr (std::is_same_v<T, float>) {
-    return for_active_isa(rnn_kernels_f32_avx512, rnn_kernels_f32_avx2, baseline);
+    return for_active_isa(rnn_kernels_f32_avx512, rnn_kernels_f32_avx512_emulated,
+                          rnn_kernels_f32_avx2, baseline);
   } else {
-    return for_active_isa(rnn_kernels_f64_avx512, rnn_kernels_f64_avx2, baseline);
+    return for_active_isa(rnn_kernels_f64_avx512, rnn_kernels_f64_avx512_emulated,
+                          rnn_kernels_f64_avx2, baseline);
   }
 }
 

@@ -22,6 +22,8 @@ struct RnnKernels {
 };
 
 extern const RnnKernels<float> rnn_kernels_f32_avx512, rnn_kernels_f32_avx2;
+extern const RnnKernels<float> rnn_kernels_f32_avx512_emulated;   // isa.h: avx512_emulated
 extern const RnnKernels<double> rnn_kernels_f64_avx512, rnn_kernels_f64_avx2;
+extern const RnnKernels<double> rnn_kernels_f64_avx512_emulated;   // isa.h: avx512_emulated
 
 }  // namespace fastconv::cpu
