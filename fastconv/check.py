@@ -263,11 +263,14 @@ def run(device: str = "cpu", quick: bool = False, cases: list[Case] | None = Non
         order = fastconv._C.cpu_isas()
         best = order.index(fastconv._C.best_cpu_isa())
         isas = [order[best]] if quick else order[: best + 1]
+        if not quick and "avx2" in isas and "avx512" not in isas:   # the AVX-512 builds' code, on AVX2
+            isas.insert(-1, "avx512_emulated")   # (csrc/cpu/isa.h); float64 stays on the best ISA, last
     dtypes = [torch.float32] if quick else [torch.float32, torch.float64]
     print(f"fastconv check: {device} ({_machine(device)}), fastconv {fastconv.__version__}, torch {torch.__version__}; "
           f"{'quick, ' if quick else ''}{len(cases)} cases x {', '.join(str(d)[6:] for d in dtypes)}"
           f"{' x ISAs ' + ', '.join(isas) if device == 'cpu' else ''}", file=out)
-    header = f"{'case':<52} {'dtype':<8} {'isa':<7} {'forward':>9} {'backward':>9} {'allowed':>9}  result"
+    wi = max(7, *(len(i) for i in isas))
+    header = f"{'case':<52} {'dtype':<8} {'isa':<{wi}} {'forward':>9} {'backward':>9} {'allowed':>9}  result"
     print(header, file=out)
     print("-" * len(header), file=out)
     start, results, before = time.perf_counter(), [], fastconv._C.cpu_isa()
@@ -285,7 +288,7 @@ def run(device: str = "cpu", quick: bool = False, cases: list[Case] | None = Non
                     results.append(r)
                     fmt = lambda v: "-" if v is None else f"{v:.1e}"  # noqa: E731
                     verdict = "pass" if r["passed"] else "FAIL" + (f"  {r['error']}" if r["error"] else "")
-                    print(f"{r['case'][:52]:<52} {r['dtype']:<8} {isa:<7} {fmt(r['forward_error']):>9} "
+                    print(f"{r['case'][:52]:<52} {r['dtype']:<8} {isa:<{wi}} {fmt(r['forward_error']):>9} "
                           f"{fmt(r['backward_error']):>9} {r['tolerance']:>9.0e}  {verdict}", file=out, flush=True)
     finally:
         if device == "cpu":
