@@ -125,9 +125,7 @@ void loop_nest(const GemmArgs<TC>& g, int64_t mr, int64_t nr, int64_t k_align, c
       } else {
         const int64_t panels = (nc + nr - 1) / nr;
         at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-          for (int64_t p = p0; p < p1; ++p) {
-            pack_b(k0, kc, j0 + p * nr, std::min(nr, nc - p * nr), b_scratch + p * nr * kcp);
-          }
+          pack_b(k0, kc, j0 + p0 * nr, std::min(p1 * nr, nc) - p0 * nr, b_scratch + p0 * nr * kcp);
         });
       }
       at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
@@ -681,9 +679,11 @@ void gemm_pack_b(const GemmArgs<T>& g, T* dst) {
   const int64_t kKC = k_block_of(g);
   const int64_t blocks = (g.k + kKC - 1) / kKC, panels = n_pad / kern.nr;
   at::parallel_for(0, blocks * panels, 1, [&](int64_t u0, int64_t u1) {   // (K block, panel) pairs
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t k0 = u / panels * kKC, kc = std::min(kKC, g.k - k0), j0 = u % panels * kern.nr;
-      kern.pack_b(g, k0, kc, j0, std::min<int64_t>(kern.nr, g.n - j0), dst + k0 * n_pad + j0 * kc);
+    for (int64_t u = u0; u < u1;) {   // the run of panels [p0, p1) of one K block
+      const int64_t p0 = u % panels, p1 = std::min(panels, p0 + u1 - u);
+      const int64_t k0 = u / panels * kKC, kc = std::min(kKC, g.k - k0), j0 = p0 * kern.nr;
+      kern.pack_b(g, k0, kc, j0, std::min(p1 * kern.nr, g.n) - j0, dst + k0 * n_pad + j0 * kc);
+      u += p1 - p0;
     }
   });
 }
