@@ -71,6 +71,20 @@ def test_few_columns_read_a_in_place_cpu_isas(cpu_isa):
                 check(a, b, cc, False, False, alpha, beta)
 
 
+def test_few_rows_against_a_transposed_b_cpu_isas(cpu_isa):
+    # Few rows (up to 64-128, per ISA) against a B stored transposed, linear's weight at a small batch,
+    # run swapped: the weight read in place as A, the product added into C transposed (gemm.cpp:
+    # gemm_swapped_in_place). One row to 128, C's columns in one or several chunks (100 x 700: two), K
+    # blocks, alpha/beta, NaN in a C that beta = 0 leaves unread, both layouts of A.
+    for dtype in (torch.float32, torch.float64):
+        shapes = [(1, 24, 5), (8, 1000, 300), (5, 97, 513), (100, 700, 64), (128, 130, 3), (33, 4096, 17)]
+        for (m, n, k), ta in itertools.product(shapes, (False, True)):
+            a, b, c = operands(m, n, k, ta, True, dtype, "cpu")
+            check(a, b, None, ta, True, 1.0, 0.0)
+            check(a, b, c, ta, True, 0.5, -2.0)
+            assert not gemm(a, b, torch.full_like(c, float("nan")), ta, True, 1.0, 0.0).isnan().any()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_all_transposes_and_edge_sizes(device, dtype):
     for (m, n, k), ta, tb in itertools.product(SIZES, (False, True), (False, True)):

@@ -26,7 +26,7 @@ bool all_finite(const at::Tensor& t);
 // threshold, faulted in page by page: for a Winograd layer's 36 GEMMs that costs more than the
 // arithmetic. Each slot keeps the largest buffer asked of it on each thread (freed at thread exit).
 enum class Scratch {
-  gemm_b, gemm_a,                                  // the GEMM engine's packed panels
+  gemm_b, gemm_a, gemm_c,                          // the GEMM engine's packed panels, a swapped product
   conv_cols, conv_prod, conv_pad, conv_wpack,      // im2col: columns, products, padded planes, packed weights
   conv_dw,                                         // grad_weight: the threads' partial sums
   winograd_v, winograd_m, winograd_u, winograd_vp, // Winograd: transformed inputs, products, filters, packed inputs
