@@ -113,6 +113,23 @@ PyObject* py_cpu_isas(PyObject*, PyObject*) {
   return list;
 }
 
+// The levels this CPU runs, as the tests, the check and the ASan smoke walk them: the native ones narrowest
+// first, then avx512_emulated where the CPU has AVX2 but no AVX-512 (on an AVX-512 CPU the real builds
+// run that code; without AVX2 nothing of it can).
+PyObject* py_tested_cpu_isas(PyObject*, PyObject*) {
+  using fastconv::cpu::Isa;
+  const Isa best = fastconv::cpu::best_supported_isa();
+  PyObject* list = PyList_New(0);
+  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx, Isa::avx512_emulated}) {
+    const bool runs = isa == Isa::avx512_emulated ? best == Isa::avx2 : isa <= best;
+    if (!runs) continue;
+    PyObject* name = PyUnicode_FromString(fastconv::cpu::isa_name(isa));
+    PyList_Append(list, name);
+    Py_DECREF(name);
+  }
+  return list;
+}
+
 PyObject* py_cuda_compiled(PyObject*, PyObject*) {
 #ifdef FASTCONV_WITH_CUDA
   Py_RETURN_TRUE;
@@ -263,6 +280,9 @@ PyMethodDef methods[] = {
     {"best_cpu_isa", py_best_cpu_isa, METH_NOARGS, "The widest CPU ISA this machine supports."},
     {"set_cpu_isa", py_set_cpu_isa, METH_O, "Use 'scalar', 'avx2', 'avx512' or 'avx512_bf16' kernels (for tests)."},
     {"cpu_isas", py_cpu_isas, METH_NOARGS, "The CPU ISA levels fastconv knows, narrowest first."},
+    {"tested_cpu_isas", py_tested_cpu_isas, METH_NOARGS,
+     "The CPU ISA levels the tests run here: the native ones narrowest first, then avx512_emulated where "
+     "the CPU has AVX2 but no AVX-512."},
     {"cuda_compiled", py_cuda_compiled, METH_NOARGS, "Whether the CUDA kernels were compiled in."},
     {"fma_peak_gflops", py_fma_peak, METH_VARARGS,
      "fma_peak_gflops(single=True, seconds=0.2): measured FMA peak of the active CPU ISA on torch's threads."},

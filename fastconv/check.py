@@ -260,11 +260,10 @@ def run(device: str = "cpu", quick: bool = False, cases: list[Case] | None = Non
     cases = [c for c in (CASES if cases is None else cases) if c.quick or not quick]
     isas = ["-"]
     if device == "cpu":
-        order = fastconv._C.cpu_isas()
-        best = order.index(fastconv._C.best_cpu_isa())
-        isas = [order[best]] if quick else order[: best + 1]
-        if not quick and "avx2" in isas and "avx512" not in isas:   # the AVX-512 builds' code, on AVX2
-            isas.insert(-1, "avx512_emulated")   # (csrc/cpu/isa.h); float64 stays on the best ISA, last
+        # Every level the tests walk (with avx512_emulated, the AVX-512 builds' code on AVX2, where the CPU
+        # lacks AVX-512), the best last: float64 runs there only.
+        best = fastconv._C.best_cpu_isa()
+        isas = [best] if quick else [i for i in fastconv._C.tested_cpu_isas() if i != best] + [best]
     dtypes = [torch.float32] if quick else [torch.float32, torch.float64]
     print(f"fastconv check: {device} ({_machine(device)}), fastconv {fastconv.__version__}, torch {torch.__version__}; "
           f"{'quick, ' if quick else ''}{len(cases)} cases x {', '.join(str(d)[6:] for d in dtypes)}"

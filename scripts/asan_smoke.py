@@ -8,11 +8,7 @@ import fastconv.functional as F
 from fastconv.ops import pool_output_size, gemm
 torch.manual_seed(0)
 n = 0  # op invocations
-isas = fastconv._C.cpu_isas()
-runnable = isas[: isas.index(fastconv._C.best_cpu_isa()) + 1]
-if "avx2" in runnable and "avx512" not in runnable:   # the AVX-512 builds' code, compiled for AVX2 (isa.h)
-    runnable.append("avx512_emulated")
-for isa in reversed(runnable):
+for isa in reversed(fastconv._C.tested_cpu_isas()):
     fastconv._C.set_cpu_isa(isa)
     for k, s, d, ceil, W, C, mf in itertools.product([1,2,3,5], [1,2,3], [1,2], [False, True], [1,5,17,33,40], [1,6,17,70], [torch.contiguous_format, torch.channels_last]):
         for p in range(0, k // 2 + 1):

@@ -23,7 +23,7 @@ _ISA_RANK = {name: i for i, name in enumerate(ALL_ISAS)}
 _BEST = fastconv._C.best_cpu_isa()
 # The AVX-512 builds' code compiled for AVX2, where the CPU has AVX2 but no AVX-512 (elsewhere the real
 # avx512 kernels run, or nothing of that code can).
-EMULATED = ["avx512_emulated"] if _ISA_RANK["avx2"] <= _ISA_RANK[_BEST] < _ISA_RANK["avx512"] else []
+EMULATED = [isa for isa in fastconv._C.tested_cpu_isas() if isa == "avx512_emulated"]
 REQUIRE_CUDA = os.environ.get("FASTCONV_REQUIRE_CUDA") == "1"
 
 # References in full float32: torch's cuDNN convolutions (and, where enabled, its matmuls) use TF32 by

@@ -37,3 +37,21 @@ def test_avx512_emulated_runs_the_avx512_tile_wherever_avx2_runs():
         assert (fastconv._C.gemm_blocking()["mr"], fastconv._C.gemm_blocking()["nr"]) == (6, 16)
     finally:
         fastconv._C.set_cpu_isa(before)
+
+
+def test_tested_cpu_isas_follow_the_cpu():
+    """The levels the tests, the check and the ASan smoke walk: every native one this CPU runs, narrowest
+    first, and the emulated AVX-512 build exactly where torch finds AVX2 but not AVX-512 (torch's own CPU
+    probe as the independent witness)."""
+    order, best = fastconv._C.cpu_isas(), fastconv._C.best_cpu_isa()
+    tested = fastconv._C.tested_cpu_isas()
+    native = [isa for isa in tested if isa != "avx512_emulated"]
+    assert native == order[:order.index(best) + 1]
+    assert ("avx512_emulated" in tested) == (torch.backends.cpu.get_cpu_capability() == "AVX2")
+    before = fastconv._C.cpu_isa()
+    try:
+        for isa in tested:   # each one runs here
+            fastconv._C.set_cpu_isa(isa)
+            assert fastconv._C.cpu_isa() == isa
+    finally:
+        fastconv._C.set_cpu_isa(before)

@@ -205,14 +205,14 @@ void gemm_a_in_place(const GemmArgs<T>& g, const GemmKernels<T>& kern) {
 // scratch before alpha and beta * C enter (the unswapped nest adds each block to beta * C in turn).
 template <typename T>
 bool gemm_swapped_in_place(const GemmArgs<T>& g, const GemmKernels<T>& kern) {
+  if (g.a_packed != nullptr || g.b_packed != nullptr) return false;   // prepacked: the usual nest
   GemmArgs<T> t = g;   // C^T = op(B)^T op(A)^T, into the scratch
   t.m = g.n; t.n = g.m;
   t.a = g.b; t.rs_a = g.cs_b; t.cs_a = g.rs_b;
   t.b = g.a; t.rs_b = g.cs_a; t.cs_b = g.rs_a;
-  t.a_packed = g.b_packed; t.b_packed = g.a_packed;
   t.alpha = T(1); t.beta = T(0);
   t.rs_c = g.m; t.cs_c = 1;
-  if (!reads_a_in_place(t, kern) || t.b_packed != nullptr) return false;
+  if (!reads_a_in_place(t, kern)) return false;
   T* bp = scratch<T>(Scratch::gemm_b, gemm_packed_b_elems<T>(t.k, t.n));
   gemm_pack_b(t, bp);
   t.b_packed = bp;
