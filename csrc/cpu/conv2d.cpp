@@ -178,6 +178,15 @@ void for_each_item(const Conv2dShape& s, int64_t cols_elems, const Body& body) {
 // images then form one bundle (their columns side by side), whose products are scattered to the images.
 constexpr int64_t kBundlePositions = 512;
 
+// Images per bundle: at most `most`, and as many bundles on every thread, of even sizes (a thread's
+// share of the batch in even bundles): 16 images of 49 positions on 2 threads make two bundles of 8,
+// not one of 10 and one of 6 (which left one thread idle for a fifth of MobileNet-v2's 7x7 1x1 layers).
+int64_t even_bundle(int64_t batch, int64_t most, int64_t threads) {
+  const int64_t share = std::max<int64_t>(1, (batch + threads - 1) / threads);   // images per thread
+  const int64_t per_thread = (share + most - 1) / std::max<int64_t>(1, most);       // bundles per thread
+  return (share + per_thread - 1) / per_thread;
+}
+
 // Lowering a column costs about as much as this many output channels' share of its GEMM work
 // (measured: ResNet-18's 512@7x7 layer spends 1/20 as long in the lowering as in the GEMM).
 constexpr int64_t kLoweringRows = 32;
@@ -430,7 +439,8 @@ int64_t packed_bundle(const Conv2dShape& s, int64_t elem) {
   const int64_t padded_bytes = d.cg * (g.in_h + 2 * g.ph) * (g.in_w + 2 * g.pw) * elem;
   const int64_t budget = int64_t(kWorkspaceBytes) / at::get_num_threads();
   if ((d.pointwise && d.P >= kBundlePositions) || padded_bytes > budget) return 0;
-  return std::min({s.batch, std::max<int64_t>(1, kBundlePositions / d.P), budget / padded_bytes});
+  return even_bundle(s.batch, std::min(std::max<int64_t>(1, kBundlePositions / d.P), budget / padded_bytes),
+                     at::get_num_threads());
 }
 
 // The forward pass by im2col: the packed path when `wpacked` is given (bundles of `bundle` images, see
@@ -599,8 +609,9 @@ void grad_input_impl(const T* dy, const T* wt, T* dx, const Conv2dShape& s) {   
   const bool pointwise = d.pointwise;
   const int64_t packed_a = gemm_packed_a_elems(kc, kg);
   const int64_t fit = int64_t(kWorkspaceBytes) / at::get_num_threads() / (kc * int64_t(sizeof(T)));   // columns
-  const int64_t bundle =
-      pointwise ? 1 : std::min({s.batch, std::max<int64_t>(1, kBundlePositions / P), std::max<int64_t>(1, fit / P)});
+  const int64_t bundle = pointwise ? 1
+                                   : even_bundle(s.batch, std::max<int64_t>(1, std::min(kBundlePositions, fit) / P),
+                                                 at::get_num_threads());
   const int64_t items = (s.batch + bundle - 1) / bundle * s.groups;
   over_items(items, [&](int64_t t0, int64_t t1) {
     T* cols = scratch<T>(Scratch::conv_cols, pointwise ? 0 : kc * std::max(chunk, bundle * P));
@@ -674,14 +685,11 @@ void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
   const int64_t threads = at::get_num_threads();
   const Conv2dGemmDims whole = conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
   // Images per bundle: enough for kBundlePositions positions, within a thread's share of the workspace,
-  // and the same number of bundles on every thread (the batch's share of a thread in even bundles: 4
-  // images of 196 positions make two bundles of 2, not one of 3 and one of 1).
+  // in even bundles (even_bundle: 4 images of 196 positions make two bundles of 2, not one of 3 and one of 1).
   const int64_t fit = int64_t(kWorkspaceBytes) / threads / (std::max<int64_t>(1, whole.kc) * int64_t(sizeof(T)));
   const int64_t most = std::max<int64_t>(1, std::min((kBundlePositions + whole.P - 1) / std::max<int64_t>(1, whole.P),
                                                      fit / std::max<int64_t>(1, whole.P)));
-  const int64_t share = std::max<int64_t>(1, (s.batch + threads - 1) / threads);   // images per thread
-  const int64_t per_thread = (share + most - 1) / most;                               // bundles per thread
-  const int64_t bundle = (share + per_thread - 1) / per_thread;
+  const int64_t bundle = even_bundle(s.batch, most, threads);
   const int64_t bundles = (s.batch + bundle - 1) / bundle;
   const int64_t parts = std::min(threads, bundles);
   const Conv2dGemmDims d = parts > 1 ? per_thread_dims(s, sizeof(T)) : whole;
