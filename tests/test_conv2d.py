@@ -257,6 +257,13 @@ DEPTHWISE = [
     ((3, 4, 1, 1), (3, 3), 1, 1, 1),             # one pixel: every tap but the centre in the padding
     ((2, 3, 8, 8), (3, 3), 3, 0, 2),             # stride past the kernel
     ((2, 16, 20, 37), (3, 3), 1, 1, 1),          # rows of several vectors and a tail
+    ((3, 16, 7, 7), (3, 3), 1, 1, 1),            # NCHW through channels-last copies: whole 8-row blocks
+    ((2, 24, 14, 14), (3, 3), 2, 1, 1),          # the copies' blocks with a tail of pixels
+    # NCHW planes past the copies' 256 pixels, split into stride phases in place: odd and even padding,
+    # an odd width (the even/odd split's last column), a stride of 3
+    ((2, 5, 17, 19), (3, 3), 2, 1, 1),
+    ((1, 3, 18, 20), (5, 5), 2, 2, 1),
+    ((1, 2, 20, 23), (3, 3), 3, 1, 1),
 ]
 
 

@@ -10,6 +10,7 @@
 #include "common/conv2d.h"
 #include "common/conv2d_args.h"
 #include "cpu/conv2d_depthwise.h"
+#include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
 #include "cpu/memory.h"
 
@@ -62,29 +63,52 @@ inline int64_t first_inside(const Conv2dGeometry& g, int64_t f) {
   return f >= g.pw ? 0 : (g.pw - f + g.sw - 1) / g.sw;
 }
 
-// The plane `src` (in_h x in_w) into the phases, zero-padded.
+// The plane `src` (in_h x in_w) into the phases. Only the image's own positions are written, the same
+// ones for every plane: the padding and the slack keep what zero_phases put there.
 template <typename T>
 void split(const T* src, const Conv2dGeometry& g, const Phases& ph, T* buf) {
-  std::fill(buf, buf + ph.elems(), T(0));
   for (int64_t ih = 0; ih < g.in_h; ++ih) {
     const T* row = src + ih * g.in_w;
     if (ph.count == 1) {
       std::copy(row, row + g.in_w, buf + ph.at(ih + g.ph, g.pw));
-      continue;
-    }
-    for (int64_t f = 0; f < ph.count; ++f) {   // image column iw = u * sw + f - pw
-      T* dst = buf + ph.at(ih + g.ph, f);
-      for (int64_t u = first_inside(g, f), iw = u * g.sw + f - g.pw; iw < g.in_w; ++u, iw += g.sw) dst[u] = row[iw];
+    } else if (ph.count == 2) {   // even image columns to one phase, odd to the other (vectorised)
+      T* even = buf + ph.at(ih + g.ph, g.pw);
+      T* odd = buf + ph.at(ih + g.ph, g.pw + 1);
+      const int64_t pairs = g.in_w / 2;
+      for (int64_t u = 0; u < pairs; ++u) {
+        even[u] = row[2 * u];
+        odd[u] = row[2 * u + 1];
+      }
+      if (g.in_w % 2 != 0) even[pairs] = row[g.in_w - 1];
+    } else {
+      for (int64_t f = 0; f < ph.count; ++f) {   // image column iw = u * sw + f - pw
+        T* dst = buf + ph.at(ih + g.ph, f);
+        for (int64_t u = first_inside(g, f), iw = u * g.sw + f - g.pw; iw < g.in_w; ++u, iw += g.sw) dst[u] = row[iw];
+      }
     }
   }
 }
 
-// The phase rows that the taps of output row oh read from (tap t = (i, j) starts at output column 0).
+// A thread's phase buffer, zeroed once: split then writes the same image positions for every plane.
 template <typename T>
-void tap_rows(const T* buf, const Conv2dGeometry& g, const Phases& ph, int64_t oh, const T** rows) {
-  for (int64_t i = 0; i < g.kh; ++i) {
-    for (int64_t j = 0; j < g.kw; ++j) *rows++ = buf + ph.at(oh * g.sh + i * g.dh, j * g.dw);
+T* zero_phases(const Phases& ph) {
+  T* buf = scratch<T>(Scratch::conv_pad, ph.elems());
+  std::fill(buf, buf + ph.elems(), T(0));
+  return buf;
+}
+
+// The phase rows that the taps of every output row read from, rows[oh * taps + t] (tap t = (i, j) starts
+// at output column 0): the same for every plane split into `buf`.
+template <typename T>
+std::vector<const T*> tap_rows(const T* buf, const Conv2dGeometry& g, const Phases& ph) {
+  std::vector<const T*> rows;
+  rows.reserve(g.out_h * g.kh * g.kw);
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    for (int64_t i = 0; i < g.kh; ++i) {
+      for (int64_t j = 0; j < g.kw; ++j) rows.push_back(buf + ph.at(oh * g.sh + i * g.dh, j * g.dw));
+    }
   }
+  return rows;
 }
 
 // The weight as [c][t] (NCHW) or [t][c] (channels-last), from its strides.
@@ -123,7 +147,9 @@ int64_t taps_inside(const T* image, const Conv2dGeometry& g, int64_t C, int64_t 
 // scratch memory (bounded by a quarter of the workspace): a vector along a row of 4, 7 or 14 pixels
 // is a quarter to half empty and each plane's setup is paid for a few vectors of work. MobileNet-v2's
 // 3x3 layers at batch 16 (Zen 3, 2 threads, forward + backward): 960@4x4 4.5 -> 1.3 ms, 576@7x7
-// 5.1 -> 2.4, 192@14x14 4.0 -> 3.1 (torch 1.4, 1.9, 2.2).
+// 5.1 -> 2.4, 192@14x14 4.0 -> 3.1 (torch 1.4, 1.9, 2.2). With the copies transposed by blocks
+// (transpose_images) the forward passes went from 0.5-0.7x torch to 1.1-1.3x at 4x4 and 7x7; at 28x28
+// the NCHW kernels stay ahead (144 channels, stride 1: 0.9-1.3 ms against 1.7-2.3 through the copies).
 constexpr int64_t kSmallPlane = 256;
 
 bool through_nhwc(const Conv2dShape& s, int64_t elem) {
@@ -132,16 +158,13 @@ bool through_nhwc(const Conv2dShape& s, int64_t elem) {
          s.batch * s.in_channels * pixels * elem <= static_cast<int64_t>(kWorkspaceBytes) / 4;
 }
 
-// N x C x HW <-> N x HW x C, images in parallel.
+// N x C x HW <-> N x HW x C, images in parallel, by the GEMM engine's block transposes (element by
+// element, these copies took three times the depthwise kernel's own time at 384 channels of 7x7).
 template <typename T>
 void transpose_images(const T* src, int64_t N, int64_t rows, int64_t cols, T* dst) {
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
-      const T* a = src + n * rows * cols;
-      T* b = dst + n * rows * cols;
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < cols; ++c) b[c * rows + r] = a[r * cols + c];
-      }
+      gemm_transpose(src + n * rows * cols, rows, cols, cols, dst + n * rows * cols, rows);
     }
   });
 }
@@ -178,20 +201,16 @@ void conv2d_depthwise_forward(const T* x, const T* w, const DirectWeightStrides&
     return;
   }
   const std::vector<T> wt = weight_table(w, ws, s, nhwc);
-  if (!nhwc) {   // planes in parallel, each computed into rows of whole vectors and copied out
+  if (!nhwc) {   // planes in parallel, each split into the thread's phases and gathered into its output
     const Phases ph = phases_of(g, k.lanes);
-    const int64_t ld = round_up(OW, k.lanes);
     at::parallel_for(0, s.batch * C, 1, [&](int64_t p0, int64_t p1) {
-      T* buf = scratch<T>(Scratch::conv_pad, ph.elems());
-      T* res = scratch<T>(Scratch::conv_cols, g.out_h * ld);
-      std::vector<const T*> rows(g.out_h * taps);
+      T* buf = zero_phases<T>(ph);
+      const std::vector<const T*> rows = tap_rows(buf, g, ph);
       for (int64_t plane = p0; plane < p1; ++plane) {
         const int64_t c = plane % C;
         split(x + plane * g.in_h * g.in_w, g, ph, buf);
-        for (int64_t oh = 0; oh < g.out_h; ++oh) tap_rows(buf, g, ph, oh, rows.data() + oh * taps);
-        k.gather(res, ld, rows.data(), g.out_h, wt.data() + c * taps, taps, OW, bias != nullptr ? bias[c] : T(0));
-        T* dst = out + plane * g.out_h * OW;
-        for (int64_t oh = 0; oh < g.out_h; ++oh) std::copy(res + oh * ld, res + oh * ld + OW, dst + oh * OW);
+        k.gather(out + plane * P, OW, rows.data(), g.out_h, wt.data() + c * taps, taps, OW,
+                 bias != nullptr ? bias[c] : T(0));
       }
     });
     return;
@@ -317,9 +336,9 @@ void conv2d_depthwise_grad_weight(const T* dy, const T* x, T* dw, const Conv2dSh
     const int64_t ld = round_up(OW, k.lanes);
     constexpr int64_t kLanes = kDepthwiseMaxLanes<T>;
     at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-      T* buf = scratch<T>(Scratch::conv_pad, ph.elems());
+      T* buf = zero_phases<T>(ph);
       T* dyp = scratch<T>(Scratch::conv_cols, g.out_h * ld);   // dy's rows, with whole vectors' slack
-      std::vector<const T*> rows(taps);
+      const std::vector<const T*> rows = tap_rows(buf, g, ph);
       std::vector<T> acc(taps * kLanes);
       for (int64_t c = c0; c < c1; ++c) {
         std::fill(acc.begin(), acc.end(), T(0));
@@ -330,10 +349,7 @@ void conv2d_depthwise_grad_weight(const T* dy, const T* x, T* dw, const Conv2dSh
             const T* row = dy + (plane * g.out_h + oh) * OW;
             std::copy(row, row + OW, dyp + oh * ld);
           }
-          for (int64_t oh = 0; oh < g.out_h; ++oh) {
-            tap_rows(buf, g, ph, oh, rows.data());
-            k.dots(dyp + oh * ld, rows.data(), taps, OW, acc.data());
-          }
+          for (int64_t oh = 0; oh < g.out_h; ++oh) k.dots(dyp + oh * ld, rows.data() + oh * taps, taps, OW, acc.data());
         }
         for (int64_t t = 0; t < taps; ++t) {
           double sum = 0;

@@ -29,8 +29,8 @@ constexpr int64_t kDepthwiseMaxLanes = 64 / sizeof(T);
 template <typename T>
 struct DepthwiseKernels {
   int lanes;   // per vector
-  // Rows r < rows: out[r * ld + i] = bias + sum over t < taps of w[t] * src[r * taps + t][i], for i below n
-  // rounded up to whole vectors (out and src are read and written that far).
+  // Rows r < rows: out[r * ld + i] = bias + sum over t < taps of w[t] * src[r * taps + t][i], for i < n
+  // (src is read up to n rounded up to whole vectors; out is written below n only).
   void (*gather)(T* out, int64_t ld, const T* const* src, int64_t rows, const T* w, int64_t taps, int64_t n, T bias);
   // acc[t * kDepthwiseMaxLanes + l] += the products a[i] * src[t][i] of i < n in lane l, for t < taps
   // (a and src are read up to n rounded up to whole vectors).

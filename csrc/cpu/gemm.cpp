@@ -707,6 +707,14 @@ void gemm_pack_b_offsets(const T* base, const int64_t* row_off, int64_t rows, co
 template void gemm_pack_b_offsets<float>(const float*, const int64_t*, int64_t, const int64_t*, int64_t, float*);
 template void gemm_pack_b_offsets<double>(const double*, const int64_t*, int64_t, const int64_t*, int64_t, double*);
 
+template <typename T>
+void gemm_transpose(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst, int64_t ld_dst) {
+  kernels_for<T>().transpose(src, rows, cols, ld_src, dst, ld_dst);
+}
+
+template void gemm_transpose<float>(const float*, int64_t, int64_t, int64_t, float*, int64_t);
+template void gemm_transpose<double>(const double*, int64_t, int64_t, int64_t, double*, int64_t);
+
 // K block k0 holds the panels of all rows (m_pad x kc), as pack_a lays out one row block.
 template <typename T>
 void gemm_pack_a(const GemmArgs<T>& g, T* dst) {

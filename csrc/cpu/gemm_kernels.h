@@ -92,6 +92,8 @@ struct GemmKernels {
   int64_t in_place_columns;
   // C (a.m x n, rows rs_c apart, unit column stride) = A . Bp (+ beta * C), A gathered (see gemm_gathered)
   void (*macro_gathered)(const GatheredRows<T>& a, const T* bp, int64_t n, T* c, int64_t rs_c, T beta);
+  // dst[j * ld_dst + i] = src[i * ld_src + j] for i < rows, j < cols (see gemm_transpose)
+  void (*transpose)(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst, int64_t ld_dst);
 };
 
 // The engine: C = alpha * op(A) * op(B) + beta * C for the strided operands in `g`, with the active
@@ -144,6 +146,11 @@ void gemm_pack_b(const GemmArgs<T>& g, T* dst);
 // up to kGemmOffsetsSlackBytes before the smallest and after the largest offset used: that memory
 // must be readable. `dst` must be 64-byte aligned.
 constexpr int64_t kGemmOffsetsSlackBytes = 128;
+
+// dst[j * ld_dst + i] = src[i * ld_src + j] for i < rows, j < cols, with the active ISA's 8 x L block
+// transposes (the packing's permutes): NCHW planes to channels-last and back. One thread.
+template <typename T>
+void gemm_transpose(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst, int64_t ld_dst);
 template <typename T>
 void gemm_pack_b_offsets(const T* base, const int64_t* row_off, int64_t rows, const int64_t* col_off, int64_t cols,
                          T* dst);
