@@ -259,6 +259,9 @@ DEPTHWISE = [
     ((2, 16, 20, 37), (3, 3), 1, 1, 1),          # rows of several vectors and a tail
     ((3, 16, 7, 7), (3, 3), 1, 1, 1),            # NCHW through channels-last copies: whole 8-row blocks
     ((2, 24, 14, 14), (3, 3), 2, 1, 1),          # the copies' blocks with a tail of pixels
+    # channels-last rows three pixels at a time: channels in blocks of four vectors and of one
+    ((2, 40, 9, 10), (3, 3), 1, 1, 1),
+    ((1, 64, 6, 11), (3, 3), 2, 1, 1),
     # NCHW planes past the copies' 256 pixels, split into stride phases in place: odd and even padding,
     # an odd width (the even/odd split's last column), a stride of 3
     ((2, 5, 17, 19), (3, 3), 2, 1, 1),

@@ -215,16 +215,38 @@ void conv2d_depthwise_forward(const T* x, const T* w, const DirectWeightStrides&
     });
     return;
   }
-  at::parallel_for(0, s.batch * g.out_h, 1, [&](int64_t r0, int64_t r1) {   // rows of output pixels
+  // Rows of output pixels. Columns [ow_lo, ow_hi) have every tap inside the image's width: the taps
+  // of such a row inside its height read the same offsets from each pixel's origin (channels_row);
+  // the columns at the edges list their taps pixel by pixel.
+  const int64_t ow_lo = std::min(OW, (g.pw + g.sw - 1) / g.sw);
+  const int64_t last = g.in_w - 1 + g.pw - (g.kw - 1) * g.dw;   // ow * sw may reach this
+  const int64_t ow_hi = last < 0 ? ow_lo : std::clamp(last / g.sw + 1, ow_lo, OW);
+  at::parallel_for(0, s.batch * g.out_h, 1, [&](int64_t r0, int64_t r1) {
     std::vector<const T*> src(taps), wr(taps);
-    std::vector<int64_t> tap(taps);
+    std::vector<int64_t> tap(taps), off(taps);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.out_h, oh = r % g.out_h;
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        const int64_t used = taps_inside(x + n * g.in_h * g.in_w * C, g, C, oh, ow, src.data(), tap.data());
+      const T* image = x + n * g.in_h * g.in_w * C;
+      const auto edge = [&](int64_t ow) {
+        const int64_t used = taps_inside(image, g, C, oh, ow, src.data(), tap.data());
         for (int64_t e = 0; e < used; ++e) wr[e] = wt.data() + tap[e] * C;
         k.channels(out + (r * OW + ow) * C, src.data(), wr.data(), used, C, bias);
+      };
+      for (int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
+      int64_t used = 0;   // offsets from the image column of tap j = 0 of output column ow_lo
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ih = conv_tap(oh, i, g.sh, g.ph, g.dh);
+        if (ih < 0 || ih >= g.in_h) continue;
+        for (int64_t j = 0; j < g.kw; ++j, ++used) {
+          off[used] = (ih * g.in_w + j * g.dw) * C;
+          wr[used] = wt.data() + (i * g.kw + j) * C;
+        }
       }
+      if (ow_hi > ow_lo) {
+        k.channels_row(out + (r * OW + ow_lo) * C, image + (ow_lo * g.sw - g.pw) * C, g.sw * C, off.data(), wr.data(),
+                       used, C, bias, ow_hi - ow_lo);
+      }
+      for (int64_t ow = ow_hi; ow < OW; ++ow) edge(ow);
     }
   });
 }

@@ -37,6 +37,10 @@ struct DepthwiseKernels {
   void (*dots)(const T* a, const T* const* src, int64_t taps, int64_t n, T* acc);
   // out[c] = (bias ? bias[c] : 0) + sum over t < taps of w[t][c] * src[t][c], for c < C
   void (*channels)(T* out, const T* const* src, const T* const* w, int64_t taps, int64_t C, const T* bias);
+  // channels for `count` pixels (out p * C apart) whose tap t reads src + p * step + off[t]: a row of
+  // pixels with every tap inside the image
+  void (*channels_row)(T* out, const T* src, int64_t step, const int64_t* off, const T* const* w, int64_t taps,
+                       int64_t C, const T* bias, int64_t count);
   // acc[t][c] += a[c] * src[t][c], for t < taps, c < C
   void (*channels_acc)(T* const* acc, const T* a, const T* const* src, int64_t taps, int64_t C);
 };
