@@ -262,6 +262,9 @@ DEPTHWISE = [
     # channels-last rows three pixels at a time: channels in blocks of four vectors and of one
     ((2, 40, 9, 10), (3, 3), 1, 1, 1),
     ((1, 64, 6, 11), (3, 3), 2, 1, 1),
+    # channels-last grad_input by rows (horizontal stride 1): a dilated row, a vertical stride of 2
+    ((2, 8, 12, 13), (3, 3), 1, 2, (1, 2)),
+    ((1, 16, 10, 12), (3, 3), (2, 1), 1, 1),
     # NCHW planes past the copies' 256 pixels, split into stride phases in place: odd and even padding,
     # an odd width (the even/odd split's last column), a stride of 3
     ((2, 5, 17, 19), (3, 3), 2, 1, 1),

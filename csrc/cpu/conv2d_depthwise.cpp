@@ -143,6 +143,31 @@ int64_t taps_inside(const T* image, const Conv2dGeometry& g, int64_t C, int64_t 
   return used;
 }
 
+// The output columns [lo, hi) whose every tap reads inside the input row.
+void inside_columns(const Conv2dGeometry& g, int64_t* lo, int64_t* hi) {
+  int64_t lo0, hi0, lo1, hi1;
+  conv_tap_columns(g, 0, &lo0, &hi0);
+  conv_tap_columns(g, g.kw - 1, &lo1, &hi1);
+  *lo = std::max(lo0, lo1);
+  *hi = std::max(*lo, std::min(hi0, hi1));
+}
+
+// The taps of output row oh that read inside the image's height, for an NHWC image of C channels: where
+// each reads, as offsets from the pixel its tap j = 0 reads (off), and which tap it is (tap). Returns
+// how many.
+int64_t row_taps(const Conv2dGeometry& g, int64_t C, int64_t oh, int64_t* off, int64_t* tap) {
+  int64_t used = 0;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t ih = conv_tap(oh, i, g.sh, g.ph, g.dh);
+    if (ih < 0 || ih >= g.in_h) continue;
+    for (int64_t j = 0; j < g.kw; ++j, ++used) {
+      off[used] = (ih * g.in_w + j * g.dw) * C;
+      tap[used] = i * g.kw + j;
+    }
+  }
+  return used;
+}
+
 // NCHW planes of at most kSmallPlane pixels run the channels-last kernels on channels-last copies in
 // scratch memory (bounded by a quarter of the workspace): a vector along a row of 4, 7 or 14 pixels
 // is a quarter to half empty and each plane's setup is paid for a few vectors of work. MobileNet-v2's
@@ -218,9 +243,8 @@ void conv2d_depthwise_forward(const T* x, const T* w, const DirectWeightStrides&
   // Rows of output pixels. Columns [ow_lo, ow_hi) have every tap inside the image's width: the taps
   // of such a row inside its height read the same offsets from each pixel's origin (channels_row);
   // the columns at the edges list their taps pixel by pixel.
-  const int64_t ow_lo = std::min(OW, (g.pw + g.sw - 1) / g.sw);
-  const int64_t last = g.in_w - 1 + g.pw - (g.kw - 1) * g.dw;   // ow * sw may reach this
-  const int64_t ow_hi = last < 0 ? ow_lo : std::clamp(last / g.sw + 1, ow_lo, OW);
+  int64_t ow_lo, ow_hi;
+  inside_columns(g, &ow_lo, &ow_hi);
   at::parallel_for(0, s.batch * g.out_h, 1, [&](int64_t r0, int64_t r1) {
     std::vector<const T*> src(taps), wr(taps);
     std::vector<int64_t> tap(taps), off(taps);
@@ -233,15 +257,8 @@ void conv2d_depthwise_forward(const T* x, const T* w, const DirectWeightStrides&
         k.channels(out + (r * OW + ow) * C, src.data(), wr.data(), used, C, bias);
       };
       for (int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
-      int64_t used = 0;   // offsets from the image column of tap j = 0 of output column ow_lo
-      for (int64_t i = 0; i < g.kh; ++i) {
-        const int64_t ih = conv_tap(oh, i, g.sh, g.ph, g.dh);
-        if (ih < 0 || ih >= g.in_h) continue;
-        for (int64_t j = 0; j < g.kw; ++j, ++used) {
-          off[used] = (ih * g.in_w + j * g.dw) * C;
-          wr[used] = wt.data() + (i * g.kw + j) * C;
-        }
-      }
+      const int64_t used = row_taps(g, C, oh, off.data(), tap.data());
+      for (int64_t e = 0; e < used; ++e) wr[e] = wt.data() + tap[e] * C;
       if (ow_hi > ow_lo) {
         k.channels_row(out + (r * OW + ow_lo) * C, image + (ow_lo * g.sw - g.pw) * C, g.sw * C, off.data(), wr.data(),
                        used, C, bias, ow_hi - ow_lo);
@@ -317,11 +334,19 @@ void conv2d_depthwise_grad_input(const T* dy, const T* w, const DirectWeightStri
     });
     return;
   }
-  at::parallel_for(0, s.batch * g.in_h, 1, [&](int64_t r0, int64_t r1) {   // rows of input pixels (gather)
+  // Rows of input pixels, each gathering from the output pixels whose taps read it. With a horizontal
+  // stride of 1, columns [iw_lo, iw_hi) are read by every tap j of the rows they are read from: there
+  // the taps of a row read the same offsets from each pixel's origin (channels_row, as the forward
+  // pass); the other columns (and every column at larger strides) list their taps pixel by pixel.
+  const int64_t iw_lo = g.sw != 1 ? g.in_w : std::clamp<int64_t>((g.kw - 1) * g.dw - g.pw, 0, g.in_w);
+  const int64_t iw_hi = g.sw != 1 ? g.in_w : std::clamp<int64_t>(OW - g.pw, iw_lo, g.in_w);
+  at::parallel_for(0, s.batch * g.in_h, 1, [&](int64_t r0, int64_t r1) {
     std::vector<const T*> src(taps), wr(taps);
+    std::vector<int64_t> off(taps);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.in_h, ih = r % g.in_h;
-      for (int64_t iw = 0; iw < g.in_w; ++iw) {
+      const T* image = dy + n * g.out_h * OW * C;
+      const auto edge = [&](int64_t iw) {
         int64_t used = 0;
         for (int64_t i = 0; i < g.kh; ++i) {
           const int64_t oh = conv_reader(ih, i, g.sh, g.ph, g.dh, g.out_h);
@@ -329,12 +354,27 @@ void conv2d_depthwise_grad_input(const T* dy, const T* w, const DirectWeightStri
           for (int64_t j = 0; j < g.kw; ++j) {
             const int64_t ow = conv_reader(iw, j, g.sw, g.pw, g.dw, OW);
             if (ow < 0) continue;
-            src[used] = dy + ((n * g.out_h + oh) * OW + ow) * C;
+            src[used] = image + (oh * OW + ow) * C;
             wr[used++] = wt.data() + (i * g.kw + j) * C;
           }
         }
         k.channels(dx + (r * g.in_w + iw) * C, src.data(), wr.data(), used, C, nullptr);
+      };
+      for (int64_t iw = 0; iw < iw_lo; ++iw) edge(iw);
+      if (iw_hi > iw_lo) {   // offsets from the output column that tap j = 0 of input column iw_lo reads
+        int64_t used = 0;
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t oh = conv_reader(ih, i, g.sh, g.ph, g.dh, g.out_h);
+          if (oh < 0) continue;
+          for (int64_t j = 0; j < g.kw; ++j, ++used) {
+            off[used] = (oh * OW - j * g.dw) * C;
+            wr[used] = wt.data() + (i * g.kw + j) * C;
+          }
+        }
+        k.channels_row(dx + (r * g.in_w + iw_lo) * C, image + (iw_lo + g.pw) * C, C, off.data(), wr.data(), used, C,
+                       nullptr, iw_hi - iw_lo);
       }
+      for (int64_t iw = iw_hi; iw < g.in_w; ++iw) edge(iw);
     }
   });
 }
@@ -384,18 +424,31 @@ void conv2d_depthwise_grad_weight(const T* dy, const T* x, T* dw, const Conv2dSh
   }
   // Channels-last: rows of output pixels shared out to the threads, each summing into acc[t][c].
   const int64_t rows = s.batch * g.out_h, elems = taps * C;
+  // The columns with every tap inside the image sum a row at a time (channels_acc_row, as the forward
+  // pass's channels_row), the others pixel by pixel.
+  int64_t ow_lo, ow_hi;
+  inside_columns(g, &ow_lo, &ow_hi);
   const auto sum_rows = [&](int64_t r0, int64_t r1, T* acc) {
     std::fill(acc, acc + elems, T(0));
     std::vector<const T*> src(taps);
     std::vector<T*> dst(taps);
-    std::vector<int64_t> tap(taps);
+    std::vector<int64_t> tap(taps), off(taps);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.out_h, oh = r % g.out_h;
-      for (int64_t ow = 0; ow < OW; ++ow) {
-        const int64_t used = taps_inside(x + n * g.in_h * g.in_w * C, g, C, oh, ow, src.data(), tap.data());
+      const T* image = x + n * g.in_h * g.in_w * C;
+      const auto edge = [&](int64_t ow) {
+        const int64_t used = taps_inside(image, g, C, oh, ow, src.data(), tap.data());
         for (int64_t e = 0; e < used; ++e) dst[e] = acc + tap[e] * C;
         k.channels_acc(dst.data(), dy + (r * OW + ow) * C, src.data(), used, C);
+      };
+      for (int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
+      if (ow_hi > ow_lo) {
+        const int64_t used = row_taps(g, C, oh, off.data(), tap.data());
+        for (int64_t e = 0; e < used; ++e) dst[e] = acc + tap[e] * C;
+        k.channels_acc_row(dst.data(), dy + (r * OW + ow_lo) * C, image + (ow_lo * g.sw - g.pw) * C, g.sw * C,
+                           off.data(), used, C, ow_hi - ow_lo);
       }
+      for (int64_t ow = ow_hi; ow < OW; ++ow) edge(ow);
     }
   };
   std::vector<T> acc(elems);

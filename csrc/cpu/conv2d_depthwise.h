@@ -6,13 +6,17 @@
 // NCHW: each plane is copied zero-padded and split by columns into `stride` phases (column u*sw + f of
 // the padded plane at phase f, column u), so that every tap of a row of outputs reads a contiguous run:
 //   forward      out row oh = bias + sum over taps t of w[t] * (phase row of tap t)     (rows, gather)
-//   grad_input   each tap's phase row of a zeroed padded dx += w[t] * dy row oh, then the interior
-//                of dx is read back out of the phases                              (rows, scatter)
+//   grad_input   phase f of dx's row = sum over the taps reading it of w[t] * (a zero-padded dy row),
+//                then merged back out of the phases into dx's row                  (rows, gather)
 //   grad_weight  dw[c][t] = sum over images and rows of dot(dy row, phase row of tap t)  (dots)
 // Channels-last: the channels of a pixel are the vector lanes:
 //   forward      out[pixel][c] = bias[c] + sum over the taps inside the image of w[t][c] x[tap's pixel][c]
 //   grad_input   dx[pixel][c] = sum over the output pixels whose tap t reads it of w[t][c] dy[..][c]
 //   grad_weight  dw[t][c] += dy[pixel][c] x[tap's pixel][c], threads summing rows into partial sums
+// In a row of pixels, those whose taps all fall inside the image's width read the same offsets from
+// their own origin: they run a row at a time (channels_row, channels_acc_row: several pixels or taps
+// per loaded vector, no per-pixel list of taps); grad_input does so where the horizontal stride is 1.
+// NCHW planes of up to 256 pixels run these kernels on channels-last copies (conv2d_depthwise.cpp).
 #pragma once
 
 #include <cstdint>
@@ -43,6 +47,9 @@ struct DepthwiseKernels {
                        int64_t C, const T* bias, int64_t count);
   // acc[t][c] += a[c] * src[t][c], for t < taps, c < C
   void (*channels_acc)(T* const* acc, const T* a, const T* const* src, int64_t taps, int64_t C);
+  // channels_acc for `count` pixels (a p * C apart) whose tap t reads src + p * step + off[t]
+  void (*channels_acc_row)(T* const* acc, const T* a, const T* src, int64_t step, const int64_t* off, int64_t taps,
+                           int64_t C, int64_t count);
 };
 
 extern const DepthwiseKernels<float> depthwise_kernels_f32_avx512, depthwise_kernels_f32_avx2;
