@@ -265,11 +265,13 @@ DEPTHWISE = [
     # channels-last grad_input by rows (horizontal stride 1): a dilated row, a vertical stride of 2
     ((2, 8, 12, 13), (3, 3), 1, 2, (1, 2)),
     ((1, 16, 10, 12), (3, 3), (2, 1), 1, 1),
-    # NCHW planes past the copies' 256 pixels, split into stride phases in place: odd and even padding,
-    # an odd width (the even/odd split's last column), a stride of 3
+    # NCHW planes past the copies' 256 pixels (forward) and 1024 (backward), split into stride phases in
+    # place: odd and even padding, an odd width (the even/odd split's last column), a stride of 3
     ((2, 5, 17, 19), (3, 3), 2, 1, 1),
     ((1, 3, 18, 20), (5, 5), 2, 2, 1),
     ((1, 2, 20, 23), (3, 3), 3, 1, 1),
+    ((1, 3, 33, 35), (3, 3), 2, 1, 1),
+    ((1, 2, 33, 32), (3, 3), 1, 1, 1),
 ]
 
 

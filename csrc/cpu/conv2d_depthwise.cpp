@@ -175,11 +175,15 @@ int64_t row_taps(const Conv2dGeometry& g, int64_t C, int64_t oh, int64_t* off, i
 // 5.1 -> 2.4, 192@14x14 4.0 -> 3.1 (torch 1.4, 1.9, 2.2). With the copies transposed by blocks
 // (transpose_images) the forward passes went from 0.5-0.7x torch to 1.1-1.3x at 4x4 and 7x7; at 28x28
 // the NCHW kernels stay ahead (144 channels, stride 1: 0.9-1.3 ms against 1.7-2.3 through the copies).
-constexpr int64_t kSmallPlane = 256;
+// The backward passes take the copies up to 32x32, since the channels-last ones run by rows: forward +
+// backward at 28x28, batch 16, three interleaved runs: 144 channels stride 2 3.5-3.7 -> 2.8-2.9 ms, 96
+// channels stride 1 3.0-3.3 -> 2.4-2.7, 144 channels stride 1 4.4-4.5 -> 4.6-4.8 (torch 2.6-3.3,
+// 2.2-3.0, 4.0-4.7).
+constexpr int64_t kSmallPlane = 256, kSmallPlaneBackward = 1024;
 
-bool through_nhwc(const Conv2dShape& s, int64_t elem) {
+bool through_nhwc(const Conv2dShape& s, int64_t elem, int64_t small_plane = kSmallPlane) {
   const int64_t pixels = std::max(s.g.in_h * s.g.in_w, s.g.out_h * s.g.out_w);
-  return s.g.in_h * s.g.in_w <= kSmallPlane &&
+  return s.g.in_h * s.g.in_w <= small_plane &&
          s.batch * s.in_channels * pixels * elem <= static_cast<int64_t>(kWorkspaceBytes) / 4;
 }
 
@@ -275,7 +279,7 @@ void conv2d_depthwise_grad_input(const T* dy, const T* w, const DirectWeightStri
   const auto& k = kernels_for<T>();
   const int64_t C = s.in_channels, taps = g.kh * g.kw, OW = g.out_w;
   const int64_t HW = g.in_h * g.in_w, P = g.out_h * OW;
-  if (!nhwc && through_nhwc(s, sizeof(T))) {
+  if (!nhwc && through_nhwc(s, sizeof(T), kSmallPlaneBackward)) {
     on_nhwc_copies(dy, P, dx, HW, s, [&](const T* a, T* b) { conv2d_depthwise_grad_input(a, w, ws, b, s, true); });
     return;
   }
@@ -384,7 +388,7 @@ void conv2d_depthwise_grad_weight(const T* dy, const T* x, T* dw, const Conv2dSh
   const auto& g = s.g;
   const auto& k = kernels_for<T>();
   const int64_t C = s.in_channels, taps = g.kh * g.kw, OW = g.out_w;
-  if (!nhwc && through_nhwc(s, sizeof(T))) {
+  if (!nhwc && through_nhwc(s, sizeof(T), kSmallPlaneBackward)) {
     const int64_t HW = g.in_h * g.in_w, P = g.out_h * OW;
     T* xt = scratch<T>(Scratch::conv_pad, s.batch * HW * C);
     T* dyt = scratch<T>(Scratch::conv_cols, s.batch * P * C);

@@ -16,7 +16,7 @@
 // In a row of pixels, those whose taps all fall inside the image's width read the same offsets from
 // their own origin: they run a row at a time (channels_row, channels_acc_row: several pixels or taps
 // per loaded vector, no per-pixel list of taps); grad_input does so where the horizontal stride is 1.
-// NCHW planes of up to 256 pixels run these kernels on channels-last copies (conv2d_depthwise.cpp).
+// NCHW planes of up to 256 pixels (1024 in the backward passes) run these kernels on channels-last copies.
 #pragma once
 
 #include <cstdint>
