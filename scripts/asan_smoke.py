@@ -38,8 +38,11 @@ for isa in reversed(fastconv._C.tested_cpu_isas()):
             F.conv2d(x, w, bb, s_, p_, d_, g_, algorithm=algo).sum().backward(); n += 1
             with torch.autocast("cpu", dtype=torch.bfloat16):   # half precision through autocast
                 F.conv2d(x, w, bb, s_, p_, d_, g_, algorithm=algo).float().sum().backward(); n += 1
-    for xs, k, s_, p_, d_ in [((2,5,19,23),(3,3),1,1,1), ((1,6,21,18),(3,3),2,1,1), ((2,4,17,20),(5,3),(2,3),(2,0),(1,2)), ((1,3,30,9),(3,3),3,4,2)]:
-        for mf in (torch.contiguous_format, torch.channels_last):   # depthwise: planes over 256 pixels (NCHW phases)
+    # depthwise: planes over 256 pixels (NCHW phases in the forward pass) and over 1024 (in the backward
+    # passes too); channels in whole vectors (the channels-last row kernels' blocks of pixels and taps)
+    for xs, k, s_, p_, d_ in [((2,5,19,23),(3,3),1,1,1), ((1,6,21,18),(3,3),2,1,1), ((2,4,17,20),(5,3),(2,3),(2,0),(1,2)), ((1,3,30,9),(3,3),3,4,2),
+                              ((1,2,33,35),(3,3),2,1,1), ((2,16,12,14),(3,3),1,1,1), ((1,40,9,10),(3,3),2,1,1), ((1,64,7,11),(3,3),1,2,(1,2))]:
+        for mf in (torch.contiguous_format, torch.channels_last):
             x = torch.randn(xs).contiguous(memory_format=mf).requires_grad_(True); w = torch.randn(xs[1], 1, *k, requires_grad=True)
             F.conv2d(x, w, torch.randn(xs[1]), s_, p_, d_, xs[1], algorithm="direct").sum().backward(); n += 1
     for xs, ws, s_, p_, d_ in [((2,5,9,7),(70,5,3,3),(1,1),(1,1),(1,1)), ((1,17,11,13),(3,17,3,2),(2,3),(2,0),(1,2)), ((1,4,3,3),(2,4,3,3),(3,3),(4,4),(1,1))]:
