@@ -102,10 +102,12 @@ PyObject* py_set_cpu_isa(PyObject*, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
-PyObject* py_cpu_isas(PyObject*, PyObject*) {
-  using fastconv::cpu::Isa;
+// The names of the ISA levels, narrowest first, that `keep` accepts, as a Python list.
+template <typename Keep>
+PyObject* isa_names(Keep keep) {
   PyObject* list = PyList_New(0);
   for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx, Isa::avx512_emulated}) {
+    if (!keep(isa)) continue;
     PyObject* name = PyUnicode_FromString(fastconv::cpu::isa_name(isa));
     PyList_Append(list, name);
     Py_DECREF(name);
@@ -113,21 +115,16 @@ PyObject* py_cpu_isas(PyObject*, PyObject*) {
   return list;
 }
 
+PyObject* py_cpu_isas(PyObject*, PyObject*) {
+  return isa_names([](Isa) { return true; });
+}
+
 // The levels this CPU runs, as the tests, the check and the ASan smoke walk them: the native ones narrowest
 // first, then avx512_emulated where the CPU has AVX2 but no AVX-512 (on an AVX-512 CPU the real builds
 // run that code; without AVX2 nothing of it can).
 PyObject* py_tested_cpu_isas(PyObject*, PyObject*) {
-  using fastconv::cpu::Isa;
   const Isa best = fastconv::cpu::best_supported_isa();
-  PyObject* list = PyList_New(0);
-  for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512, Isa::avx512_bf16, Isa::amx, Isa::avx512_emulated}) {
-    const bool runs = isa == Isa::avx512_emulated ? best == Isa::avx2 : isa <= best;
-    if (!runs) continue;
-    PyObject* name = PyUnicode_FromString(fastconv::cpu::isa_name(isa));
-    PyList_Append(list, name);
-    Py_DECREF(name);
-  }
-  return list;
+  return isa_names([best](Isa isa) { return isa == Isa::avx512_emulated ? best == Isa::avx2 : isa <= best; });
 }
 
 PyObject* py_cuda_compiled(PyObject*, PyObject*) {
