@@ -92,6 +92,31 @@ def test_all_transposes_and_edge_sizes(device, dtype):
         check(a, b, c, ta, tb, 1.5, 1.0)
 
 
+def test_threads_share_out_columns_or_rows_bit_for_bit_cpu_isas(cpu_isa):
+    # Outside a parallel region each thread runs the loop nest alone on its share of C: its columns
+    # where m <= n, else its rows (gemm.cpp: loop_nest). Every element's sum is the same as on one
+    # thread, so the bits are: wide and tall products, transposed operands, K blocks, partial panels at
+    # the shares' edges (3 threads), alpha/beta; float64 and bfloat16 (widened where the CPU has no
+    # bfloat16 kernel) too.
+    before = torch.get_num_threads()
+    shapes = [(61, 517, 300, False, False), (517, 150, 300, True, False), (40, 999, 70, True, True),
+              (700, 130, 513, False, True)]
+    try:
+        for (m, n, k, ta, tb), dtype in itertools.product(shapes, (torch.float32, torch.float64, torch.bfloat16)):
+            a, b, c = operands(m, n, k, ta, tb, torch.float32, "cpu")
+            a, b, c = a.to(dtype), b.to(dtype), c.to(dtype)
+            args = (a, b, c, ta, tb, 0.5, -2.0) if dtype != torch.bfloat16 else (a, b, None, ta, tb, 1.0, 0.0)
+            torch.set_num_threads(1)
+            one = gemm(*args)
+            for threads in (2, 3):
+                torch.set_num_threads(threads)
+                assert torch.equal(gemm(*args), one), (m, n, k, ta, tb, dtype, threads)
+            if dtype != torch.bfloat16:
+                check(*args)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_large_multi_block(device):
     a, b, c = operands(300, 3100, 600, False, True, torch.float32, device)   # several MC, NC, KC blocks
     check(a, b, c, False, True, 1.0, 0.5)
