@@ -1,5 +1,6 @@
 // CPU glue and driver of the GEMM engine (fastconv::gemm): the blocked loop nest over the packing
-// routines and macro-kernel of gemm_kernels.inc, parallel over blocks of rows with at::parallel_for.
+// routines and macro-kernel of gemm_kernels.inc, parallel with at::parallel_for over shares of C
+// (loop_nest) or over blocks of rows.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
