@@ -68,6 +68,32 @@ constexpr int64_t kRowsPerItem = 8;   // tile rows per input-transform work item
 // of speed.
 constexpr int64_t kKBlock = 64;
 
+// The distance between consecutive transform positions e of a buffer of E planes (V, M, dU, U) of
+// `elems` values each: rounded up to a cache line, plus one line. The transforms read or write all E
+// planes at once, one stream each; planes a multiple of 4 KiB apart (64 x 64 values, 64 channels x
+// 256 tiles, ...) put all 16 or 36 streams in the same L1 set, where they evicted each other. AMD Zen
+// 3, 2 threads, batch 8, each pass with and without, alternating in one process: grad_weight 128@14x14
+// +18-22%, 256@7x7 +12-14%, 512@4x4 +5-8%, 64@28x28 +1-8%; channels-last forward and grad_input
+// 128@14x14 +4-14%, 256@7x7 +4-6%; NCHW forward and grad_input within +-3% (their GEMM-side layouts
+// were rarely aligned so).
+template <typename T>
+int64_t plane_stride(int64_t elems) {
+  constexpr int64_t line = 64 / static_cast<int64_t>(sizeof(T));
+  return (elems + line - 1) / line * line + line;
+}
+
+// Elements per transform position e of the filters' U[e] (kout x cin, packed A) and of the channels-last
+// passes' U[e]^T (cin x kout, packed B; each e's panels 64-byte aligned, as the GEMM engine's packed B
+// must be): planes, as above.
+template <typename T>
+int64_t filters_a_stride(int64_t kout, int64_t cin) {
+  return plane_stride<T>(gemm_packed_a_elems(kout, cin));
+}
+template <typename T>
+int64_t filters_b_stride(int64_t kout, int64_t cin) {
+  return plane_stride<T>(gemm_packed_b_elems<T>(cin, kout));
+}
+
 // out[n][k][oh][ow] = bias[k] + sum over c, i, j < 3 of in[n][c][oh + i - ph][ow + j - pw] * g[k][c][i][j]
 // (pixels outside the input read zero; ph, pw may be negative).
 struct WinogradProblem {
@@ -121,13 +147,14 @@ struct TileChunks {
   // V[e][c][t] = B^T d B for the chunk's tc tiles of every input channel, in parallel over (channel,
   // run of tile rows).
   template <typename T>
-  void input_transform(const WinogradKernels<T>& kern, const T* x, const WinogradProblem& p, int64_t tc, T* v) const {
+  void input_transform(const WinogradKernels<T>& kern, const T* x, const WinogradProblem& p, int64_t tc, T* v,
+                       int64_t e_stride) const {
     const int64_t nrows = tc / tiles_w, blocks = (nrows + kRowsPerItem - 1) / kRowsPerItem, in_plane = p.in_h * p.in_w;
     at::parallel_for(0, p.in_ch * blocks, 1, [&](int64_t b, int64_t e) {
       for (int64_t item = b; item < e; ++item) {
         const int64_t c = item / blocks, rr = item % blocks * kRowsPerItem, nr = std::min(kRowsPerItem, nrows - rr);
         kern.input[m == 4 ? 1 : 0](x + c * in_plane, p.in_ch * in_plane, p.in_h, p.in_w, row_image.data() + rr,
-                                   row_ih0.data() + rr, nr, -p.pw, tiles_w, v + c * tc + rr * tiles_w, p.in_ch * tc);
+                                   row_ih0.data() + rr, nr, -p.pw, tiles_w, v + c * tc + rr * tiles_w, e_stride);
       }
     });
   }
@@ -140,27 +167,27 @@ void run(int m, const T* x, const T* u, const T* bias, T* out, const WinogradPro
   const int64_t E = (m + 2) * (m + 2);
   TileChunks chunks(m, p, E * (p.in_ch + p.out_ch) * static_cast<int64_t>(sizeof(T)));
   const int64_t cap = chunks.rows_per_chunk * chunks.tiles_w, out_plane = p.out_h * p.out_w;
-  T* v = scratch<T>(Scratch::winograd_v, E * p.in_ch * cap);
-  T* mt = scratch<T>(Scratch::winograd_m, E * p.out_ch * cap);
+  T* v = scratch<T>(Scratch::winograd_v, E * plane_stride<T>(p.in_ch * cap));
+  T* mt = scratch<T>(Scratch::winograd_m, E * plane_stride<T>(p.out_ch * cap));
   for (int64_t r0 = 0; r0 < chunks.rows; r0 += chunks.rows_per_chunk) {
-    const int64_t tc = chunks.at(r0, p);
-    chunks.input_transform(kern, x, p, tc, v);
+    const int64_t tc = chunks.at(r0, p), vs = plane_stride<T>(p.in_ch * tc), ms = plane_stride<T>(p.out_ch * tc);
+    chunks.input_transform(kern, x, p, tc, v, vs);
     at::parallel_for(0, E, 1, [&](int64_t b, int64_t e_end) {
       for (int64_t e = b; e < e_end; ++e) {
         GemmArgs<T> g;
         g.m = p.out_ch; g.n = tc; g.k = p.in_ch;
         g.alpha = T(1); g.beta = T(0);
         g.a = nullptr; g.rs_a = p.in_ch; g.cs_a = 1;
-        g.a_packed = u + e * gemm_packed_a_elems(p.out_ch, p.in_ch);
+        g.a_packed = u + e * filters_a_stride<T>(p.out_ch, p.in_ch);
         g.k_block = kKBlock;
-        g.b = v + e * p.in_ch * tc; g.rs_b = tc; g.cs_b = 1;
-        g.c = mt + e * p.out_ch * tc; g.rs_c = tc; g.cs_c = 1;
+        g.b = v + e * vs; g.rs_b = tc; g.cs_b = 1;
+        g.c = mt + e * ms; g.rs_c = tc; g.cs_c = 1;
         gemm(g);
       }
     });
     at::parallel_for(0, p.out_ch, 1, [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) {
-        kern.output[which](mt + k * tc, p.out_ch * tc, chunks.tiles.data(), tc, p.ph, p.pw, out + k * out_plane,
+        kern.output[which](mt + k * tc, ms, chunks.tiles.data(), tc, p.ph, p.pw, out + k * out_plane,
                            p.out_h, p.out_w, bias != nullptr ? bias[k] : T(0));
       }
     });
@@ -179,29 +206,29 @@ void run_nhwc(int m, const T* x, const T* u, int64_t u_stride, const T* bias, T*
   const int64_t E = (m + 2) * (m + 2), C = p.in_ch, K = p.out_ch;
   TileChunks chunks(m, p, E * (C + K) * static_cast<int64_t>(sizeof(T)));
   const int64_t cap = chunks.rows_per_chunk * chunks.tiles_w;
-  T* v = scratch<T>(Scratch::winograd_v, E * C * cap);
-  T* mt = scratch<T>(Scratch::winograd_m, E * K * cap);
+  T* v = scratch<T>(Scratch::winograd_v, E * plane_stride<T>(C * cap));
+  T* mt = scratch<T>(Scratch::winograd_m, E * plane_stride<T>(K * cap));
   for (int64_t r0 = 0; r0 < chunks.rows; r0 += chunks.rows_per_chunk) {
-    const int64_t tc = chunks.at_nhwc(r0, p);
+    const int64_t tc = chunks.at_nhwc(r0, p), vs = plane_stride<T>(C * tc), ms = plane_stride<T>(K * tc);
     const WinogradTileNhwc* tiles = chunks.nhwc.data();
     at::parallel_for(0, tc, 1, [&](int64_t b, int64_t e) {
-      kern.input_nhwc[which](x, p.in_h, p.in_w, C, tiles, b, e, v, C * tc);
+      kern.input_nhwc[which](x, p.in_h, p.in_w, C, tiles, b, e, v, vs);
     });
     at::parallel_for(0, E, 1, [&](int64_t b, int64_t e_end) {
       for (int64_t e = b; e < e_end; ++e) {
         GemmArgs<T> g;
         g.m = tc; g.n = K; g.k = C;
         g.alpha = T(1); g.beta = T(0);
-        g.a = v + e * C * tc; g.rs_a = C; g.cs_a = 1;
+        g.a = v + e * vs; g.rs_a = C; g.cs_a = 1;
         g.b = nullptr; g.rs_b = K; g.cs_b = 1;
         g.b_packed = u + e * u_stride;
         g.k_block = kKBlock;
-        g.c = mt + e * K * tc; g.rs_c = K; g.cs_c = 1;
+        g.c = mt + e * ms; g.rs_c = K; g.cs_c = 1;
         gemm(g);
       }
     });
     at::parallel_for(0, tc, 1, [&](int64_t b, int64_t e) {
-      kern.output_nhwc[which](mt, K * tc, K, tiles, b, e, K, K, p.ph, p.pw, out, p.out_h, p.out_w, bias);
+      kern.output_nhwc[which](mt, ms, K, tiles, b, e, K, K, p.ph, p.pw, out, p.out_h, p.out_w, bias);
     });
   }
 }
@@ -231,30 +258,31 @@ bool run_fused(int m, const T* x, const T* w, int64_t s_out, int64_t s_in, int64
   const int64_t tc = nhwc ? chunks.at_nhwc(0, p) : chunks.at(0, p);
   TORCH_INTERNAL_ASSERT(tc == chunks.rows * chunks.tiles_w, "run_fused: the tiles must make one chunk");
   ++fused_passes;
-  T* v = scratch<T>(Scratch::winograd_v, E * C * tc);
+  const int64_t vs = plane_stride<T>(C * tc);
+  T* v = scratch<T>(Scratch::winograd_v, E * vs);
   if (nhwc) {
     at::parallel_for(0, tc, 1, [&](int64_t b, int64_t e) {
-      kern.input_nhwc[which](x, p.in_h, p.in_w, C, chunks.nhwc.data(), b, e, v, C * tc);
+      kern.input_nhwc[which](x, p.in_h, p.in_w, C, chunks.nhwc.data(), b, e, v, vs);
     });
   } else {
-    chunks.input_transform(kern, x, p, tc, v);
+    chunks.input_transform(kern, x, p, tc, v, vs);
   }
   // V[e] packed (K blocks of kKBlock channels), each 64-byte aligned: the GEMMs' B (tc columns), or
   // their A (tc rows) in the channels-last pass, where the filters are B
   const GemmTile tile = gemm_tile<T>();
   const int64_t pr = nhwc ? tile.nr : tile.mr, tr = nhwc ? tile.mr : tile.nr;   // filters' and tiles' panels
   const int64_t t_pad = (tc + tr - 1) / tr * tr;
-  const int64_t vp_stride = (t_pad * C + 15) / 16 * 16;
+  const int64_t vp_stride = plane_stride<T>(t_pad * C);
   T* vp = scratch<T>(Scratch::winograd_vp, E * vp_stride);
   at::parallel_for(0, E, 1, [&](int64_t b, int64_t e_end) {
     for (int64_t e = b; e < e_end; ++e) {
       GemmArgs<T> g;
       g.k = C; g.k_block = kKBlock;
       if (nhwc) {
-        g.m = tc; g.a = v + e * C * tc; g.rs_a = C; g.cs_a = 1;
+        g.m = tc; g.a = v + e * vs; g.rs_a = C; g.cs_a = 1;
         gemm_pack_a(g, vp + e * vp_stride);
       } else {
-        g.n = tc; g.b = v + e * C * tc; g.rs_b = tc; g.cs_b = 1;
+        g.n = tc; g.b = v + e * vs; g.rs_b = tc; g.cs_b = 1;
         gemm_pack_b(g, vp + e * vp_stride);
       }
     }
@@ -266,43 +294,43 @@ bool run_fused(int m, const T* x, const T* w, int64_t s_out, int64_t s_in, int64
   int64_t kb = std::min<int64_t>(l2_cache_bytes() / 2 / (E * elem * (kKBlock + tc)),
                                  (K + 4 * threads - 1) / (4 * threads));
   kb = std::max(pr, kb / pr * pr);
-  // A block's U[e] panels lie a cache line more than k_pad x kc apart: the transform stores each vector
-  // of filters to all E of them, and at k_pad x kc apart (a multiple of 4 KiB with the channels-last
-  // passes' 16-wide panels and K blocks of 64; every other 2 KiB with AVX-512's 8-row ones) those E
-  // stores fell in one or two L1 sets and evicted each other. AMD Zen 3, 2 threads, 512@4x4 channels-
-  // last (F(2x2), 16 streams): forward 3.6-4.5 -> 3.0-3.1 ms; 256@7x7 (F(4x4), 36): 2.1-2.2 -> 1.7.
-  const int64_t skew = 64 / elem;
+  // A block's U[e] panels are planes (plane_stride): the transform stores each vector of filters to all
+  // E of them, and at k_pad x kc apart (a multiple of 4 KiB with the channels-last passes' 16-wide
+  // panels and K blocks of 64; every other 2 KiB with AVX-512's 8-row ones) those stores fell in one or
+  // two L1 sets. AMD Zen 3, 2 threads, 512@4x4 channels-last (F(2x2), 16 streams): forward 3.6-4.5 ->
+  // 3.0-3.1 ms; 256@7x7 (F(4x4), 36): 2.1-2.2 -> 1.7.
   std::atomic<bool> finite{true};
   at::parallel_for(0, (K + kb - 1) / kb, 1, [&](int64_t b0, int64_t b1) {
-    T* ub = scratch<T>(Scratch::winograd_u, E * (kb * kKBlock + skew));
-    T* mb = scratch<T>(Scratch::winograd_m, E * kb * tc);
+    T* ub = scratch<T>(Scratch::winograd_u, E * plane_stride<T>(kb * kKBlock));
+    T* mb = scratch<T>(Scratch::winograd_m, E * plane_stride<T>(kb * tc));
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t k0 = blk * kb, kn = std::min(kb, K - k0), k_pad = (kn + pr - 1) / pr * pr;
+      const int64_t ms = plane_stride<T>(kn * tc);   // M's planes
       for (int64_t c0 = 0; c0 < C; c0 += kKBlock) {
         const int64_t kc = std::min(kKBlock, C - c0);
         for (int64_t r0 = 0; r0 < kn; r0 += pr) {   // U[e]'s (or U[e]^T's) panels for these filters and channels
           if (!kern.filter[which](w + (k0 + r0) * s_out + c0 * s_in, s_out, s_in, s_i, s_j, std::min(pr, kn - r0), pr,
-                                  kc, ub + r0 * kc, k_pad * kc + skew)) {
+                                  kc, ub + r0 * kc, plane_stride<T>(k_pad * kc))) {
             finite = false;
           }
         }
         for (int64_t e = 0; e < E; ++e) {   // M[e] (+)= U[e] . V[e] over these channels, or M[e]^T = V[e]^T U[e]^T
-          const T* u_e = ub + e * (k_pad * kc + skew);
+          const T* u_e = ub + e * plane_stride<T>(k_pad * kc);
           const T* v_e = vp + e * vp_stride + c0 * t_pad;
           if (nhwc) {
-            gemm_block(v_e, u_e, tc, kn, kc, mb + e * tc * kn, kn, c0 > 0);
+            gemm_block(v_e, u_e, tc, kn, kc, mb + e * ms, kn, c0 > 0);
           } else {
-            gemm_block(u_e, v_e, kn, tc, kc, mb + e * kn * tc, tc, c0 > 0);
+            gemm_block(u_e, v_e, kn, tc, kc, mb + e * ms, tc, c0 > 0);
           }
         }
       }
       if (nhwc) {
-        kern.output_nhwc[which](mb, tc * kn, kn, chunks.nhwc.data(), 0, tc, K, kn, p.ph, p.pw, out + k0, p.out_h,
+        kern.output_nhwc[which](mb, ms, kn, chunks.nhwc.data(), 0, tc, K, kn, p.ph, p.pw, out + k0, p.out_h,
                                 p.out_w, bias != nullptr ? bias + k0 : nullptr);
         continue;
       }
       for (int64_t k = 0; k < kn; ++k) {
-        kern.output[which](mb + k * tc, kn * tc, chunks.tiles.data(), tc, p.ph, p.pw, out + (k0 + k) * out_plane,
+        kern.output[which](mb + k * tc, ms, chunks.tiles.data(), tc, p.ph, p.pw, out + (k0 + k) * out_plane,
                            p.out_h, p.out_w, bias != nullptr ? bias[k0 + k] : T(0));
       }
     }
@@ -338,23 +366,25 @@ void run_grad_weight(int m, const T* x, const T* dy, T* dw, at::IntArrayRef dw_s
     return;
   }
   const int64_t cap = chunks.rows_per_chunk * chunks.tiles_w, out_plane = p.out_h * p.out_w;
-  T* v = scratch<T>(Scratch::winograd_v, E * C * cap);
-  T* dm = scratch<T>(Scratch::winograd_m, E * K * cap);
-  T* du = scratch<T>(Scratch::winograd_u, E * K * C);
+  T* v = scratch<T>(Scratch::winograd_v, E * plane_stride<T>(C * cap));
+  T* dm = scratch<T>(Scratch::winograd_m, E * plane_stride<T>(K * cap));
+  const int64_t du_stride = plane_stride<T>(K * C);
+  T* du = scratch<T>(Scratch::winograd_u, E * du_stride);
   for (int64_t r0 = 0; r0 < chunks.rows; r0 += chunks.rows_per_chunk) {
     const int64_t tc = nhwc ? chunks.at_nhwc(r0, p) : chunks.at(r0, p);
+    const int64_t vs = plane_stride<T>(C * tc), ms = plane_stride<T>(K * tc);
     if (nhwc) {
       const WinogradTileNhwc* tiles = chunks.nhwc.data();
       at::parallel_for(0, tc, 1, [&](int64_t b, int64_t e) {
-        kern.input_nhwc[which](x, p.in_h, p.in_w, C, tiles, b, e, v, C * tc);
-        kern.output_adjoint_nhwc[which](dy, p.out_h, p.out_w, K, tiles, b, e, p.ph, p.pw, dm, K * tc);
+        kern.input_nhwc[which](x, p.in_h, p.in_w, C, tiles, b, e, v, vs);
+        kern.output_adjoint_nhwc[which](dy, p.out_h, p.out_w, K, tiles, b, e, p.ph, p.pw, dm, ms);
       });
     } else {
-      chunks.input_transform(kern, x, p, tc, v);
+      chunks.input_transform(kern, x, p, tc, v, vs);
       at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
         for (int64_t k = b; k < e; ++k) {
           kern.output_adjoint[which](dy + k * out_plane, p.out_h, p.out_w, chunks.tiles.data(), tc, p.ph, p.pw,
-                                     dm + k * tc, K * tc);
+                                     dm + k * tc, ms);
         }
       });
     }
@@ -366,27 +396,19 @@ void run_grad_weight(int m, const T* x, const T* dy, T* dw, at::IntArrayRef dw_s
         g.m = K; g.n = C; g.k = tc;
         g.alpha = T(1); g.beta = r0 == 0 ? T(0) : T(1);
         g.k_block = kKBlock;
-        g.a = dm + e * K * tc; g.rs_a = dm_k; g.cs_a = dm_t;
-        g.b = v + e * C * tc; g.rs_b = v_t; g.cs_b = v_c;   // V[e]^T
-        g.c = du + e * K * C; g.rs_c = C; g.cs_c = 1;
+        g.a = dm + e * ms; g.rs_a = dm_k; g.cs_a = dm_t;
+        g.b = v + e * vs; g.rs_b = v_t; g.cs_b = v_c;   // V[e]^T
+        g.c = du + e * du_stride; g.rs_c = C; g.cs_c = 1;
         gemm(g);
       }
     });
   }
   at::parallel_for(0, K, 1, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) {
-      kern.filter_adjoint[which](du + k * C, K * C, C, dw + k * dw_strides[0], dw_strides[1], dw_strides[2],
+      kern.filter_adjoint[which](du + k * C, du_stride, C, dw + k * dw_strides[0], dw_strides[1], dw_strides[2],
                                  dw_strides[3]);
     }
   });
-}
-
-// Elements per transform position e of the channels-last passes' U[e]^T (cin x kout, packed B), each
-// e's panels 64-byte aligned as the GEMM engine's packed B must be.
-template <typename T>
-int64_t filters_b_stride(int64_t kout, int64_t cin) {
-  constexpr int64_t align = 64 / static_cast<int64_t>(sizeof(T));
-  return (gemm_packed_b_elems<T>(cin, kout) + align - 1) / align * align;
 }
 
 // U[e] (kout x cin) for the filters w viewed through the strides (see WinogradKernels::filter), each
@@ -408,7 +430,7 @@ at::Tensor transform_filters(int m, const T* w, int64_t s_out, int64_t s_in, int
                              int64_t cin, bool keep, bool as_b) {
   const auto& kern = kernels_for<T>();
   const int64_t E = (m + 2) * (m + 2), mr = as_b ? gemm_tile<T>().nr : gemm_tile<T>().mr;
-  const int64_t packed = as_b ? filters_b_stride<T>(kout, cin) : gemm_packed_a_elems(kout, cin);
+  const int64_t packed = as_b ? filters_b_stride<T>(kout, cin) : filters_a_stride<T>(kout, cin);
   const int64_t panels = (kout + mr - 1) / mr, m_pad = panels * mr;
   TORCH_INTERNAL_ASSERT(mr <= kMaxPanelRows, "Winograd's filter panels hold at most ", kMaxPanelRows, " rows, not ", mr);
   const int64_t blocks = (cin + kKBlock - 1) / kKBlock;
