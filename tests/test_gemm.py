@@ -96,8 +96,9 @@ def test_threads_share_out_columns_or_rows_bit_for_bit_cpu_isas(cpu_isa):
     # Outside a parallel region each thread runs the loop nest alone on its share of C: its columns
     # where m <= n, else its rows (gemm.cpp: loop_nest). Every element's sum is the same as on one
     # thread, so the bits are: wide and tall products, transposed operands, K blocks, partial panels at
-    # the shares' edges (3 threads), alpha/beta; float64 and bfloat16 (widened where the CPU has no
-    # bfloat16 kernel) too.
+    # the shares' edges (3 threads), alpha/beta; float64 and bfloat16 too: widened where the CPU has no
+    # bfloat16 kernel, and through the pair-packed nest on the portable vdpbf16ps and AMX tiles (the
+    # nest the real AVX512-BF16 and AMX kernels run).
     before = torch.get_num_threads()
     shapes = [(61, 517, 300, False, False), (517, 150, 300, True, False), (40, 999, 70, True, True),
               (700, 130, 513, False, True)]
@@ -106,11 +107,16 @@ def test_threads_share_out_columns_or_rows_bit_for_bit_cpu_isas(cpu_isa):
             a, b, c = operands(m, n, k, ta, tb, torch.float32, "cpu")
             a, b, c = a.to(dtype), b.to(dtype), c.to(dtype)
             args = (a, b, c, ta, tb, 0.5, -2.0) if dtype != torch.bfloat16 else (a, b, None, ta, tb, 1.0, 0.0)
-            torch.set_num_threads(1)
-            one = gemm(*args)
-            for threads in (2, 3):
-                torch.set_num_threads(threads)
-                assert torch.equal(gemm(*args), one), (m, n, k, ta, tb, dtype, threads)
+            paths = [lambda: gemm(*args)]
+            if dtype == torch.bfloat16:
+                paths += [lambda p=p: torch.ops.fastconv_testing.gemm_bf16_path(a, b, ta, tb, p, None)
+                          for p in ("emulated", "amx_emulated")]
+            for i, path in enumerate(paths):
+                torch.set_num_threads(1)
+                one = path()
+                for threads in (2, 3):
+                    torch.set_num_threads(threads)
+                    assert torch.equal(path(), one), (m, n, k, ta, tb, dtype, i, threads)
             if dtype != torch.bfloat16:
                 check(*args)
     finally:

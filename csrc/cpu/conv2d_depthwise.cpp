@@ -261,9 +261,9 @@ void conv2d_depthwise_forward(const T* x, const T* w, const DirectWeightStrides&
         k.channels(out + (r * OW + ow) * C, src.data(), wr.data(), used, C, bias);
       };
       for (int64_t ow = 0; ow < ow_lo; ++ow) edge(ow);
-      const int64_t used = row_taps(g, C, oh, off.data(), tap.data());
-      for (int64_t e = 0; e < used; ++e) wr[e] = wt.data() + tap[e] * C;
       if (ow_hi > ow_lo) {
+        const int64_t used = row_taps(g, C, oh, off.data(), tap.data());
+        for (int64_t e = 0; e < used; ++e) wr[e] = wt.data() + tap[e] * C;
         k.channels_row(out + (r * OW + ow_lo) * C, image + (ow_lo * g.sw - g.pw) * C, g.sw * C, off.data(), wr.data(),
                        used, C, bias, ow_hi - ow_lo);
       }
