@@ -13,6 +13,7 @@
 
 #include "common/winograd.h"
 #include "common/weight_cache.h"
+#include "cpu/conv2d_phases.h"
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
@@ -267,6 +268,10 @@ PyObject* py_winograd_fused_passes(PyObject*, PyObject*) {
   return PyLong_FromLongLong(fastconv::cpu::winograd_fused_passes());
 }
 
+PyObject* py_conv2d_phase_passes(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(fastconv::cpu::conv2d_phase_passes());
+}
+
 PyObject* py_weight_cache_clear(PyObject*, PyObject*) {
   fastconv::WeightCache::instance().clear();
   Py_RETURN_NONE;
@@ -297,6 +302,8 @@ PyMethodDef methods[] = {
      "pass on filters transformed per call (-1: the rule's, 4 x L2; 0: every eligible call; for tests)."},
     {"winograd_fused_passes", py_winograd_fused_passes, METH_NOARGS,
      "How many Winograd passes have run fused (per block of output channels) in this process."},
+    {"conv2d_phase_passes", py_conv2d_phase_passes, METH_NOARGS,
+     "How many convolution grad_weight passes have run by stride phases (conv2d_phases.cpp) in this process."},
     {"weight_cache_stats", py_weight_cache_stats, METH_NOARGS,
      "Entries, bytes, limit, hits, misses and uncached transforms (budget full) of the CPU cache of prepared "
      "weights (Winograd transforms, im2col packed filters)."},

@@ -125,6 +125,9 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
       1x1 stride-1 convolutions skip the lowering. Channels-last input (16+ channels per group, float32
       or float64) is lowered, and its gradients computed, in NHWC without copies; other algorithms
       (and fewer channels) go through NCHW copies, except grad_weight, which is NHWC's for all.
+      On the CPU, grad_weight of a strided layer (one group) with a kernel of 25+ taps, or channels-last
+      over fewer than 16 channels, and output rows of 14+ values lowers nothing: the input is split
+      into its stride phases and the GEMM reads each tap's runs where they lie (the stems).
     - ``"direct"`` runs a loop nest over register-blocked tiles (CPU: 8 pixels x 32 output channels in
       AVX-512 registers; CUDA: an 8x16 pixel tile with its input patch in shared memory), reading the
       input in place (CPU: NCHW or channels-last). Its grad_input is the transposed convolution in the

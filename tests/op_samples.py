@@ -103,7 +103,9 @@ def _conv2d(device):
             ((2, 3, 5, 9), (4, 3, 3, 3), [1, 1], [2, 0], [1, 1], 1, False, torch.channels_last, "winograd_4x4"),
             # depthwise: the NCHW phase kernels (17x17 planes), and channels-last
             ((2, 5, 17, 17), (5, 1, 3, 3), [2, 2], [1, 1], [1, 1], 5, True, torch.contiguous_format, "auto"),
-            ((2, 6, 7, 6), (6, 1, 3, 3), [1, 1], [1, 1], [1, 1], 6, False, torch.channels_last, "direct")]:
+            ((2, 6, 7, 6), (6, 1, 3, 3), [1, 1], [1, 1], [1, 1], 6, False, torch.channels_last, "direct"),
+            # a strided 5x5 layer with output rows of 14: grad_weight by stride phases on the CPU
+            ((1, 2, 28, 27), (3, 2, 5, 5), [2, 2], [2, 2], [1, 1], 1, True, torch.channels_last, "auto")]:
         x = torch.randn(x_shape, device=device)
         if x.dim() == 4:
             x = x.contiguous(memory_format=mf)

@@ -190,6 +190,47 @@ def test_channels_last_gathered_rows_cpu_isas(cpu_isa, dtype):
             assert torch.equal(y.permute(0, 2, 3, 1).reshape(n * oh * ow, k), want), (x_shape, w_shape, dtype)
 
 
+# Strided layers whose grad_weight reads the input split into stride phases, in place (conv2d_phases.cpp):
+# one group, kernels of 25+ taps (channels-last: or fewer than 16 input channels), output rows of 14+.
+# (input, weight, stride, padding, dilation)
+PHASES = [
+    ((2, 3, 30, 29), (10, 3, 7, 7), 2, 3, 1),                 # a stem, output rows of 15
+    ((3, 3, 64, 60), (8, 3, 7, 7), 2, 3, 1),                  # 96 output rows: K blocks of 8 rows, per thread
+    ((1, 2, 31, 30), (20, 2, 5, 5), (2, 1), (2, 0), (1, 2)),  # strided rows only, dilated columns, 20 filters
+    ((2, 4, 50, 47), (17, 4, 5, 5), 3, 2, 1),                 # stride 3: nine phases; 17 filters
+    ((2, 3, 33, 31), (33, 3, 3, 3), 2, 1, 1),                 # 9 taps over 3 channels: channels-last only
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_grad_weight_by_stride_phases_cpu_isas(cpu_isa, dtype):
+    # Against torch's grad_weight, NCHW and channels-last, where the layer takes the path (counted) and
+    # where it does not; and with a NaN and an infinity in the input, which reach the same entries as
+    # in torch's.
+    for (x_shape, w_shape, stride, padding, dilation), mf, poisoned in itertools.product(
+            PHASES, (torch.contiguous_format, torch.channels_last), (False, True)):
+        g = torch.Generator().manual_seed(11)
+        x = torch.randn(x_shape, generator=g, dtype=dtype)
+        if poisoned:
+            x[0, 0, 5, 7], x[-1, -1, -3, 2] = float("nan"), float("inf")
+        x = x.contiguous(memory_format=mf)
+        w = torch.randn(w_shape, generator=g, dtype=dtype).contiguous(memory_format=mf)
+        args = [list(v) if isinstance(v, tuple) else [v, v] for v in (stride, padding, dilation)]
+        out_shape = TF.conv2d(x, w, None, stride, padding, dilation).shape
+        go = torch.randn(out_shape, generator=g, dtype=dtype).contiguous(memory_format=mf)
+        passes = fastconv._C.conv2d_phase_passes()
+        dw = torch.ops.fastconv.conv2d_backward(go, x, w, *args, 1, "auto", [False, True, False])[1]
+        taken = fastconv._C.conv2d_phase_passes() - passes
+        expected = w_shape[2] * w_shape[3] >= 25 or (mf == torch.channels_last and w_shape[1] < 16)
+        assert taken == int(expected), (x_shape, w_shape, mf)
+        ref = torch.ops.aten.convolution_backward(go, x, w, None, *args, False, [0, 0], 1,
+                                                  [False, True, False])[1]
+        if poisoned:
+            assert ref.isnan().any() and torch.equal(dw.isnan(), ref.isnan()), (x_shape, w_shape, mf)
+            dw, ref = dw.nan_to_num(), ref.nan_to_num()
+        assert_match((dw,), (ref,), dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_channels_last_through_nchw_copies(dtype):
     # What still runs in NCHW copies its channels-last input and grad_output to NCHW and its results back:
@@ -394,7 +435,8 @@ def test_im2col_parallel_paths_cpu_isas(cpu_isa, threads, dtype):
 @pytest.mark.parametrize("algorithm", ["im2col", "direct"])
 def test_gradcheck_float64(device, algorithm):
     for x_shape, w_shape, s, p, d, g in [((2, 4, 6, 5), (4, 2, 3, 2), (2, 1), 1, (1, 2), 2),
-                                         ((3, 5, 5), (2, 3, 2, 2), 1, "same", 1, 1)]:
+                                         ((3, 5, 5), (2, 3, 2, 2), 1, "same", 1, 1),
+                                         ((1, 1, 28, 27), (2, 1, 5, 5), 2, 2, 1, 1)]:   # CPU: by phases
         x = torch.randn(x_shape, dtype=torch.float64, device=device, requires_grad=True)
         w = torch.randn(w_shape, dtype=torch.float64, device=device, requires_grad=True)
         b = torch.randn(w_shape[0], dtype=torch.float64, device=device, requires_grad=True)

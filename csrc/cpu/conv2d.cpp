@@ -14,6 +14,8 @@
 // once (and kept by the weight cache for weights that do not require grad).
 // Work is parallel over (image or bundle, group) items when there are enough of them, else over
 // chunks of positions (and output channels) of each item, or inside the GEMM.
+// grad_weight of strided layers of large kernels (and channels-last ones over few channels) runs by
+// stride phases without lowering (conv2d_phases.cpp).
 // Channels-last tensors run im2col (and im2col's grad_weight) in NHWC without copies where a tap
 // row is a run of 16+ values or a layer of one group has few taps (conv2d_nhwc.cpp), direct always (conv2d_direct.cpp), Winograd with 16+
 // channels per group (conv2d_winograd.cpp's channels-last passes); the rest through NCHW copies
@@ -42,6 +44,7 @@
 #include "cpu/conv2d_depthwise.h"
 #include "cpu/conv2d_direct_kernels.h"
 #include "cpu/conv2d_nhwc.h"
+#include "cpu/conv2d_phases.h"
 #include "cpu/conv2d_winograd.h"
 #include "cpu/gemm_bf16.h"
 #include "cpu/gemm_kernels.h"
@@ -683,6 +686,7 @@ template <typename T>
 void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
   const auto& g = s.g;
   const int64_t threads = at::get_num_threads();
+  if (grad_weight_by_phases<T>(s, false)) return conv2d_grad_weight_phases(dy, x, dw, s, false);
   const Conv2dGemmDims whole = conv2d_gemm_dims(s, sizeof(T), kWorkspaceBytes);
   // Images per bundle: enough for kBundlePositions positions, within a thread's share of the workspace,
   // in even bundles (even_bundle: 4 images of 196 positions make two bundles of 2, not one of 3 and one of 1).

@@ -34,6 +34,7 @@
 #include "common/conv2d_args.h"
 #include "common/weight_cache.h"
 #include "cpu/conv2d_nhwc.h"
+#include "cpu/conv2d_phases.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
 #include "cpu/memory.h"
@@ -412,6 +413,7 @@ void conv2d_nhwc_grad_input(const T* dy, const at::Tensor& weight, const T* w, T
 template <typename T>
 void conv2d_nhwc_grad_weight(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
   const NhwcPlan p = plan_of(s, sizeof(T));
+  if (grad_weight_by_phases<T>(s, true)) return conv2d_grad_weight_phases(dy, x, dw, s, true);
   if (packs_by_offsets<T>(s, p)) return grad_weight_by_offsets(dy, x, dw, s, p);
   const int64_t bundles = p.items / s.groups;
   const int64_t parts = p.parallel_items ? std::min<int64_t>(at::get_num_threads(), bundles) : 1;
