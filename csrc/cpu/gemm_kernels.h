@@ -61,8 +61,8 @@ GemmArgs<T> gemm_args(int64_t m, int64_t n, int64_t k, const T* a, int64_t rs_a,
 // An A that is never stored (an implicit im2col): row i is `segs` runs of `len` values, run s starting at
 // rows[i] + s * stride, or at rows[i] + seg_off[s] where seg_off is given. A convolution's kernel rows in
 // a zero-padded channels-last input are such runs (segs = kh, len = kw * C, stride = dh * the padded
-// row's values), its output positions the rows; in NCHW planes split by stride phase, a tap's values
-// at a block of output rows are (conv2d.cpp: grad_weight_phases), the taps the rows.
+// row's values), its output positions the rows; in planes split by stride phase, a tap's values at a
+// block of output rows are (conv2d_phases.cpp: grad_weight by phases), the taps the rows.
 template <typename T>
 struct GatheredRows {
   const T* const* rows;
