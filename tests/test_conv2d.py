@@ -313,6 +313,10 @@ DEPTHWISE = [
     ((1, 2, 20, 23), (3, 3), 3, 1, 1),
     ((1, 3, 33, 35), (3, 3), 2, 1, 1),
     ((1, 2, 33, 32), (3, 3), 1, 1, 1),
+    # the stride-2 split by two vectors of a row at a time (70: two AVX-512 float rounds and a masked
+    # tail; 64: whole vectors only), and output rows ending in a partial vector stored under a mask
+    ((1, 3, 9, 70), (3, 3), 2, 1, 1),
+    ((1, 2, 9, 64), (3, 3), 2, 0, 1),
 ]
 
 

@@ -1,6 +1,7 @@
 // The depthwise convolution's drivers (see conv2d_depthwise.h) and its baseline-ISA primitives.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -67,19 +68,14 @@ inline int64_t first_inside(const Conv2dGeometry& g, int64_t f) {
 // ones for every plane: the padding and the slack keep what zero_phases put there.
 template <typename T>
 void split(const T* src, const Conv2dGeometry& g, const Phases& ph, T* buf) {
+  if (ph.count == 2) {   // even image columns to one phase, odd to the other; padded rows are ph.width apart
+    kernels_for<T>().split2(src, g.in_h, g.in_w, buf + ph.at(g.ph, g.pw), buf + ph.at(g.ph, g.pw + 1), ph.width);
+    return;
+  }
   for (int64_t ih = 0; ih < g.in_h; ++ih) {
     const T* row = src + ih * g.in_w;
     if (ph.count == 1) {
       std::copy(row, row + g.in_w, buf + ph.at(ih + g.ph, g.pw));
-    } else if (ph.count == 2) {   // even image columns to one phase, odd to the other (vectorised)
-      T* even = buf + ph.at(ih + g.ph, g.pw);
-      T* odd = buf + ph.at(ih + g.ph, g.pw + 1);
-      const int64_t pairs = g.in_w / 2;
-      for (int64_t u = 0; u < pairs; ++u) {
-        even[u] = row[2 * u];
-        odd[u] = row[2 * u + 1];
-      }
-      if (g.in_w % 2 != 0) even[pairs] = row[g.in_w - 1];
     } else {
       for (int64_t f = 0; f < ph.count; ++f) {   // image column iw = u * sw + f - pw
         T* dst = buf + ph.at(ih + g.ph, f);

@@ -50,6 +50,9 @@ struct DepthwiseKernels {
   // channels_acc for `count` pixels (a p * C apart) whose tap t reads src + p * step + off[t]
   void (*channels_acc_row)(T* const* acc, const T* a, const T* src, int64_t step, const int64_t* off, int64_t taps,
                            int64_t C, int64_t count);
+  // The stride-2 column phases of h rows of w values: even[r * ld + u] = src[r * w + 2 u] and
+  // odd[r * ld + u] = src[r * w + 2 u + 1] (nothing else written)
+  void (*split2)(const T* src, int64_t h, int64_t w, T* even, T* odd, int64_t ld);
 };
 
 extern const DepthwiseKernels<float> depthwise_kernels_f32_avx512, depthwise_kernels_f32_avx2;

@@ -1,4 +1,6 @@
 // The depthwise convolution's primitives (conv2d_depthwise.inc) compiled for AVX2: 32-byte vectors.
+#include <immintrin.h>
+
 #include <cstdint>
 
 #include "cpu/conv2d_depthwise.h"

@@ -1,6 +1,8 @@
 // The depthwise convolution's primitives (conv2d_depthwise.inc) as the AVX-512 build compiles it (64-byte vectors, its tile
 // shapes and layouts), here for AVX2: the avx512_emulated level (isa.h), which runs that code on
 // CPUs without AVX-512.
+#include <immintrin.h>
+
 #include <cstdint>
 
 #include "cpu/conv2d_depthwise.h"
