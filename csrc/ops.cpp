@@ -254,18 +254,31 @@ PyObject* py_weight_cache_set_limit(PyObject*, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
-PyObject* py_winograd_set_fused_min_bytes(PyObject*, PyObject* arg) {
+// A byte-size setting of a Winograd pass (>= 0, or -1 for its rule's): set(n), returning the previous one.
+PyObject* set_pass_bytes(PyObject* arg, const char* name, int64_t (*set)(int64_t)) {
   const long long bytes = PyLong_AsLongLong(arg);
   if (bytes == -1 && PyErr_Occurred()) return nullptr;
   if (bytes < -1) {
-    PyErr_SetString(PyExc_ValueError, "winograd_set_fused_min_bytes: expected a size in bytes >= 0, or -1 for the rule's");
+    PyErr_Format(PyExc_ValueError, "%s: expected a size in bytes >= 0, or -1 for the rule's", name);
     return nullptr;
   }
-  return PyLong_FromLongLong(fastconv::cpu::winograd_set_fused_min_bytes(bytes));
+  return PyLong_FromLongLong(set(bytes));
+}
+
+PyObject* py_winograd_set_fused_min_bytes(PyObject*, PyObject* arg) {
+  return set_pass_bytes(arg, "winograd_set_fused_min_bytes", fastconv::cpu::winograd_set_fused_min_bytes);
 }
 
 PyObject* py_winograd_fused_passes(PyObject*, PyObject*) {
   return PyLong_FromLongLong(fastconv::cpu::winograd_fused_passes());
+}
+
+PyObject* py_winograd_set_tiled_max_bytes(PyObject*, PyObject* arg) {
+  return set_pass_bytes(arg, "winograd_set_tiled_max_bytes", fastconv::cpu::winograd_set_tiled_max_bytes);
+}
+
+PyObject* py_winograd_tiled_passes(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(fastconv::cpu::winograd_tiled_passes());
 }
 
 PyObject* py_conv2d_phase_passes(PyObject*, PyObject*) {
@@ -302,6 +315,12 @@ PyMethodDef methods[] = {
      "pass on filters transformed per call (-1: the rule's, 4 x L2; 0: every eligible call; for tests)."},
     {"winograd_fused_passes", py_winograd_fused_passes, METH_NOARGS,
      "How many Winograd passes have run fused (per block of output channels) in this process."},
+    {"winograd_set_tiled_max_bytes", py_winograd_set_tiled_max_bytes, METH_O,
+     "winograd_set_tiled_max_bytes(n) -> previous: the most bytes of a thread's working set (filters U and its "
+     "tiles) for Winograd's tiled pass (NCHW, per block of tiles on one thread; -1: the rule's, the L2; 0: never; "
+     "for tests)."},
+    {"winograd_tiled_passes", py_winograd_tiled_passes, METH_NOARGS,
+     "How many Winograd passes have run tiled (per block of tiles on one thread) in this process."},
     {"conv2d_phase_passes", py_conv2d_phase_passes, METH_NOARGS,
      "How many convolution grad_weight passes have run by stride phases (conv2d_phases.cpp) in this process."},
     {"weight_cache_stats", py_weight_cache_stats, METH_NOARGS,

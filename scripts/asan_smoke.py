@@ -56,6 +56,9 @@ for isa in reversed(fastconv._C.tested_cpu_isas()):
             before = fastconv._C.winograd_set_fused_min_bytes(0)   # the fused pass, forced on these small U
             F.conv2d(x, w, bb, 1, p_, algorithm=algo).sum().backward(); n += 1
             fastconv._C.winograd_set_fused_min_bytes(before)
+            before = fastconv._C.winograd_set_tiled_max_bytes(1 << 40)   # the tiled pass, forced on every shape
+            F.conv2d(x, w, bb, 1, p_, algorithm=algo).sum().backward(); n += 1
+            fastconv._C.winograd_set_tiled_max_bytes(before)
             xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)   # through NCHW copies
             F.conv2d(xc, w, bb, 1, p_, algorithm=algo).sum().backward(); n += 1
             with torch.no_grad():

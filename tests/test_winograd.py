@@ -329,6 +329,34 @@ def _cases(seed, shapes):
                                                            dtype=dtype))
 
 
+def _output_and_grad_input(x, w, b, go, p, algorithm):
+    with torch.no_grad():
+        y = torch.ops.fastconv.conv2d(x, w, b, [1, 1], [p, p], [1, 1], 1, algorithm)
+        dx = torch.ops.fastconv.conv2d_backward(go, x, w, [1, 1], [p, p], [1, 1], 1, algorithm,
+                                                [True, False, False])[0]
+    return y, dx
+
+
+def _with_setting(setter, value, counter, run):
+    """run() with a pass's setting changed for its duration; returns its result and how many passes it ran."""
+    before, passes = setter(value), counter()
+    try:
+        return run(), counter() - passes
+    finally:
+        setter(before)
+
+
+def _assert_like_torch(got, x, w, b, go, p, dtype):
+    wd = w.detach()
+    ref = (TF.conv2d(x, wd, b, padding=p),
+           torch.ops.aten.convolution_backward(go, x, wd, None, [1, 1], [p, p], [1, 1], False, [0, 0], 1,
+                                               [True, False, False])[0])
+    for a, want in zip(got, ref):
+        big = 1 + want.abs().max().item()
+        tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-5 * big)
+        torch.testing.assert_close(a, want, **tol)
+
+
 @pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])
 def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
     # Filters transformed for one call only (a weight that requires grad) whose transform U exceeds
@@ -340,12 +368,9 @@ def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
     # panels as B; a channels-last weight); output channels that fill no block or micro-panel evenly,
     # input channels past one K block, padding 0..2, a bias; and both against torch.
     def calls(x, w, b, go, p):
-        with torch.no_grad():
-            y = torch.ops.fastconv.conv2d(x, w, b, [1, 1], [p, p], [1, 1], 1, algorithm)
-            dx = torch.ops.fastconv.conv2d_backward(go, x, w, [1, 1], [p, p], [1, 1], 1, algorithm,
-                                                    [True, False, False])[0]
-        return y, dx
+        return _output_and_grad_input(x, w, b, go, p, algorithm)
 
+    fused = (fastconv._C.winograd_set_fused_min_bytes, fastconv._C.winograd_fused_passes)
     shapes = [(3, 70, 19, 5, 6, 1), (1, 130, 1, 7, 7, 2), (2, 1, 33, 4, 9, 0), (5, 64, 64, 3, 3, 1)]
     for dtype, (n, c, k, h, wd, p), (x0, w0, b, go0) in _cases(11, shapes):
         for mf in (torch.contiguous_format, torch.channels_last):
@@ -353,23 +378,11 @@ def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
             w = w0.contiguous(memory_format=mf).requires_grad_(True)
             got = {}
             for name, least in (("fused", 0), ("unfused", 1 << 62)):
-                before = fastconv._C.winograd_set_fused_min_bytes(least)
-                passes = fastconv._C.winograd_fused_passes()
-                try:
-                    got[name] = calls(x, w, b, go, p)
-                finally:
-                    fastconv._C.winograd_set_fused_min_bytes(before)
-                assert fastconv._C.winograd_fused_passes() - passes == (2 if name == "fused" else 0), name
+                got[name], passes = _with_setting(fused[0], least, fused[1], lambda: calls(x, w, b, go, p))
+                assert passes == (2 if name == "fused" else 0), name
             for a, b_, what in zip(got["fused"], got["unfused"], ("output", "grad_input")):
                 assert torch.equal(a, b_), (what, dtype, n, c, k, h, wd, p, mf)
-            wd_ = w.detach()
-            ref = (TF.conv2d(x, wd_, b, padding=p),
-                   torch.ops.aten.convolution_backward(go, x, wd_, None, [1, 1], [p, p], [1, 1], False,
-                                                       [0, 0], 1, [True, False, False])[0])
-            for a, want in zip(got["fused"], ref):
-                big = 1 + want.abs().max().item()
-                tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-5 * big)
-                torch.testing.assert_close(a, want, **tol)
+            _assert_like_torch(got["fused"], x, w, b, go, p, dtype)
     # A NaN in the weight: the fused pass sees it as it transforms the filters and declines, as the
     # unfused one does, and the call runs im2col's (the same bits as asking for im2col on NCHW tensors,
     # which is what a declined channels-last call runs)
@@ -384,16 +397,56 @@ def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
                 torch.ops.fastconv.conv2d_backward(go, x, w, [1, 1], [1, 1], [1, 1], 1, "im2col",
                                                    [True, False, False])[0])
     for mf in (torch.contiguous_format, torch.channels_last):
-        before = fastconv._C.winograd_set_fused_min_bytes(0)
-        passes = fastconv._C.winograd_fused_passes()
-        try:
-            got = calls(x.contiguous(memory_format=mf), w, None, go.contiguous(memory_format=mf), 1)
-        finally:
-            fastconv._C.winograd_set_fused_min_bytes(before)
-        assert fastconv._C.winograd_fused_passes() - passes == 2
+        got, passes = _with_setting(fused[0], 0, fused[1],
+                                    lambda: calls(x.contiguous(memory_format=mf), w, None,
+                                                  go.contiguous(memory_format=mf), 1))
+        assert passes == 2
         for a, b_ in zip(got, want):
             assert a.isnan().any() and torch.equal(a.isnan(), b_.isnan()), mf
             assert torch.equal(a.nan_to_num(), b_.nan_to_num()), mf
+
+
+@pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])
+def test_tiled_pass_gives_the_bits_of_the_chunked_one(cpu_isa, algorithm):
+    # NCHW passes whose filters U and a thread's transformed tiles fit its L2 run per block of at most
+    # nr tiles on one thread (conv2d_winograd.cpp, run_tiled: V in a ring of planes that the products M
+    # overwrite as the GEMMs consume it). Forced here on every call (size out of reach) and against
+    # run()'s chunked pass (size 0): the same bits, forward and grad_input, float32 and float64, per
+    # ISA, cached filters and filters transformed per call (a weight that requires grad); rows of more
+    # tiles than a block holds (cut into pieces: 35 tiles of F(2x2) or 18 of F(4x4) against nr = 32, 16
+    # or 8), blocks of several rows with a short last one, input channels past one K block, output
+    # channels past no micro-panel evenly, padding 0..2, a bias; and both against torch.
+    tiled = (fastconv._C.winograd_set_tiled_max_bytes, fastconv._C.winograd_tiled_passes)
+    shapes = [(2, 70, 19, 9, 70, 1), (3, 5, 7, 13, 9, 2), (1, 64, 64, 12, 12, 0), (2, 1, 33, 4, 9, 1)]
+    for dtype, (n, c, k, h, wd, p), (x, w0, b, go) in _cases(13, shapes):
+        for trained in (False, True):
+            w = w0.clone().requires_grad_(trained)
+            got = {}
+            for name, most in (("tiled", 1 << 62), ("chunked", 0)):
+                got[name], passes = _with_setting(tiled[0], most, tiled[1],
+                                                  lambda: _output_and_grad_input(x, w, b, go, p, algorithm))
+                assert passes == (2 if name == "tiled" else 0), name
+            for a, b_, what in zip(got["tiled"], got["chunked"], ("output", "grad_input")):
+                assert torch.equal(a, b_), (what, dtype, n, c, k, h, wd, p, trained)
+            _assert_like_torch(got["tiled"], x, w, b, go, p, dtype)
+
+
+def test_tiled_pass_rule():
+    # The rule (-1): ResNet's 64-channel 3x3 layer at 28x28, batch 8 (U of F(4x4) 0.6 MB and a thread's
+    # ring of tiles 0.3 MB) runs tiled where they fit the L2 (1 MiB on the AMD EPYC, 2 MiB on the Intel
+    # Xeon); the 128-channel layer (U 2.4 MB) runs run()'s chunked pass on both.
+    x = torch.randn(8, 64, 28, 28)
+    w = torch.randn(64, 64, 3, 3)
+    passes = fastconv._C.winograd_tiled_passes()
+    with torch.no_grad():
+        F.conv2d(x, w, padding=1, algorithm="winograd_4x4")
+    l2 = fastconv._C.gemm_blocking()["l2"]
+    assert fastconv._C.winograd_tiled_passes() - passes == (1 if l2 >= 1 << 20 else 0)
+    passes = fastconv._C.winograd_tiled_passes()
+    with torch.no_grad():
+        F.conv2d(torch.randn(8, 128, 14, 14), torch.randn(128, 128, 3, 3), padding=1,
+                 algorithm="winograd_4x4")
+    assert fastconv._C.winograd_tiled_passes() == passes
 
 
 @pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])

@@ -27,6 +27,14 @@ bool conv2d_winograd_forward(const at::Tensor& x, const at::Tensor& weight, cons
 int64_t winograd_set_fused_min_bytes(int64_t bytes);
 // How many passes have run fused since the process started (for tests: that the setting above took).
 int64_t winograd_fused_passes();
+// The most bytes of one thread's working set (the transformed filters U and its transformed tiles) for
+// which an NCHW forward or grad_input pass runs per block of tiles on one thread (conv2d_winograd.cpp:
+// run_tiled); -1 is the rule's (the L2; two blocks per thread at least), 0 never. Returns the previous
+// setting. For tests (a large size sends every problem with a block through the tiled pass) and
+// measurements.
+int64_t winograd_set_tiled_max_bytes(int64_t bytes);
+// How many passes have run tiled since the process started.
+int64_t winograd_tiled_passes();
 
 bool conv2d_winograd_grad_input(const at::Tensor& dy, const at::Tensor& weight, at::Tensor& dx, const Conv2dShape& s,
                                 int m);
