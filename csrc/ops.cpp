@@ -317,7 +317,7 @@ PyMethodDef methods[] = {
      "How many Winograd passes have run fused (per block of output channels) in this process."},
     {"winograd_set_tiled_max_bytes", py_winograd_set_tiled_max_bytes, METH_O,
      "winograd_set_tiled_max_bytes(n) -> previous: the most bytes of a thread's working set (filters U and its "
-     "tiles) for Winograd's tiled pass (NCHW, per block of tiles on one thread; -1: the rule's, the L2; 0: never; "
+     "tiles) for Winograd's tiled passes (per block of tiles on one thread; -1: the rule's, the L2; 0: never; "
      "for tests)."},
     {"winograd_tiled_passes", py_winograd_tiled_passes, METH_NOARGS,
      "How many Winograd passes have run tiled (per block of tiles on one thread) in this process."},

@@ -408,18 +408,20 @@ def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
 
 @pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])
 def test_tiled_pass_gives_the_bits_of_the_chunked_one(cpu_isa, algorithm):
-    # NCHW passes whose filters U and a thread's transformed tiles fit its L2 run per block of at most
-    # nr tiles on one thread (conv2d_winograd.cpp, run_tiled: V in a ring of planes that the products M
-    # overwrite as the GEMMs consume it). Forced here on every call (size out of reach) and against
-    # run()'s chunked pass (size 0): the same bits, forward and grad_input, float32 and float64, per
-    # ISA, cached filters and filters transformed per call (a weight that requires grad); rows of more
-    # tiles than a block holds (cut into pieces: 35 tiles of F(2x2) or 18 of F(4x4) against nr = 32, 16
-    # or 8), blocks of several rows with a short last one, input channels past one K block, output
+    # Passes whose filters U and a thread's transformed tiles fit its L2 run per block of tiles on one
+    # thread (conv2d_winograd.cpp: run_tiled for NCHW, blocks of at most nr tiles; run_tiled_nhwc for
+    # channels-last, blocks of 32; V in a ring of planes that the products M overwrite as the GEMMs
+    # consume it). Forced here on every call (size out of reach) and against the chunked passes (size
+    # 0): the same bits, forward and grad_input, float32 and float64, per ISA, NCHW and channels-last,
+    # cached filters and filters transformed per call (a weight that requires grad); rows of more tiles
+    # than an NCHW block holds (cut into pieces: 35 tiles of F(2x2) or 18 of F(4x4) against nr = 32, 16
+    # or 8), blocks of several rows and short last blocks, input channels past one K block, output
     # channels past no micro-panel evenly, padding 0..2, a bias; and both against torch.
     tiled = (fastconv._C.winograd_set_tiled_max_bytes, fastconv._C.winograd_tiled_passes)
     shapes = [(2, 70, 19, 9, 70, 1), (3, 5, 7, 13, 9, 2), (1, 64, 64, 12, 12, 0), (2, 1, 33, 4, 9, 1)]
-    for dtype, (n, c, k, h, wd, p), (x, w0, b, go) in _cases(13, shapes):
-        for trained in (False, True):
+    for dtype, (n, c, k, h, wd, p), (x0, w0, b, go0) in _cases(13, shapes):
+        for mf, trained in itertools.product((torch.contiguous_format, torch.channels_last), (False, True)):
+            x, go = x0.contiguous(memory_format=mf), go0.contiguous(memory_format=mf)
             w = w0.clone().requires_grad_(trained)
             got = {}
             for name, most in (("tiled", 1 << 62), ("chunked", 0)):
@@ -427,21 +429,22 @@ def test_tiled_pass_gives_the_bits_of_the_chunked_one(cpu_isa, algorithm):
                                                   lambda: _output_and_grad_input(x, w, b, go, p, algorithm))
                 assert passes == (2 if name == "tiled" else 0), name
             for a, b_, what in zip(got["tiled"], got["chunked"], ("output", "grad_input")):
-                assert torch.equal(a, b_), (what, dtype, n, c, k, h, wd, p, trained)
+                assert torch.equal(a, b_), (what, dtype, n, c, k, h, wd, p, mf, trained)
             _assert_like_torch(got["tiled"], x, w, b, go, p, dtype)
 
 
 def test_tiled_pass_rule():
     # The rule (-1): ResNet's 64-channel 3x3 layer at 28x28, batch 8 (U of F(4x4) 0.6 MB and a thread's
-    # ring of tiles 0.3 MB) runs tiled where they fit the L2 (1 MiB on the AMD EPYC, 2 MiB on the Intel
-    # Xeon); the 128-channel layer (U 2.4 MB) runs run()'s chunked pass on both.
+    # ring of tiles 0.3 MB), NCHW and channels-last, runs tiled where they fit the L2 (1 MiB on the AMD
+    # EPYC Zen 4, 2 MiB on the Intel Xeon); the 128-channel layer (U 2.4 MB) runs chunked on both.
     x = torch.randn(8, 64, 28, 28)
     w = torch.randn(64, 64, 3, 3)
     passes = fastconv._C.winograd_tiled_passes()
     with torch.no_grad():
         F.conv2d(x, w, padding=1, algorithm="winograd_4x4")
+        F.conv2d(x.contiguous(memory_format=torch.channels_last), w, padding=1, algorithm="winograd_4x4")
     l2 = fastconv._C.gemm_blocking()["l2"]
-    assert fastconv._C.winograd_tiled_passes() - passes == (1 if l2 >= 1 << 20 else 0)
+    assert fastconv._C.winograd_tiled_passes() - passes == (2 if l2 >= 1 << 20 else 0)
     passes = fastconv._C.winograd_tiled_passes()
     with torch.no_grad():
         F.conv2d(torch.randn(8, 128, 14, 14), torch.randn(128, 128, 3, 3), padding=1,

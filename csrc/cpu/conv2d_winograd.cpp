@@ -14,9 +14,9 @@
 // contents, common/weight_cache.h). grad_input is the same pipeline on grad_output with the flipped, transposed filters.
 // Filters transformed for one call only (a trained weight) whose U is larger than 4 L2s run fused
 // instead (run_fused): per block of output channels, U's panels are made, multiplied and dropped in
-// the cache, so U is never written to memory and read back. NCHW passes whose U fits the L2 with a
-// thread's tiles run tiled (run_tiled): per block of at most nr tiles, all three steps on one thread,
-// V and M never leaving its L2.
+// the cache, so U is never written to memory and read back. Passes whose U fits the L2 with a thread's
+// tiles run tiled (run_tiled, run_tiled_nhwc): per block of tiles, all three steps on one thread, V
+// and M never leaving its L2.
 // Channels-last tensors run the same steps with a tile's channels contiguous (run_nhwc, and
 // run_grad_weight with nhwc): the transforms vectorised along the channels, the GEMMs M[e]^T = V[e]^T U[e]^T.
 #include "cpu/conv2d_winograd.h"
@@ -215,28 +215,28 @@ struct TileBlocks {
   }
 };
 
-// The bytes of one thread's working set in run_tiled: the filters U (all alpha^2 planes) and its ring
-// of alpha^2 + 1 planes for V and M.
+// The bytes of one thread's working set in the tiled passes: the filters U (alpha^2 planes of u_plane
+// values) and its ring of alpha^2 + 1 planes for V and M of `block` tiles.
 template <typename T>
-int64_t tiled_bytes(int m, const WinogradProblem& p, int64_t nr) {
+int64_t tiled_bytes(int m, const WinogradProblem& p, int64_t u_plane, int64_t block) {
   const int64_t E = (m + 2) * (m + 2);
-  const int64_t u = E * filters_a_stride<T>(p.out_ch, p.in_ch);
-  const int64_t ring = (E + 1) * plane_stride<T>(std::max(p.in_ch, p.out_ch) * nr);
-  return (u + ring) * static_cast<int64_t>(sizeof(T));
+  const int64_t ring = (E + 1) * plane_stride<T>(std::max(p.in_ch, p.out_ch) * block);
+  return (E * u_plane + ring) * static_cast<int64_t>(sizeof(T));
 }
 
-// Whether run_tiled takes an NCHW pass: its thread's working set (U and the ring) within the L2, and at
-// least two blocks per thread. AMD Zen 4 (1 MiB L2), 2 threads, 64@56x56 batch 8 forward, alternating
-// call by call with run() for 100 s: 4.3-4.6 against 4.6-4.9 ms in quiet minutes, 4.9-5.1 against
-// 7.4-7.9 in the minutes when the machine's shared cache and memory are busy (torch 8.6-8.8 in both);
-// ResNet-18 at 112 px, batch 8: eval 34.3 against 36.4 ms, training step 114 against 118 (slow
-// minutes), the same in quiet ones. ResNet's 128-channel layers (U 2.4 MB) stay with run().
+// Whether a tiled pass takes a problem of `blocks` blocks: its thread's working set (U and the ring)
+// within the L2, and at least two blocks per thread. AMD Zen 4 (1 MiB L2), 2 threads, 64@56x56 batch 8
+// forward, alternating call by call with run() for 100 s: 4.3-4.6 against 4.6-4.9 ms in quiet minutes,
+// 4.9-5.1 against 7.4-7.9 in the minutes when the machine's shared cache and memory are busy (torch
+// 8.6-8.8 in both); ResNet-18 at 112 px, batch 8: eval 34.3 against 36.4 ms, training step 114 against
+// 118 (slow minutes), the same in quiet ones. Channels-last, the same layer: 3.3-3.8 against 3.9-4.5 ms
+// quiet, 3.6-4.2 against 5.8-7.1 slow (torch 8.1-8.6). ResNet's 128-channel layers (U 2.4 MB) stay
+// chunked.
 template <typename T>
-bool tiled_applies(int m, const WinogradProblem& p, int64_t nr) {
+bool tiled_applies(int m, const WinogradProblem& p, int64_t u_plane, int64_t block, int64_t blocks) {
   const int64_t set = tiled_max_bytes.load(), most = set >= 0 ? set : l2_cache_bytes();
-  if (p.in_ch == 0 || p.out_ch == 0 || tiled_bytes<T>(m, p, nr) > most) return false;
-  const TileBlocks blocks(m, p, nr);
-  return blocks.tiles_w > 0 && blocks.count >= (set >= 0 ? 1 : 2 * at::get_num_threads());
+  if (p.in_ch == 0 || p.out_ch == 0 || blocks == 0 || tiled_bytes<T>(m, p, u_plane, block) > most) return false;
+  return blocks >= (set >= 0 ? 1 : 2 * at::get_num_threads());
 }
 
 // The forward pass (NCHW) per block of at most nr tiles, each block on one thread from its input to
@@ -293,6 +293,53 @@ void run_tiled(int m, const T* x, const T* u, const T* bias, T* out, const Winog
         kern.output[which](ring + k * tc, slot, tiles.data(), tc, p.ph, p.pw, out + k * out_plane, p.out_h, p.out_w,
                            bias != nullptr ? bias[k] : T(0));
       }
+    }
+  });
+}
+
+// The tiles of a block of the channels-last tiled pass (any run of the tile list: its transforms take
+// tiles one by one) and how many blocks a problem makes.
+constexpr int64_t kTiledNhwcTiles = 32;
+int64_t tiled_nhwc_blocks(int m, const WinogradProblem& p) {
+  const int64_t tiles = p.batch * ((p.out_h + m - 1) / m) * ((p.out_w + m - 1) / m);
+  return (tiles + kTiledNhwcTiles - 1) / kTiledNhwcTiles;
+}
+
+// The channels-last pass per block of kTiledNhwcTiles tiles on one thread, as run_tiled: V[e][t][c] of
+// the block's tiles, M[e] (tiles x K) = V[e] . U[e]^T by the engine on this thread (U^T prepacked as its
+// B, the same K blocks as run_nhwc's GEMMs: the same bits), then the output transform; V and M in the
+// thread's ring of alpha^2 + 1 planes (M[e] where V[e - 1] was). Blocks from an atomic counter.
+template <typename T>
+void run_tiled_nhwc(int m, const T* x, const T* u, int64_t u_stride, const T* bias, T* out, const WinogradProblem& p) {
+  const auto& kern = kernels_for<T>();
+  const int which = m == 4 ? 1 : 0;
+  const int64_t E = (m + 2) * (m + 2), C = p.in_ch, K = p.out_ch, B = kTiledNhwcTiles;
+  const int64_t tiles_h = (p.out_h + m - 1) / m, tiles_w = (p.out_w + m - 1) / m, total = p.batch * tiles_h * tiles_w;
+  const int64_t slot = plane_stride<T>(std::max(C, K) * B), blocks = tiled_nhwc_blocks(m, p);
+  ++tiled_passes;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), blocks), 1, [&](int64_t, int64_t) {
+    T* ring = scratch<T>(Scratch::winograd_v, (E + 1) * slot);
+    std::vector<WinogradTileNhwc> tiles(B);
+    for (int64_t b = next++; b < blocks; b = next++) {
+      const int64_t t0 = b * B, tc = std::min(B, total - t0);
+      for (int64_t t = 0; t < tc; ++t) {
+        const int64_t row = (t0 + t) / tiles_w;
+        tiles[t] = WinogradTileNhwc{row / tiles_h, row % tiles_h * m - p.ph, (t0 + t) % tiles_w * m - p.pw};
+      }
+      kern.input_nhwc[which](x, p.in_h, p.in_w, C, tiles.data(), 0, tc, ring + slot, slot);
+      for (int64_t e = 0; e < E; ++e) {
+        GemmArgs<T> g;
+        g.m = tc; g.n = K; g.k = C;
+        g.alpha = T(1); g.beta = T(0);
+        g.a = ring + (e + 1) * slot; g.rs_a = C; g.cs_a = 1;
+        g.b = nullptr; g.rs_b = K; g.cs_b = 1;
+        g.b_packed = u + e * u_stride;
+        g.k_block = kKBlock;
+        g.c = ring + e * slot; g.rs_c = K; g.cs_c = 1;
+        gemm(g);
+      }
+      kern.output_nhwc[which](ring, slot, K, tiles.data(), 0, tc, K, K, p.ph, p.pw, out, p.out_h, p.out_w, bias);
     }
   });
 }
@@ -613,12 +660,17 @@ bool forward_pass(const at::Tensor& in_in, const at::Tensor& weight, const at::T
     });
     if (u.numel() == 0) return;
     if (nhwc) {
-      run_nhwc<scalar_t>(m, in.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), u.size(1),
-                         bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), p);
+      const bool tiled = tiled_applies<scalar_t>(m, p, u.size(1), kTiledNhwcTiles, tiled_nhwc_blocks(m, p));
+      const auto run_pass = tiled ? run_tiled_nhwc<scalar_t> : run_nhwc<scalar_t>;
+      run_pass(m, in.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), u.size(1),
+               bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), p);
       done = true;
       return;
     }
-    const auto run_pass = tiled_applies<scalar_t>(m, p, gemm_tile<scalar_t>().nr) ? run_tiled<scalar_t> : run<scalar_t>;
+    const int64_t nr = gemm_tile<scalar_t>().nr;
+    const bool tiled = tiled_applies<scalar_t>(m, p, filters_a_stride<scalar_t>(p.out_ch, p.in_ch), nr,
+                                               TileBlocks(m, p, nr).count);
+    const auto run_pass = tiled ? run_tiled<scalar_t> : run<scalar_t>;
     run_pass(m, in.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
              out.data_ptr<scalar_t>(), p);
     done = true;
