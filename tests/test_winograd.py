@@ -437,19 +437,25 @@ def test_tiled_pass_rule():
     # The rule (-1): ResNet's 64-channel 3x3 layer at 28x28, batch 8 (U of F(4x4) 0.6 MB and a thread's
     # ring of tiles 0.3 MB), NCHW and channels-last, runs tiled where they fit the L2 (1 MiB on the AMD
     # EPYC Zen 4, 2 MiB on the Intel Xeon); the 128-channel layer (U 2.4 MB) runs chunked on both.
+    # Two threads, as measured (the rule also asks for two blocks per thread: 14 and 13 blocks here).
     x = torch.randn(8, 64, 28, 28)
     w = torch.randn(64, 64, 3, 3)
-    passes = fastconv._C.winograd_tiled_passes()
-    with torch.no_grad():
-        F.conv2d(x, w, padding=1, algorithm="winograd_4x4")
-        F.conv2d(x.contiguous(memory_format=torch.channels_last), w, padding=1, algorithm="winograd_4x4")
-    l2 = fastconv._C.gemm_blocking()["l2"]
-    assert fastconv._C.winograd_tiled_passes() - passes == (2 if l2 >= 1 << 20 else 0)
-    passes = fastconv._C.winograd_tiled_passes()
-    with torch.no_grad():
-        F.conv2d(torch.randn(8, 128, 14, 14), torch.randn(128, 128, 3, 3), padding=1,
-                 algorithm="winograd_4x4")
-    assert fastconv._C.winograd_tiled_passes() == passes
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        passes = fastconv._C.winograd_tiled_passes()
+        with torch.no_grad():
+            F.conv2d(x, w, padding=1, algorithm="winograd_4x4")
+            F.conv2d(x.contiguous(memory_format=torch.channels_last), w, padding=1, algorithm="winograd_4x4")
+        l2 = fastconv._C.gemm_blocking()["l2"]
+        assert fastconv._C.winograd_tiled_passes() - passes == (2 if l2 >= 1 << 20 else 0)
+        passes = fastconv._C.winograd_tiled_passes()
+        with torch.no_grad():
+            F.conv2d(torch.randn(8, 128, 14, 14), torch.randn(128, 128, 3, 3), padding=1,
+                     algorithm="winograd_4x4")
+        assert fastconv._C.winograd_tiled_passes() == passes
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])
