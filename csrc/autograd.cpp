@@ -116,6 +116,7 @@ struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
       std::tie(out, indices) = op.call(self, kernel_size, stride, padding, dilation, ceil_mode);
     }
     ctx->mark_non_differentiable({indices});
+    ctx->set_materialize_grads(false);   // no zeros made for the indices' (absent) gradient
     ctx->save_for_backward({self, indices});
     ctx->saved_data["kernel_size"] = kernel_size.vec();
     ctx->saved_data["stride"] = stride.vec();
@@ -127,6 +128,7 @@ struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<MaxPoolBackwardSig>("fastconv::max_pool2d_with_indices_backward");
+    if (!grads[0].defined()) return variable_list(6);
     const auto saved = ctx->get_saved_variables();
     at::Tensor grad_in = op.call(grads[0], saved[0], ints(ctx->saved_data["kernel_size"]),
                                  ints(ctx->saved_data["stride"]), ints(ctx->saved_data["padding"]),
@@ -167,6 +169,7 @@ struct BatchNormFunction : torch::autograd::Function<BatchNormFunction> {
           op.call(input, weight, bias, running_mean, running_var, training, eps, relu);
     }
     ctx->mark_non_differentiable({save_mean, save_invstd, batch_var});
+    ctx->set_materialize_grads(false);   // no zeros made for the statistics' (absent) gradients
     const bool has_weight = weight.has_value() && weight->defined(), has_bias = bias.has_value() && bias->defined();
     ctx->save_for_backward({input, has_weight ? *weight : at::Tensor(), has_bias ? *bias : at::Tensor(), save_mean,
                             save_invstd});
@@ -179,6 +182,7 @@ struct BatchNormFunction : torch::autograd::Function<BatchNormFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<BatchNormBackwardSig>("fastconv::batch_norm_backward");
+    if (!grads[0].defined()) return variable_list(8);
     const auto saved = ctx->get_saved_variables();
     const bool has_weight = ctx->saved_data["has_weight"].toBool(), has_bias = ctx->saved_data["has_bias"].toBool();
     const Edges e(true, has_weight, has_bias);   // the running statistics' edges come after these
