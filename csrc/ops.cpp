@@ -316,9 +316,9 @@ PyMethodDef methods[] = {
     {"winograd_fused_passes", py_winograd_fused_passes, METH_NOARGS,
      "How many Winograd passes have run fused (per block of output channels) in this process."},
     {"winograd_set_tiled_max_bytes", py_winograd_set_tiled_max_bytes, METH_O,
-     "winograd_set_tiled_max_bytes(n) -> previous: the most bytes of a thread's working set (filters U and its "
-     "tiles) for Winograd's tiled passes (per block of tiles on one thread; -1: the rule's, the L2; 0: never; "
-     "for tests)."},
+     "winograd_set_tiled_max_bytes(n) -> previous: the most bytes of a thread's working set (its ring of "
+     "transformed tiles) for Winograd's tiled passes (per block of tiles on one thread; -1: the rule's, the L2; "
+     "0: never; for tests)."},
     {"winograd_tiled_passes", py_winograd_tiled_passes, METH_NOARGS,
      "How many Winograd passes have run tiled (per block of tiles on one thread) in this process."},
     {"conv2d_phase_passes", py_conv2d_phase_passes, METH_NOARGS,

@@ -433,27 +433,48 @@ def test_tiled_pass_gives_the_bits_of_the_chunked_one(cpu_isa, algorithm):
             _assert_like_torch(got["tiled"], x, w, b, go, p, dtype)
 
 
+def _tiled_rule(n, c, size, m, block, channels_last, l2):
+    # conv2d_winograd.cpp's tiled_applies, written out: a thread's ring of alpha^2 + 1 planes of `block`
+    # tiles (planes rounded up to a cache line, plus one) within the L2, and two blocks per thread (two
+    # threads); NCHW blocks are whole rows of tiles (TileBlocks), channels-last ones runs of 32 tiles.
+    line = 16
+    elems = c * block
+    ring = ((m + 2) ** 2 + 1) * ((elems + line - 1) // line * line + line) * 4
+    tiles_w = rows_h = -(-size // m)
+    rows = n * rows_h
+    if channels_last:
+        blocks = -(-rows * tiles_w // block)
+    elif tiles_w > block:
+        blocks = rows * -(-tiles_w // block)
+    else:
+        blocks = -(-rows // max(1, block // tiles_w))
+    return ring <= l2 and blocks >= 4
+
+
 def test_tiled_pass_rule():
-    # The rule (-1): ResNet's 64-channel 3x3 layer at 28x28, batch 8 (U of F(4x4) 0.6 MB and a thread's
-    # ring of tiles 0.3 MB), NCHW and channels-last, runs tiled where they fit the L2 (1 MiB on the AMD
-    # EPYC Zen 4, 2 MiB on the Intel Xeon); the 128-channel layer (U 2.4 MB) runs chunked on both.
-    # Two threads, as measured (the rule also asks for two blocks per thread: 14 and 13 blocks here).
-    x = torch.randn(8, 64, 28, 28)
-    w = torch.randn(64, 64, 3, 3)
+    # The rule (-1): a pass runs tiled where a thread's ring of transformed tiles fits its L2 and there
+    # are two blocks per thread; the filters U stream from the L3 (ResNet's 128-channel layer: U of
+    # F(4x4) 2.4 MB, ring 0.6 MB). Two threads, as measured. Cases on both sides of the rule on the CPUs
+    # seen (NCHW blocks of 32 tiles with 1 MiB L2 on the Zen 4 and 2 MiB on the Intel, of 16 with 512
+    # KiB on the Zen 3; channels-last blocks of 32): 64 and 128 channels at batch 8 (tiled, but for 128
+    # channels-last on the Zen 3: ring 0.6 MB), 128 at batch 1 (one block: chunked), 320 channels (ring
+    # 1.5 MB with 32-tile blocks: chunked on the Zen 4, tiled on the Intel; 0.8 MB with 16: chunked on
+    # the Zen 3).
+    blocking = fastconv._C.gemm_blocking()
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        passes = fastconv._C.winograd_tiled_passes()
-        with torch.no_grad():
-            F.conv2d(x, w, padding=1, algorithm="winograd_4x4")
-            F.conv2d(x.contiguous(memory_format=torch.channels_last), w, padding=1, algorithm="winograd_4x4")
-        l2 = fastconv._C.gemm_blocking()["l2"]
-        assert fastconv._C.winograd_tiled_passes() - passes == (2 if l2 >= 1 << 20 else 0)
-        passes = fastconv._C.winograd_tiled_passes()
-        with torch.no_grad():
-            F.conv2d(torch.randn(8, 128, 14, 14), torch.randn(128, 128, 3, 3), padding=1,
-                     algorithm="winograd_4x4")
-        assert fastconv._C.winograd_tiled_passes() == passes
+        for n, c, size in ((8, 64, 28), (8, 128, 14), (1, 128, 14), (8, 320, 14)):
+            x = torch.randn(n, c, size, size)
+            w = torch.randn(c, c, 3, 3) * 0.05
+            for channels_last in (False, True):
+                xx = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+                passes = fastconv._C.winograd_tiled_passes()
+                with torch.no_grad():
+                    F.conv2d(xx, w, padding=1, algorithm="winograd_4x4")
+                block = 32 if channels_last else blocking["nr"]
+                expected = _tiled_rule(n, c, size, 4, block, channels_last, blocking["l2"])
+                assert fastconv._C.winograd_tiled_passes() - passes == int(expected), (n, c, size, channels_last)
     finally:
         torch.set_num_threads(threads)
 

@@ -14,9 +14,9 @@
 // contents, common/weight_cache.h). grad_input is the same pipeline on grad_output with the flipped, transposed filters.
 // Filters transformed for one call only (a trained weight) whose U is larger than 4 L2s run fused
 // instead (run_fused): per block of output channels, U's panels are made, multiplied and dropped in
-// the cache, so U is never written to memory and read back. Passes whose U fits the L2 with a thread's
-// tiles run tiled (run_tiled, run_tiled_nhwc): per block of tiles, all three steps on one thread, V
-// and M never leaving its L2.
+// the cache, so U is never written to memory and read back. Passes whose thread's transformed tiles
+// fit its L2 run tiled (run_tiled, run_tiled_nhwc): per block of tiles, all three steps on one thread,
+// V and M never leaving its L2, U streamed from the L3 by each block.
 // Channels-last tensors run the same steps with a tile's channels contiguous (run_nhwc, and
 // run_grad_weight with nhwc): the transforms vectorised along the channels, the GEMMs M[e]^T = V[e]^T U[e]^T.
 #include "cpu/conv2d_winograd.h"
@@ -215,27 +215,30 @@ struct TileBlocks {
   }
 };
 
-// The bytes of one thread's working set in the tiled passes: the filters U (alpha^2 planes of u_plane
-// values) and its ring of alpha^2 + 1 planes for V and M of `block` tiles.
+// The bytes of one thread's ring in the tiled passes: alpha^2 + 1 planes for V and M of `block` tiles.
 template <typename T>
-int64_t tiled_bytes(int m, const WinogradProblem& p, int64_t u_plane, int64_t block) {
+int64_t tiled_ring_bytes(int m, const WinogradProblem& p, int64_t block) {
   const int64_t E = (m + 2) * (m + 2);
-  const int64_t ring = (E + 1) * plane_stride<T>(std::max(p.in_ch, p.out_ch) * block);
-  return (E * u_plane + ring) * static_cast<int64_t>(sizeof(T));
+  return (E + 1) * plane_stride<T>(std::max(p.in_ch, p.out_ch) * block) * static_cast<int64_t>(sizeof(T));
 }
 
-// Whether a tiled pass takes a problem of `blocks` blocks: its thread's working set (U and the ring)
-// within the L2, and at least two blocks per thread. AMD Zen 4 (1 MiB L2), 2 threads, 64@56x56 batch 8
-// forward, alternating call by call with run() for 100 s: 4.3-4.6 against 4.6-4.9 ms in quiet minutes,
-// 4.9-5.1 against 7.4-7.9 in the minutes when the machine's shared cache and memory are busy (torch
-// 8.6-8.8 in both); ResNet-18 at 112 px, batch 8: eval 34.3 against 36.4 ms, training step 114 against
-// 118 (slow minutes), the same in quiet ones. Channels-last, the same layer: 3.3-3.8 against 3.9-4.5 ms
-// quiet, 3.6-4.2 against 5.8-7.1 slow (torch 8.1-8.6). ResNet's 128-channel layers (U 2.4 MB) stay
-// chunked.
+// Whether a tiled pass takes a problem of `blocks` blocks: its thread's ring within the L2, and at
+// least two blocks per thread. The filters U need not fit there too: each block streams them from the
+// L3 (or memory), alpha^2 GEMMs of nr (or 32) tiles a value, which the prefetchers keep up with, where
+// the chunked pass writes V and M of every tile there and reads them back, each step parallel apart.
+// AMD Zen 4 (1 MiB L2), 2 threads, alternating call by call with the chunked pass: 64@56x56 batch 8
+// forward 4.3-4.6 against 4.6-4.9 ms in quiet minutes, 4.9-5.1 against 7.4-7.9 in the minutes when the
+// machine's shared cache and memory are busy (torch 8.6-8.8 in both); channels-last 3.3-3.8 against
+// 3.9-4.5 quiet, 3.6-4.2 against 5.8-7.1 slow (torch 8.1-8.6). With U in the L3 (2026-12-05 #8, the
+// caches flushed between calls, as in a training step): 128@14x14 batch 8 forward 1.22 against 1.38 ms
+// (trained weight; U 2.4 MB), 1.11 against 1.28 (cached), grad_input 1.26 against 1.44; 128@28x28
+// grad_input 4.45 against 5.36; 96@14x14 0.98 against 1.34; 160@14x14 2.40 against 2.83 (U 3.7 MB),
+// cached 2.02 against 2.62; 16x128@14x14 2.59 against 3.56; channels-last 128@14x14 1.29 against 1.62,
+// 128@28x28 3.33 against 4.03, but 128@28x28 at batch 2 (four uneven blocks) 1.15 against 1.08.
 template <typename T>
-bool tiled_applies(int m, const WinogradProblem& p, int64_t u_plane, int64_t block, int64_t blocks) {
+bool tiled_applies(int m, const WinogradProblem& p, int64_t block, int64_t blocks) {
   const int64_t set = tiled_max_bytes.load(), most = set >= 0 ? set : l2_cache_bytes();
-  if (p.in_ch == 0 || p.out_ch == 0 || blocks == 0 || tiled_bytes<T>(m, p, u_plane, block) > most) return false;
+  if (p.in_ch == 0 || p.out_ch == 0 || blocks == 0 || tiled_ring_bytes<T>(m, p, block) > most) return false;
   return blocks >= (set >= 0 ? 1 : 2 * at::get_num_threads());
 }
 
@@ -244,7 +247,7 @@ bool tiled_applies(int m, const WinogradProblem& p, int64_t u_plane, int64_t blo
 // alpha^2 products M[e] = U[e] . V[e], and the output transform. run() writes V and M of a whole chunk
 // (8 MiB) and parallelises each step apart, so that a thread's GEMMs read V that the other thread
 // wrote, and the output transform M that both wrote, through the L3 or memory; here a block's V and M
-// stay in its thread's L2, next to U, which must fit there too (tiled_applies). V and M share a ring of
+// stay in its thread's L2 (tiled_applies), and U streams past them from the L3. V and M share a ring of
 // alpha^2 + 1 planes: M[e] goes to plane e, where V[e - 1] was (consumed by the GEMM before), and V[e]
 // is in plane e + 1. Blocks are handed out one at a time (an atomic counter), so a thread slowed by a
 // neighbour takes fewer. The K blocks are summed in the same order as run()'s GEMMs and the
@@ -660,7 +663,7 @@ bool forward_pass(const at::Tensor& in_in, const at::Tensor& weight, const at::T
     });
     if (u.numel() == 0) return;
     if (nhwc) {
-      const bool tiled = tiled_applies<scalar_t>(m, p, u.size(1), kTiledNhwcTiles, tiled_nhwc_blocks(m, p));
+      const bool tiled = tiled_applies<scalar_t>(m, p, kTiledNhwcTiles, tiled_nhwc_blocks(m, p));
       const auto run_pass = tiled ? run_tiled_nhwc<scalar_t> : run_nhwc<scalar_t>;
       run_pass(m, in.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), u.size(1),
                bias.defined() ? bias.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), p);
@@ -668,8 +671,7 @@ bool forward_pass(const at::Tensor& in_in, const at::Tensor& weight, const at::T
       return;
     }
     const int64_t nr = gemm_tile<scalar_t>().nr;
-    const bool tiled = tiled_applies<scalar_t>(m, p, filters_a_stride<scalar_t>(p.out_ch, p.in_ch), nr,
-                                               TileBlocks(m, p, nr).count);
+    const bool tiled = tiled_applies<scalar_t>(m, p, nr, TileBlocks(m, p, nr).count);
     const auto run_pass = tiled ? run_tiled<scalar_t> : run<scalar_t>;
     run_pass(m, in.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), bias.defined() ? bias.data_ptr<scalar_t>() : nullptr,
              out.data_ptr<scalar_t>(), p);

@@ -27,11 +27,11 @@ bool conv2d_winograd_forward(const at::Tensor& x, const at::Tensor& weight, cons
 int64_t winograd_set_fused_min_bytes(int64_t bytes);
 // How many passes have run fused since the process started (for tests: that the setting above took).
 int64_t winograd_fused_passes();
-// The most bytes of one thread's working set (the transformed filters U and its transformed tiles) for
-// which a forward or grad_input pass runs per block of tiles on one thread (conv2d_winograd.cpp:
-// run_tiled, run_tiled_nhwc); -1 is the rule's (the L2; two blocks per thread at least), 0 never. Returns the previous
-// setting. For tests (a large size sends every problem with a block through the tiled pass) and
-// measurements.
+// The most bytes of one thread's working set (its ring of transformed tiles) for which a forward or
+// grad_input pass runs per block of tiles on one thread (conv2d_winograd.cpp: run_tiled,
+// run_tiled_nhwc); -1 is the rule's (the L2; two blocks per thread at least), 0 never. Returns the
+// previous setting. For tests (a large size sends every problem with a block through the tiled pass)
+// and measurements.
 int64_t winograd_set_tiled_max_bytes(int64_t bytes);
 // How many passes have run tiled since the process started.
 int64_t winograd_tiled_passes();
