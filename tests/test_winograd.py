@@ -435,11 +435,15 @@ def test_tiled_pass_gives_the_bits_of_the_chunked_one(cpu_isa, algorithm):
 
 def _tiled_rule(n, c, size, m, block, channels_last, l2):
     # conv2d_winograd.cpp's tiled_applies, written out: a thread's ring of alpha^2 + 1 planes of `block`
-    # tiles (planes rounded up to a cache line, plus one) within the L2, and two blocks per thread (two
-    # threads); NCHW blocks are whole rows of tiles (TileBlocks), channels-last ones runs of 32 tiles.
+    # tiles (planes rounded up to a cache line, plus one) within the L2, U (alpha^2 c^2 values) at most
+    # twice the V and M that the chunked pass writes and reads back per block (c <= 8 block), and two
+    # blocks per thread (two threads); NCHW blocks are whole rows of tiles (TileBlocks), channels-last
+    # ones runs of 32 tiles.
     line = 16
     elems = c * block
     ring = ((m + 2) ** 2 + 1) * ((elems + line - 1) // line * line + line) * 4
+    if c * c > 2 * 2 * block * 2 * c:
+        return False
     tiles_w = rows_h = -(-size // m)
     rows = n * rows_h
     if channels_last:
@@ -457,9 +461,9 @@ def test_tiled_pass_rule():
     # F(4x4) 2.4 MB, ring 0.6 MB). Two threads, as measured. Cases on both sides of the rule on the CPUs
     # seen (NCHW blocks of 32 tiles with 1 MiB L2 on the Zen 4 and 2 MiB on the Intel, of 16 with 512
     # KiB on the Zen 3; channels-last blocks of 32): 64 and 128 channels at batch 8 (tiled, but for 128
-    # channels-last on the Zen 3: ring 0.6 MB), 128 at batch 1 (one block: chunked), 320 channels (ring
-    # 1.5 MB with 32-tile blocks: chunked on the Zen 4, tiled on the Intel; 0.8 MB with 16: chunked on
-    # the Zen 3).
+    # channels-last on the Zen 3: ring 0.6 MB), 128 at batch 1 (one block: chunked), 320 channels
+    # (chunked everywhere: its ring, 1.5 MB with 32-tile blocks, would fit the Intel's L2, but its U,
+    # 14.7 MB, is more than twice the V and M of a block's tiles).
     blocking = fastconv._C.gemm_blocking()
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -234,12 +234,19 @@ int64_t tiled_ring_bytes(int m, const WinogradProblem& p, int64_t block) {
 // (trained weight; U 2.4 MB), 1.11 against 1.28 (cached), grad_input 1.26 against 1.44; 128@28x28
 // grad_input 4.45 against 5.36; 96@14x14 0.98 against 1.34; 160@14x14 2.40 against 2.83 (U 3.7 MB),
 // cached 2.02 against 2.62; 16x128@14x14 2.59 against 3.56; channels-last 128@14x14 1.29 against 1.62,
-// 128@28x28 3.33 against 4.03, but 128@28x28 at batch 2 (four uneven blocks) 1.15 against 1.08.
+// 128@28x28 3.33 against 4.03 (128@28x28 at batch 2, four uneven blocks: 1.15 against 1.08 in one
+// measurement, 1.48 against 1.52 in another). The rule also bounds what a block streams: U at most
+// twice the bytes of V and M that the chunked pass writes and reads back for the block's tiles
+// (channels up to 8 blocks' worth, 256 for blocks of 32, where the measurements reach 192), so that an
+// L2 large enough for the ring of a wider layer does not send it through the tiled pass unmeasured.
 template <typename T>
 bool tiled_applies(int m, const WinogradProblem& p, int64_t block, int64_t blocks) {
   const int64_t set = tiled_max_bytes.load(), most = set >= 0 ? set : l2_cache_bytes();
   if (p.in_ch == 0 || p.out_ch == 0 || blocks == 0 || tiled_ring_bytes<T>(m, p, block) > most) return false;
-  return blocks >= (set >= 0 ? 1 : 2 * at::get_num_threads());
+  if (set >= 0) return true;
+  const int64_t E = (m + 2) * (m + 2), u_bytes = E * p.in_ch * p.out_ch * int64_t(sizeof(T));
+  const int64_t chunked_bytes = 2 * block * E * (p.in_ch + p.out_ch) * int64_t(sizeof(T));
+  return u_bytes <= 2 * chunked_bytes && blocks >= 2 * at::get_num_threads();
 }
 
 // The forward pass (NCHW) per block of at most nr tiles, each block on one thread from its input to
