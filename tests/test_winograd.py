@@ -408,8 +408,8 @@ def test_fused_pass_gives_the_bits_of_the_unfused_one(cpu_isa, algorithm):
 
 @pytest.mark.parametrize("algorithm", ["winograd_2x2", "winograd_4x4"])
 def test_tiled_pass_gives_the_bits_of_the_chunked_one(cpu_isa, algorithm):
-    # Passes whose filters U and a thread's transformed tiles fit its L2 run per block of tiles on one
-    # thread (conv2d_winograd.cpp: run_tiled for NCHW, blocks of at most nr tiles; run_tiled_nhwc for
+    # Passes whose thread's transformed tiles fit its L2 run per block of tiles on one thread
+    # (conv2d_winograd.cpp: run_tiled for NCHW, blocks of at most nr tiles; run_tiled_nhwc for
     # channels-last, blocks of 32; V in a ring of planes that the products M overwrite as the GEMMs
     # consume it). Forced here on every call (size out of reach) and against the chunked passes (size
     # 0): the same bits, forward and grad_input, float32 and float64, per ISA, NCHW and channels-last,
@@ -461,14 +461,16 @@ def test_tiled_pass_rule():
     # F(4x4) 2.4 MB, ring 0.6 MB). Two threads, as measured. Cases on both sides of the rule on the CPUs
     # seen (NCHW blocks of 32 tiles with 1 MiB L2 on the Zen 4 and 2 MiB on the Intel, of 16 with 512
     # KiB on the Zen 3; channels-last blocks of 32): 64 and 128 channels at batch 8 (tiled, but for 128
-    # channels-last on the Zen 3: ring 0.6 MB), 128 at batch 1 (one block: chunked), 320 channels
-    # (chunked everywhere: its ring, 1.5 MB with 32-tile blocks, would fit the Intel's L2, but its U,
-    # 14.7 MB, is more than twice the V and M of a block's tiles).
+    # channels-last on the Zen 3: ring 0.6 MB), 128 at batch 1 (one block: chunked), 256 channels (ring
+    # 1.2 MB with 32-tile blocks: chunked on the Zen 4, tiled on the Intel; chunked on the Zen 3 too,
+    # where NCHW's blocks of 16 tiles make its U more than twice their V and M), 320 channels (chunked everywhere: its
+    # ring, 1.5 MB, would fit the Intel's L2, but its U, 14.7 MB, is more than twice the V and M of a
+    # block's tiles).
     blocking = fastconv._C.gemm_blocking()
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        for n, c, size in ((8, 64, 28), (8, 128, 14), (1, 128, 14), (8, 320, 14)):
+        for n, c, size in ((8, 64, 28), (8, 128, 14), (1, 128, 14), (8, 256, 14), (8, 320, 14)):
             x = torch.randn(n, c, size, size)
             w = torch.randn(c, c, 3, 3) * 0.05
             for channels_last in (False, True):
