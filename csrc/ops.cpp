@@ -8,6 +8,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -237,10 +238,10 @@ PyObject* py_winograd_transform(PyObject*, PyObject* args) {
 
 PyObject* py_weight_cache_stats(PyObject*, PyObject*) {
   const auto s = fastconv::WeightCache::instance().stats();
-  return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L}", "entries", static_cast<long long>(s.entries), "bytes",
+  return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L,s:O}", "entries", static_cast<long long>(s.entries), "bytes",
                        static_cast<long long>(s.bytes), "limit_bytes", static_cast<long long>(s.limit_bytes),
                        "hits", static_cast<long long>(s.hits), "misses", static_cast<long long>(s.misses),
-                       "uncached", static_cast<long long>(s.uncached));
+                       "uncached", static_cast<long long>(s.uncached), "verify", s.verify ? Py_True : Py_False);
 }
 
 PyObject* py_weight_cache_set_limit(PyObject*, PyObject* arg) {
@@ -285,6 +286,34 @@ PyObject* py_conv2d_phase_passes(PyObject*, PyObject*) {
   return PyLong_FromLongLong(fastconv::cpu::conv2d_phase_passes());
 }
 
+// The weight cache's digest (cpu/weight_digest.h) of a buffer's bytes under this process's key, and the
+// key itself: for the tests' reference implementation.
+PyObject* py_weight_cache_set_verify(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  return PyBool_FromLong(fastconv::WeightCache::instance().set_verify(on != 0));
+}
+
+PyObject* py_weight_digest(PyObject*, PyObject* arg) {
+  Py_buffer view;
+  if (PyObject_GetBuffer(arg, &view, PyBUF_C_CONTIGUOUS) != 0) return nullptr;
+  const fastconv::cpu::WeightDigest d = fastconv::cpu::weight_digest(view.buf, static_cast<int64_t>(view.len));
+  PyBuffer_Release(&view);
+  return Py_BuildValue("(KKKK)", static_cast<unsigned long long>(d.y[0]), static_cast<unsigned long long>(d.y[1]),
+                       static_cast<unsigned long long>(d.y[2]), static_cast<unsigned long long>(d.y[3]));
+}
+
+PyObject* py_weight_digest_key(PyObject*, PyObject*) {
+  const auto& key = fastconv::cpu::digest_key();
+  PyObject* k = PyList_New(static_cast<Py_ssize_t>(std::size(key.k)));
+  for (size_t i = 0; i < std::size(key.k); ++i) {
+    PyList_SET_ITEM(k, static_cast<Py_ssize_t>(i), PyLong_FromUnsignedLong(key.k[i]));
+  }
+  PyObject* r = PyList_New(fastconv::cpu::kDigestStreams);
+  for (int s = 0; s < fastconv::cpu::kDigestStreams; ++s) PyList_SET_ITEM(r, s, PyLong_FromUnsignedLongLong(key.r[s]));
+  return Py_BuildValue("(NN)", k, r);
+}
+
 PyObject* py_weight_cache_clear(PyObject*, PyObject*) {
   fastconv::WeightCache::instance().clear();
   Py_RETURN_NONE;
@@ -325,7 +354,15 @@ PyMethodDef methods[] = {
      "How many convolution grad_weight passes have run by stride phases (conv2d_phases.cpp) in this process."},
     {"weight_cache_stats", py_weight_cache_stats, METH_NOARGS,
      "Entries, bytes, limit, hits, misses and uncached transforms (budget full) of the CPU cache of prepared "
-     "weights (Winograd transforms, im2col packed filters)."},
+     "weights (Winograd transforms, im2col packed filters), and whether it compares bytes exactly (verify)."},
+    {"weight_cache_set_verify", py_weight_cache_set_verify, METH_O,
+     "weight_cache_set_verify(on) -> previous: entries keep a copy of their weight's bytes and every lookup "
+     "compares it (exact), instead of a digest (default; FASTCONV_WEIGHT_CACHE_VERIFY=1 starts with it on). "
+     "Changing it empties the cache."},
+    {"weight_digest", py_weight_digest, METH_O,
+     "weight_digest(buffer) -> 4 ints: the weight cache's digest of a C-contiguous buffer's bytes (for tests)."},
+    {"weight_digest_key", py_weight_digest_key, METH_NOARGS,
+     "weight_digest_key() -> (K, r): this process's digest key, NH words and polynomial points (for tests)."},
     {"weight_cache_clear", py_weight_cache_clear, METH_NOARGS,
      "Empties the cache of prepared weights (frees its memory; never needed for correctness)."},
     {"weight_cache_set_limit", py_weight_cache_set_limit, METH_O,

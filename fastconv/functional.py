@@ -182,8 +182,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
 def _conv2d_weight_for_call(weight: Tensor) -> Tensor:
     """The weight as conv2d's op should see it: where no gradient can reach it (grad mode off), a
     detached view (same storage), whose prepared form the weight cache may keep
-    (csrc/common/weight_cache.h: checked against the weight's bytes on every call) and which tells
-    "auto" that this is inference."""
+    (csrc/common/weight_cache.h: checked against a digest of the weight's bytes on every call) and
+    which tells "auto" that this is inference."""
     if not torch.is_grad_enabled() and weight.requires_grad:
         return weight.detach()
     return weight

@@ -30,6 +30,10 @@ for isa in reversed(fastconv._C.tested_cpu_isas()):
             gemm(ah, bh, torch.randn(nn_).to(out or dt), ta, tb, 1.0, 1.0, out).float().sum().backward(); n += 1
         for path in ("emulated", "amx_emulated"):   # the portable vdpbf16ps and AMX tiles
             torch.ops.fastconv_testing.gemm_bf16_path(a.bfloat16(), b.bfloat16(), ta, tb, path, None); n += 1
+    # The weight cache's digest (its NH per ISA): lengths around words, chunks and 1 MiB segments, odd starts.
+    buf = torch.randint(0, 256, (3 << 20,), dtype=torch.uint8).numpy()
+    for length, start in itertools.product((1, 3, 4094, 4096, 4099, (1 << 20) + 4097), (0, 1, 3)):
+        fastconv._C.weight_digest(buf[start:start + length]); n += 1
     # (the last two: grad_weight by stride phases, a 7x7 stem and, channels-last, 3x3 over 3 channels)
     for xs, ws, s_, p_, d_, g_ in [((2,3,9,11),(4,3,3,3),1,1,1,1), ((2,4,9,11),(6,2,3,2),(2,1),(1,0),(1,2),2), ((1,4,8,8),(4,1,3,3),1,1,1,4), ((2,5,7,7),(3,5,1,1),1,0,1,1), ((2,3,16,16),(5,3,7,7),2,3,1,1), ((2,3,10,10),(2,3,3,3),1,5,4,1), ((3,10,10),(2,3,4,3),1,'same',1,1), ((5,4,6,5),(6,2,3,3),1,1,1,2), ((3,40,7,7),(40,40,3,3),1,1,1,1), ((2,20,9,8),(36,20,3,3),2,1,1,1), ((2,32,6,7),(12,16,3,3),2,1,1,2), ((2,16,7,7),(8,16,1,1),1,0,1,1), ((2,24,9,9),(70,24,1,1),2,0,1,1), ((2,3,30,29),(6,3,7,7),2,3,1,1), ((1,3,33,31),(17,3,3,3),2,1,1,1)]:
         for algo, mf in itertools.product(("im2col", "direct"), (torch.contiguous_format, torch.channels_last)):

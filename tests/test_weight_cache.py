@@ -1,12 +1,15 @@
 """The cache of prepared weights (csrc/common/weight_cache.h): every write to a weight shows in the
 next call, however it was made (`.data`, numpy views, in-place ops, optimizer steps, copy_), for every
 algorithm; repeated calls hit; the byte budget keeps part of a model that does not fit instead of
-cycling it; entries die with their weights; CUDA weights are not cached."""
+cycling it; entries die with their weights; CUDA weights are not cached. And the digest by which an
+entry knows its weight's bytes (csrc/cpu/weight_digest.h): the documented hash on every ISA and thread
+count, against a reference written here from its definition, and changed by any one-bit change."""
 
 from __future__ import annotations
 
 import gc
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -23,10 +26,12 @@ def _close(a, b):   # Winograd F(4x4) rounds ~5x worse than direct convolution
 
 @pytest.fixture(autouse=True)
 def fresh_cache():
+    verify = fastconv._C.weight_cache_set_verify(False)
     fastconv._C.weight_cache_clear()
     fastconv._C.weight_cache_set_limit(2048)
     yield
     fastconv._C.weight_cache_set_limit(2048)
+    fastconv._C.weight_cache_set_verify(verify)
     fastconv._C.weight_cache_clear()
 
 
@@ -42,9 +47,13 @@ WRITES = {
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["NCHW", "NHWC"])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("write", list(WRITES))
-def test_every_write_shows_in_the_next_call(algorithm, write, memory_format):
+@pytest.mark.parametrize("verify", [False, True], ids=["digest", "verify"])
+def test_every_write_shows_in_the_next_call(algorithm, write, memory_format, verify):
     # The issue's report: under no_grad, y2 came back equal to y1 after w.data.mul_(2). Channels-last
-    # input: im2col's NHWC kernels keep their own packed filters (conv2d_nhwc.cpp).
+    # input: im2col's NHWC kernels keep their own packed filters (conv2d_nhwc.cpp). Both ways of
+    # checking an entry: its weight's digest (the default), or a copy compared byte for byte.
+    fastconv._C.weight_cache_set_verify(verify)
+    assert fastconv._C.weight_cache_stats()["verify"] is verify
     torch.manual_seed(0)
     x = torch.randn(2, 64, 9, 9).contiguous(memory_format=memory_format)   # 64 -> 64 channels, 9x9:
                                                                            # "auto" picks Winograd in inference
@@ -197,8 +206,8 @@ def test_views_and_dtypes_do_not_share_entries():
     assert fastconv._C.weight_cache_stats()["entries"] == 4
 
 
-def _entry_bytes(c, k):   # the weight's copy plus F(4x4)'s 36 x k x c transform (float32), about
-    return 4 * (9 + 36) * c * k
+def _entry_bytes(c, k):   # F(4x4)'s 36 x k x c transform (float32), about (the entry keeps no copy)
+    return 4 * 36 * c * k
 
 
 def test_budget_keeps_part_of_a_model_instead_of_cycling():
@@ -263,3 +272,90 @@ def test_cuda_weights_are_not_cached(device):
         w.data.mul_(3)
         _close(F.conv2d(x, w, padding=1, algorithm="winograd"), TF.conv2d(x, w, padding=1))
     assert fastconv._C.weight_cache_stats()["entries"] == (0 if device == "cuda" else 1)
+
+
+_P61 = (1 << 61) - 1
+
+
+def _digest_reference(data: bytes):
+    """weight_digest.h's definition: per 4 KiB chunk four Toeplitz NH sums of 32-bit word pairs, each
+    stream's sums (low half, then high) and finally the length through a polynomial modulo 2^61 - 1."""
+    key, points = fastconv._C.weight_digest_key()
+    key = np.array(key, dtype=np.uint64)
+    y = [0, 0, 0, 0]
+    for c0 in range(0, len(data), 4096):
+        chunk = data[c0:c0 + 4096]
+        pairs = ((len(chunk) + 3) // 4 + 1) // 2
+        m = np.frombuffer(chunk + bytes(8 * pairs - len(chunk)), dtype="<u4").astype(np.uint64)
+        for s in range(4):
+            t = (m + key[2 * s:2 * s + 2 * pairs]) & np.uint64(0xFFFFFFFF)
+            nh = int((t[0::2] * t[1::2]).sum(dtype=np.uint64))   # products < 2^64; the sum wraps mod 2^64
+            y[s] = ((y[s] * points[s] + (nh & 0xFFFFFFFF)) * points[s] + (nh >> 32)) % _P61
+    return tuple((v * points[s] + len(data)) % _P61 for s, v in enumerate(y))
+
+
+# Lengths around a word, a pair, a 4 KiB chunk and a 1 MiB segment (the parallel unit), and odd tails.
+DIGEST_LENGTHS = [1, 2, 3, 4, 6, 8, 4092, 4096, 4100, 8198, (1 << 20) - 4096, (1 << 20) + 4098, 3 * (1 << 20) + 5]
+
+
+def test_digest_is_the_documented_hash_on_every_isa_and_thread_count(cpu_isa_native):
+    rng = np.random.default_rng(0)
+    threads = torch.get_num_threads()
+    try:
+        for n in DIGEST_LENGTHS:
+            data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+            want = _digest_reference(data)
+            for t in (1, 2, 3):
+                torch.set_num_threads(t)
+                assert fastconv._C.weight_digest(data) == want, (cpu_isa_native, n, t)
+    finally:
+        torch.set_num_threads(threads)
+    _, points = fastconv._C.weight_digest_key()
+    assert all(0 < r < _P61 for r in points)
+
+
+def test_digest_changes_with_any_one_bit_and_with_moved_words():
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, 3 * (1 << 20) + 4098, dtype=np.uint8)
+    base = fastconv._C.weight_digest(data)
+    assert fastconv._C.weight_digest(data.copy()) == base          # bytes, not the address, decide
+    seen = {base}
+    for pos in [0, 1, 4095, 4096, 4097, (1 << 20) - 1, 1 << 20, 2 * (1 << 20) + 12345, data.size - 2, data.size - 1]:
+        for bit in (0, 7):
+            flipped = data.copy()
+            flipped[pos] ^= np.uint8(1 << bit)
+            seen.add(fastconv._C.weight_digest(flipped))
+    words = data[: data.size // 4 * 4].view("<u4")
+    swapped = data.copy()
+    sw = swapped[: data.size // 4 * 4].view("<u4")
+    sw[[10, 5000]] = words[[5000, 10]]                               # two words swapped
+    seen.add(fastconv._C.weight_digest(swapped))
+    shifted = data.copy()
+    shifted[4:8], shifted[8:12] = data[8:12], data[4:8]              # the two words of one pair swapped
+    seen.add(fastconv._C.weight_digest(shifted))
+    assert fastconv._C.weight_digest(data[:-1]) not in seen          # one byte shorter
+    assert len(seen) == 1 + 10 * 2 + 2
+    # A float weight's sign flip, its -0.0 and a NaN payload are all changes of bytes.
+    w = torch.ones(1000)
+    d = fastconv._C.weight_digest(w.numpy())
+    for edit in (lambda v: v.__setitem__(999, -1.0), lambda v: v.__setitem__(0, -0.0)):
+        v = w.clone()
+        edit(v)
+        assert fastconv._C.weight_digest(v.numpy()) != d
+
+
+def test_entries_keep_a_digest_or_in_verify_mode_a_copy():
+    w = torch.randn(64, 64, 3, 3)
+    x = torch.randn(1, 64, 8, 8)
+    for verify, extra in ((False, 0), (True, w.numel() * 4)):
+        assert fastconv._C.weight_cache_set_verify(verify) is False         # the previous setting
+        assert fastconv._C.weight_cache_stats()["entries"] == 0             # (True: a change empties it)
+        with torch.no_grad():
+            for _ in range(2):
+                _close(F.conv2d(x, w, padding=1, algorithm="winograd"), TF.conv2d(x, w, padding=1))
+        stats = fastconv._C.weight_cache_stats()
+        assert stats["entries"] == 1 and stats["hits"] >= 1, stats
+        assert _entry_bytes(64, 64) + extra <= stats["bytes"] < _entry_bytes(64, 64) + extra + 4096, stats
+        with torch.no_grad():
+            w.view(-1)[123] += 1.0                                            # seen either way
+            _close(F.conv2d(x, w, padding=1, algorithm="winograd"), TF.conv2d(x, w, padding=1))
