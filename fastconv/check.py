@@ -76,6 +76,33 @@ def _conv_double_backward(device, dtype):
     return penalty(F.conv2d), penalty(TF.conv2d), [xs, ws], []
 
 
+def _cached_conv(algorithm, channels_last=False):
+    """An eval-style convolution through the weight cache (csrc/common/weight_cache.h): a miss, a hit,
+    then a write through ``.data`` that the next call must see (the cache's digest of the weight's
+    bytes, computed by this machine's kernels)."""
+    def build(device, dtype):
+        g = torch.Generator().manual_seed(0)
+        xs = torch.randn(2, 32, 9, 9, generator=g, dtype=dtype).to(device)
+        if channels_last:
+            xs = xs.contiguous(memory_format=torch.channels_last)
+        ws = (torch.randn(48, 32, 3, 3, generator=g, dtype=dtype) * 0.08).to(device)
+
+        def ours(x, w):
+            with torch.no_grad():
+                kept = w.detach().clone()
+                for _ in range(2):
+                    F.conv2d(x, kept, None, 1, 1, algorithm=algorithm)
+                kept.data.view(-1)[7::11].mul_(-3.0)
+                return F.conv2d(x, kept, None, 1, 1, algorithm=algorithm)
+
+        def theirs(x, w):
+            changed = w.detach().clone()
+            changed.view(-1)[7::11].mul_(-3.0)
+            return TF.conv2d(x, changed, None, 1, 1)
+        return ours, theirs, [xs, ws], []
+    return build
+
+
 def _pool(x, k, stride=None, padding=0, dilation=1, ceil_mode=False, channels_last=False):
     def build(device, dtype):
         xs = torch.randn(x, generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
@@ -175,6 +202,10 @@ for _alg in ("im2col", "direct"):
     ]
 CASES += [
     Case("conv2d double backward (gradient penalty)", _conv_double_backward, quick=True),
+    Case("conv2d winograd_4x4 cached, then a .data write", _cached_conv("winograd_4x4"), quick=True,
+         loose=10.0, backward=False),
+    Case("conv2d im2col NHWC cached, then a .data write", _cached_conv("im2col", True), quick=True,
+         backward=False),
     Case(f"max_pool2d {R18} 64@112x112 3x3 s2 p1", _pool((2, 64, 112, 112), 3, 2, 1)),
     Case("max_pool2d 5@13x11 (3,2) s(2,1) p(1,0) d(1,2) ceil", _pool((3, 5, 13, 11), (3, 2), (2, 1), (1, 0), (1, 2),
                                                                    True), quick=True),
