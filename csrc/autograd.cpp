@@ -4,9 +4,12 @@
 // C++ on every call, which cost a small convolution (1x4x4x4, 3x3) about 22 us of its 38.
 //
 // Each forward calls its op again below the Autograd key (the backend kernel, or the fake kernel
-// under torch.compile's tracing); each backward calls the op's backward op through the dispatcher, so
-// with create_graph that call is recorded too: the backward ops' own autograd (double backward) stays
-// in fastconv/ops.py, as do the fake kernels. Outputs that are bookkeeping (max-pool's indices, batch
+// under torch.compile's tracing). Each backward calls the op's backward op through the dispatcher: with
+// create_graph (grad mode on inside the backward) through the Autograd key, so that the call is
+// recorded too -- the backward ops' own autograd (double backward) stays in fastconv/ops.py, as do the
+// fake kernels -- and otherwise below it (BackwardOpCall), where that Python autograd kernel would only
+// have redispatched: it cost every conv2d, max-pool and batch-norm backward about 30 us. (gemm's backward
+// is gemm itself, whose autograd is the C++ one here; below the key it skips that too.) Outputs that are bookkeeping (max-pool's indices, batch
 // norm's saved statistics) are marked non-differentiable: no gradient flows through them, loudly.
 //
 // The LSTM and GRU layers keep their autograd in Python (fastconv/ops.py): their calls are long (a
@@ -47,6 +50,18 @@ struct Edges {
 
 bool needs(AutogradContext* ctx, int64_t edge) { return edge >= 0 && ctx->needs_input_grad(edge); }
 
+// Where a backward calls its backward op: through the Autograd key when grad mode is on (create_graph,
+// a double backward to record), else below it, straight to the backend (or fake) kernel.
+class BackwardOpCall {
+ public:
+  BackwardOpCall() {
+    if (!at::GradMode::is_enabled()) below_.emplace();
+  }
+
+ private:
+  std::optional<at::AutoDispatchBelowADInplaceOrView> below_;
+};
+
 // ------------------------------------------------------------------------------------------------
 // conv2d: grad = conv2d_backward(grad_output, x, w, ..., mask), mask from the inputs that need one.
 // ------------------------------------------------------------------------------------------------
@@ -83,6 +98,7 @@ struct Conv2dFunction : torch::autograd::Function<Conv2dFunction> {
     const Edges e(true, true, has_bias);
     const std::array<bool, 3> mask{needs(ctx, e.index[0]), needs(ctx, e.index[1]), needs(ctx, e.index[2])};
     const std::string algorithm = ctx->saved_data["algorithm"].toStringRef();
+    const BackwardOpCall where;
     auto [dx, dw, db] = op.call(grads[0], saved[0], saved[1], ints(ctx->saved_data["stride"]),
                                 ints(ctx->saved_data["padding"]), ints(ctx->saved_data["dilation"]),
                                 ctx->saved_data["groups"].toInt(), algorithm, mask);
@@ -130,6 +146,7 @@ struct MaxPool2dFunction : torch::autograd::Function<MaxPool2dFunction> {
     static const auto op = find_op<MaxPoolBackwardSig>("fastconv::max_pool2d_with_indices_backward");
     if (!grads[0].defined()) return variable_list(6);
     const auto saved = ctx->get_saved_variables();
+    const BackwardOpCall where;
     at::Tensor grad_in = op.call(grads[0], saved[0], ints(ctx->saved_data["kernel_size"]),
                                  ints(ctx->saved_data["stride"]), ints(ctx->saved_data["padding"]),
                                  ints(ctx->saved_data["dilation"]), ctx->saved_data["ceil_mode"].toBool(), saved[1]);
@@ -187,6 +204,7 @@ struct BatchNormFunction : torch::autograd::Function<BatchNormFunction> {
     const bool has_weight = ctx->saved_data["has_weight"].toBool(), has_bias = ctx->saved_data["has_bias"].toBool();
     const Edges e(true, has_weight, has_bias);   // the running statistics' edges come after these
     const bool grad_affine = needs(ctx, e.index[1]) || needs(ctx, e.index[2]);
+    const BackwardOpCall where;
     auto [gi, gw, gb] = op.call(grads[0], saved[0], present(saved[1]), present(saved[2]), saved[3], saved[4],
                                 ctx->saved_data["training"].toBool(), ctx->saved_data["relu"].toBool(), grad_affine);
     return {needs(ctx, e.index[0]) ? gi : at::Tensor(), has_weight && grad_affine ? gw : at::Tensor(),
@@ -246,6 +264,7 @@ struct GemmFunction : torch::autograd::Function<GemmFunction> {
     const at::Tensor b = grad.scalar_type() != in_dtype ? saved[1].to(grad.scalar_type()) : saved[1];
     const std::nullopt_t none = std::nullopt;
     at::Tensor ga, gb, gc;
+    const BackwardOpCall where;
     if (ctx->needs_input_grad(0)) {
       ga = ta ? op.call(b, grad, none, tb, true, alpha, 0.0, none) : op.call(grad, b, none, false, !tb, alpha, 0.0, none);
       ga = ga.to(in_dtype);

@@ -80,6 +80,27 @@ def test_cnn_ops_autograd_is_cpp(name):
             torch.autograd.grad(outs[1].float().sum(), x)
 
 
+@pytest.mark.parametrize("name", sorted(CPP_AUTOGRAD))
+def test_plain_backward_runs_no_python(name):
+    # Without create_graph the backward calls its backward op below the Autograd key: the backward ops'
+    # Python autograd (fastconv/ops.py, there for double backward) would only have redispatched, at
+    # ~30 us a call. No Python function may run between the engine's start and its end.
+    import sys
+
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    out = CPP_AUTOGRAD[name](x)
+    loss = (out[0] if isinstance(out, (tuple, list)) else out).sum()
+    called = []
+    sys.setprofile(lambda frame, event, arg: called.append(frame.f_code.co_filename) if event == "call" else None)
+    try:
+        torch.autograd.backward([loss])
+    finally:
+        sys.setprofile(None)
+    ran = {f for f in called if "fastconv" in f or "_library" in f or "_ops.py" in f}
+    assert not ran, ran
+    assert x.grad is not None
+
+
 def test_cpp_autograd_mask_follows_which_inputs_need_grad():
     # conv2d without a bias and with the bias, only some inputs requiring grad: the edges of a
     # Function's absent optional input are skipped, so the mask must still name the right gradients.
