@@ -8,9 +8,10 @@
 // create_graph (grad mode on inside the backward) through the Autograd key, so that the call is
 // recorded too -- the backward ops' own autograd (double backward) stays in fastconv/ops.py, as do the
 // fake kernels -- and otherwise below it (BackwardOpCall), where that Python autograd kernel would only
-// have redispatched: it cost every conv2d, max-pool and batch-norm backward about 30 us. (gemm's backward
-// is gemm itself, whose autograd is the C++ one here; below the key it skips that too.) Outputs that are bookkeeping (max-pool's indices, batch
-// norm's saved statistics) are marked non-differentiable: no gradient flows through them, loudly.
+// have redispatched: it cost every conv2d, max-pool and batch-norm backward about 30 us. (gemm's
+// backward is gemm itself, whose autograd is the C++ one here; below the key it skips that too.)
+// Outputs that are bookkeeping (max-pool's indices, batch norm's saved statistics) are marked
+// non-differentiable: no gradient flows through them, loudly.
 //
 // The LSTM and GRU layers keep their autograd in Python (fastconv/ops.py): their calls are long (a
 // whole sequence), so the round trip does not show.

@@ -286,14 +286,15 @@ PyObject* py_conv2d_phase_passes(PyObject*, PyObject*) {
   return PyLong_FromLongLong(fastconv::cpu::conv2d_phase_passes());
 }
 
-// The weight cache's digest (cpu/weight_digest.h) of a buffer's bytes under this process's key, and the
-// key itself: for the tests' reference implementation.
+// The weight cache's exact mode (a copy compared byte for byte) on or off: the previous setting.
 PyObject* py_weight_cache_set_verify(PyObject*, PyObject* arg) {
   const int on = PyObject_IsTrue(arg);
   if (on < 0) return nullptr;
   return PyBool_FromLong(fastconv::WeightCache::instance().set_verify(on != 0));
 }
 
+// The weight cache's digest (cpu/weight_digest.h) of a buffer's bytes under this process's key, and the
+// key itself: for the tests' reference implementation.
 PyObject* py_weight_digest(PyObject*, PyObject* arg) {
   Py_buffer view;
   if (PyObject_GetBuffer(arg, &view, PyBUF_C_CONTIGUOUS) != 0) return nullptr;

@@ -6,7 +6,7 @@
 //
 // An entry is used only while the weight's bytes are those it was made from: the entry keeps their
 // digest (cpu/weight_digest.h: a universal hash under a per-process random key, for which two
-// different weights agree with probability below 2^-120), and every lookup digests the weight again,
+// different weights agree with probability below 2^-124), and every lookup digests the weight again,
 // reading its bytes once, in parallel. So every write is seen, however it was made: an optimizer step,
 // load_state_dict, copy_ under no_grad, and writes through `.data` or a numpy view, which a version
 // counter cannot see. The version counter is no part of the key for that reason; the storage, address,
@@ -23,13 +23,13 @@
 // are never cached: a transform there costs little next to the convolution, and an entry made on one
 // stream and read on another, or made during CUDA-graph capture, would need care that buys nothing.
 //
-// Size: entries count their bytes (the prepared form, and the copy in verify mode) against a budget, 2 GiB by default
-// (FASTCONV_WEIGHT_CACHE_MB, or fastconv._C.weight_cache_set_limit(mb); 0 turns the cache off). An
-// entry leaves when its weight's storage dies, when it has not been used for a while (4 lookups per
-// entry plus 64) and room is needed, or on weight_cache_clear(). When no entry is idle enough to make
-// room, the new transform is used uncached: a model too large for the budget keeps part of its
-// weights cached instead of evicting them in a cycle (which an LRU does when a model's convolutions
-// are called in the same order every forward and do not all fit).
+// Size: entries count their bytes (the prepared form; the copy too in verify mode) against a budget,
+// 2 GiB by default (FASTCONV_WEIGHT_CACHE_MB, or fastconv._C.weight_cache_set_limit(mb); 0 turns the
+// cache off). An entry leaves when its weight's storage dies, when it has not been used for a while
+// (4 lookups per entry plus 64) and room is needed, or on weight_cache_clear(). When no entry is idle
+// enough to make room, the new transform is used uncached: a model too large for the budget keeps
+// part of its weights cached instead of evicting them in a cycle (which an LRU does when a model's
+// convolutions are called in the same order every forward and do not all fit).
 //
 // Threads: lookups share a reader lock; the digest and the transform run outside any lock, so
 // concurrent inferences do not serialise on the cache.
@@ -102,7 +102,6 @@ class WeightCache {
     if (before != on) entries_.clear();
     return before;
   }
-  bool verify() const { return verify_.load(); }
 
   // The prepared form of `weight` in variant `variant`, from the cache or from compute().
   at::Tensor get(const at::Tensor& weight, int64_t variant, const std::function<at::Tensor()>& compute) {
@@ -118,9 +117,9 @@ class WeightCache {
         }
       }
     }
-    // What the bytes compute() reads are: taken before it, so that an entry never claims bytes newer
-    // than those its prepared form was made from. (An entry made in the other mode has neither the
-    // copy nor the digest this mode asks for: it misses.)
+    // The weight's bytes are digested (or copied) before compute() reads them, so that an entry never
+    // claims newer bytes than those its prepared form was made from. (An entry made in the other mode
+    // has neither the copy nor the digest this mode asks for: it misses.)
     const bool exact = verify_.load();
     const cpu::WeightDigest digest = exact ? cpu::WeightDigest{} : digest_of(weight);
     if (found && found->exact == exact && (exact ? same_bytes(found->copy, weight) : found->digest == digest)) {
