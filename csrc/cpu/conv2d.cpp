@@ -270,9 +270,9 @@ struct Bf16Engine {
 
 // The filters of every group in E's packed-A form: W_g (kg x kc), what forward_packed multiplies by,
 // or with `transposed` W_g^T (kc x kg), grad_input's. Kept in the WeightCache for a weight that does
-// not require grad (an eval model), keyed on the caller's `weight`: comparing its bytes costs less
-// than packing again (the bfloat16 pair interleave measured 40% of its GEMM's time in ResNet-18
-// under autocast); otherwise built in scratch memory reused by the next call.
+// not require grad (an eval model), keyed on the caller's `weight`: checking its bytes (their digest)
+// costs less than packing again (the bfloat16 pair interleave measured 40% of its GEMM's time in
+// ResNet-18 under autocast); otherwise built in scratch memory reused by the next call.
 template <class E, typename T>
 at::Tensor packed_filters(const at::Tensor& weight, const T* w, const Conv2dShape& s, bool transposed) {
   using P = typename E::Packed;

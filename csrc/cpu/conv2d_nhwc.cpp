@@ -182,8 +182,8 @@ void for_each_chunk(const Conv2dShape& s, const NhwcPlan& p, const Chunk& chunk)
 
 // The weights of every group packed as the GEMM's B: forward's W_g^T (T x Kg, B[t][k] = W[k][t]),
 // grad_input's W_g (Kg x T), from w (the channels-last weight). Kept in the WeightCache for a weight
-// that does not require grad, keyed on the caller's `weight` (checked against its bytes on every call,
-// as im2col's packed filters in conv2d.cpp); otherwise built in scratch memory the next call reuses.
+// that does not require grad, keyed on the caller's `weight` (checked against its bytes' digest on every
+// call, as im2col's packed filters in conv2d.cpp); otherwise built in scratch memory the next call reuses.
 template <typename T>
 at::Tensor packed_weights(const at::Tensor& weight, const T* w, const Conv2dShape& s, const NhwcPlan& p,
                           bool transposed_b) {
