@@ -4,6 +4,8 @@ from the dispatcher itself, so an op added to csrc/ops.cpp without samples fails
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -85,8 +87,6 @@ def test_plain_backward_runs_no_python(name):
     # Without create_graph the backward calls its backward op below the Autograd key: the backward ops'
     # Python autograd (fastconv/ops.py, there for double backward) would only have redispatched, at
     # ~30 us a call. No Python function may run between the engine's start and its end.
-    import sys
-
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     out = CPP_AUTOGRAD[name](x)
     loss = (out[0] if isinstance(out, (tuple, list)) else out).sum()

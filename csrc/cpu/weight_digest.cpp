@@ -43,16 +43,24 @@ void absorb(WeightDigest& d, const uint64_t* nh, const DigestKey& key) {
   }
 }
 
-// NH of one chunk of `bytes` <= kDigestChunkBytes bytes, element by element (any length: the last word
-// padded with zero bytes, a lone last word paired with a zero word).
+// NH of one chunk of `bytes` <= kDigestChunkBytes bytes, pair by pair (any length: the last word padded
+// with zero bytes, a lone last word paired with a zero word). The pairs whose 8 bytes are all there
+// are read in place; only a last, incomplete one goes through a zeroed pair.
 void nh_portable(const unsigned char* data, int64_t bytes, const uint32_t* key, uint64_t* out) {
-  const int64_t words = (bytes + 3) / 4, pairs = (words + 1) / 2;
-  uint32_t m[kDigestChunkWords] = {};
-  std::memcpy(m, data, static_cast<size_t>(bytes));
+  const int64_t whole = bytes / 8, pairs = (bytes + 7) / 8;
+  uint32_t last[2] = {0, 0};
+  std::memcpy(last, data + 8 * whole, static_cast<size_t>(bytes - 8 * whole));
   for (int s = 0; s < kDigestStreams; ++s) {
     uint64_t sum = 0;
     for (int64_t i = 0; i < pairs; ++i) {
-      const uint32_t a = m[2 * i] + key[2 * s + 2 * i], b = m[2 * i + 1] + key[2 * s + 2 * i + 1];
+      uint32_t m[2];
+      if (i < whole) {
+        std::memcpy(m, data + 8 * i, 8);
+      } else {
+        m[0] = last[0];
+        m[1] = last[1];
+      }
+      const uint32_t a = m[0] + key[2 * s + 2 * i], b = m[1] + key[2 * s + 2 * i + 1];
       sum += static_cast<uint64_t>(a) * b;
     }
     out[s] = sum;
