@@ -168,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_autograd(const at::Tensor& self, a
 // ------------------------------------------------------------------------------------------------
 using BatchNormSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, double, bool);
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, double, double, bool);
 using BatchNormBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
     const at::Tensor&, const at::Tensor&, bool, bool, bool);
@@ -178,13 +178,14 @@ std::optional<at::Tensor> present(const at::Tensor& t) { return t.defined() ? st
 struct BatchNormFunction : torch::autograd::Function<BatchNormFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const std::optional<at::Tensor>& weight,
                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
-                               const std::optional<at::Tensor>& running_var, bool training, double eps, bool relu) {
+                               const std::optional<at::Tensor>& running_var, bool training, double momentum,
+                               double eps, bool relu) {
     static const auto op = find_op<BatchNormSig>("fastconv::batch_norm");
     at::Tensor out, save_mean, save_invstd, batch_var;
     {
       at::AutoDispatchBelowADInplaceOrView below;
       std::tie(out, save_mean, save_invstd, batch_var) =
-          op.call(input, weight, bias, running_mean, running_var, training, eps, relu);
+          op.call(input, weight, bias, running_mean, running_var, training, momentum, eps, relu);
     }
     ctx->mark_non_differentiable({save_mean, save_invstd, batch_var});
     ctx->set_materialize_grads(false);   // no zeros made for the statistics' (absent) gradients
@@ -200,7 +201,7 @@ struct BatchNormFunction : torch::autograd::Function<BatchNormFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<BatchNormBackwardSig>("fastconv::batch_norm_backward");
-    if (!grads[0].defined()) return variable_list(8);
+    if (!grads[0].defined()) return variable_list(9);
     const auto saved = ctx->get_saved_variables();
     const bool has_weight = ctx->saved_data["has_weight"].toBool(), has_bias = ctx->saved_data["has_bias"].toBool();
     const Edges e(true, has_weight, has_bias);   // the running statistics' edges come after these
@@ -210,15 +211,15 @@ struct BatchNormFunction : torch::autograd::Function<BatchNormFunction> {
                                 ctx->saved_data["training"].toBool(), ctx->saved_data["relu"].toBool(), grad_affine);
     return {needs(ctx, e.index[0]) ? gi : at::Tensor(), has_weight && grad_affine ? gw : at::Tensor(),
             has_bias && grad_affine ? gb : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+            at::Tensor(), at::Tensor()};
   }
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_autograd(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
-    double eps, bool relu) {
-  auto outs = BatchNormFunction::apply(input, weight, bias, running_mean, running_var, training, eps, relu);
+    double momentum, double eps, bool relu) {
+  auto outs = BatchNormFunction::apply(input, weight, bias, running_mean, running_var, training, momentum, eps, relu);
   return {outs[0], outs[1], outs[2], outs[3]};
 }
 

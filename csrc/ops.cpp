@@ -26,13 +26,14 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("max_pool2d_with_indices_backward(Tensor grad_output, Tensor self, int[2] kernel_size, "
         "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode, Tensor indices) -> Tensor");
 
-  // batch_norm (+ fused ReLU). Functional: the running statistics are read (inference), never
-  // written; fastconv.functional.batch_norm updates them from batch_var (training) as torch does.
+  // batch_norm (+ fused ReLU), with aten::native_batch_norm's arguments: the running statistics are
+  // read in inference and, in training, updated in place as torch's kernel does (running = momentum *
+  // batch + (1 - momentum) * running, the batch variance unbiased) unless the input is empty.
   // save_mean/save_invstd are the statistics used (batch or running); batch_var is the biased batch
   // variance in training and empty in inference.
-  m.def("batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
-        "bool training, float eps, bool relu) -> (Tensor out, Tensor save_mean, Tensor save_invstd, "
-        "Tensor batch_var)");
+  m.def("batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, bool training, float momentum, float eps, bool relu) -> (Tensor out, "
+        "Tensor save_mean, Tensor save_invstd, Tensor batch_var)");
   // grad_weight and grad_bias are empty unless grad_affine.
   m.def("batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, Tensor save_mean, "
         "Tensor save_invstd, bool training, bool relu, bool grad_affine) -> (Tensor grad_input, "

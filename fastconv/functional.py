@@ -63,19 +63,9 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
             values *= s
         if values == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
-    out, save_mean, _save_invstd, batch_var = ops.batch_norm(
-        input, weight, bias, running_mean, running_var, bool(training), float(eps), bool(relu))
-    if training and input.numel() > 0 and (running_mean is not None or running_var is not None):
-        # torch's update: running = (1 - momentum) * running + momentum * batch statistic, with the
-        # unbiased variance n / (n - 1) * var.
-        n = input.numel() // input.shape[1]
-        with torch.no_grad():
-            if running_mean is not None:
-                running_mean.mul_(1 - momentum).add_(save_mean.detach().to(running_mean.dtype), alpha=momentum)
-            if running_var is not None:
-                unbiased = batch_var.detach().to(running_var.dtype) * (n / (n - 1))
-                running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
-    return out
+    # In training the op updates the running statistics in place, as torch's kernel does.
+    return ops.batch_norm(input, weight, bias, running_mean, running_var, bool(training), float(momentum), float(eps),
+                          bool(relu))[0]
 
 
 _LINEAR_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

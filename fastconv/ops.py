@@ -125,9 +125,12 @@ def _check_batch_norm_input(x: Tensor, op: str) -> int:
     return x.shape[1]
 
 
-def batch_norm(x: Tensor, weight, bias, running_mean, running_var, training: bool, eps: float, relu: bool):
-    """(out, save_mean, save_invstd, batch_var); see csrc/ops.cpp."""
-    return torch.ops.fastconv.batch_norm.default(x, weight, bias, running_mean, running_var, training, eps, relu)
+def batch_norm(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float,
+               relu: bool):
+    """(out, save_mean, save_invstd, batch_var), the running statistics updated in training; see
+    csrc/ops.cpp."""
+    return torch.ops.fastconv.batch_norm.default(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                                                 relu)
 
 
 def batch_norm_backward(grad_output, x, weight, bias, save_mean, save_invstd, training, relu, grad_affine):
@@ -136,7 +139,7 @@ def batch_norm_backward(grad_output, x, weight, bias, save_mean, save_invstd, tr
 
 
 @torch.library.register_fake("fastconv::batch_norm")
-def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, eps, relu):
+def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, momentum, eps, relu):
     C = _check_batch_norm_input(x, "batch_norm")
     sd = _stat_dtype(x)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_batch_norm_format(x))

@@ -50,14 +50,14 @@ def _batch_norm(device):
         w = torch.rand(C, device=device, requires_grad=True) if affine else None
         b = torch.randn(C, device=device, requires_grad=True) if affine else None
         rm, rv = torch.randn(C, device=device), torch.rand(C, device=device) + 0.5
-        samples.append(((x, w, b, rm, rv, training, 1e-5, relu), {}))
+        samples.append(((x, w, b, rm, rv, training, 0.1, 1e-5, relu), {}))
     return samples
 
 
 def _batch_norm_backward(device):
     samples = []
-    for (x, w, b, rm, rv, training, eps, relu), _ in _batch_norm(device):
-        _, mean, invstd, _ = torch.ops.fastconv.batch_norm(x.detach(), w, b, rm, rv, training, eps, relu)
+    for (x, w, b, rm, rv, training, momentum, eps, relu), _ in _batch_norm(device):
+        _, mean, invstd, _ = torch.ops.fastconv.batch_norm(x.detach(), w, b, rm, rv, training, momentum, eps, relu)
         go = torch.randn_like(x)
         w, b = (w.detach(), b.detach()) if w is not None else (None, None)
         samples.append(((go, x.detach(), w, b, mean.detach(), invstd.detach(), training, relu, w is not None), {}))

@@ -121,6 +121,32 @@ def test_non_contiguous_input(device):
                                    torch.relu(TF.batch_norm(x, rm2, rv2, training=True)))
         torch.testing.assert_close(rv, rv2)
 
+@pytest.mark.parametrize("dtype,stat_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
+                                              (torch.bfloat16, torch.float32), (torch.float16, torch.float16)])
+def test_op_updates_running_stats_as_aten(device, dtype, stat_dtype):
+    """The op itself updates the running statistics in training (strided ones in place through their
+    stride), as aten::native_batch_norm does; not in inference, nor for an empty input."""
+    x = (torch.randn(6, 5, 4, 3, device=device, dtype=torch.float64) * 3 + 2).to(dtype)
+    base = torch.randn(2, 5, device=device, dtype=torch.float64).to(stat_dtype)
+    base[1] = base[1].abs() + 0.5
+    rm, rv = base[0].clone(), base[1].clone()
+    rm_s, rv_s = torch.zeros(5, 2, device=device, dtype=stat_dtype), torch.zeros(5, 2, device=device, dtype=stat_dtype)
+    rm_s[:, 0], rv_s[:, 0] = rm, rv
+    ours_m, ours_v = rm_s[:, 0], rv_s[:, 0]   # stride 2
+    tm, tv = rm.clone(), rv.clone()
+    out, save_mean, _, batch_var = torch.ops.fastconv.batch_norm(x, None, None, ours_m, ours_v, True, 0.3, 1e-5, False)
+    torch.ops.aten.native_batch_norm(x, None, None, tm, tv, True, 0.3, 1e-5)
+    tol = {"atol": 1e-3, "rtol": 1e-3} if stat_dtype == torch.float16 else {}
+    torch.testing.assert_close(ours_m, tm, **tol)
+    torch.testing.assert_close(ours_v, tv, **tol)
+    assert not torch.equal(ours_m, rm) and not torch.equal(ours_v, rv)
+    assert torch.equal(rm_s[:, 1], torch.zeros(5, device=device, dtype=stat_dtype))   # the other column untouched
+    before = (ours_m.clone(), ours_v.clone())
+    torch.ops.fastconv.batch_norm(x, None, None, ours_m, ours_v, False, 0.3, 1e-5, False)
+    torch.ops.fastconv.batch_norm(x[:0], None, None, ours_m, ours_v, True, 0.3, 1e-5, False)
+    assert torch.equal(ours_m, before[0]) and torch.equal(ours_v, before[1])
+
+
 
 @pytest.mark.parametrize("mf", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 def test_large_mean_accuracy(device, mf):
@@ -181,8 +207,8 @@ def test_single_value_per_channel_in_training(device):
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
         F.batch_norm(torch.randn(1, 3, device=device), None, None, training=True)
     with pytest.raises(RuntimeError, match="Expected more than 1 value per channel when training"):
-        torch.ops.fastconv.batch_norm(torch.randn(1, 3, 1, 1, device=device), None, None, None, None, True, 1e-5,
-                                      False)
+        torch.ops.fastconv.batch_norm(torch.randn(1, 3, 1, 1, device=device), None, None, None, None, True, 0.1,
+                                      1e-5, False)
     F.batch_norm(torch.randn(1, 3, device=device), torch.zeros(3, device=device), torch.ones(3, device=device))
 
 

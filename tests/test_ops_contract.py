@@ -62,7 +62,7 @@ CPP_AUTOGRAD = {
     "conv2d": lambda x: torch.ops.fastconv.conv2d(x, torch.randn(4, 3, 3, 3), None, [1, 1], [1, 1], [1, 1], 1, "auto"),
     "max_pool2d_with_indices": lambda x: torch.ops.fastconv.max_pool2d_with_indices(x, [2, 2], [2, 2], [0, 0],
                                                                                     [1, 1], False),
-    "batch_norm": lambda x: torch.ops.fastconv.batch_norm(x, None, None, None, None, True, 1e-5, False),
+    "batch_norm": lambda x: torch.ops.fastconv.batch_norm(x, None, None, None, None, True, 0.1, 1e-5, False),
     "gemm": lambda x: torch.ops.fastconv.gemm(x.flatten(1), torch.randn(192, 5), None, False, False, 1.0, 0.0),
 }
 
@@ -119,7 +119,7 @@ def test_cpp_autograd_mask_follows_which_inputs_need_grad():
     # batch_norm with a weight but no bias, only the weight requiring grad
     w1 = torch.rand(3, dtype=torch.float64, requires_grad=True)
     xx = torch.randn(4, 3, 5, 5, dtype=torch.float64)
-    out = torch.ops.fastconv.batch_norm(xx, w1, None, None, None, True, 1e-5, False)[0]
+    out = torch.ops.fastconv.batch_norm(xx, w1, None, None, None, True, 0.1, 1e-5, False)[0]
     (g,) = torch.autograd.grad(out.square().sum(), w1)
     w2 = w1.detach().clone().requires_grad_(True)
     (g_ref,) = torch.autograd.grad(torch.nn.functional.batch_norm(xx, None, None, w2, None, True).square().sum(), w2)

@@ -74,6 +74,22 @@ at::Tensor stat_tensor(const std::vector<double>& v, at::ScalarType type) {
   return t;
 }
 
+// torch's update of a running statistic in training, in double as its CPU kernel computes it:
+// running = momentum * batch * scale + (1 - momentum) * running, written in place through its stride
+// (scale n / (n - 1) makes the variance unbiased).
+void update_running(const std::optional<at::Tensor>& running, const std::vector<double>& batch, double scale,
+                    double momentum) {
+  if (!running.has_value() || !running->defined()) return;
+  const int64_t stride = running->stride(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running->scalar_type(), "batch_norm", [&] {
+    scalar_t* p = running->data_ptr<scalar_t>();
+    for (size_t c = 0; c < batch.size(); ++c) {
+      scalar_t& r = p[static_cast<int64_t>(c) * stride];
+      r = static_cast<scalar_t>(momentum * batch[c] * scale + (1 - momentum) * static_cast<double>(r));
+    }
+  });
+}
+
 template <typename Acc>
 struct ChannelArrays {
   std::vector<Acc> scale, shift, mean, a, k, b0;
@@ -307,7 +323,8 @@ template <typename T>
 void forward_impl(const at::Tensor& x, at::Tensor& out, const BatchNormShape& s, bool training,
                   const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
                   const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-                  double eps, bool relu, at::Tensor& save_mean, at::Tensor& save_invstd, at::Tensor& batch_var) {
+                  double momentum, double eps, bool relu, at::Tensor& save_mean, at::Tensor& save_invstd,
+                  at::Tensor& batch_var) {
   using Acc = typename BnAcc<T>::type;
   const auto& kern = kernels_for<T>();
   const T* xp = x.data_ptr<T>();
@@ -341,6 +358,9 @@ void forward_impl(const at::Tensor& x, at::Tensor& out, const BatchNormShape& s,
       invstd[c] = bn_invstd(var[c], eps);
     }
     batch_var = stat_tensor(var, s.stat_type);
+    update_running(running_mean, mean, 1.0, momentum);
+    const double n = static_cast<double>(s.count());
+    update_running(running_var, var, n / (n - 1), momentum);
   } else {
     mean = channel_values(running_mean, C, 0);
     const auto rv = channel_values(running_var, C, 1);
@@ -371,7 +391,7 @@ void forward_impl(const at::Tensor& x, at::Tensor& out, const BatchNormShape& s,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
-    double eps, bool relu) {
+    double momentum, double eps, bool relu) {
   const BatchNormShape s =
       check_batch_norm_forward(input, weight, bias, running_mean, running_var, training, eps, kForward);
   at::Tensor out = at::empty(input.sizes(), input.options().memory_format(s.format));
@@ -384,8 +404,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
   const at::Tensor x = input.contiguous(s.format);
   at::Tensor save_mean, save_invstd, batch_var;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), kForward, [&] {
-    forward_impl<scalar_t>(x, out, s, training, weight, bias, running_mean, running_var, eps, relu, save_mean,
-                           save_invstd, batch_var);
+    forward_impl<scalar_t>(x, out, s, training, weight, bias, running_mean, running_var, momentum, eps, relu,
+                           save_mean, save_invstd, batch_var);
   });
   return {out, save_mean, save_invstd, batch_var};
 }

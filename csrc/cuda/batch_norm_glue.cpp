@@ -26,10 +26,18 @@ const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr()
 
 BnCudaShape cuda_shape(const BatchNormShape& s) { return {s.N, s.C, s.S, s.interleaved}; }
 
+// torch's update of a running statistic in training (O(C) glue on the stream): running = momentum *
+// batch * scale + (1 - momentum) * running, in place (scale n / (n - 1) makes the variance unbiased).
+void update_running(const std::optional<at::Tensor>& running, const at::Tensor& batch, double scale,
+                    double momentum) {
+  if (!running.has_value() || !running->defined()) return;
+  running->mul_(1 - momentum).add_(batch.to(running->scalar_type()), momentum * scale);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
-    double eps, bool relu) {
+    double momentum, double eps, bool relu) {
   const BatchNormShape s =
       check_batch_norm_forward(input, weight, bias, running_mean, running_var, training, eps, kForward);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -52,6 +60,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
     C10_CUDA_CHECK(batch_norm_stats(dt, x.data_ptr(), sh, eps, ptr_or_null(w), ptr_or_null(b), ws.data_ptr<double>(),
                                     save_mean.data_ptr(), save_invstd.data_ptr(), batch_var.data_ptr(),
                                     scale.data_ptr(), shift.data_ptr(), stream));
+    update_running(running_mean, save_mean, 1.0, momentum);
+    const double n = static_cast<double>(s.count());
+    update_running(running_var, batch_var, n / (n - 1), momentum);
   } else {
     const at::Tensor rm = as_stat(running_mean, s.stat_type), rv = as_stat(running_var, s.stat_type);
     C10_CUDA_CHECK(batch_norm_prepare(dt, s.C, rm.data_ptr(), rv.data_ptr(), eps, ptr_or_null(w), ptr_or_null(b),
