@@ -91,12 +91,15 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if input.dim() == 0 or input.shape[-1] != weight.shape[1]:
         raise RuntimeError(f"fastconv.linear: expected input with last dimension {weight.shape[1]} "
                            f"(in_features), but got shape {tuple(input.shape)}")
+    beta = 0.0 if bias is None else 1.0
+    if input.dim() == 2:   # no reshapes (two tensor calls, ~3 us of a tiny layer's 22)
+        return ops.gemm(input, weight, bias, False, True, 1.0, beta)
     lead = input.shape[:-1]
     rows = 1
     for n in lead:
         rows *= n
     # rows spelled out: reshape(-1, 0) is ambiguous when in_features is 0 (torch's linear gives the bias)
-    out = ops.gemm(input.reshape(rows, weight.shape[1]), weight, bias, False, True, 1.0, 0.0 if bias is None else 1.0)
+    out = ops.gemm(input.reshape(rows, weight.shape[1]), weight, bias, False, True, 1.0, beta)
     return out.reshape(*lead, weight.shape[0])
 
 
