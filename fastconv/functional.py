@@ -64,8 +64,8 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
         if values == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
     # In training the op updates the running statistics in place, as torch's kernel does.
-    return ops.batch_norm(input, weight, bias, running_mean, running_var, bool(training), float(momentum), float(eps),
-                          bool(relu))[0]
+    return ops.batch_norm(input, weight, bias, running_mean, running_var, bool(training), float(momentum),
+                          float(eps), bool(relu))[0]
 
 
 _LINEAR_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

@@ -125,12 +125,12 @@ def _check_batch_norm_input(x: Tensor, op: str) -> int:
     return x.shape[1]
 
 
-def batch_norm(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum: float, eps: float,
-               relu: bool):
+def batch_norm(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum: float,
+               eps: float, relu: bool):
     """(out, save_mean, save_invstd, batch_var), the running statistics updated in training; see
     csrc/ops.cpp."""
-    return torch.ops.fastconv.batch_norm.default(x, weight, bias, running_mean, running_var, training, momentum, eps,
-                                                 relu)
+    return torch.ops.fastconv.batch_norm.default(x, weight, bias, running_mean, running_var, training,
+                                                 momentum, eps, relu)
 
 
 def batch_norm_backward(grad_output, x, weight, bias, save_mean, save_invstd, training, relu, grad_affine):

@@ -57,7 +57,8 @@ def _batch_norm(device):
 def _batch_norm_backward(device):
     samples = []
     for (x, w, b, rm, rv, training, momentum, eps, relu), _ in _batch_norm(device):
-        _, mean, invstd, _ = torch.ops.fastconv.batch_norm(x.detach(), w, b, rm, rv, training, momentum, eps, relu)
+        _, mean, invstd, _ = torch.ops.fastconv.batch_norm(x.detach(), w, b, rm, rv, training, momentum, eps,
+                                                           relu)
         go = torch.randn_like(x)
         w, b = (w.detach(), b.detach()) if w is not None else (None, None)
         samples.append(((go, x.detach(), w, b, mean.detach(), invstd.detach(), training, relu, w is not None), {}))

@@ -121,8 +121,10 @@ def test_non_contiguous_input(device):
                                    torch.relu(TF.batch_norm(x, rm2, rv2, training=True)))
         torch.testing.assert_close(rv, rv2)
 
+
 @pytest.mark.parametrize("dtype,stat_dtype", [(torch.float32, torch.float32), (torch.float64, torch.float64),
-                                              (torch.bfloat16, torch.float32), (torch.float16, torch.float16)])
+                                              (torch.bfloat16, torch.float32),
+                                              (torch.float16, torch.float16)])
 def test_op_updates_running_stats_as_aten(device, dtype, stat_dtype):
     """The op itself updates the running statistics in training (strided ones in place through their
     stride), as aten::native_batch_norm does; not in inference, nor for an empty input."""
@@ -130,22 +132,21 @@ def test_op_updates_running_stats_as_aten(device, dtype, stat_dtype):
     base = torch.randn(2, 5, device=device, dtype=torch.float64).to(stat_dtype)
     base[1] = base[1].abs() + 0.5
     rm, rv = base[0].clone(), base[1].clone()
-    rm_s, rv_s = torch.zeros(5, 2, device=device, dtype=stat_dtype), torch.zeros(5, 2, device=device, dtype=stat_dtype)
+    rm_s, rv_s = (torch.zeros(5, 2, device=device, dtype=stat_dtype) for _ in range(2))
     rm_s[:, 0], rv_s[:, 0] = rm, rv
     ours_m, ours_v = rm_s[:, 0], rv_s[:, 0]   # stride 2
     tm, tv = rm.clone(), rv.clone()
-    out, save_mean, _, batch_var = torch.ops.fastconv.batch_norm(x, None, None, ours_m, ours_v, True, 0.3, 1e-5, False)
+    torch.ops.fastconv.batch_norm(x, None, None, ours_m, ours_v, True, 0.3, 1e-5, False)
     torch.ops.aten.native_batch_norm(x, None, None, tm, tv, True, 0.3, 1e-5)
     tol = {"atol": 1e-3, "rtol": 1e-3} if stat_dtype == torch.float16 else {}
     torch.testing.assert_close(ours_m, tm, **tol)
     torch.testing.assert_close(ours_v, tv, **tol)
     assert not torch.equal(ours_m, rm) and not torch.equal(ours_v, rv)
-    assert torch.equal(rm_s[:, 1], torch.zeros(5, device=device, dtype=stat_dtype))   # the other column untouched
+    assert torch.equal(rm_s[:, 1], torch.zeros(5, device=device, dtype=stat_dtype))   # the other column
     before = (ours_m.clone(), ours_v.clone())
     torch.ops.fastconv.batch_norm(x, None, None, ours_m, ours_v, False, 0.3, 1e-5, False)
     torch.ops.fastconv.batch_norm(x[:0], None, None, ours_m, ours_v, True, 0.3, 1e-5, False)
     assert torch.equal(ours_m, before[0]) and torch.equal(ours_v, before[1])
-
 
 
 @pytest.mark.parametrize("mf", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
@@ -207,8 +208,8 @@ def test_single_value_per_channel_in_training(device):
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
         F.batch_norm(torch.randn(1, 3, device=device), None, None, training=True)
     with pytest.raises(RuntimeError, match="Expected more than 1 value per channel when training"):
-        torch.ops.fastconv.batch_norm(torch.randn(1, 3, 1, 1, device=device), None, None, None, None, True, 0.1,
-                                      1e-5, False)
+        torch.ops.fastconv.batch_norm(torch.randn(1, 3, 1, 1, device=device), None, None, None, None, True,
+                                      0.1, 1e-5, False)
     F.batch_norm(torch.randn(1, 3, device=device), torch.zeros(3, device=device), torch.ones(3, device=device))
 
 
@@ -320,10 +321,27 @@ def _bad(device):
         ("float64 weight with float32 input", lambda: F.batch_norm(x, None, None, torch.ones(3, device=device,
                                                                                              dtype=torch.float64),
                                                                    training=True), ["weight", "dtype"]),
+        ("running_var requiring grad (as torch, in grad mode)",
+         lambda: F.batch_norm(x, torch.zeros(3, device=device),
+                              torch.ones(3, device=device, requires_grad=True)),
+         ["running_var", "not to require grad"]),
     ]
 
 
-@pytest.mark.parametrize("index", range(7))
+def test_running_stats_requiring_grad_only_refused_in_grad_mode(device):
+    x = torch.randn(2, 3, 4, 4, device=device)
+    for training in (True, False):
+        rm = torch.zeros(3, device=device, requires_grad=True)
+        with pytest.raises(RuntimeError, match="running_mean not to require grad"):
+            F.batch_norm(x, rm, torch.ones(3, device=device), training=training)
+        with pytest.raises(RuntimeError, match="not differentiable"):   # torch's own refusal, for the record
+            TF.batch_norm(x, rm, torch.ones(3, device=device), training=training)
+        with torch.no_grad():   # where torch allows it, so do we
+            F.batch_norm(x, rm, torch.ones(3, device=device), training=training)
+            TF.batch_norm(x, rm, torch.ones(3, device=device), training=training)
+
+
+@pytest.mark.parametrize("index", range(8))
 def test_bad_input_raises_clear_error(device, index):
     name, call, words = _bad(device)[index]
     with pytest.raises(RuntimeError) as info:
