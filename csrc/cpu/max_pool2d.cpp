@@ -34,13 +34,14 @@ constexpr const char* kBackward = "max_pool2d_with_indices_backward";
 // cached anyway, and write-allocate would first read every line they overwrite.
 constexpr size_t kStreamingBytes = size_t(32) << 20;
 
-// Rows (or backward tasks) per parallel task: about 16K units of work each, a unit being one window
-// tap in the forward and one grad_input element in the backward. Against the 32K outputs per task
-// (and one backward task per plane) this replaced, alternating in one process on the Zen 4, a 2x2
-// pool's forward + backward over 8x256x7x7 ran 275 -> 178 us and over 8x64x16x16 247 -> 174 us (both
-// had run their forward on one thread), and over 32x6x8x8 98 -> 89 us (its backward, 6 us of work, no
-// longer split over two threads).
-int64_t task_grain(int64_t work_per_row) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work_per_row)); }
+// Rows (or backward tasks) per parallel task: about 4K units of work each, a unit being one window tap
+// in the forward and one grad_input element in the backward (the grain only decides whether a problem
+// is worth a second thread: at::parallel_for splits a range into one run per thread). Against the 32K
+// outputs per task (and one backward task per plane) this replaced, alternating in one process on the
+// Zen 4, a 2x2 pool's forward + backward over 8x256x7x7 ran 275 -> 178 us and over 8x64x16x16 247 ->
+// 174 us (both had run their forward on one thread); against 16K units, the forward over 32x6x8x8
+// 25.6 -> 18.1 us (torch 19-21) and over 32x16x4x4 31 -> 20.5 us, larger ones unchanged.
+int64_t task_grain(int64_t work_per_row) { return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, work_per_row)); }
 
 template <typename T>
 void forward_scalar(const T* in, T* out, int64_t* idx, const MaxPool2dShape& s, bool nhwc) {
