@@ -362,11 +362,14 @@ void conv2d_depthwise_grad_input(const T* dy, const T* w, const DirectWeightStri
       };
       for (int64_t iw = 0; iw < iw_lo; ++iw) edge(iw);
       if (iw_hi > iw_lo) {   // offsets from the output column that tap j = 0 of input column iw_lo reads
+        // A row's taps from the last j down, so that their offsets rise by dw * C: at dilation 1 they
+        // are then runs that channels_row shares loads along (144@28x28, channels-last, batch 16, Zen
+        // 4: 0.76 -> 0.54 ms; 32@56x56 0.56 -> 0.49).
         int64_t used = 0;
         for (int64_t i = 0; i < g.kh; ++i) {
           const int64_t oh = conv_reader(ih, i, g.sh, g.ph, g.dh, g.out_h);
           if (oh < 0) continue;
-          for (int64_t j = 0; j < g.kw; ++j, ++used) {
+          for (int64_t j = g.kw - 1; j >= 0; --j, ++used) {
             off[used] = (oh * OW - j * g.dw) * C;
             wr[used] = wt.data() + (i * g.kw + j) * C;
           }
