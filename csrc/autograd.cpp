@@ -24,7 +24,6 @@
 #include <optional>
 #include <string>
 #include <tuple>
-#include <utility>
 
 #include "common/checks.h"
 
@@ -224,10 +223,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_autograd(
     double momentum, double eps, bool relu) {
   // As aten::native_batch_norm's autograd: in grad mode a running statistic requiring grad is refused
   // (the op writes it in place and has no gradient for it), in training and inference alike.
-  for (const auto& [t, name] : {std::pair{&running_mean, "running_mean"}, std::pair{&running_var, "running_var"}}) {
-    FC_CHECK(!(at::GradMode::is_enabled() && t->has_value() && (*t)->defined() && (*t)->requires_grad()),
-             "batch_norm", "the running statistics are not differentiable: expected ", name,
-             " not to require grad, but it does");
+  const auto refuse_grad = [](const std::optional<at::Tensor>& t, const char* name) {
+    FC_CHECK(!(t.has_value() && t->defined() && t->requires_grad()), "batch_norm",
+             "the running statistics are not differentiable: expected ", name, " not to require grad, but it does");
+  };
+  if (at::GradMode::is_enabled()) {
+    refuse_grad(running_mean, "running_mean");
+    refuse_grad(running_var, "running_var");
   }
   auto outs = BatchNormFunction::apply(input, weight, bias, running_mean, running_var, training, momentum, eps, relu);
   return {outs[0], outs[1], outs[2], outs[3]};
