@@ -112,7 +112,7 @@ NHWC_CASES = [
     ((2, 3, 19, 17), (40, 3, 7, 7), 2, 3, 1, "im2col"),        # a stem: rows of 7 taps x 3 channels copied
     ((2, 3, 19, 17), (40, 3, 7, 7), 2, 3, 1, "auto"),
     ((2, 6, 9, 8), (10, 3, 3, 3), 1, 1, 2, "direct"),           # 3 channels per group, 5 filters per group
-    ((2, 35, 9, 7), (33, 35, 3, 3), 2, 1, 1, "direct"),         # strided grad_input: taps off the grid
+    ((2, 35, 9, 7), (33, 35, 3, 3), 2, 1, 1, "direct"),         # strided: grad_input by im2col's lowering
     ((1, 3, 6, 5), (70, 3, 3, 3), 1, 2, 1, "direct"),           # 70 filters: several channel blocks
     ((2, 35, 9, 7), (33, 35, 3, 3), 1, 1, 1, "winograd_4x4"),
     ((3, 40, 1, 1), (37, 40, 1, 1), 1, 0, 1, "direct"),         # one pixel: NCHW and NHWC alike
@@ -124,7 +124,8 @@ NHWC_CASES = [
 def test_channels_last_without_copies(cpu_isa, dtype):
     # Forward and every gradient of a channels-last call, in NHWC throughout: no aten::copy_ or clone of
     # an activation in the call, nor of a channels-last weight (im2col packs a contiguous one from a
-    # channels-last copy; direct and Winograd read either in place); values and strides as torch's.
+    # channels-last copy, and so does direct's grad_input with a stride, which is im2col's; direct and
+    # Winograd read either in place); values and strides as torch's.
     for x_shape, w_shape, stride, padding, groups, algorithm in NHWC_CASES:
         g = torch.Generator().manual_seed(3)
         x = torch.randn(x_shape, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -137,7 +138,8 @@ def test_channels_last_without_copies(cpu_isa, dtype):
                 y = torch.ops.fastconv.conv2d(x, w, b, *args, algorithm)
                 grads = torch.ops.fastconv.conv2d_backward(go, x, w, *args, algorithm, [True, True, True])
             copied = [e.input_shapes[0] for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
-            weight_copies = algorithm in ("im2col", "auto") and not w.is_contiguous(memory_format=torch.channels_last)
+            im2col_dx = algorithm in ("im2col", "auto") or (algorithm == "direct" and stride > 1 and groups == 1)
+            weight_copies = im2col_dx and not w.is_contiguous(memory_format=torch.channels_last)
             allowed = [list(w_shape)] if weight_copies else []
             assert all(shape in allowed for shape in copied), (x_shape, w_shape, algorithm, copied)
             ref = torch.ops.aten.convolution_backward(go, x, w, [w_shape[0]], *args[:3], False, [0, 0], groups,
@@ -229,6 +231,36 @@ def test_grad_weight_by_stride_phases_cpu_isas(cpu_isa, dtype):
             assert ref.isnan().any() and torch.equal(dw.isnan(), ref.isnan()), (x_shape, w_shape, mf)
             dw, ref = dw.nan_to_num(), ref.nan_to_num()
         assert_match((dw,), (ref,), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_direct_grad_input_with_a_stride_is_im2cols_cpu_isas(cpu_isa, dtype):
+    # algorithm="direct" computes grad_input by its own kernels only at stride 1 and on depthwise layers
+    # (conv2d.cpp: direct_grad_input_applies): with a stride it is im2col's, bit for bit (NCHW; channels-
+    # last through im2col's NHWC lowering, and its NCHW route for 3 channels), and torch's within
+    # tolerance. At stride 1 its own kernels run: different sums from im2col's. (A depthwise layer's
+    # kernels sum a pixel's few taps as im2col does: no claim on its bits.)
+    cases = [((2, 16, 9, 11), (24, 16, 3, 3), 2, 1, 1, True),
+             ((2, 3, 15, 14), (8, 3, 7, 7), 2, 3, 1, True),
+             ((2, 16, 9, 8), (8, 16, 3, 3), (1, 2), 1, 1, True),
+             ((2, 8, 9, 9), (8, 1, 3, 3), 2, 1, 8, None),             # depthwise: its own kernels
+             ((2, 16, 9, 11), (24, 16, 3, 3), 1, 1, 1, False)]
+    for (x_shape, w_shape, stride, padding, groups, same), mf in itertools.product(
+            cases, (torch.contiguous_format, torch.channels_last)):
+        g = torch.Generator().manual_seed(5)
+        x = torch.randn(x_shape, generator=g, dtype=dtype).contiguous(memory_format=mf)
+        w = torch.randn(w_shape, generator=g, dtype=dtype)
+        args = [list(v) if isinstance(v, tuple) else [v, v] for v in (stride, padding, (1, 1))]
+        go = torch.randn(TF.conv2d(x, w, None, stride, padding, 1, groups).shape, generator=g,
+                         dtype=dtype).contiguous(memory_format=mf)
+        dx = {a: torch.ops.fastconv.conv2d_backward(go, x, w, *args, groups, a, [True, False, False])[0]
+              for a in ("direct", "im2col")}
+        if same is not None:
+            assert torch.equal(dx["direct"], dx["im2col"]) == same, (x_shape, w_shape, stride, mf)
+        ref = torch.ops.aten.convolution_backward(go, x, w, None, *args, False, [0, 0], groups,
+                                                  [True, False, False])[0]
+        assert dx["direct"].stride() == ref.stride(), (x_shape, w_shape, mf)
+        assert_match((dx["direct"],), (ref,), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -823,9 +823,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask);
 
+// Whether algorithm="direct" computes grad_input by its own kernels: the depthwise ones, or the transposed
+// tiles where the stride is 1. With a stride, most of a transposed tile's taps fall between grad_output's
+// pixels (3 of 4 at stride 2) and are multiplies by zero, in a vector over the input channels: ResNet-18's
+// stem (7x7 stride 2, 3 input channels, batch 8, 224 px) took 432 ms, im2col's grad_input 19 and torch's
+// 50; a 3x3 stride-2 layer of 64 -> 128 channels fwd+bwd 0.58x torch. Those run im2col's grad_input (the
+// same sums in another order), as direct's grad_weight always does.
+bool direct_grad_input_applies(const Conv2dShape& s, int64_t elem, bool nhwc) {
+  return depthwise_applies(s, elem, nhwc) || (s.g.sh == 1 && s.g.sw == 1);
+}
+
 // The backward pass of a channels-last call on channels-last input (conv2d_nhwc.h, conv2d_winograd.h,
 // conv2d_direct_kernels.h): every gradient in NHWC without copies, but Winograd's grad_input where it
-// declines (non-finite values), which runs im2col's through NCHW.
+// declines (non-finite values), which runs im2col's through NCHW, and im2col's where its NHWC lowering
+// does not apply (conv2d_nhwc_applies).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Tensor& grad_output,
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask) {
@@ -835,8 +846,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
   const auto finite_dy = [&] { return dy_finite.has_value() ? *dy_finite : *(dy_finite = all_finite(dy)); };
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
              db = at::empty({0}, input.options());
-  bool dx_done = !output_mask[0] || s.algorithm == Conv2dAlgorithm::im2col;   // im2col's below
-  if (!dx_done && s.algorithm == Conv2dAlgorithm::direct) {
+  // im2col's grad_input: asked for, or direct's where its kernels do not pay; in NHWC below where its
+  // lowering applies, else through the NCHW route
+  Conv2dShape s_im2col = s;
+  s_im2col.algorithm = Conv2dAlgorithm::im2col;
+  const bool direct = s.algorithm == Conv2dAlgorithm::direct;
+  const bool direct_own = direct && direct_grad_input_applies(s, input.element_size(), true);
+  const bool as_im2col = s.algorithm == Conv2dAlgorithm::im2col || (direct && !direct_own);
+  const bool im2col_nhwc = as_im2col && conv2d_nhwc_applies(input, s_im2col);
+  bool dx_done = !output_mask[0] || im2col_nhwc;
+  if (!dx_done && direct_own) {
     dx = at::empty(input.sizes(), input.options().memory_format(cl));
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
       conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
@@ -844,7 +863,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
     });
     dx_done = true;
   }
-  Conv2dShape s_nchw = s;   // for the NCHW route: im2col's where Winograd declined
+  Conv2dShape s_nchw = as_im2col ? s_im2col : s;   // for the NCHW route: im2col's where Winograd declined
   if (!dx_done && winograd_tile(s.algorithm) != 0) {
     dx = at::empty(input.sizes(), input.options().memory_format(cl));
     dx_done = dx.numel() == 0 ||
@@ -861,11 +880,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
     conv2d_winograd_grad_weight(input, dy, dw, s, dw_m);
   }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-    if (output_mask[0] && s.algorithm == Conv2dAlgorithm::im2col) {
+    if (output_mask[0] && im2col_nhwc) {
       dx = at::empty(input.sizes(), input.options().memory_format(cl));
       const at::Tensor w = weight.contiguous(cl);   // read in place when the weight is channels-last
       conv2d_nhwc_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight, w.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
-                                       s);
+                                       s_im2col);
     }
     if (output_mask[1] && !winograd_dw) {
       dw = at::empty(weight.sizes(), weight.options().memory_format(cl));
@@ -937,7 +956,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
       // Winograd reads the weight through its strides; declined (non-finite values), im2col's below.
       const bool winograd = dx.numel() > 0 && winograd_tile(s.algorithm) != 0 && finite_dy() &&
                             conv2d_winograd_grad_input(dy, weight, dx, s, winograd_tile(s.algorithm));
-      if (!winograd && dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct) {
+      if (!winograd && dx.numel() > 0 && s.algorithm == Conv2dAlgorithm::direct &&
+          direct_grad_input_applies(s, input.element_size(), false)) {
         conv2d_direct_grad_input<scalar_t>(dy.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), direct_strides(weight),
                                            dx.data_ptr<scalar_t>(), s, false);
       } else if (!winograd && dx.numel() > 0) {
