@@ -138,7 +138,8 @@ def test_channels_last_without_copies(cpu_isa, dtype):
                 y = torch.ops.fastconv.conv2d(x, w, b, *args, algorithm)
                 grads = torch.ops.fastconv.conv2d_backward(go, x, w, *args, algorithm, [True, True, True])
             copied = [e.input_shapes[0] for e in prof.events() if e.name in ("aten::copy_", "aten::clone")]
-            im2col_dx = algorithm in ("im2col", "auto") or (algorithm == "direct" and stride > 1 and groups == 1)
+            strided_direct = algorithm == "direct" and stride > 1 and groups == 1
+            im2col_dx = algorithm in ("im2col", "auto") or strided_direct
             weight_copies = im2col_dx and not w.is_contiguous(memory_format=torch.channels_last)
             allowed = [list(w_shape)] if weight_copies else []
             assert all(shape in allowed for shape in copied), (x_shape, w_shape, algorithm, copied)
