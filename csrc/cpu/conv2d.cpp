@@ -823,16 +823,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nchw(const at::Te
                                                                     const at::Tensor& input, const at::Tensor& weight,
                                                                     const Conv2dShape& s, std::array<bool, 3> output_mask);
 
-// Whether algorithm="direct" computes grad_input by its own kernels: the depthwise ones, or the transposed
-// tiles where the stride is 1. With a stride, most of a transposed tile's taps fall between grad_output's
-// pixels (3 of 4 at stride 2) and are multiplies by zero, in a vector over the input channels: ResNet-18's
-// stem (7x7 stride 2, 3 input channels, batch 8, 224 px) took 432 ms, im2col's grad_input 19 and torch's
-// 50; a 3x3 stride-2 layer of 64 -> 128 channels fwd+bwd 0.58x torch. Those run im2col's grad_input (the
-// same sums in another order), as direct's grad_weight always does.
-bool direct_grad_input_applies(const Conv2dShape& s, int64_t elem, bool nhwc) {
-  return depthwise_applies(s, elem, nhwc) || (s.g.sh == 1 && s.g.sw == 1);
-}
-
 // The backward pass of a channels-last call on channels-last input (conv2d_nhwc.h, conv2d_winograd.h,
 // conv2d_direct_kernels.h): every gradient in NHWC without copies, but Winograd's grad_input where it
 // declines (non-finite values), which runs im2col's through NCHW, and im2col's where its NHWC lowering
@@ -846,8 +836,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_nhwc(const at::Te
   const auto finite_dy = [&] { return dy_finite.has_value() ? *dy_finite : *(dy_finite = all_finite(dy)); };
   at::Tensor dx = at::empty({0}, input.options()), dw = at::empty({0}, input.options()),
              db = at::empty({0}, input.options());
-  // im2col's grad_input: asked for, or direct's where its kernels do not pay; in NHWC below where its
-  // lowering applies, else through the NCHW route
+  // im2col's grad_input: asked for, or direct's where its kernels do not pay (direct_grad_input_applies);
+  // in NHWC below where its lowering applies, else through the NCHW route
   Conv2dShape s_im2col = s;
   s_im2col.algorithm = Conv2dAlgorithm::im2col;
   const bool direct = s.algorithm == Conv2dAlgorithm::direct;

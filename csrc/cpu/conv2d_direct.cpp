@@ -178,9 +178,15 @@ void conv2d_direct_forward(const T* x, const T* w, const DirectWeightStrides& ws
   run_tiles<T>(kern, packed.data_ptr<T>(), o, s.batch, s.groups, kg, cg, taps, tap);
 }
 
+bool direct_grad_input_applies(const Conv2dShape& s, int64_t elem, bool nhwc) {
+  return depthwise_applies(s, elem, nhwc) || (s.g.sh == 1 && s.g.sw == 1);
+}
+
 template <typename T>
 void conv2d_direct_grad_input(const T* dy, const T* w, const DirectWeightStrides& ws, T* dx, const Conv2dShape& s,
                               bool nhwc) {
+  TORCH_INTERNAL_ASSERT(direct_grad_input_applies(s, sizeof(T), nhwc),
+                        "conv2d_direct_grad_input: a strided layer's grad_input is im2col's");
   if (depthwise_applies(s, sizeof(T), nhwc)) return conv2d_depthwise_grad_input(dy, w, ws, dx, s, nhwc);
   const auto& g = s.g;
   const auto& kern = kernels_for<T>();

@@ -9,10 +9,11 @@
 //             pixel that tap t of output pixel m reads;
 // grad_input: positions = input pixels, v = input channels, r = output channels, src = the output
 //             pixel whose tap t reads input pixel m (grad_output there).
-// A tap that falls outside the image (padding, or for grad_input a stride that skips the pixel)
-// points at a block of zeros as long as one image group of the source, so every tile runs the same
-// loop and nothing is ever copied or padded (the zeros come from calloc: untouched pages of the
-// kernel's shared zero page, or one small block, either way cache-resident).
+// A tap that falls outside the image (padding, or for grad_input a stride that skips the pixel; but
+// see direct_grad_input_applies: grad_input runs here only at stride 1) points at a block of zeros as
+// long as one image group of the source, so every tile runs the same loop and nothing is ever copied
+// or padded (the zeros come from calloc: untouched pages of the kernel's shared zero page, or one
+// small block, either way cache-resident).
 // Per reduction step the kernel loads NR/lanes weight vectors, broadcasts MR source values and does
 // MR * NR/lanes fused multiply-adds into accumulators that stay in registers.
 #pragma once
@@ -60,5 +61,14 @@ void conv2d_direct_forward(const T* x, const T* w, const DirectWeightStrides& ws
 template <typename T>
 void conv2d_direct_grad_input(const T* dy, const T* w, const DirectWeightStrides& ws, T* dx, const Conv2dShape& s,
                               bool nhwc);
+
+// Whether algorithm="direct" computes grad_input by its own kernels (conv2d_direct_grad_input, which
+// takes only these): the depthwise ones, or the transposed tiles where the stride is 1. With a stride,
+// most of a transposed tile's taps fall between grad_output's pixels (3 of 4 at stride 2) and multiply
+// zeros, in a vector over the input channels: ResNet-18's stem (7x7 stride 2, 3 input channels, batch
+// 8, 224 px) took 432 ms, im2col's grad_input 19 and torch's 50; a 3x3 stride-2 layer of 64 -> 128
+// channels fwd+bwd 0.58x torch. conv2d.cpp runs im2col's grad_input for those (the same sums in
+// another order), as direct's grad_weight always does.
+bool direct_grad_input_applies(const Conv2dShape& s, int64_t elem, bool nhwc);
 
 }  // namespace fastconv::cpu
