@@ -206,8 +206,11 @@ def test_views_and_dtypes_do_not_share_entries():
     assert fastconv._C.weight_cache_stats()["entries"] == 4
 
 
-def _entry_bytes(c, k):   # F(4x4)'s 36 x k x c transform (float32), about (the entry keeps no copy)
-    return 4 * 36 * c * k
+def _entry_bytes(c, k):
+    # F(4x4)'s 36 x k x c transform (float32), about (the entry keeps no copy): packed as the GEMM's A,
+    # in panels of the micro-tile's height (6 rows on AVX2: 64 outputs take 66 rows).
+    mr = fastconv.build_info()["gemm_blocking"]["mr"]
+    return 4 * 36 * c * ((k + mr - 1) // mr * mr)
 
 
 def test_budget_keeps_part_of_a_model_instead_of_cycling():
