@@ -122,6 +122,26 @@ void pad_plane(const T* plane, const Conv2dGeometry& g, T* dst) {
   std::fill(dst + (g.ph + g.in_h) * wp, dst + hp * wp, T(0));
 }
 
+// Planes [e0, e1) of a bundle into `padded` (plane e: channel e % cg of image e / cg, at x + (e / cg)
+// x_image + (e % cg) H W), each zero-padded as pad_plane pads it. Unpadded planes of one image are one
+// run in x and in the copy, and go as one: plane by plane, the row copies of small images (a 1x1
+// layer's 7x7 planes, 7 runs of 7 values each) cost more than the values they moved.
+template <typename T>
+void pad_planes(const T* x, int64_t x_image, int64_t cg, int64_t e0, int64_t e1, const Conv2dGeometry& g, T* padded) {
+  const int64_t HW = g.in_h * g.in_w;
+  if (g.ph == 0 && g.pw == 0) {
+    for (int64_t e = e0; e < e1;) {
+      const int64_t run = std::min(e1, (e / cg + 1) * cg) - e;   // the rest of image e / cg's planes
+      const T* src = x + e / cg * x_image + e % cg * HW;
+      std::copy(src, src + run * HW, padded + e * HW);
+      e += run;
+    }
+    return;
+  }
+  const int64_t padded_hw = (g.in_h + 2 * g.ph) * (g.in_w + 2 * g.pw);
+  for (int64_t e = e0; e < e1; ++e) pad_plane(x + e / cg * x_image + e % cg * HW, g, padded + e * padded_hw);
+}
+
 // The adjoint of im2col, with the same row-by-row structure: dx[tap of (c, i, j, p)] += cols entry, the
 // entries for positions [p0, p1) of a column row being `ld` apart from one row to the next.
 template <typename T>
@@ -360,9 +380,7 @@ void forward_packed(const T* x, const typename E::Packed* wpacked, const T* bias
     const int64_t part_rows = ((kg + parts - 1) / parts + mr - 1) / mr * mr;
     T* padded = padded_planes_scratch<T>(nb * image_stride);
     const auto pad = [&](int64_t e0, int64_t e1) {   // planes e = b * cg + c
-      for (int64_t e = e0; e < e1; ++e) {
-        pad_plane(x + ((n0 + e / cg) * s.in_channels + grp * cg + e % cg) * HW, g, padded + e * padded_hw);
-      }
+      pad_planes(x + (n0 * s.in_channels + grp * cg) * HW, s.in_channels * HW, cg, e0, e1, g, padded);
     };
     par ? at::parallel_for(0, nb * cg, 1, pad) : pad(0, nb * cg);
     T* og = out + (n0 * s.out_channels + grp * kg) * P_;
@@ -725,7 +743,7 @@ void grad_weight_impl(const T* dy, const T* x, T* dw, const Conv2dShape& s) {
   // row stride ld) into dw_g: planes padded, then per chunk of positions cols^T packed and multiplied.
   const auto lowered_bundle = [&](const T* xb, int64_t nb, const T* dyb, int64_t ld, T* dwg, bool first) {
     T* padded = padded_planes_scratch<T>(nb * cg * padded_hw);
-    for (int64_t e = 0; e < nb * cg; ++e) pad_plane(xb + (e / cg * s.in_channels + e % cg) * HW, g, padded + e * padded_hw);
+    pad_planes(xb, s.in_channels * HW, cg, 0, nb * cg, g, padded);
     const int64_t N = nb * P;
     T* bp = scratch<T>(Scratch::conv_cols, std::min(pos_chunk, N) * n_pad);
     for (int64_t q0 = 0; q0 < N; q0 += pos_chunk) {
