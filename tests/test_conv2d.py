@@ -461,6 +461,7 @@ PACKED_PATHS = [
     ((16, 24, 7, 7), (40, 24, 1, 1), 1, 0),     # 1x1 on small images: bundles of 8 images
     ((11, 12, 6, 5), (10, 6, 1, 1), 2, 0),      # groups: a group's planes per image, a smaller last bundle
     ((7, 6, 9, 9), (10, 6, 3, 3), 1, 0),        # unpadded 3x3: grad_weight's bundles copy whole images too
+    ((1, 20, 5, 5), (30, 20, 1, 1), 1, 0),      # one image on 2 threads: its planes copied in two parts
 ]
 
 
