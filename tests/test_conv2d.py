@@ -66,16 +66,23 @@ def placed_strides(t):
     return [st for st, n in zip(t.stride(), t.shape) if n != 1]
 
 
+def same_strides(a, b, name):
+    # Strides equal to torch's, but for a 1x1 kernel's grad_weight, where torch's own depend on its thread
+    # count (from channels-last input: (C, 1, 1, 1) on one thread, (C, 1, C, C) on two): there only the
+    # strides of dimensions of more than one element, which are all that place an element
+    # (is_contiguous(memory_format=...) and autograd's layout contract skip the others).
+    if name == "grad_weight" and tuple(a.shape[-2:]) == (1, 1):
+        return placed_strides(a) == placed_strides(b)
+    return a.stride() == b.stride()
+
+
 def assert_match(ours, ref, dtype):
     for a, b, name in zip(ours, ref, ("output", "grad_input", "grad_weight", "grad_bias")):
         if b is None:
             assert a is None
             continue
         assert a.shape == b.shape, name
-        # Strides of size-1 dimensions place nothing (is_contiguous(memory_format=...) and autograd's
-        # layout contract skip them), and torch's own vary there with its thread count: a 1x1 kernel's
-        # grad_weight from channels-last input is (C, 1, 1, 1)-strided on one thread, (C, 1, C, C) on two.
-        assert placed_strides(a) == placed_strides(b), f"{name}: memory format differs from torch's"
+        assert same_strides(a, b, name), f"{name}: memory format differs from torch's"
         # float32 sums of thousands of terms round differently in any two summation orders: scale the
         # absolute tolerance with the largest magnitude (float64 stays at the default tolerance).
         tol = {} if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5 * (1 + b.abs().max().item()))
@@ -244,9 +251,9 @@ def test_grad_weight_by_stride_phases_cpu_isas(cpu_isa, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_direct_grad_input_with_a_stride_is_im2cols_cpu_isas(cpu_isa, dtype):
     # algorithm="direct" computes grad_input by its own kernels only at stride 1 and on depthwise layers
-    # (conv2d.cpp: direct_grad_input_applies): with a stride it is im2col's, bit for bit (NCHW; channels-
-    # last through im2col's NHWC lowering, and its NCHW route for 3 channels), and torch's within
-    # tolerance. At stride 1 its own kernels run: different sums from im2col's. (A depthwise layer's
+    # (direct_grad_input_applies, conv2d_direct_kernels.h): with a stride it is im2col's, bit for bit
+    # (NCHW; channels-last through im2col's NHWC lowering, and its NCHW route for 3 channels), and
+    # torch's within tolerance. At stride 1 its own kernels run: different sums from im2col's. (A depthwise layer's
     # kernels sum a pixel's few taps as im2col does: no claim on its bits.)
     cases = [((2, 16, 9, 11), (24, 16, 3, 3), 2, 1, 1, True),
              ((2, 3, 15, 14), (8, 3, 7, 7), 2, 3, 1, True),
