@@ -251,10 +251,10 @@ def test_grad_weight_by_stride_phases_cpu_isas(cpu_isa, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_direct_grad_input_with_a_stride_is_im2cols_cpu_isas(cpu_isa, dtype):
     # algorithm="direct" computes grad_input by its own kernels only at stride 1 and on depthwise layers
-    # (direct_grad_input_applies, conv2d_direct_kernels.h): with a stride it is im2col's, bit for bit
-    # (NCHW; channels-last through im2col's NHWC lowering, and its NCHW route for 3 channels), and
-    # torch's within tolerance. At stride 1 its own kernels run: different sums from im2col's. (A depthwise layer's
-    # kernels sum a pixel's few taps as im2col does: no claim on its bits.)
+    # (direct_grad_input_applies, conv2d_direct.cpp): with a stride it is im2col's, bit for bit (NCHW;
+    # channels-last through im2col's NHWC lowering, and its NCHW route for 3 channels), and torch's
+    # within tolerance. At stride 1 its own kernels run: different sums from im2col's. (A depthwise
+    # layer's kernels sum a pixel's few taps as im2col does: no claim on its bits.)
     cases = [((2, 16, 9, 11), (24, 16, 3, 3), 2, 1, 1, True),
              ((2, 3, 15, 14), (8, 3, 7, 7), 2, 3, 1, True),
              ((2, 16, 9, 8), (8, 16, 3, 3), (1, 2), 1, 1, True),
