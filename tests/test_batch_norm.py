@@ -193,6 +193,35 @@ def test_gradcheck_float64(device, training, relu):
         lambda t: F.batch_norm(t, None, None, None, None, True, relu=relu), (x_cl,))
 
 
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("mf", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_non_finite_input_as_torch(device, mf, relu):
+    """NaN and infinite inputs: in inference the gradient of every other value stays finite and a
+    non-finite value's own gradient is torch's (dy * scale: x does not enter; a NaN output passes the
+    ReLU's gradient, as threshold_backward does); in training the channel (and its running statistics)
+    turns NaN on both sides."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, 5, 6, generator=g).to(device).contiguous(memory_format=mf)
+    x[0, 1, 2, 3], x[1, 1, 0, 0], x[2, 3, 4, 5] = float("nan"), float("inf"), -float("inf")
+    go = torch.randn(x.shape, generator=g).to(device)
+    w, b = torch.randn(4, generator=g).to(device), torch.randn(4, generator=g).to(device)
+    rm, rv = torch.randn(4, generator=g).to(device), (torch.rand(4, generator=g) + 0.5).to(device)
+    for training in (False, True):
+        sides = []
+        for fn in (F.batch_norm, reference):
+            xs, ws, bs = (t.clone().requires_grad_(True) for t in (x, w, b))
+            kw = {"relu": relu} if fn is F.batch_norm else {}
+            args = () if fn is F.batch_norm else (relu,)
+            rms, rvs = rm.clone(), rv.clone()
+            y = fn(xs, rms, rvs, ws, bs, training, 0.1, 1e-5, *args, **kw)
+            y.backward(go)
+            sides.append((y.detach(), xs.grad, ws.grad, bs.grad, rms, rvs))
+        for a, r in zip(*sides):
+            torch.testing.assert_close(a, r, equal_nan=True, atol=1e-5, rtol=1e-5)
+        if not training:
+            assert sides[0][1].isfinite().all()   # torch's too: checked equal above
+
+
 def test_empty_batch(device):
     x = torch.randn(0, 3, 4, 4, device=device, requires_grad=True)
     rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)

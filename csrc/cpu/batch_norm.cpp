@@ -93,8 +93,8 @@ void update_running(const std::optional<at::Tensor>& running, const std::vector<
 template <typename Acc>
 struct ChannelArrays {
   std::vector<Acc> scale, shift, mean, a, k, b0;
-  BnChannelParams<Acc> params(bool relu) const {
-    return {scale.data(), shift.data(), mean.data(), a.data(), k.data(), b0.data(), relu};
+  BnChannelParams<Acc> params(bool relu, bool training = true) const {
+    return {scale.data(), shift.data(), mean.data(), a.data(), k.data(), b0.data(), relu, training};
   }
 };
 
@@ -248,7 +248,7 @@ class HalfByF32 {
     });
   }
 
-  // dx = a * dy + k * (x - mean) + b0 over planar rows [r0, r1) / positions [m0, m1).
+  // dx (bn_grad_input) over planar rows [r0, r1) / positions [m0, m1).
   void grad_input_planar(const T* dy, T* dx, int64_t r0, int64_t r1, const BnChannelParams<float>& p) const {
     line_runs(r0, r1, sh_.S, dy, [&](Bufs& b, int64_t rows, int64_t len, int64_t r, int64_t s0) {
       for (int64_t j = 0; j < rows; ++j) {
@@ -457,7 +457,7 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, co
     ch.k[c] = static_cast<Acc>(k);
     ch.b0[c] = static_cast<Acc>(b0);
   }
-  const auto p = ch.params(relu);
+  const auto p = ch.params(relu, training);
   T* dp = dx.data_ptr<T>();
   elementwise(
       s,

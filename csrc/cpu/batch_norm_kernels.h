@@ -36,10 +36,11 @@ struct BnChannelParams {
   const Acc* scale;       // y = x * scale + shift
   const Acc* shift;
   const Acc* mean;        // backward: x - mean
-  const Acc* a;           // backward: dx = a * g + k * (x - mean) + b0
+  const Acc* a;           // backward: dx = a * g + k * (x - mean) + b0 in training, a * g in inference
   const Acc* k;
   const Acc* b0;
   bool relu;
+  bool training;          // backward: which grad_input formula (common/batch_norm.h's bn_grad_input)
 };
 
 template <typename T>
@@ -59,7 +60,7 @@ struct BnKernels {
                            const BnChannelParams<typename BnAcc<T>::type>& p, double* sum_g, double* sum_gx);
   void (*grad_sums_interleaved)(const T* dy, const T* x, const BnShape& sh, int64_t m0, int64_t m1,
                                 const BnChannelParams<typename BnAcc<T>::type>& p, double* sum_g, double* sum_gx);
-  // dx = a * g + k * (x - mean) + b0
+  // dx = bn_grad_input(...): a * g + k * (x - mean) + b0, or a * g in inference
   void (*grad_input_planar)(const T* dy, const T* x, T* dx, const BnShape& sh, int64_t r0, int64_t r1,
                             const BnChannelParams<typename BnAcc<T>::type>& p);
   void (*grad_input_interleaved)(const T* dy, const T* x, T* dx, const BnShape& sh, int64_t m0, int64_t m1,

@@ -206,13 +206,14 @@ __global__ void finalize_grads(BnCudaShape sh, int64_t B, const double* partial,
 
 template <typename T, typename P>
 __global__ void grad_input_kernel(const T* dy, const T* x, T* dx, BnCudaShape sh, const P* mean, const P* scale,
-                                  const P* shift, const P* coeffs, bool relu) {
+                                  const P* shift, const P* coeffs, bool relu, bool training) {
   const int64_t total = sh.N * sh.C * sh.S;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = channel_of(e, sh);
     const P xv = load<T, P>(x, e);
     const P g = bn_masked_grad<P>(load<T, P>(dy, e), xv, scale[c], shift[c], relu);
-    dx[e] = ::fastconv::convert<T>(coeffs[3 * c] * g + coeffs[3 * c + 1] * (xv - mean[c]) + coeffs[3 * c + 2]);
+    dx[e] = ::fastconv::convert<T>(
+        bn_grad_input<P>(training, g, xv, mean[c], coeffs[3 * c], coeffs[3 * c + 1], coeffs[3 * c + 2]));
   }
 }
 
@@ -258,7 +259,7 @@ cudaError_t backward_t(const void* dy, const void* x, void* dx, const BnCudaShap
                                                               static_cast<P*>(coeffs), static_cast<P*>(gw),
                                                               static_cast<P*>(gb));
   grad_input_kernel<T, P><<<grid_for(sh.N * sh.C * sh.S), kThreads, 0, stream>>>(
-      gp, xp, static_cast<T*>(dx), sh, mp, sp, hp, static_cast<const P*>(coeffs), relu);
+      gp, xp, static_cast<T*>(dx), sh, mp, sp, hp, static_cast<const P*>(coeffs), relu, training);
   return cudaGetLastError();
 }
 
