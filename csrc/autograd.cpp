@@ -165,15 +165,16 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_autograd(const at::Tensor& self, a
 }
 
 // ------------------------------------------------------------------------------------------------
-// batch_norm (+ fused ReLU): the gradients of input and of the affine parameters from the statistics
+// batch_norm (+ fused ReLU or ReLU clamped at relu_max): the gradients of input and of the affine parameters from the statistics
 // the forward used (batch or running); the saved statistics and batch_var are not differentiable.
 // ------------------------------------------------------------------------------------------------
 using BatchNormSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, double, double, bool);
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, double, double, bool,
+    std::optional<double>);
 using BatchNormBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-    const at::Tensor&, const at::Tensor&, bool, bool, bool);
+    const at::Tensor&, const at::Tensor&, bool, bool, bool, std::optional<double>);
 
 std::optional<at::Tensor> present(const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; }
 
@@ -181,13 +182,13 @@ struct BatchNormFunction : torch::autograd::Function<BatchNormFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const std::optional<at::Tensor>& weight,
                                const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& running_mean,
                                const std::optional<at::Tensor>& running_var, bool training, double momentum,
-                               double eps, bool relu) {
+                               double eps, bool relu, std::optional<double> relu_max) {
     static const auto op = find_op<BatchNormSig>("fastconv::batch_norm");
     at::Tensor out, save_mean, save_invstd, batch_var;
     {
       at::AutoDispatchBelowADInplaceOrView below;
       std::tie(out, save_mean, save_invstd, batch_var) =
-          op.call(input, weight, bias, running_mean, running_var, training, momentum, eps, relu);
+          op.call(input, weight, bias, running_mean, running_var, training, momentum, eps, relu, relu_max);
     }
     ctx->mark_non_differentiable({save_mean, save_invstd, batch_var});
     ctx->set_materialize_grads(false);   // no zeros made for the statistics' (absent) gradients
@@ -196,6 +197,7 @@ struct BatchNormFunction : torch::autograd::Function<BatchNormFunction> {
                             save_invstd});
     ctx->saved_data["training"] = training;
     ctx->saved_data["relu"] = relu;
+    ctx->saved_data["relu_max"] = relu_max.has_value() ? c10::IValue(*relu_max) : c10::IValue();
     ctx->saved_data["has_weight"] = has_weight;
     ctx->saved_data["has_bias"] = has_bias;
     return {out, save_mean, save_invstd, batch_var};
@@ -203,24 +205,25 @@ struct BatchNormFunction : torch::autograd::Function<BatchNormFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = find_op<BatchNormBackwardSig>("fastconv::batch_norm_backward");
-    if (!grads[0].defined()) return variable_list(9);
+    if (!grads[0].defined()) return variable_list(10);
     const auto saved = ctx->get_saved_variables();
     const bool has_weight = ctx->saved_data["has_weight"].toBool(), has_bias = ctx->saved_data["has_bias"].toBool();
     const Edges e(true, has_weight, has_bias);   // the running statistics' edges come after these
     const bool grad_affine = needs(ctx, e.index[1]) || needs(ctx, e.index[2]);
     const BackwardOpCall where;
     auto [gi, gw, gb] = op.call(grads[0], saved[0], present(saved[1]), present(saved[2]), saved[3], saved[4],
-                                ctx->saved_data["training"].toBool(), ctx->saved_data["relu"].toBool(), grad_affine);
+                                ctx->saved_data["training"].toBool(), ctx->saved_data["relu"].toBool(), grad_affine,
+                                ctx->saved_data["relu_max"].toOptional<double>());
     return {needs(ctx, e.index[0]) ? gi : at::Tensor(), has_weight && grad_affine ? gw : at::Tensor(),
             has_bias && grad_affine ? gb : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_autograd(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
-    double momentum, double eps, bool relu) {
+    double momentum, double eps, bool relu, std::optional<double> relu_max) {
   // As aten::native_batch_norm's autograd: in grad mode a running statistic requiring grad is refused
   // (the op writes it in place and has no gradient for it), in training and inference alike.
   const auto refuse_grad = [](const std::optional<at::Tensor>& t, const char* name) {
@@ -231,7 +234,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_autograd(
     refuse_grad(running_mean, "running_mean");
     refuse_grad(running_var, "running_var");
   }
-  auto outs = BatchNormFunction::apply(input, weight, bias, running_mean, running_var, training, momentum, eps, relu);
+  auto outs =
+      BatchNormFunction::apply(input, weight, bias, running_mean, running_var, training, momentum, eps, relu, relu_max);
   return {outs[0], outs[1], outs[2], outs[3]};
 }
 

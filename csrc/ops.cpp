@@ -30,14 +30,15 @@ TORCH_LIBRARY(fastconv, m) {
   // read in inference and, in training, updated in place as torch's kernel does (running = momentum *
   // batch + (1 - momentum) * running, the batch variance unbiased) unless the input is empty.
   // save_mean/save_invstd are the statistics used (batch or running); batch_var is the biased batch
-  // variance in training and empty in inference.
+  // variance in training and empty in inference. relu_max (with relu) clamps the ReLU's output:
+  // torch's hardtanh(y, 0, relu_max), ReLU6 at 6; the backward takes the forward's relu and relu_max.
   m.def("batch_norm(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
-        "Tensor(b!)? running_var, bool training, float momentum, float eps, bool relu) -> (Tensor out, "
-        "Tensor save_mean, Tensor save_invstd, Tensor batch_var)");
+        "Tensor(b!)? running_var, bool training, float momentum, float eps, bool relu, float? relu_max=None) -> "
+        "(Tensor out, Tensor save_mean, Tensor save_invstd, Tensor batch_var)");
   // grad_weight and grad_bias are empty unless grad_affine.
   m.def("batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, Tensor save_mean, "
-        "Tensor save_invstd, bool training, bool relu, bool grad_affine) -> (Tensor grad_input, "
-        "Tensor grad_weight, Tensor grad_bias)");
+        "Tensor save_invstd, bool training, bool relu, bool grad_affine, float? relu_max=None) -> "
+        "(Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
 
   // GEMM engine: out = alpha * op(a) @ op(b) + beta * c, op(x) = x^T when trans_x; c (optional) is
   // broadcast to the output's shape, and not read when beta == 0 (as BLAS). float16/bfloat16 a and b

@@ -113,7 +113,7 @@ def _pool(x, k, stride=None, padding=0, dilation=1, ceil_mode=False, channels_la
     return build
 
 
-def _batch_norm(x, training, relu=False, channels_last=False):
+def _batch_norm(x, training, relu=False, channels_last=False, relu_max=None):
     def build(device, dtype):
         g = torch.Generator().manual_seed(0)
         xs = (torch.randn(x, generator=g, dtype=dtype) * 2 + 0.5).to(device)
@@ -126,11 +126,13 @@ def _batch_norm(x, training, relu=False, channels_last=False):
 
         def ours(x, w, b):
             rm, rv = stats["ours"]
-            return F.batch_norm(x, rm, rv, w, b, training, relu=relu), rm, rv
+            return F.batch_norm(x, rm, rv, w, b, training, relu=relu, relu_max=relu_max), rm, rv
 
         def theirs(x, w, b):
             rm, rv = stats["theirs"]
             y = TF.batch_norm(x, rm, rv, w, b, training)
+            if relu_max is not None:
+                return TF.hardtanh(y, 0.0, relu_max), rm, rv
             return (torch.relu(y) if relu else y), rm, rv
         return ours, theirs, [xs, w, b], []
     return build
@@ -215,6 +217,10 @@ CASES += [
     Case("batch_norm train 5@7x1", _batch_norm((3, 5, 7, 1), True), quick=True),
     Case("batch_norm eval 5@7x3", _batch_norm((3, 5, 7, 3), False), quick=True),
     Case("batch_norm train + relu, channels_last 16@9x9", _batch_norm((2, 16, 9, 9), True, True, True), quick=True),
+    Case("batch_norm train + relu6 (relu_max 6), MobileNet-v2 96@28x28", _batch_norm((4, 96, 28, 28), True, True,
+                                                                                     relu_max=6.0)),
+    Case("batch_norm eval + relu_max 1, channels_last 7@5x5", _batch_norm((3, 7, 5, 5), False, True, True, 1.0),
+         quick=True),
     Case(f"linear {R18} fc 512 -> 1000", _linear((32, 512), 1000)),
     Case("linear 3x7x13 -> 5", _linear((3, 7, 13), 5), quick=True),
     Case("LSTM char-LM T=32 B=16 512", _rnn("LSTM", 32, 16, 64, 512)),

@@ -130,13 +130,24 @@ def _convert_children(module: nn.Module, algorithm: str) -> None:
             if fused is not None:
                 setattr(module, name, fused)
             _fuse_known_stem(child)
-    if isinstance(module, nn.Sequential):   # BatchNorm2d then ReLU: one fused module
+    if isinstance(module, nn.Sequential):   # BatchNorm2d then ReLU (or ReLU6): one fused module
         names = list(module._modules)
         for a, b in zip(names, names[1:]):
-            bn, relu = module._modules[a], module._modules[b]
-            if isinstance(bn, fnn.BatchNorm2d) and not bn.relu and type(relu) is nn.ReLU:
-                bn.relu = True
+            bn, act = module._modules[a], module._modules[b]
+            fusable, relu_max = _fusable_relu(act)
+            if isinstance(bn, fnn.BatchNorm2d) and not bn.relu and fusable:
+                bn.relu, bn.relu_max = True, relu_max
                 module._modules[b] = nn.Identity()
+
+
+def _fusable_relu(act: nn.Module) -> tuple[bool, float | None]:
+    """Whether ``act`` is an activation a fused batch norm computes, and its ``relu_max``: ``nn.ReLU``
+    (None), ``nn.ReLU6`` (6.0) and ``nn.Hardtanh(0, m)`` (m >= 0), exactly those types."""
+    if type(act) is nn.ReLU:
+        return True, None
+    if type(act) in (nn.ReLU6, nn.Hardtanh) and act.min_val == 0 and act.max_val >= 0:
+        return True, float(act.max_val)
+    return False, None
 
 
 def convert(model: nn.Module, *, inplace: bool = False, algorithm: str = "auto") -> nn.Module:
@@ -145,7 +156,8 @@ def convert(model: nn.Module, *, inplace: bool = False, algorithm: str = "auto")
     replaced by its fastconv twin carrying the same parameters, buffers and training mode; convolutions
     get ``algorithm``. A ``BatchNorm2d`` followed by an
     ``nn.ReLU`` in an ``nn.Sequential`` becomes one ``BatchNorm2d(relu=True)`` (the ReLU an
-    ``nn.Identity``), and so do the inner pairs of torchvision's ResNet ``BasicBlock`` and
+    ``nn.Identity``), one followed by ``nn.ReLU6`` (or ``nn.Hardtanh(0, m)``) one
+    ``BatchNorm2d(relu=True, relu_max=6.0)`` (or ``m``: MobileNet-v2's pairs), and so do the inner pairs of torchvision's ResNet ``BasicBlock`` and
     ``Bottleneck``, which become :class:`FusedBasicBlock` / :class:`FusedBottleneck` (same submodules
     and state_dict; their forward skips the ReLU calls the fused batch norms now make), as does the
     stem of torchvision's ``ResNet`` (``bn1`` then ``relu``). ReLUs in any other block's forward are

@@ -88,8 +88,9 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """For inference: folds every batch norm whose input is the output of a convolution (and of nothing
     else: the convolution's output has no other use, and neither module is called twice) into that
-    convolution's weight and bias, and replaces it with an ``nn.Identity`` (an ``nn.ReLU`` for
-    fastconv's fused ``BatchNorm2d(relu=True)``). Pairs are found by tracing the model with torch.fx,
+    convolution's weight and bias, and replaces it with an ``nn.Identity`` (the activation it fused for
+    fastconv's ``BatchNorm2d(relu=True)``: ``nn.ReLU``, or ``nn.ReLU6`` / ``nn.Hardtanh(0, m)`` with
+    ``relu_max``). Pairs are found by tracing the model with torch.fx,
     so a batch norm is never paired by its name; a model torch.fx cannot trace raises a RuntimeError
     (fold its traceable parts instead). The model must be in eval mode (the running statistics become
     constants). Batch norms without running statistics, or that do not follow a convolution, are left
@@ -103,6 +104,16 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     for conv_name, bn_name in pairs:
         bn = model.get_submodule(bn_name)
         _fold(model.get_submodule(conv_name), bn)
-        fused_relu = isinstance(bn, fnn.BatchNorm2d) and bn.relu
-        _replace(model, bn_name, nn.ReLU() if fused_relu else nn.Identity())
+        _replace(model, bn_name, _activation_left_behind(bn))
     return model
+
+
+def _activation_left_behind(bn: nn.Module) -> nn.Module:
+    """What a folded batch norm leaves in its place: the activation fastconv's fused ``BatchNorm2d``
+    applied (``nn.ReLU``, ``nn.ReLU6`` for ``relu_max=6``, else ``nn.Hardtanh(0, relu_max)``), or
+    ``nn.Identity``."""
+    if not (isinstance(bn, fnn.BatchNorm2d) and bn.relu):
+        return nn.Identity()
+    if bn.relu_max is None:
+        return nn.ReLU()
+    return nn.ReLU6() if bn.relu_max == 6.0 else nn.Hardtanh(0.0, bn.relu_max)

@@ -46,10 +46,13 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1, c
 
 def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None = None,
                bias: Tensor | None = None, training: bool = False, momentum: float = 0.1, eps: float = 1e-5, *,
-               relu: bool = False) -> Tensor:
+               relu: bool = False, relu_max: float | None = None) -> Tensor:
     """Batch normalisation, as :func:`torch.nn.functional.batch_norm` (input (N, C, *), running
     statistics updated in place in training with ``momentum`` and the unbiased batch variance), on
-    fastconv's kernels. ``relu=True`` applies ReLU in the same pass (forward and backward).
+    fastconv's kernels. ``relu=True`` applies ReLU in the same pass (forward and backward);
+    ``relu_max`` (with ``relu=True``) clamps it there, as ``torch.nn.functional.hardtanh(y, 0, relu_max)``:
+    6.0 gives ReLU6 (MobileNet's activation). The bound is taken in the input's dtype, and the gradient
+    stops where the output is at or beyond either bound, as torch's ``hardtanh_backward``.
 
     Statistics are per-channel shifted sums (shift = the channel's first value): runs of values summed
     in float32, the runs' totals in double, so they stay accurate when the mean is large against the
@@ -65,7 +68,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor |
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
     # In training the op updates the running statistics in place, as torch's kernel does.
     return ops.batch_norm(input, weight, bias, running_mean, running_var, bool(training), float(momentum),
-                          float(eps), bool(relu))[0]
+                          float(eps), bool(relu), None if relu_max is None else float(relu_max))[0]
 
 
 _LINEAR_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

@@ -42,18 +42,24 @@ class MaxPool2d(torch.nn.MaxPool2d):
 
 class BatchNorm2d(torch.nn.BatchNorm2d):
     """:class:`torch.nn.BatchNorm2d` on fastconv's kernels, with ``relu=True`` to fuse the ReLU that
-    usually follows. Same constructor (``bias=False``: an affine weight without a shift, as torch 2.14's),
+    usually follows, and ``relu_max`` (with ``relu=True``) to clamp it there: ``relu_max=6.0`` is
+    ``nn.ReLU6`` (MobileNet's ``BatchNorm2d, ReLU6`` pairs). Same constructor (``bias=False``: an affine weight without a shift, as torch 2.14's),
     parameters, buffers (``num_batches_tracked`` included), state_dict and initialisation as torch's;
     ``momentum=None`` is the cumulative moving average."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device=None, dtype=None, *, bias: bool = True,
-                 relu: bool = False):
+                 relu: bool = False, relu_max: float | None = None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        if relu_max is not None and (not relu or not relu_max >= 0):
+            raise ValueError(f"fastconv.nn.BatchNorm2d: relu_max clamps the fused ReLU, so it needs relu=True and "
+                             f"relu_max >= 0, but got relu={relu}, relu_max={relu_max}")
         self.relu = relu
+        self.relu_max = relu_max
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", relu=True" if self.relu else "")
+        return (super().extra_repr() + (", relu=True" if self.relu else "")
+                + (f", relu_max={self.relu_max}" if self.relu_max is not None else ""))
 
     @_named_errors
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -66,7 +72,8 @@ class BatchNorm2d(torch.nn.BatchNorm2d):
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         track = not self.training or self.track_running_stats
         return F.batch_norm(input, self.running_mean if track else None, self.running_var if track else None,
-                            self.weight, self.bias, use_batch_stats, factor, self.eps, relu=self.relu)
+                            self.weight, self.bias, use_batch_stats, factor, self.eps, relu=self.relu,
+                            relu_max=self.relu_max)
 
 
 class Linear(torch.nn.Linear):

@@ -107,7 +107,7 @@ torch.library.register_autograd(
 
 
 # ------------------------------------------------------------------------------------------------
-# batch_norm (+ fused ReLU)
+# batch_norm (+ fused ReLU, or ReLU clamped at relu_max)
 # ------------------------------------------------------------------------------------------------
 def _stat_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -125,22 +125,32 @@ def _check_batch_norm_input(x: Tensor, op: str) -> int:
     return x.shape[1]
 
 
+def _check_batch_norm_act(relu: bool, relu_max, op: str) -> None:   # common/batch_norm_args.h's checks
+    if relu_max is None:
+        return
+    _check(relu, op, f"relu_max clamps the fused ReLU, so it needs relu=True, but got relu=False with "
+           f"relu_max={relu_max}")
+    _check(relu_max >= 0, op, f"expected relu_max >= 0 (the ReLU's lower bound), but got {relu_max}")
+
+
 def batch_norm(x: Tensor, weight, bias, running_mean, running_var, training: bool, momentum: float,
-               eps: float, relu: bool):
+               eps: float, relu: bool, relu_max: float | None = None):
     """(out, save_mean, save_invstd, batch_var), the running statistics updated in training; see
     csrc/ops.cpp."""
     return torch.ops.fastconv.batch_norm.default(x, weight, bias, running_mean, running_var, training,
-                                                 momentum, eps, relu)
+                                                 momentum, eps, relu, relu_max)
 
 
-def batch_norm_backward(grad_output, x, weight, bias, save_mean, save_invstd, training, relu, grad_affine):
+def batch_norm_backward(grad_output, x, weight, bias, save_mean, save_invstd, training, relu, grad_affine,
+                        relu_max=None):
     return torch.ops.fastconv.batch_norm_backward.default(
-        grad_output, x, weight, bias, save_mean, save_invstd, training, relu, grad_affine)
+        grad_output, x, weight, bias, save_mean, save_invstd, training, relu, grad_affine, relu_max)
 
 
 @torch.library.register_fake("fastconv::batch_norm")
-def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, momentum, eps, relu):
+def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, momentum, eps, relu, relu_max=None):
     C = _check_batch_norm_input(x, "batch_norm")
+    _check_batch_norm_act(relu, relu_max, "batch_norm")
     sd = _stat_dtype(x)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_batch_norm_format(x))
     stat = x.new_empty((C,), dtype=sd)
@@ -148,8 +158,10 @@ def _batch_norm_fake(x, weight, bias, running_mean, running_var, training, momen
 
 
 @torch.library.register_fake("fastconv::batch_norm_backward")
-def _batch_norm_backward_fake(grad_output, x, weight, bias, save_mean, save_invstd, training, relu, grad_affine):
+def _batch_norm_backward_fake(grad_output, x, weight, bias, save_mean, save_invstd, training, relu, grad_affine,
+                              relu_max=None):
     C = _check_batch_norm_input(x, "batch_norm_backward")
+    _check_batch_norm_act(relu, relu_max, "batch_norm_backward")
     affine_dtype = weight.dtype if weight is not None else _stat_dtype(x)
     n = C if grad_affine else 0
     gi = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_batch_norm_format(x))

@@ -51,17 +51,23 @@ def _batch_norm(device):
         b = torch.randn(C, device=device, requires_grad=True) if affine else None
         rm, rv = torch.randn(C, device=device), torch.rand(C, device=device) + 0.5
         samples.append(((x, w, b, rm, rv, training, 0.1, 1e-5, relu), {}))
+    # ReLU clamped (ReLU6's relu_max, a low bound so that values reach it), in training and in inference
+    for training in (True, False):
+        x = torch.randn(4, C, 5, 6, device=device).mul_(4).requires_grad_(True)
+        w, b = torch.rand(C, device=device, requires_grad=True), torch.randn(C, device=device, requires_grad=True)
+        rm, rv = torch.randn(C, device=device), torch.rand(C, device=device) + 0.5
+        samples.append(((x, w, b, rm, rv, training, 0.1, 1e-5, True), {"relu_max": 0.5 if training else 6.0}))
     return samples
 
 
 def _batch_norm_backward(device):
     samples = []
-    for (x, w, b, rm, rv, training, momentum, eps, relu), _ in _batch_norm(device):
+    for (x, w, b, rm, rv, training, momentum, eps, relu), kw in _batch_norm(device):
         _, mean, invstd, _ = torch.ops.fastconv.batch_norm(x.detach(), w, b, rm, rv, training, momentum, eps,
-                                                           relu)
+                                                           relu, **kw)
         go = torch.randn_like(x)
         w, b = (w.detach(), b.detach()) if w is not None else (None, None)
-        samples.append(((go, x.detach(), w, b, mean.detach(), invstd.detach(), training, relu, w is not None), {}))
+        samples.append(((go, x.detach(), w, b, mean.detach(), invstd.detach(), training, relu, w is not None), kw))
     (go, x, w, b, mean, invstd, training, relu, affine), _ = samples[0]
     samples.append(((go.requires_grad_(True), x.requires_grad_(True), w, b, mean, invstd, training, relu, affine), {}))
     return samples

@@ -34,9 +34,21 @@ def _ids(cases):
     return [f"{'x'.join(map(str, s))}-{str(mf).split('.')[-1]}" for s, mf in cases]
 
 
+# The fused activations: none, ReLU, and ReLU clamped at a bound (a `relu` of 0.75 below is
+# relu=True, relu_max=0.75, low enough that many values reach it).
+ACTS = (False, True, 0.75)
+
+
+def act_kwargs(relu):
+    """fastconv's keywords for a `relu` of ACTS."""
+    return {"relu": relu is not False, "relu_max": None if isinstance(relu, bool) else float(relu)}
+
+
 def reference(x, rm, rv, w, b, training, momentum, eps, relu):
     y = TF.batch_norm(x, rm, rv, w, b, training, momentum, eps)
-    return torch.relu(y) if relu else y
+    if isinstance(relu, bool):
+        return torch.relu(y) if relu else y
+    return TF.hardtanh(y, 0.0, relu)
 
 
 def run_steps(device, dtype, shape, mf, *, training, relu, affine, track, steps=3, seed=0, offset=0.0):
@@ -62,7 +74,7 @@ def run_steps(device, dtype, shape, mf, *, training, relu, affine, track, steps=
             x = x.contiguous(memory_format=mf).requires_grad_(True)
             go = torch.randn(shape, generator=gs, dtype=torch.float64).to(device, dtype)
             if fn is F.batch_norm:
-                y = fn(x, rm, rv, w, b, training, 0.1, 1e-5, relu=relu)
+                y = fn(x, rm, rv, w, b, training, 0.1, 1e-5, **act_kwargs(relu))
             else:
                 y = fn(x, rm, rv, w, b, training, 0.1, 1e-5, relu)
             y.backward(go)
@@ -92,7 +104,7 @@ def assert_sides_close(sides, dtype):
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_grid_cpu_isas(cpu_isa_native, case):
     shape, mf = case
-    for training, relu, affine in itertools.product((True, False), (False, True), (True, False)):
+    for training, relu, affine in itertools.product((True, False), ACTS, (True, False)):
         assert_sides_close(run_steps("cpu", torch.float32, shape, mf, training=training, relu=relu, affine=affine,
                                      track=True), torch.float32)
 
@@ -101,13 +113,13 @@ def test_grid_cpu_isas(cpu_isa_native, case):
 @pytest.mark.parametrize("case", CASES[2:5] + CASES[-1:], ids=_ids(CASES[2:5] + CASES[-1:]))
 def test_grid_dtypes(device, dtype, case):
     shape, mf = case
-    for training, relu in itertools.product((True, False), (False, True)):
+    for training, relu in itertools.product((True, False), ACTS):
         assert_sides_close(run_steps(device, dtype, shape, mf, training=training, relu=relu, affine=True,
                                      track=True), dtype)
 
 
 def test_no_running_stats_in_training(device):
-    for relu in (False, True):
+    for relu in ACTS:
         assert_sides_close(run_steps(device, torch.float32, (4, 5, 7, 9), torch.channels_last, training=True,
                                      relu=relu, affine=True, track=False), torch.float32)
 
@@ -174,7 +186,7 @@ def test_large_mean_accuracy(device, mf):
         assert err_ours <= 2 * err_torch + 1e-5, f"{what}: error {err_ours} vs torch's {err_torch}"
 
 
-@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("relu", ACTS)
 @pytest.mark.parametrize("training", [True, False])
 def test_gradcheck_float64(device, training, relu):
     x = torch.randn(3, 4, 5, 2, dtype=torch.float64, device=device, requires_grad=True)
@@ -184,22 +196,46 @@ def test_gradcheck_float64(device, training, relu):
     rv = torch.rand(4, dtype=torch.float64, device=device) + 0.5
 
     def f(x, w, b):
-        return F.batch_norm(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5, relu=relu)
+        return F.batch_norm(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5, **act_kwargs(relu))
 
     assert torch.autograd.gradcheck(f, (x, w, b))
     x_cl = torch.randn(2, 5, 3, 3, dtype=torch.float64, device=device).contiguous(
         memory_format=torch.channels_last).requires_grad_(True)
     assert torch.autograd.gradcheck(
-        lambda t: F.batch_norm(t, None, None, None, None, True, relu=relu), (x_cl,))
+        lambda t: F.batch_norm(t, None, None, None, None, True, **act_kwargs(relu)), (x_cl,))
 
 
-@pytest.mark.parametrize("relu", [False, True])
+class _HardtanhByDefinition(torch.autograd.Function):
+    """hardtanh(y, 0, hi) with hardtanh_backward's rule as torch writes it (grad, or 0 where y <= 0 or
+    y >= hi: a NaN y passes it), which its scalar CPU loop and its CUDA kernel follow; its vectorised
+    CPU loop computes (y > 0) & (y < hi) instead and zeroes NaN lanes, so torch's own CPU result for a
+    NaN depends on where in the tensor it sits (checked: torch 2.14, AVX2)."""
+
+    @staticmethod
+    def forward(ctx, y, hi):
+        ctx.save_for_backward(y)
+        ctx.hi = hi
+        return TF.hardtanh(y, 0.0, hi)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad.masked_fill((y <= 0) | (y >= ctx.hi), 0), None
+
+
+def reference_nan_rule(x, rm, rv, w, b, training, momentum, eps, relu):
+    if isinstance(relu, bool):
+        return reference(x, rm, rv, w, b, training, momentum, eps, relu)
+    return _HardtanhByDefinition.apply(TF.batch_norm(x, rm, rv, w, b, training, momentum, eps), relu)
+
+
+@pytest.mark.parametrize("relu", ACTS)
 @pytest.mark.parametrize("mf", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 def test_non_finite_input_as_torch(device, mf, relu):
     """NaN and infinite inputs: in inference the gradient of every other value stays finite and a
     non-finite value's own gradient is torch's (dy * scale: x does not enter; a NaN output passes the
-    ReLU's gradient, as threshold_backward does); in training the channel (and its running statistics)
-    turns NaN on both sides."""
+    activation's gradient, as threshold_backward and hardtanh_backward's rule do); in training the channel
+    (and its running statistics) turns NaN on both sides."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 4, 5, 6, generator=g).to(device).contiguous(memory_format=mf)
     x[0, 1, 2, 3], x[1, 1, 0, 0], x[2, 3, 4, 5] = float("nan"), float("inf"), -float("inf")
@@ -208,9 +244,9 @@ def test_non_finite_input_as_torch(device, mf, relu):
     rm, rv = torch.randn(4, generator=g).to(device), (torch.rand(4, generator=g) + 0.5).to(device)
     for training in (False, True):
         sides = []
-        for fn in (F.batch_norm, reference):
+        for fn in (F.batch_norm, reference_nan_rule):
             xs, ws, bs = (t.clone().requires_grad_(True) for t in (x, w, b))
-            kw = {"relu": relu} if fn is F.batch_norm else {}
+            kw = act_kwargs(relu) if fn is F.batch_norm else {}
             args = () if fn is F.batch_norm else (relu,)
             rms, rvs = rm.clone(), rv.clone()
             y = fn(xs, rms, rvs, ws, bs, training, 0.1, 1e-5, *args, **kw)
@@ -278,11 +314,11 @@ MODULE_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("relu", [False, True, 6.0, 0.75])
 @pytest.mark.parametrize("options", MODULE_OPTIONS, ids=[str(o) or "defaults" for o in MODULE_OPTIONS])
 def test_module_matches_torch(device, options, relu):
     torch.manual_seed(0)
-    ours = fastconv.nn.BatchNorm2d(5, relu=relu, **options).to(device)
+    ours = fastconv.nn.BatchNorm2d(5, **act_kwargs(relu), **options).to(device)
     ref = torch.nn.BatchNorm2d(5, **options).to(device)
     assert ours.state_dict().keys() == ref.state_dict().keys()
     if ours.affine:
@@ -297,7 +333,8 @@ def test_module_matches_torch(device, options, relu):
         x = torch.randn(4, 5, 6, 7, device=device)
         xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         ya = ours(xa)
-        yb = torch.relu(ref(xb)) if relu else ref(xb)
+        yb = ref(xb)
+        yb = (torch.relu(yb) if relu else yb) if isinstance(relu, bool) else TF.hardtanh(yb, 0.0, relu)
         torch.testing.assert_close(ya, yb)
         go = torch.randn_like(x)
         ya.backward(go)
@@ -311,8 +348,9 @@ def test_module_matches_torch(device, options, relu):
         for (ka, va), (kb, vb) in zip(ours.state_dict().items(), ref.state_dict().items()):
             assert ka == kb
             torch.testing.assert_close(va, vb, msg=f"{ka} after {mode}")
-    assert ("relu=True" in repr(ours)) == relu
-    assert repr(ours).replace(", relu=True", "") == repr(ref)
+    assert ("relu=True" in repr(ours)) == (relu is not False)
+    assert (f"relu_max={relu}" in repr(ours)) == (not isinstance(relu, bool))
+    assert repr(ours).replace(", relu=True", "").replace(f", relu_max={relu}", "") == repr(ref)
     if options.get("bias") is False:   # convert keeps the missing shift
         twin = fastconv.convert(ref)
         assert type(twin) is fastconv.nn.BatchNorm2d and twin.bias is None and twin.weight is not None
@@ -350,6 +388,10 @@ def _bad(device):
         ("float64 weight with float32 input", lambda: F.batch_norm(x, None, None, torch.ones(3, device=device,
                                                                                              dtype=torch.float64),
                                                                    training=True), ["weight", "dtype"]),
+        ("relu_max without relu", lambda: F.batch_norm(x, None, None, training=True, relu_max=6.0),
+         ["relu_max", "relu=True", "relu=False"]),
+        ("negative relu_max", lambda: F.batch_norm(x, None, None, training=True, relu=True, relu_max=-1.0),
+         ["relu_max >= 0", "-1"]),
         ("running_var requiring grad (as torch, in grad mode)",
          lambda: F.batch_norm(x, torch.zeros(3, device=device),
                               torch.ones(3, device=device, requires_grad=True)),
@@ -370,7 +412,7 @@ def test_running_stats_requiring_grad_only_refused_in_grad_mode(device):
             TF.batch_norm(x, rm, torch.ones(3, device=device), training=training)
 
 
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(10))
 def test_bad_input_raises_clear_error(device, index):
     name, call, words = _bad(device)[index]
     with pytest.raises(RuntimeError) as info:
@@ -379,6 +421,57 @@ def test_bad_input_raises_clear_error(device, index):
     assert "fastconv::batch_norm" in msg, msg
     for w in words:
         assert w in msg, f"{name}: {w!r} missing from: {msg}"
+
+
+def test_bad_activation_refused_by_fake_kernel_and_module():
+    x = torch.empty(2, 3, 4, 4, device="meta")
+    for relu, relu_max, words in ((False, 6.0, "needs relu=True"), (True, -0.5, "relu_max >= 0")):
+        with pytest.raises(RuntimeError, match=words):
+            torch.ops.fastconv.batch_norm(x, None, None, None, None, True, 0.1, 1e-5, relu, relu_max)
+        with pytest.raises(RuntimeError, match=words):
+            torch.ops.fastconv.batch_norm_backward(x, x, None, None, x.new_empty(3), x.new_empty(3), True, relu,
+                                                   False, relu_max)
+        with pytest.raises(ValueError, match="relu_max clamps the fused ReLU"):
+            fastconv.nn.BatchNorm2d(3, relu=relu, relu_max=relu_max)
+
+
+def _half_bound_cases(dtype):
+    """(input value, bias, activation) where the output in `dtype` lands on a bound only after rounding:
+    inference with mean 0, invstd about 1 and weight 1, so y = x + bias in float32."""
+    six = torch.tensor(6.0, dtype=dtype).item()
+    cases = [(six, -d, 6.0) for d in (0.0, 1e-3, 3e-3, 1e-2, 2e-2)]   # just below 6: rounds to 6 or not
+    tiny = 2.0 ** -25 if dtype == torch.float16 else 2.0 ** -134     # half of the least subnormal: rounds to 0
+    one = torch.tensor(1e-3, dtype=dtype).item()
+    cases += [(one, -one + f * tiny, act) for f in (0.5, 1.0, 1.5, 3.0) for act in (True, 6.0)]
+    return cases
+
+
+def _check_half_bounds(device, dtype):
+    """The activation's gradient is judged on the output rounded to its dtype, as torch's (which
+    applies ReLU / ReLU6 to the rounded batch-norm output): y just below 6 that rounds to 6 stops it,
+    a positive y that rounds to 0 too."""
+    for value, bias, act in _half_bound_cases(dtype):
+        x = torch.full((2, 3, 4, 4), value, dtype=dtype, device=device)
+        rm, rv = torch.zeros(3, device=device), torch.full((3,), 1 - 1e-5, device=device)
+        w, b = torch.ones(3, device=device), torch.full((3,), bias, device=device)
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ya = F.batch_norm(xa, rm, rv, w, b, False, 0.1, 1e-5, **act_kwargs(act))
+        yb = reference(xb, rm, rv, w, b, False, 0.1, 1e-5, act)
+        ya.backward(torch.ones_like(x))
+        yb.backward(torch.ones_like(x))
+        assert torch.equal(ya, yb), (value, bias, act)
+        assert torch.equal(xa.grad, xb.grad), (value, bias, act, ya.flatten()[0].item())
+    return True
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_activation_gradient_judged_on_rounded_output(device, dtype):
+    assert _check_half_bounds(device, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_activation_bounds_every_isa(cpu_isa_native, dtype):
+    assert _check_half_bounds("cpu", dtype)
 
 
 def test_double_backward_says_it_is_not_implemented():
@@ -399,6 +492,6 @@ HALF_RUN_CASES = [((3, 5, 52, 50), torch.contiguous_format), ((2, 2100, 2, 2), t
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_half_runs_every_isa(cpu_isa_native, dtype):
     for shape, mf in HALF_RUN_CASES:
-        for training, relu in itertools.product((True, False), (False, True)):
+        for training, relu in itertools.product((True, False), ACTS):
             assert_sides_close(run_steps("cpu", dtype, shape, mf or torch.contiguous_format, training=training,
                                          relu=relu, affine=True, track=True, steps=1, offset=3.0), dtype)

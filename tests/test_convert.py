@@ -61,6 +61,34 @@ def test_sequential_fuses_batch_norm_and_relu():
     assert isinstance(model[5], fnn.BatchNorm2d) and not model[5].relu   # no ReLU after it
 
 
+def test_sequential_fuses_batch_norm_and_clamped_relu():
+    """nn.ReLU6 and nn.Hardtanh(0, m) after a BatchNorm2d fuse as relu_max; other bounds, subclasses and
+    a ReLU6 after anything but a batch norm stay as they are. The fused model computes what torch's does."""
+    class MyReLU6(nn.ReLU6):
+        pass
+
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU6(inplace=True),
+                        nn.Conv2d(6, 6, 1), nn.BatchNorm2d(6), nn.Hardtanh(0.0, 0.5),
+                        nn.BatchNorm2d(6), nn.Hardtanh(-1.0, 1.0), nn.BatchNorm2d(6), MyReLU6(),
+                        nn.ReLU6())
+    ours = fastconv.convert(ref)
+    assert ours[1].relu and ours[1].relu_max == 6.0 and isinstance(ours[2], nn.Identity)
+    assert ours[4].relu and ours[4].relu_max == 0.5 and isinstance(ours[5], nn.Identity)
+    assert not ours[6].relu and type(ours[7]) is nn.Hardtanh        # a lower bound other than 0
+    assert not ours[8].relu and type(ours[9]) is MyReLU6             # a subclass: its forward is unknown
+    assert type(ours[10]) is nn.ReLU6                                # after a ReLU6, not a batch norm
+    x = torch.randn(4, 3, 6, 6) * 3
+    for mode in (True, False):
+        ref.train(mode), ours.train(mode)
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ya, yb = ours(xa), ref(xb)
+        torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+        go = torch.randn_like(ya)
+        ya.backward(go), yb.backward(go)
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_original_untouched_or_shared_inplace():
     torch.manual_seed(0)
     ref = _small_cnn().eval()

@@ -53,6 +53,22 @@ def test_sequential_with_and_without_conv_bias(device):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_fused_clamped_relu_left_behind(device):
+    torch.manual_seed(0)
+    model = nn.Sequential(fastconv.nn.Conv2d(3, 8, 3, padding=1), fastconv.nn.BatchNorm2d(8, relu=True, relu_max=6.0),
+                          fastconv.nn.Conv2d(8, 4, 1), fastconv.nn.BatchNorm2d(4, relu=True, relu_max=0.5)).to(device)
+    x = torch.randn(2, 3, 7, 7, device=device) * 4
+    _warm_statistics(model, x)
+    with torch.no_grad():
+        want = model(x)
+        folded = fastconv.fold_batchnorm(model)
+        got = folded(x)
+    assert type(folded[1]) is nn.ReLU6
+    assert type(folded[3]) is nn.Hardtanh and (folded[3].min_val, folded[3].max_val) == (0.0, 0.5)
+    assert (want == 0.5).any() and (want == 0).any()   # both bounds were reached
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_training_mode_is_refused():
     with pytest.raises(ValueError, match="training mode"):
         fastconv.fold_batchnorm(nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)))

@@ -1,7 +1,8 @@
 """fastconv.convert on torchvision's own models (random initialisation built in the test, nothing
 downloaded): ResNet-18, VGG-11 with batch norm, MobileNet-v2 and SqueezeNet 1.1. The converted model
 computes what the original does in eval, through a training step (loss, every gradient, running
-stats), and under torch.compile; ResNet blocks get their inner batch norm + ReLU pairs fused."""
+stats), and under torch.compile; ResNet blocks get their inner batch norm + ReLU pairs fused, MobileNet's
+batch norm + ReLU6 pairs too."""
 
 from __future__ import annotations
 
@@ -106,3 +107,13 @@ def test_unknown_blocks_keep_their_relus():
 
     converted = fastconv.convert(Block())
     assert type(converted) is Block and not converted.bn1.relu
+
+
+def test_mobilenet_relu6_pairs_fuse():
+    ref, ours, _ = _build("mobilenet_v2", "cpu", torch.float32)
+    relu6 = sum(type(m) is nn.ReLU6 for m in ref.modules())
+    clamped = [m for m in ours.modules() if isinstance(m, fnn.BatchNorm2d) and m.relu_max is not None]
+    assert relu6 == 35 and len(clamped) == relu6   # every Conv2dNormActivation's BatchNorm2d, ReLU6
+    assert all(m.relu and m.relu_max == 6.0 for m in clamped)
+    assert not any(type(m) is nn.ReLU6 for m in ours.modules())
+    assert ours.state_dict().keys() == ref.state_dict().keys()

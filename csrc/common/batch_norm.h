@@ -4,14 +4,14 @@
 //   training:  mean = E[x], var = E[(x - mean)^2] (biased), invstd = 1 / sqrt(var + eps)
 //   inference: mean = running_mean, invstd = 1 / sqrt(running_var + eps)
 //   y = (x - mean) * invstd * w + b  =  x * scale + shift,  scale = w * invstd,  shift = b - mean * scale
-//   with relu: y = max(y, 0)
+//   with relu: y = max(y, 0); with relu and relu_max: y = min(max(y, 0), hi) (torch's hardtanh(y, 0, hi),
+//   ReLU6 at hi = 6; hi is relu_max in the output's dtype)
 // The statistics are shifted sums: with K the channel's first value, S1 = sum(x - K) and
 // S2 = sum((x - K)^2) give mean = K + S1/M and var = S2/M - (S1/M)^2 without the cancellation of
 // E[x^2] - E[x]^2 when |mean| >> spread (K is a sample, so S1/M is of the order of the spread).
 //
-// Backward, with g = dy, zeroed where y <= 0 under relu (NaN passes, as in torch), where y is recomputed
-// from x exactly as the forward computed it (same scale, shift and expression, so the mask matches bit
-// for bit):
+// Backward, with g = dy zeroed where the activation's gradient is 0 (bn_masked_grad), y recomputed from x
+// exactly as the forward computed it (same scale, shift and expression, so the mask matches bit for bit):
 //   grad_bias   = sum(g)                    grad_weight = invstd * sum(g * (x - mean))
 //   training:   dx = scale * (g - sum(g)/M - (x - mean) * invstd^2 * sum(g * (x - mean))/M)
 //   inference:  dx = scale * g
@@ -26,19 +26,39 @@
 
 namespace fastconv {
 
-// The normalised, affine-transformed (and optionally rectified) value. Every kernel, forward and
-// backward, CPU and CUDA, goes through this one expression. ReLU keeps NaN, as torch.relu does.
+// The activation fused after the normalisation.
+enum class BnActKind : int { none, relu, relu_max };
+
+// Its parameters in the accumulator type. hi: the clamp's bound (relu_max only). The gradient stops
+// where torch's threshold_backward (ReLU: y <= 0) or hardtanh_backward (clamped: y <= 0 or y >= hi)
+// stops it, judged on the output in its own dtype, so a NaN output lets it through. grad_lo and
+// grad_hi restate those bounds for the unrounded y the kernels recompute: 0 and hi for float and
+// double output; for float16/bfloat16 output the float values at which the rounded output reaches 0
+// and hi (bn_act_params in common/batch_norm_args.h).
 template <typename Acc>
-FC_HD Acc bn_apply(Acc x, Acc scale, Acc shift, bool relu) {
+struct BnActParams {
+  BnActKind kind;
+  Acc hi, grad_lo, grad_hi;
+};
+
+// The normalised, affine-transformed and activated value. Every kernel, forward and backward, CPU and
+// CUDA, goes through this one expression. NaN stays NaN, as in torch.relu and torch.clamp.
+template <typename Acc>
+FC_HD Acc bn_apply(Acc x, Acc scale, Acc shift, const BnActParams<Acc>& act) {
   const Acc y = x * scale + shift;
-  return (relu && y < Acc(0)) ? Acc(0) : y;
+  if (act.kind != BnActKind::none && y < Acc(0)) return Acc(0);
+  if (act.kind == BnActKind::relu_max && y > act.hi) return act.hi;
+  return y;
 }
 
-// The gradient that reaches the normalisation: dy, or 0 where the fused ReLU's output is not positive.
-// torch's threshold_backward rule on the ReLU's result (y <= 0 ? 0 : grad), so a NaN output passes it.
+// The gradient that reaches the normalisation: dy, or 0 where the activation's gradient is 0 (see
+// BnActParams).
 template <typename Acc>
-FC_HD Acc bn_masked_grad(Acc dy, Acc x, Acc scale, Acc shift, bool relu) {
-  return (relu && x * scale + shift <= Acc(0)) ? Acc(0) : dy;
+FC_HD Acc bn_masked_grad(Acc dy, Acc x, Acc scale, Acc shift, const BnActParams<Acc>& act) {
+  if (act.kind == BnActKind::none) return dy;
+  const Acc y = x * scale + shift;
+  const bool stop = y <= act.grad_lo || (act.kind == BnActKind::relu_max && y >= act.grad_hi);
+  return stop ? Acc(0) : dy;
 }
 
 // grad_input from the masked gradient g: with the batch statistics' terms in training, dy's alone in

@@ -4,7 +4,14 @@
 
 #include <ATen/ATen.h>
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
 #include <optional>
+#include <type_traits>
 
 #include "common/batch_norm.h"
 #include "common/checks.h"
@@ -48,6 +55,71 @@ inline BatchNormShape batch_norm_shape(const at::Tensor& input, const char* op) 
   s.interleaved = input.dim() == 2 || s.format != at::MemoryFormat::Contiguous;
   s.stat_type = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   return s;
+}
+
+// The fused activation's kind from the ops' relu and relu_max arguments, checked: relu_max clamps the
+// ReLU, and is at least its lower bound (torch's hardtanh(y, 0, relu_max) needs max_val >= min_val).
+inline BnActKind batch_norm_act_kind(bool relu, const std::optional<double>& relu_max, const char* op) {
+  if (!relu_max.has_value()) return relu ? BnActKind::relu : BnActKind::none;
+  FC_CHECK(relu, op, "relu_max clamps the fused ReLU, so it needs relu=True, but got relu=False with relu_max=",
+           *relu_max);
+  FC_CHECK(*relu_max >= 0, op, "expected relu_max >= 0 (the ReLU's lower bound), but got ", *relu_max);
+  return BnActKind::relu_max;
+}
+
+namespace detail {
+
+inline float float_of_bits(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+// The least float f >= 0 whose rounding to T is at least v (v >= 0, a value of T), by bisection over
+// the bit patterns of the non-negative floats, which order as their values (rounding is monotone).
+template <typename T>
+float least_rounding_to_at_least(float v) {
+  uint32_t lo = 0, hi = 0x7f800000u;   // 0 and +inf; +inf rounds to +inf >= v
+  if (static_cast<float>(T(0.0f)) >= v) return 0.0f;
+  while (hi - lo > 1) {   // rounding(lo) < v <= rounding(hi)
+    const uint32_t mid = lo + (hi - lo) / 2;
+    (static_cast<float>(T(float_of_bits(mid))) >= v ? hi : lo) = mid;
+  }
+  return float_of_bits(hi);
+}
+
+template <typename T>
+void half_act_bounds(BnActParams<float>& act, double relu_max) {
+  act.hi = static_cast<float>(T(static_cast<float>(relu_max)));   // torch's max_val in the tensor's dtype
+  // rounded output <= 0 exactly where y <= the float below the least one rounding to T's least positive value
+  const float least_positive = static_cast<float>(std::numeric_limits<T>::denorm_min());
+  uint32_t b;
+  const float up = least_rounding_to_at_least<T>(least_positive);
+  std::memcpy(&b, &up, sizeof b);
+  act.grad_lo = float_of_bits(b - 1);
+  act.grad_hi = least_rounding_to_at_least<T>(act.hi);
+}
+
+}  // namespace detail
+
+// The activation's parameters for an output of dtype `out` in the kernels' accumulator type (see
+// BnActParams in common/batch_norm.h).
+template <typename Acc>
+BnActParams<Acc> bn_act_params(BnActKind kind, const std::optional<double>& relu_max, at::ScalarType out) {
+  BnActParams<Acc> act{kind, Acc(0), Acc(0), Acc(0)};
+  const double hi = relu_max.value_or(0.0);
+  if constexpr (std::is_same_v<Acc, float>) {
+    if (out == at::kHalf) {
+      detail::half_act_bounds<c10::Half>(act, hi);
+      return act;
+    }
+    if (out == at::kBFloat16) {
+      detail::half_act_bounds<c10::BFloat16>(act, hi);
+      return act;
+    }
+  }
+  act.hi = act.grad_hi = static_cast<Acc>(hi);
+  return act;
 }
 
 // All checks of fastconv::batch_norm's arguments (the empty-input and one-value cases are the glue's).

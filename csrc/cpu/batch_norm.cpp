@@ -1,8 +1,8 @@
 // CPU glue for fastconv::batch_norm and fastconv::batch_norm_backward.
 //
 // Passes over the data (M = N * spatial values per channel):
-//   training forward   statistics (one read of x), normalise + ReLU (one read, one write)
-//   inference forward  normalise + ReLU (one read, one write)
+//   training forward   statistics (one read of x), normalise + activation (one read, one write)
+//   inference forward  normalise + activation (one read, one write)
 //   training backward  gradient sums (one read of x and dy), grad_input (one more read, one write)
 //   inference backward grad_input (one read of x and dy, one write), plus the sums for
 //                      grad_weight/grad_bias only when they are wanted
@@ -93,8 +93,8 @@ void update_running(const std::optional<at::Tensor>& running, const std::vector<
 template <typename Acc>
 struct ChannelArrays {
   std::vector<Acc> scale, shift, mean, a, k, b0;
-  BnChannelParams<Acc> params(bool relu, bool training = true) const {
-    return {scale.data(), shift.data(), mean.data(), a.data(), k.data(), b0.data(), relu, training};
+  BnChannelParams<Acc> params(const BnActParams<Acc>& act, bool training = true) const {
+    return {scale.data(), shift.data(), mean.data(), a.data(), k.data(), b0.data(), act, training};
   }
 };
 
@@ -323,7 +323,8 @@ template <typename T>
 void forward_impl(const at::Tensor& x, at::Tensor& out, const BatchNormShape& s, bool training,
                   const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
                   const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
-                  double momentum, double eps, bool relu, at::Tensor& save_mean, at::Tensor& save_invstd,
+                  double momentum, double eps, const BnActParams<typename BnAcc<T>::type>& act,
+                  at::Tensor& save_mean, at::Tensor& save_invstd,
                   at::Tensor& batch_var) {
   using Acc = typename BnAcc<T>::type;
   const auto& kern = kernels_for<T>();
@@ -370,7 +371,7 @@ void forward_impl(const at::Tensor& x, at::Tensor& out, const BatchNormShape& s,
   save_mean = stat_tensor(mean, s.stat_type);
   save_invstd = stat_tensor(invstd, s.stat_type);
   const auto ch = scale_shift<Acc>(save_mean, save_invstd, weight, bias, C);
-  const auto p = ch.params(relu);
+  const auto p = ch.params(act);
   T* yp = out.data_ptr<T>();
   elementwise(
       s,
@@ -391,9 +392,10 @@ void forward_impl(const at::Tensor& x, at::Tensor& out, const BatchNormShape& s,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
-    double momentum, double eps, bool relu) {
+    double momentum, double eps, bool relu, std::optional<double> relu_max) {
   const BatchNormShape s =
       check_batch_norm_forward(input, weight, bias, running_mean, running_var, training, eps, kForward);
+  const BnActKind act = batch_norm_act_kind(relu, relu_max, kForward);
   at::Tensor out = at::empty(input.sizes(), input.options().memory_format(s.format));
   const auto stat_opts = input.options().dtype(s.stat_type);
   if (input.numel() == 0) {
@@ -404,7 +406,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
   const at::Tensor x = input.contiguous(s.format);
   at::Tensor save_mean, save_invstd, batch_var;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), kForward, [&] {
-    forward_impl<scalar_t>(x, out, s, training, weight, bias, running_mean, running_var, momentum, eps, relu,
+    forward_impl<scalar_t>(x, out, s, training, weight, bias, running_mean, running_var, momentum, eps,
+                           bn_act_params<typename BnAcc<scalar_t>::type>(act, relu_max, input.scalar_type()),
                            save_mean, save_invstd, batch_var);
   });
   return {out, save_mean, save_invstd, batch_var};
@@ -413,8 +416,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cpu(
 template <typename T>
 void backward_impl(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, const BatchNormShape& s,
                    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-                   const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training, bool relu,
-                   bool grad_affine, std::vector<double>& sum_g, std::vector<double>& sum_gx) {
+                   const at::Tensor& save_mean, const at::Tensor& save_invstd, bool training,
+                   const BnActParams<typename BnAcc<T>::type>& act, bool grad_affine, std::vector<double>& sum_g,
+                   std::vector<double>& sum_gx) {
   using Acc = typename BnAcc<T>::type;
   const auto& kern = kernels_for<T>();
   const T* xp = x.data_ptr<T>();
@@ -429,7 +433,7 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, co
   if (std::is_same_v<T, at::Half> && active_isa() >= Isa::avx2) half.emplace(xp, sh, to_dtype(x.scalar_type()));
   auto ch = scale_shift<Acc>(save_mean, save_invstd, weight, bias, C);
   if (training || grad_affine) {
-    const auto p = ch.params(relu);
+    const auto p = ch.params(act);
     channel_sums(
         s, sum_g, sum_gx,
         [&](int64_t c0, int64_t c1, double* a1, double* a2) {
@@ -457,7 +461,7 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, co
     ch.k[c] = static_cast<Acc>(k);
     ch.b0[c] = static_cast<Acc>(b0);
   }
-  const auto p = ch.params(relu, training);
+  const auto p = ch.params(act, training);
   T* dp = dx.data_ptr<T>();
   elementwise(
       s,
@@ -478,9 +482,10 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& save_mean, const at::Tensor& save_invstd,
-    bool training, bool relu, bool grad_affine) {
+    bool training, bool relu, bool grad_affine, std::optional<double> relu_max) {
   const BatchNormShape s =
       check_batch_norm_backward(grad_output, input, weight, bias, save_mean, save_invstd, kBackward);
+  const BnActKind act = batch_norm_act_kind(relu, relu_max, kBackward);
   at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(s.format));
   const auto affine_type = batch_norm_affine_type(weight, s);
   const auto affine_opts = input.options().dtype(affine_type);
@@ -490,8 +495,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cpu(
   const at::Tensor x = input.contiguous(s.format), dy = grad_output.contiguous(s.format);
   std::vector<double> sum_g, sum_gx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), kBackward, [&] {
-    backward_impl<scalar_t>(dy, x, dx, s, weight, bias, save_mean, save_invstd, training, relu, grad_affine, sum_g,
-                            sum_gx);
+    backward_impl<scalar_t>(dy, x, dx, s, weight, bias, save_mean, save_invstd, training,
+                            bn_act_params<typename BnAcc<scalar_t>::type>(act, relu_max, input.scalar_type()),
+                            grad_affine, sum_g, sum_gx);
   });
   if (!grad_affine) return {dx, at::empty({0}, affine_opts), at::empty({0}, affine_opts)};
   const auto invstd = channel_values(save_invstd, s.C, 0);

@@ -13,6 +13,8 @@
 
 #include <cstdint>
 
+#include "common/batch_norm.h"
+
 namespace fastconv::cpu {
 
 // Accumulator type of the elementwise math: float for float and the half types, double for double.
@@ -39,7 +41,7 @@ struct BnChannelParams {
   const Acc* a;           // backward: dx = a * g + k * (x - mean) + b0 in training, a * g in inference
   const Acc* k;
   const Acc* b0;
-  bool relu;
+  BnActParams<Acc> act;   // the fused activation (common/batch_norm.h)
   bool training;          // backward: which grad_input formula (common/batch_norm.h's bn_grad_input)
 };
 
@@ -55,7 +57,7 @@ struct BnKernels {
                            const BnChannelParams<typename BnAcc<T>::type>& p);
   void (*normalize_interleaved)(const T* x, T* y, const BnShape& sh, int64_t m0, int64_t m1,
                                 const BnChannelParams<typename BnAcc<T>::type>& p);
-  // sum_g += g, sum_gx += g * (x - mean), g the (ReLU-masked) incoming gradient
+  // sum_g += g, sum_gx += g * (x - mean), g the incoming gradient masked by the activation's
   void (*grad_sums_planar)(const T* dy, const T* x, const BnShape& sh, int64_t c0, int64_t c1,
                            const BnChannelParams<typename BnAcc<T>::type>& p, double* sum_g, double* sum_gx);
   void (*grad_sums_interleaved)(const T* dy, const T* x, const BnShape& sh, int64_t m0, int64_t m1,

@@ -25,6 +25,11 @@ template <> struct StatOf<double> { using type = double; };
 
 int grid_for(int64_t n) { return grid_stride_blocks(n, kThreads); }
 
+template <typename P>
+BnActParams<P> narrow_act(const BnActParams<double>& a) {
+  return {a.kind, static_cast<P>(a.hi), static_cast<P>(a.grad_lo), static_cast<P>(a.grad_hi)};
+}
+
 template <typename T, typename P>
 __device__ __forceinline__ P load(const T* p, int64_t i) { return ::fastconv::convert<P>(p[i]); }
 
@@ -46,10 +51,10 @@ struct GradTerm {             // g = masked dy: (g, g * (x - mean))
   const P* mean;
   const P* scale;
   const P* shift;
-  bool relu;
+  BnActParams<P> act;
   __device__ void operator()(int64_t i, int64_t c, P, P* a1, P* a2) const {
     const P xv = load<T, P>(x, i);
-    const P g = bn_masked_grad<P>(load<T, P>(dy, i), xv, scale[c], shift[c], relu);
+    const P g = bn_masked_grad<P>(load<T, P>(dy, i), xv, scale[c], shift[c], act);
     *a1 += g;
     *a2 += g * (xv - mean[c]);
   }
@@ -173,11 +178,12 @@ __device__ __forceinline__ int64_t channel_of(int64_t e, const BnCudaShape& sh) 
 }
 
 template <typename T, typename P>
-__global__ void normalize_kernel(const T* x, T* y, BnCudaShape sh, const P* scale, const P* shift, bool relu) {
+__global__ void normalize_kernel(const T* x, T* y, BnCudaShape sh, const P* scale, const P* shift,
+                                 BnActParams<P> act) {
   const int64_t total = sh.N * sh.C * sh.S;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = channel_of(e, sh);
-    y[e] = ::fastconv::convert<T>(bn_apply<P>(load<T, P>(x, e), scale[c], shift[c], relu));
+    y[e] = ::fastconv::convert<T>(bn_apply<P>(load<T, P>(x, e), scale[c], shift[c], act));
   }
 }
 
@@ -206,12 +212,12 @@ __global__ void finalize_grads(BnCudaShape sh, int64_t B, const double* partial,
 
 template <typename T, typename P>
 __global__ void grad_input_kernel(const T* dy, const T* x, T* dx, BnCudaShape sh, const P* mean, const P* scale,
-                                  const P* shift, const P* coeffs, bool relu, bool training) {
+                                  const P* shift, const P* coeffs, BnActParams<P> act, bool training) {
   const int64_t total = sh.N * sh.C * sh.S;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = channel_of(e, sh);
     const P xv = load<T, P>(x, e);
-    const P g = bn_masked_grad<P>(load<T, P>(dy, e), xv, scale[c], shift[c], relu);
+    const P g = bn_masked_grad<P>(load<T, P>(dy, e), xv, scale[c], shift[c], act);
     dx[e] = ::fastconv::convert<T>(
         bn_grad_input<P>(training, g, xv, mean[c], coeffs[3 * c], coeffs[3 * c + 1], coeffs[3 * c + 2]));
   }
@@ -233,19 +239,20 @@ cudaError_t stats_t(const void* x, const BnCudaShape& sh, double eps, const void
 
 template <typename T>
 cudaError_t normalize_t(const void* x, void* y, const BnCudaShape& sh, const void* scale, const void* shift,
-                        bool relu, cudaStream_t stream) {
+                        const BnActParams<double>& act, cudaStream_t stream) {
   using P = typename StatOf<T>::type;
   if (sh.N * sh.C * sh.S == 0) return cudaSuccess;
   normalize_kernel<T, P><<<grid_for(sh.N * sh.C * sh.S), kThreads, 0, stream>>>(
       static_cast<const T*>(x), static_cast<T*>(y), sh, static_cast<const P*>(scale), static_cast<const P*>(shift),
-      relu);
+      narrow_act<P>(act));
   return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t backward_t(const void* dy, const void* x, void* dx, const BnCudaShape& sh, const void* mean,
                        const void* invstd, const void* w, const void* scale, const void* shift, bool training,
-                       bool relu, bool need_sums, double* ws, void* coeffs, void* gw, void* gb, cudaStream_t stream) {
+                       const BnActParams<double>& act_d, bool need_sums, double* ws, void* coeffs, void* gw, void* gb,
+                       cudaStream_t stream) {
   using P = typename StatOf<T>::type;
   if (sh.N * sh.C * sh.S == 0) return cudaSuccess;
   const T* xp = static_cast<const T*>(x);
@@ -253,13 +260,14 @@ cudaError_t backward_t(const void* dy, const void* x, void* dx, const BnCudaShap
   const P *mp = static_cast<const P*>(mean), *sp = static_cast<const P*>(scale), *hp = static_cast<const P*>(shift);
   const int64_t B = batch_norm_reduce_blocks(sh);
   const bool sums = training || need_sums;
-  if (sums) launch_reduce<T, P>(GradTerm<T, P>{gp, xp, mp, sp, hp, relu}, xp, sh, B, ws, stream);
+  const BnActParams<P> act = narrow_act<P>(act_d);
+  if (sums) launch_reduce<T, P>(GradTerm<T, P>{gp, xp, mp, sp, hp, act}, xp, sh, B, ws, stream);
   finalize_grads<P><<<grid_for(sh.C), kThreads, 0, stream>>>(sh, B, ws, static_cast<const P*>(invstd),
                                                               static_cast<const P*>(w), training, sums,
                                                               static_cast<P*>(coeffs), static_cast<P*>(gw),
                                                               static_cast<P*>(gb));
   grad_input_kernel<T, P><<<grid_for(sh.N * sh.C * sh.S), kThreads, 0, stream>>>(
-      gp, xp, static_cast<T*>(dx), sh, mp, sp, hp, static_cast<const P*>(coeffs), relu, training);
+      gp, xp, static_cast<T*>(dx), sh, mp, sp, hp, static_cast<const P*>(coeffs), act, training);
   return cudaGetLastError();
 }
 
@@ -309,16 +317,17 @@ cudaError_t batch_norm_prepare(DType dtype, int64_t C, const void* mean, const v
 }
 
 cudaError_t batch_norm_normalize(DType dtype, const void* x, void* y, const BnCudaShape& sh, const void* scale,
-                                 const void* shift, bool relu, cudaStream_t stream) {
-  FC_BN_DISPATCH(dtype, normalize_t, x, y, sh, scale, shift, relu, stream);
+                                 const void* shift, const BnActParams<double>& act, cudaStream_t stream) {
+  FC_BN_DISPATCH(dtype, normalize_t, x, y, sh, scale, shift, act, stream);
 }
 
 cudaError_t batch_norm_backward(DType dtype, const void* dy, const void* x, void* dx, const BnCudaShape& sh,
                                 const void* save_mean, const void* save_invstd, const void* weight,
-                                const void* scale, const void* shift, bool training, bool relu, bool need_sums,
+                                const void* scale, const void* shift, bool training, const BnActParams<double>& act,
+                                bool need_sums,
                                 double* workspace, void* coeffs, void* grad_weight, void* grad_bias,
                                 cudaStream_t stream) {
-  FC_BN_DISPATCH(dtype, backward_t, dy, x, dx, sh, save_mean, save_invstd, weight, scale, shift, training, relu,
+  FC_BN_DISPATCH(dtype, backward_t, dy, x, dx, sh, save_mean, save_invstd, weight, scale, shift, training, act,
                  need_sums, workspace, coeffs, grad_weight, grad_bias, stream);
 }
 

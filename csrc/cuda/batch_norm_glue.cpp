@@ -26,6 +26,13 @@ const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr()
 
 BnCudaShape cuda_shape(const BatchNormShape& s) { return {s.N, s.C, s.S, s.interleaved}; }
 
+// The activation's parameters for this output dtype (float ones for all but double), held in double.
+BnActParams<double> act_params(BnActKind kind, const std::optional<double>& relu_max, at::ScalarType dtype) {
+  if (dtype == at::kDouble) return bn_act_params<double>(kind, relu_max, dtype);
+  const BnActParams<float> a = bn_act_params<float>(kind, relu_max, dtype);
+  return {a.kind, a.hi, a.grad_lo, a.grad_hi};
+}
+
 // torch's update of a running statistic in training (O(C) glue on the stream): running = momentum *
 // batch * scale + (1 - momentum) * running, in place (scale n / (n - 1) makes the variance unbiased).
 void update_running(const std::optional<at::Tensor>& running, const at::Tensor& batch, double scale,
@@ -37,9 +44,10 @@ void update_running(const std::optional<at::Tensor>& running, const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
-    double momentum, double eps, bool relu) {
+    double momentum, double eps, bool relu, std::optional<double> relu_max) {
   const BatchNormShape s =
       check_batch_norm_forward(input, weight, bias, running_mean, running_var, training, eps, kForward);
+  const BnActKind act = batch_norm_act_kind(relu, relu_max, kForward);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto stat_opts = input.options().dtype(s.stat_type);
   at::Tensor out = at::empty(input.sizes(), input.options().memory_format(s.format));
@@ -69,17 +77,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_norm_cuda(
                                       save_mean.data_ptr(), save_invstd.data_ptr(), scale.data_ptr(),
                                       shift.data_ptr(), stream));
   }
-  C10_CUDA_CHECK(batch_norm_normalize(dt, x.data_ptr(), out.data_ptr(), sh, scale.data_ptr(), shift.data_ptr(), relu,
-                                      stream));
+  C10_CUDA_CHECK(batch_norm_normalize(dt, x.data_ptr(), out.data_ptr(), sh, scale.data_ptr(), shift.data_ptr(),
+                                      act_params(act, relu_max, input.scalar_type()), stream));
   return {out, save_mean, save_invstd, batch_var};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& save_mean, const at::Tensor& save_invstd,
-    bool training, bool relu, bool grad_affine) {
+    bool training, bool relu, bool grad_affine, std::optional<double> relu_max) {
   const BatchNormShape s =
       check_batch_norm_backward(grad_output, input, weight, bias, save_mean, save_invstd, kBackward);
+  const BnActKind act = batch_norm_act_kind(relu, relu_max, kBackward);
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(s.format));
   const auto affine_type = batch_norm_affine_type(weight, s);
@@ -102,7 +111,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_backward_cuda(
   at::Tensor ws = at::empty({2 * s.C * batch_norm_reduce_blocks(sh)}, input.options().dtype(at::kDouble));
   C10_CUDA_CHECK(batch_norm_backward(dt, dy.data_ptr(), x.data_ptr(), dx.data_ptr(), sh, mean.data_ptr(),
                                      invstd.data_ptr(), ptr_or_null(w), scale.data_ptr(), shift.data_ptr(), training,
-                                     relu, grad_affine, ws.data_ptr<double>(), coeffs.data_ptr(),
+                                     act_params(act, relu_max, input.scalar_type()), grad_affine,
+                                     ws.data_ptr<double>(), coeffs.data_ptr(),
                                      grad_affine ? gw.data_ptr() : nullptr, grad_affine ? gb.data_ptr() : nullptr,
                                      stream));
   return {dx, gw.to(affine_type), gb.to(affine_type)};

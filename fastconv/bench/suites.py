@@ -94,6 +94,23 @@ def batch_norm_cases(device: str, quick: bool) -> list[Case]:
             # forward reads x and writes y; backward reads x and dy and writes dx (minimal traffic)
             cases.append(Case(op="batch_norm+relu train f+b", shape=shape, dtype="float32", fastconv=ours_train,
                               torch=torch_train, bytes=5 * nbytes, note=net))
+    # MobileNet-v2's batch norm + ReLU6 (relu_max=6) at 112 px, batch 16: a training step's pair against
+    # torch's batch_norm then in-place ReLU6 (hardtanh_, as torchvision's ReLU6(inplace=True))
+    if not quick:
+        x = torch.randn(16, 96, 56, 56, device=device, requires_grad=True)
+        go = torch.randn_like(x)
+        weight = torch.rand(96, device=device, requires_grad=True)
+        bias = torch.randn(96, device=device, requires_grad=True)
+        rm, rv = torch.zeros(96, device=device), torch.ones(96, device=device)
+
+        def relu6_train(bn, x=x, go=go, weight=weight, bias=bias, rm=rm, rv=rv):
+            x.grad = weight.grad = bias.grad = None
+            bn(x, rm, rv, weight, bias).backward(go)
+
+        cases.append(Case(op="batch_norm+relu6 train f+b", shape="16x96x56x56 NCHW", dtype="float32",
+                          fastconv=lambda: relu6_train(lambda *a: F.batch_norm(*a, True, relu=True, relu_max=6.0)),
+                          torch=lambda: relu6_train(lambda *a: TF.relu6(TF.batch_norm(*a, True), inplace=True)),
+                          bytes=5 * x.numel() * x.element_size(), note="MobileNet-v2"))
     # Half-precision activations with float32 parameters, as under autocast (NCHW): inference, and a
     # training step's forward and backward
     for dtype in (torch.bfloat16, torch.float16):
