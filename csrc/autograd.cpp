@@ -165,8 +165,9 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_autograd(const at::Tensor& self, a
 }
 
 // ------------------------------------------------------------------------------------------------
-// batch_norm (+ fused ReLU or ReLU clamped at relu_max): the gradients of input and of the affine parameters from the statistics
-// the forward used (batch or running); the saved statistics and batch_var are not differentiable.
+// batch_norm (+ fused ReLU, or ReLU clamped at relu_max): the gradients of input and of the affine
+// parameters from the statistics the forward used (batch or running); the saved statistics and
+// batch_var are not differentiable.
 // ------------------------------------------------------------------------------------------------
 using BatchNormSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,

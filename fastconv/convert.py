@@ -154,11 +154,10 @@ def convert(model: nn.Module, *, inplace: bool = False, algorithm: str = "auto")
     """Returns ``model`` with every ``nn.Conv2d``, ``nn.MaxPool2d``, ``nn.BatchNorm2d``, ``nn.Linear``,
     ``nn.LSTM``, ``nn.GRU``, ``nn.LSTMCell`` and ``nn.GRUCell`` (exactly those types, not subclasses)
     replaced by its fastconv twin carrying the same parameters, buffers and training mode; convolutions
-    get ``algorithm``. A ``BatchNorm2d`` followed by an
-    ``nn.ReLU`` in an ``nn.Sequential`` becomes one ``BatchNorm2d(relu=True)`` (the ReLU an
-    ``nn.Identity``), one followed by ``nn.ReLU6`` (or ``nn.Hardtanh(0, m)``) one
-    ``BatchNorm2d(relu=True, relu_max=6.0)`` (or ``m``: MobileNet-v2's pairs), and so do the inner pairs of torchvision's ResNet ``BasicBlock`` and
-    ``Bottleneck``, which become :class:`FusedBasicBlock` / :class:`FusedBottleneck` (same submodules
+    get ``algorithm``. A ``BatchNorm2d`` followed by an ``nn.ReLU`` in an ``nn.Sequential`` becomes one
+    ``BatchNorm2d(relu=True)`` (the ReLU an ``nn.Identity``), one followed by ``nn.ReLU6`` (or
+    ``nn.Hardtanh(0, m)``) one ``BatchNorm2d(relu=True, relu_max=6.0)`` (or ``m``: MobileNet-v2's pairs),
+    and so do the inner pairs of torchvision's ResNet ``BasicBlock`` and ``Bottleneck``, which become :class:`FusedBasicBlock` / :class:`FusedBottleneck` (same submodules
     and state_dict; their forward skips the ReLU calls the fused batch norms now make), as does the
     stem of torchvision's ``ResNet`` (``bn1`` then ``relu``). ReLUs in any other block's forward are
     left alone. The original model is untouched (deep-copied)

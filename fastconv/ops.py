@@ -169,12 +169,83 @@ def _batch_norm_backward_fake(grad_output, x, weight, bias, save_mean, save_invs
 
 
 def _batch_norm_backward_setup_context(ctx, inputs, output):
-    pass
+    grad_output, x, weight, bias, save_mean, save_invstd, training, relu, grad_affine, *rest = inputs
+    ctx.save_for_backward(grad_output, x, weight, bias, save_mean, save_invstd)
+    ctx.args = (training, relu, rest[0] if rest else None, grad_affine)
 
 
-def _batch_norm_double_backward(ctx, *grads):
-    raise RuntimeError("fastconv::batch_norm_backward: double backward (gradients of gradients) through "
-                       "fastconv's batch_norm is not implemented")
+def _with_grad_of(value: Tensor, expr: Tensor) -> Tensor:
+    """`value` (the statistic the op used, bit for bit), with the derivative of `expr` (the same
+    statistic recomputed from the input)."""
+    return value + (expr - expr.detach())
+
+
+def _batch_norm_backward_math(go, x, w, b, save_mean, save_invstd, training, relu, relu_max):
+    """batch_norm_backward's (grad_input, grad_weight, grad_bias) as differentiable elementwise torch
+    math (glue for the double backward; the op's kernels compute the same values). In training the batch
+    statistics are functions of x, as torch's double backward takes them; the activation's mask is
+    piecewise constant (no derivative), judged on the output rounded to x's dtype as the kernels judge
+    it."""
+    cdt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    dims = [0, *range(2, x.dim())]
+    view = [1, x.shape[1]] + [1] * (x.dim() - 2)
+    xc, goc = x.to(cdt), go.to(cdt)
+    mean, invstd = save_mean.to(cdt).view(view), save_invstd.to(cdt).view(view)
+    wv = w.to(cdt).view(view) if w is not None else torch.ones((), dtype=cdt, device=x.device)
+    bv = b.to(cdt).view(view) if b is not None else torch.zeros((), dtype=cdt, device=x.device)
+    if training:
+        m = xc.mean(dims, keepdim=True)
+        var = (xc - m).square().mean(dims, keepdim=True)
+        mean = _with_grad_of(mean, m)
+        invstd = _with_grad_of(invstd, (var + (invstd.square().reciprocal() - var).detach()).rsqrt())
+    g = goc
+    if relu:
+        with torch.no_grad():
+            scale = wv * invstd
+            y = (xc * scale + (bv - mean * scale)).to(x.dtype).to(cdt)
+            stop = y <= 0
+            if relu_max is not None:
+                stop |= y >= torch.tensor(relu_max, dtype=x.dtype).to(cdt)
+        g = goc.masked_fill(stop, 0)
+    xm = xc - mean
+    count = x.numel() // x.shape[1]
+    sum_g, sum_gx = g.sum(dims, keepdim=True), (g * xm).sum(dims, keepdim=True)
+    if training:
+        gi = wv * invstd * (g - sum_g / count - xm * invstd.square() * sum_gx / count)
+    else:
+        gi = wv * invstd * g
+    return gi, (sum_gx * invstd).flatten(), sum_g.flatten()
+
+
+def _batch_norm_double_backward(ctx, gg_x, gg_w, gg_b):
+    # The gradients of batch_norm_backward's outputs (gg_*) taken back to grad_output, x and weight by
+    # torch's autograd over _batch_norm_backward_math. Under create_graph the math is built on the saved
+    # tensors themselves, so third derivatives follow; bias enters only through the mask (derivative 0),
+    # the statistics are not differentiable (as in the forward).
+    go, x, w, b, save_mean, save_invstd = ctx.saved_tensors
+    training, relu, relu_max, grad_affine = ctx.args
+    wanted = [i for i, t in enumerate((go, x, w)) if ctx.needs_input_grad[i] and t is not None]
+    pairs = [(k, gg) for k, gg in enumerate((gg_x, gg_w, gg_b)) if gg is not None and (k == 0 or grad_affine)]
+    result = [None] * 10
+    if not wanted or not pairs or x.numel() == 0:
+        return tuple(result)
+    create = torch.is_grad_enabled()
+    with torch.enable_grad():
+        ins = [t if create else (t.detach().requires_grad_(i in wanted) if t is not None else None)
+               for i, t in enumerate((go, x, w))]
+        outs = _batch_norm_backward_math(ins[0], ins[1], ins[2], b, save_mean, save_invstd, training, relu, relu_max)
+        pairs = [(k, gg) for k, gg in pairs if outs[k].requires_grad]   # e.g. grad_bias without grad_output's
+        if not pairs:
+            return tuple(result)
+        grads = torch.autograd.grad([outs[k] for k, _ in pairs], [ins[i] for i in wanted],
+                                    [gg.to(outs[k].dtype) for k, gg in pairs], allow_unused=True,
+                                    create_graph=create)
+    for i, g in zip(wanted, grads):
+        ref = (go, x, w)[i]
+        result[i] = torch.zeros_like(ref) if g is None else g.to(ref.dtype)
+    if relu and b is not None and ctx.needs_input_grad[3]:
+        result[3] = torch.zeros_like(b)   # as torch's: bias reaches the gradient through the mask alone
+    return tuple(result)
 
 
 torch.library.register_autograd(

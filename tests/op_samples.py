@@ -68,8 +68,11 @@ def _batch_norm_backward(device):
         go = torch.randn_like(x)
         w, b = (w.detach(), b.detach()) if w is not None else (None, None)
         samples.append(((go, x.detach(), w, b, mean.detach(), invstd.detach(), training, relu, w is not None), kw))
-    (go, x, w, b, mean, invstd, training, relu, affine), _ = samples[0]
-    samples.append(((go.requires_grad_(True), x.requires_grad_(True), w, b, mean, invstd, training, relu, affine), {}))
+    for i in (0, 4):   # double backward: with ReLU, and with it clamped (relu_max)
+        (go, x, w, b, mean, invstd, training, relu, affine), kw = samples[i]
+        w = w.clone().requires_grad_(True) if i == 4 else w
+        samples.append(((go.clone().requires_grad_(True), x.clone().requires_grad_(True), w, b, mean, invstd,
+                         training, relu, affine), kw))
     return samples
 
 
@@ -219,5 +222,5 @@ SAMPLES["fastconv::gru_layer_backward"] = _gru_layer_backward
 
 # Double backward through these raises a RuntimeError saying so (torch's fallback would warn and
 # return zeros): their requires-grad samples are checked for the error.
-REFUSES_DOUBLE_BACKWARD = {"fastconv::batch_norm_backward", "fastconv::lstm_layer_backward",
+REFUSES_DOUBLE_BACKWARD = {"fastconv::lstm_layer_backward",
                            "fastconv::gru_layer_backward"}

@@ -1,7 +1,7 @@
 """fastconv batch_norm (+ fused ReLU) against torch.nn.functional.batch_norm (followed by relu):
 forward, running statistics over several steps and gradients on awkward shapes and layouts, every CPU
 SIMD variant, CUDA when present; accuracy on large-mean data; gradcheck; the module against
-torch.nn.BatchNorm2d for every constructor option; bad inputs."""
+torch.nn.BatchNorm2d for every constructor option; bad inputs; double backward."""
 
 from __future__ import annotations
 
@@ -186,9 +186,11 @@ def test_large_mean_accuracy(device, mf):
         assert err_ours <= 2 * err_torch + 1e-5, f"{what}: error {err_ours} vs torch's {err_torch}"
 
 
+@pytest.mark.parametrize("check", [torch.autograd.gradcheck, torch.autograd.gradgradcheck],
+                         ids=["gradcheck", "gradgradcheck"])
 @pytest.mark.parametrize("relu", ACTS)
 @pytest.mark.parametrize("training", [True, False])
-def test_gradcheck_float64(device, training, relu):
+def test_gradcheck_float64(device, training, relu, check):
     x = torch.randn(3, 4, 5, 2, dtype=torch.float64, device=device, requires_grad=True)
     w = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
     b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
@@ -198,11 +200,10 @@ def test_gradcheck_float64(device, training, relu):
     def f(x, w, b):
         return F.batch_norm(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5, **act_kwargs(relu))
 
-    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert check(f, (x, w, b))
     x_cl = torch.randn(2, 5, 3, 3, dtype=torch.float64, device=device).contiguous(
         memory_format=torch.channels_last).requires_grad_(True)
-    assert torch.autograd.gradcheck(
-        lambda t: F.batch_norm(t, None, None, None, None, True, **act_kwargs(relu)), (x_cl,))
+    assert check(lambda t: F.batch_norm(t, None, None, None, None, True, **act_kwargs(relu)), (x_cl,))
 
 
 class _HardtanhByDefinition(torch.autograd.Function):
@@ -474,12 +475,32 @@ def test_half_activation_bounds_every_isa(cpu_isa_native, dtype):
     assert _check_half_bounds("cpu", dtype)
 
 
-def test_double_backward_says_it_is_not_implemented():
-    x = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
-    y = F.batch_norm(x, None, None, None, None, True)
-    (g,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="double backward"):
-        g.sum().backward()
+@pytest.mark.parametrize("relu", ACTS)
+@pytest.mark.parametrize("training", [True, False])
+def test_double_backward_matches_torch(device, training, relu):
+    """A gradient penalty (the gradient's square, differentiated again) against torch's batch norm and
+    activation, in float32; and a third derivative exists (the double backward is differentiable)."""
+    g = torch.Generator().manual_seed(5)
+    x0 = (torch.randn(4, 3, 6, 5, generator=g) * 2).to(device)
+    w0, b0 = torch.randn(3, generator=g).to(device), torch.randn(3, generator=g).to(device)
+    r0 = torch.randn(4, 3, 6, 5, generator=g).to(device)
+    sides = []
+    for fn in (F.batch_norm, reference):
+        x, w, b = (t.clone().requires_grad_(True) for t in (x0, w0, b0))
+        kw = act_kwargs(relu) if fn is F.batch_norm else {}
+        args = () if fn is F.batch_norm else (relu,)
+        y = fn(x, torch.zeros(3, device=device), torch.ones(3, device=device), w, b, training, 0.1, 1e-5, *args,
+               **kw)
+        gx, gw = torch.autograd.grad((y * r0).sum(), (x, w), create_graph=True)
+        penalty = gx.square().sum() + gw.square().sum()
+        sides.append(torch.autograd.grad(penalty, (x, w, b), allow_unused=True, retain_graph=True))
+        if fn is F.batch_norm:   # third order: the penalty's gradient differentiated once more
+            hx = torch.autograd.grad(penalty, x, create_graph=True)[0]
+            assert hx.requires_grad and torch.autograd.grad(hx.square().sum(), w)[0].isfinite().all()
+    for a, r in zip(*sides):   # bias: in the penalty through the mask alone, torch's zeros (or None) too
+        assert (a is None) == (r is None)
+        if r is not None:
+            torch.testing.assert_close(a, r, rtol=2e-4, atol=2e-4)
 
 
 # float16/bfloat16 runs on the float32 vector kernels in widened runs of 2048 values (AVX2 and up):

@@ -93,7 +93,7 @@ void update_running(const std::optional<at::Tensor>& running, const std::vector<
 template <typename Acc>
 struct ChannelArrays {
   std::vector<Acc> scale, shift, mean, a, k, b0;
-  BnChannelParams<Acc> params(const BnActParams<Acc>& act, bool training = true) const {
+  BnChannelParams<Acc> params(const BnActParams<Acc>& act, bool training) const {
     return {scale.data(), shift.data(), mean.data(), a.data(), k.data(), b0.data(), act, training};
   }
 };
@@ -371,7 +371,7 @@ void forward_impl(const at::Tensor& x, at::Tensor& out, const BatchNormShape& s,
   save_mean = stat_tensor(mean, s.stat_type);
   save_invstd = stat_tensor(invstd, s.stat_type);
   const auto ch = scale_shift<Acc>(save_mean, save_invstd, weight, bias, C);
-  const auto p = ch.params(act);
+  const auto p = ch.params(act, training);
   T* yp = out.data_ptr<T>();
   elementwise(
       s,
@@ -433,7 +433,7 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, co
   if (std::is_same_v<T, at::Half> && active_isa() >= Isa::avx2) half.emplace(xp, sh, to_dtype(x.scalar_type()));
   auto ch = scale_shift<Acc>(save_mean, save_invstd, weight, bias, C);
   if (training || grad_affine) {
-    const auto p = ch.params(act);
+    const auto p = ch.params(act, training);
     channel_sums(
         s, sum_g, sum_gx,
         [&](int64_t c0, int64_t c1, double* a1, double* a2) {

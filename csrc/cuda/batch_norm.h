@@ -40,12 +40,12 @@ cudaError_t batch_norm_prepare(DType dtype, int64_t C, const void* mean, const v
 cudaError_t batch_norm_normalize(DType dtype, const void* x, void* y, const BnCudaShape& sh, const void* scale,
                                  const void* shift, const BnActParams<double>& act, cudaStream_t stream);
 
-// Backward: sums over the gradient masked by the activation's (common/batch_norm.h), then grad_weight/grad_bias (if not null) and the
-// grad_input coefficients, then grad_input.
+// Backward: sums over the gradient masked by the activation's (common/batch_norm.h), then
+// grad_weight/grad_bias (if not null) and the grad_input coefficients, then grad_input.
 cudaError_t batch_norm_backward(DType dtype, const void* dy, const void* x, void* dx, const BnCudaShape& sh,
                                 const void* save_mean, const void* save_invstd, const void* weight,
                                 const void* scale, const void* shift, bool training,
-                                const BnActParams<double>& act, bool need_sums, double* workspace, void* coeffs, void* grad_weight,
-                                void* grad_bias, cudaStream_t stream);
+                                const BnActParams<double>& act, bool need_sums, double* workspace, void* coeffs,
+                                void* grad_weight, void* grad_bias, cudaStream_t stream);
 
 }  // namespace fastconv::cuda
