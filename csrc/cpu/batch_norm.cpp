@@ -425,12 +425,14 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dx, co
   const T* gp = dy.data_ptr<T>();
   const BnShape sh{s.N, s.C, s.S, s.interleaved};
   const int64_t C = s.C;
-  // float16 on the float32 vector kernels where the CPU has them (as forward_impl). Not bfloat16: its
-  // portable kernels widen by a shift the compiler vectorises, and measured 8% faster than widening
-  // x and dy into buffers (4.40 vs 4.76 ms, 32x64x56x56 on the EPYC); float16's scalar conversions
-  // made its backward 8x slower than this path (35 vs 4.6 ms).
+  // float16/bfloat16 on the float32 vector kernels where the CPU has them (as forward_impl): float16's
+  // scalar conversions made its backward 8x slower in the portable kernels (35 vs 4.6 ms, 32x64x56x56,
+  // AMD Zen 4). bfloat16's portable kernels widen by a shift the compiler vectorises and were 8% faster
+  // than the buffers on that Zen 4 (4.40 vs 4.76 ms, 2026-11-24), but 2-3x slower on an AVX2-only Zen 3
+  // (2026-12-06, alternating in one process: 32x64x56x56 14.5-15.1 vs 6.1-7.5 ms NCHW, 14.8-17.7 vs
+  // 5.0-5.7 channels-last; 16x96x56x56 7.3-11.1 vs 3.9-5.3; 8x512x7x7 0.61 vs 0.37), so both take them.
   std::optional<HalfByF32<T>> half;
-  if (std::is_same_v<T, at::Half> && active_isa() >= Isa::avx2) half.emplace(xp, sh, to_dtype(x.scalar_type()));
+  if (kIsHalf<T> && active_isa() >= Isa::avx2) half.emplace(xp, sh, to_dtype(x.scalar_type()));
   auto ch = scale_shift<Acc>(save_mean, save_invstd, weight, bias, C);
   if (training || grad_affine) {
     const auto p = ch.params(act, training);
