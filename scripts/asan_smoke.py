@@ -18,10 +18,11 @@ for isa in reversed(fastconv._C.tested_cpu_isas()):
             x = torch.randn(2, C, H, W).contiguous(memory_format=mf).requires_grad_(True)
             y = F.max_pool2d(x, k, s, p, d, ceil); y.sum().backward(); n += 1
     for shape, mf in [((6,3), torch.contiguous_format), ((4,5,7,9), torch.channels_last), ((3,17,13,11), torch.contiguous_format), ((2,70,5,3), torch.channels_last), ((2,3,4,5,6), torch.channels_last_3d)]:
-        for relu, training in itertools.product([False, True], [False, True]):
-            x = torch.randn(shape).contiguous(memory_format=mf).requires_grad_(True)
+        for act, training, dt in itertools.product([False, True, 0.75], [False, True], [torch.float32, torch.bfloat16, torch.float16]):
+            x = torch.randn(shape).to(dt).contiguous(memory_format=mf).requires_grad_(True)
             w = torch.rand(shape[1], requires_grad=True); b = torch.randn(shape[1], requires_grad=True)
-            F.batch_norm(x, torch.zeros(shape[1]), torch.ones(shape[1]), w, b, training, relu=relu).sum().backward(); n += 1
+            relu_max = None if isinstance(act, bool) else act   # 0.75: the clamped ReLU (relu_max)
+            F.batch_norm(x, torch.zeros(shape[1]), torch.ones(shape[1]), w, b, training, relu=act is not False, relu_max=relu_max).float().sum().backward(); n += 1
     for (m, nn_, kk), ta, tb in itertools.product([(1,1,1),(7,33,5),(241,65,257),(13,3100,300),(131,24,513),(97,3,40)], [False, True], [False, True]):
         a = torch.randn((kk, m) if ta else (m, kk)); b = torch.randn((nn_, kk) if tb else (kk, nn_))
         gemm(a, b, torch.randn(nn_), ta, tb, 1.0, 1.0); n += 1
