@@ -184,8 +184,10 @@ def _batch_norm_backward_math(go, x, w, b, save_mean, save_invstd, training, rel
     """batch_norm_backward's (grad_input, grad_weight, grad_bias) as differentiable elementwise torch
     math (glue for the double backward; the op's kernels compute the same values). In training the batch
     statistics are functions of x, as torch's double backward takes them; the activation's mask is
-    piecewise constant (no derivative), judged on the output rounded to x's dtype as the kernels judge
-    it."""
+    piecewise constant (no derivative), judged on the output rounded to x's dtype with the kernels'
+    scale and shift (rounded from double, common/batch_norm.h's bn_scale_shift). y itself may differ from
+    the kernels' in its last bit (they may fuse the multiply-add), which moves the mask only for a value
+    within a rounding of a bound."""
     cdt = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     dims = [0, *range(2, x.dim())]
     view = [1, x.shape[1]] + [1] * (x.dim() - 2)
@@ -201,8 +203,9 @@ def _batch_norm_backward_math(go, x, w, b, save_mean, save_invstd, training, rel
     g = goc
     if relu:
         with torch.no_grad():
-            scale = wv * invstd
-            y = (xc * scale + (bv - mean * scale)).to(x.dtype).to(cdt)
+            s64 = wv.double() * save_invstd.double().view(view)
+            scale, shift = s64.to(cdt), (bv.double() - save_mean.double().view(view) * s64).to(cdt)
+            y = (xc * scale + shift).to(x.dtype).to(cdt)
             stop = y <= 0
             if relu_max is not None:
                 stop |= y >= torch.tensor(relu_max, dtype=x.dtype).to(cdt)

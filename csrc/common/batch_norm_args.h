@@ -107,6 +107,7 @@ void half_act_bounds(BnActParams<float>& act, double relu_max) {
 template <typename Acc>
 BnActParams<Acc> bn_act_params(BnActKind kind, const std::optional<double>& relu_max, at::ScalarType out) {
   BnActParams<Acc> act{kind, Acc(0), Acc(0), Acc(0)};
+  if (kind == BnActKind::none) return act;   // no mask, no bounds to find
   const double hi = relu_max.value_or(0.0);
   if constexpr (std::is_same_v<Acc, float>) {
     if (out == at::kHalf) {
