@@ -174,6 +174,27 @@ def _rnn(kind, T, B, I, H, packed=False, **kwargs):
     return build
 
 
+def _rnn_double_backward(kind):
+    # A gradient penalty through a packed bidirectional layer: the gradient of ||d out / d x||^2 with
+    # respect to x and the parameters (torch's reference with cuDNN off: its RNNs have no double backward).
+    def build(device, dtype):
+        torch.manual_seed(0)
+        ref = getattr(nn, kind)(5, 8, bidirectional=True).to(device=device, dtype=dtype)
+        ours = getattr(fastconv.nn, kind)(5, 8, bidirectional=True).to(device=device, dtype=dtype)
+        ours.load_state_dict(ref.state_dict())
+        xs = torch.randn(6, 3, 5, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
+
+        def penalty(module):
+            def run(x):
+                with torch.backends.cudnn.flags(enabled=False):
+                    out = module(nn.utils.rnn.pack_padded_sequence(x, [6, 4, 1]))[0].data
+                    (gx,) = torch.autograd.grad(torch.tanh(out).sum(), x, create_graph=True)
+                return gx.square().sum()
+            return run
+        return penalty(ours), penalty(ref), [xs], [ours, ref]
+    return build
+
+
 R18 = "ResNet-18"
 CASES: list[Case] = []
 for _alg in ("im2col", "direct", "winograd_2x2", "winograd_4x4", "auto"):
@@ -231,6 +252,8 @@ CASES += [
     Case("GRU packed bidirectional, T=9 B=5", _rnn("GRU", 9, 5, 4, 6, packed=True, bidirectional=True), quick=True),
     Case("LSTMCell B=7 13", _rnn("LSTMCell", 1, 7, 5, 13), quick=True),
     Case("GRUCell B=7 13, no bias", _rnn("GRUCell", 1, 7, 5, 13, bias=False), quick=True),
+    Case("LSTM double backward, packed bidirectional", _rnn_double_backward("LSTM"), quick=True),
+    Case("GRU double backward, packed bidirectional", _rnn_double_backward("GRU"), quick=True),
 ]
 
 

@@ -458,23 +458,28 @@ def _zeros_if_none(grad, like: Tensor) -> Tensor:
 def _lstm_layer_setup_context(ctx, inputs, output):
     x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
     out, hy, cy, workspace = output
-    ctx.save_for_backward(x, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, workspace)
+    ctx.save_for_backward(x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, workspace)
     ctx.reverse = reverse
-    ctx.has_bias = (b_ih is not None, b_hh is not None)
     ctx.mark_non_differentiable(workspace)
 
 
 def _lstm_layer_backward(ctx, g_out, g_hy, g_cy, _g_ws):
-    x, batch_sizes, hx, cx, w_ih, w_hh, w_hr, out, workspace = ctx.saved_tensors
+    x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, workspace = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [bool(need[0]), bool(need[2] or need[3]), bool(any(need[4:9]))]
-    gx, ghx, gcx, gw_ih, gw_hh, gb, gw_hr = torch.ops.fastconv.lstm_layer_backward.default(
-        _zeros_if_none(g_out, out), _zeros_if_none(g_hy, hx), _zeros_if_none(g_cy, cx), x, batch_sizes, hx, cx, w_ih,
-        w_hh, w_hr, out, workspace, ctx.reverse, mask)
+    with torch.no_grad():
+        gx, ghx, gcx, gw_ih, gw_hh, gb, gw_hr = torch.ops.fastconv.lstm_layer_backward.default(
+            _zeros_if_none(g_out, out), _zeros_if_none(g_hy, hx), _zeros_if_none(g_cy, cx), x, batch_sizes, hx, cx,
+            w_ih, w_hh, w_hr, out, workspace, ctx.reverse, mask)
     w = mask[2]
-    return (gx if mask[0] else None, None, ghx if mask[1] else None, gcx if mask[1] else None,
-            gw_ih if w else None, gw_hh if w else None, gb if w and ctx.has_bias[0] else None,
-            gb if w and ctx.has_bias[1] else None, gw_hr if w and w_hr is not None else None, None)
+    grads = (gx if mask[0] else None, None, ghx if mask[1] else None, gcx if mask[1] else None,
+             gw_ih if w else None, gw_hh if w else None, gb if w and b_ih is not None else None,
+             gb if w and b_hh is not None else None, gw_hr if w and w_hr is not None else None, None)
+    if not torch.is_grad_enabled():
+        return grads
+    # create_graph: the values above, with the derivatives of the recurrence written in differentiable ops
+    return _rnn_differentiable_grads(_lstm_layer_math, (x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                        ctx.reverse), (g_out, g_hy, g_cy), grads)
 
 
 torch.library.register_autograd("fastconv::lstm_layer", _lstm_layer_backward, setup_context=_lstm_layer_setup_context)
@@ -483,31 +488,116 @@ torch.library.register_autograd("fastconv::lstm_layer", _lstm_layer_backward, se
 def _gru_layer_setup_context(ctx, inputs, output):
     x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse = inputs
     out, hy, workspace = output
-    ctx.save_for_backward(x, batch_sizes, hx, w_ih, w_hh, out, workspace)
+    ctx.save_for_backward(x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out, workspace)
     ctx.reverse = reverse
-    ctx.has_bias = (b_ih is not None, b_hh is not None)
     ctx.mark_non_differentiable(workspace)
 
 
 def _gru_layer_backward(ctx, g_out, g_hy, _g_ws):
-    x, batch_sizes, hx, w_ih, w_hh, out, workspace = ctx.saved_tensors
+    x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out, workspace = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [bool(need[0]), bool(need[2]), bool(any(need[3:7]))]
-    gx, ghx, gw_ih, gw_hh, gb_ih, gb_hh = torch.ops.fastconv.gru_layer_backward.default(
-        _zeros_if_none(g_out, out), _zeros_if_none(g_hy, hx), x, batch_sizes, hx, w_ih, w_hh, out, workspace,
-        ctx.reverse, mask)
+    with torch.no_grad():
+        gx, ghx, gw_ih, gw_hh, gb_ih, gb_hh = torch.ops.fastconv.gru_layer_backward.default(
+            _zeros_if_none(g_out, out), _zeros_if_none(g_hy, hx), x, batch_sizes, hx, w_ih, w_hh, out, workspace,
+            ctx.reverse, mask)
     w = mask[2]
-    return (gx if mask[0] else None, None, ghx if mask[1] else None, gw_ih if w else None, gw_hh if w else None,
-            gb_ih if w and ctx.has_bias[0] else None, gb_hh if w and ctx.has_bias[1] else None, None)
+    grads = (gx if mask[0] else None, None, ghx if mask[1] else None, gw_ih if w else None, gw_hh if w else None,
+             gb_ih if w and b_ih is not None else None, gb_hh if w and b_hh is not None else None, None)
+    if not torch.is_grad_enabled():
+        return grads
+    return _rnn_differentiable_grads(_gru_layer_math, (x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, ctx.reverse),
+                                     (g_out, g_hy), grads)
 
 
 torch.library.register_autograd("fastconv::gru_layer", _gru_layer_backward, setup_context=_gru_layer_setup_context)
 
 
+# ------------------------------------------------------------------------------------------------
+# RNN double backward: under create_graph=True the layers' gradients keep the kernels' values and take
+# their derivatives from the recurrence rewritten in differentiable ops — fastconv's gemm (its own
+# double backward) for the products, torch elementwise glue for the gates — and torch's autograd.
+# ------------------------------------------------------------------------------------------------
+def _rnn_steps(x: Tensor, batch_sizes: Tensor, h0: list[Tensor], step, reverse: bool):
+    """Run ``step(rows of x, states cut to the step's batch) -> (output rows, new states)`` over a packed
+    sequence as the layer ops do: step t holds batch_sizes[t] rows, a row's state carries over from the
+    previous step it was in (hx where it starts). Returns (output, final states)."""
+    sizes = batch_sizes.tolist()
+    starts = [0]
+    for n in sizes:
+        starts.append(starts[-1] + n)
+    outs, states = [None] * len(sizes), list(h0)
+    for t in (reversed(range(len(sizes))) if reverse else range(len(sizes))):
+        n = sizes[t]
+        out, new = step(x[starts[t]:starts[t + 1]], [s[:n] for s in states])
+        outs[t] = out
+        states = [torch.cat([a, s[n:]]) for a, s in zip(new, states)]
+    out = torch.cat(outs) if outs else x.new_empty((0, h0[0].shape[1]))
+    return out, states
+
+
+def _plus(a: Tensor, b) -> Tensor:
+    return a if b is None else a + b
+
+
+def _lstm_layer_math(x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    """lstm_layer's (output, hy, cy) in differentiable ops (torch's gate order i, f, g, o)."""
+    xw = _plus(_plus(gemm(x, w_ih, trans_b=True), b_ih), b_hh)
+
+    def step(xw_t, hc):
+        h, c = hc
+        i, f, g, o = (xw_t + gemm(h, w_hh, trans_b=True)).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        h = gemm(h, w_hr, trans_b=True) if w_hr is not None else h
+        return h, (h, c)
+
+    out, (hy, cy) = _rnn_steps(xw, batch_sizes, [hx, cx], step, reverse)
+    return out, hy, cy
+
+
+def _gru_layer_math(x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
+    """gru_layer's (output, hy) in differentiable ops (gate order r, z, n; n = tanh(x_n + r * h_n))."""
+    xw = _plus(gemm(x, w_ih, trans_b=True), b_ih)
+
+    def step(xw_t, hs):
+        (h,) = hs
+        x_r, x_z, x_n = xw_t.chunk(3, 1)
+        h_r, h_z, h_n = _plus(gemm(h, w_hh, trans_b=True), b_hh).chunk(3, 1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        h = torch.lerp(torch.tanh(x_n + r * h_n), h, z)
+        return h, (h,)
+
+    out, (hy,) = _rnn_steps(xw, batch_sizes, [hx], step, reverse)
+    return out, hy
+
+
+def _rnn_differentiable_grads(math, inputs: tuple, grad_outputs: tuple, grads: tuple) -> tuple:
+    """``grads`` (the layer backward's, from the kernels), each plus ``d - d.detach()`` where d is the same
+    gradient taken by autograd through ``math(*inputs)`` with create_graph: equal values, and the
+    derivatives of d. Each input enters the math through its own view, so a tensor passed in two places
+    (hx and cx the same zeros, say) gets each place's gradient, as the kernels give them."""
+    wanted = [i for i, g in enumerate(grads) if g is not None and inputs[i].requires_grad]
+    ins = [t.view_as(t) if i in wanted else t for i, t in enumerate(inputs)]
+    outs = math(*ins)
+    pairs = [(o, g) for o, g in zip(outs, grad_outputs) if g is not None and o.requires_grad]
+    if not pairs:
+        return grads
+    ds = torch.autograd.grad([o for o, _ in pairs], [ins[i] for i in wanted], [g for _, g in pairs],
+                             create_graph=True, allow_unused=True)
+    result = list(grads)
+    for i, d in zip(wanted, ds):
+        if d is not None:
+            result[i] = grads[i] + (d - d.detach())
+    return tuple(result)
+
+
 def _rnn_double_backward(op: str):
     def refuse(ctx, *grads):
-        raise RuntimeError(f"fastconv::{op}: double backward (gradients of gradients) through fastconv's RNN layers "
-                           "is not implemented")
+        raise RuntimeError(f"fastconv::{op}: double backward through this op called directly is not implemented "
+                           f"(it has no bias inputs, on which its gradients depend); the layer's own autograd "
+                           f"(fastconv::{op.removesuffix('_backward')}, what fastconv.nn and fastconv.functional "
+                           f"call) takes gradients of gradients under create_graph=True")
     return refuse
 
 

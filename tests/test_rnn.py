@@ -1,6 +1,6 @@
 """LSTM and GRU: fastconv.nn.LSTM / GRU / LSTMCell / GRUCell and the functional API against torch.nn's,
 every constructor option, packed and padded input, float64 exactness, float32 on every SIMD variant,
-gradcheck, compile, bad inputs."""
+gradcheck, double backward, compile, bad inputs."""
 
 from __future__ import annotations
 
@@ -323,12 +323,75 @@ def test_compile_fullgraph():
         torch.testing.assert_close(torch.compile(modules, fullgraph=True)(x), modules(x))
 
 
-def test_double_backward_refuses(device):
-    lstm = fastconv.nn.LSTMCell(3, 4, device=device, dtype=torch.float64)
-    x = torch.randn(2, 3, device=device, dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(lstm(x)[0].sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="double backward"):
-        g.sum().backward()
+DOUBLE_CASES = {"LSTM": dict(num_layers=2, bidirectional=True), "LSTM-proj": dict(proj_size=2, bidirectional=True),
+                "GRU": dict(num_layers=2, bidirectional=True), "LSTMCell": {}, "GRUCell": {}}
+
+
+@pytest.mark.parametrize("case", list(DOUBLE_CASES))
+def test_double_backward_matches_torch(case, device):
+    """A gradient penalty — the input's gradient under create_graph=True, squared and backpropagated —
+    against torch's modules (cuDNN off on CUDA: its RNN has no double backward), packed input for the
+    layers; the initial states passed as one tensor twice (hx and cx the same zeros) for the LSTM cell."""
+    kind = case.split("-")[0]
+    cell = kind.endswith("Cell")
+    ref, fc = _pair(kind, 3, 4, device=device, **DOUBLE_CASES[case])
+    results = []
+    for m in (ref, fc):
+        m.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        if cell:
+            x = torch.randn(3, 3, device=device, dtype=torch.float64, requires_grad=True)
+            z = torch.randn(3, 4, device=device, dtype=torch.float64, requires_grad=True)
+            args = (x, (z, z)) if kind == "LSTMCell" else (x, z)
+            leaves = [x, z]
+        else:
+            x = torch.randn(5, 3, 3, device=device, dtype=torch.float64, requires_grad=True)
+            args, leaves = (pack_padded_sequence(x, [5, 3, 2]),), [x]
+        with torch.backends.cudnn.flags(enabled=False):
+            out = _flat(m(*args))
+            torch.manual_seed(3)
+            loss = sum((o * torch.randn_like(o)).sum() for o in out)
+            firsts = torch.autograd.grad(loss, leaves + [next(m.parameters())], create_graph=True)
+            (sum(g.square().sum() for g in firsts) + loss).backward()
+        results.append([t.detach() for t in firsts] + [t.grad for t in leaves] + [p.grad for p in m.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_gradgradcheck_cells_and_reverse(mode, device):
+    """gradgradcheck (float64) of a cell (functional API) and of one reverse packed LSTM layer with a
+    projection and one bias (the layer op)."""
+    torch.manual_seed(0)
+    kw = dict(device=device, dtype=torch.float64, requires_grad=True)
+    G = 4 if mode == "lstm" else 3
+    x, h, c = torch.randn(2, 3, **kw), torch.randn(2, 4, **kw), torch.randn(2, 4, **kw)
+    w = [torch.randn(G * 4, 3, **kw), torch.randn(G * 4, 4, **kw), torch.randn(G * 4, **kw), torch.randn(G * 4, **kw)]
+    if mode == "lstm":
+        assert torch.autograd.gradgradcheck(lambda *a: F.lstm_cell(a[0], (a[1], a[2]), *a[3:]), (x, h, c, *w))
+        w_hh, w_hr, h2 = torch.randn(16, 2, **kw), torch.randn(2, 4, **kw), torch.randn(2, 2, **kw)
+        xs, steps = torch.randn(5, 3, **kw), torch.tensor([2, 2, 1])
+        assert torch.autograd.gradgradcheck(
+            lambda xs, h2, c, w_ih, w_hh, b, w_hr: fastconv.ops.lstm_layer(xs, steps, h2, c, w_ih, w_hh, b, None, w_hr,
+                                                                           True)[:3],
+            (xs, h2, c, w[0], w_hh, w[2], w_hr))
+    else:
+        assert torch.autograd.gradgradcheck(F.gru_cell, (x, h, *w))
+
+
+def test_backward_ops_refuse_double_backward_when_called_directly(device):
+    """The raw backward ops take no biases (their gradients depend on them through the workspace), so
+    differentiating them directly would be wrong: they refuse, naming the layer op that does it."""
+    kw = dict(device=device, dtype=torch.float64)
+    x, h = torch.randn(2, 3, **kw), torch.randn(2, 4, **kw)
+    w_ih, w_hh = torch.randn(16, 3, **kw), torch.randn(16, 4, **kw)
+    steps = torch.tensor([2])
+    out, hy, cy, ws = torch.ops.fastconv.lstm_layer(x, steps, h, h, w_ih, w_hh, None, None, None, False)
+    g = torch.ones_like(out).requires_grad_(True)
+    grads = torch.ops.fastconv.lstm_layer_backward(g, torch.zeros_like(h), torch.zeros_like(h), x, steps, h, h,
+                                                   w_ih, w_hh, None, out, ws, False, [True, True, True])
+    with pytest.raises(RuntimeError, match=r"fastconv::lstm_layer_backward: double backward .*fastconv::lstm_layer\b"):
+        grads[0].sum().backward()
 
 
 # ------------------------------------------------------------------------------------------------
