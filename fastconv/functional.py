@@ -172,15 +172,15 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
             raise ValueError(f"fastconv.conv2d: padding must be 'valid', 'same', an int or a pair, got {padding!r}")
     else:
         p = _pair(padding, "padding", "conv2d")
-    return ops.conv2d(input, _conv2d_weight_for_call(weight), bias, s, p, d, int(groups), algorithm)
+    return ops.conv2d(input, _weight_for_call(weight), bias, s, p, d, int(groups), algorithm)
 
 
-def _conv2d_weight_for_call(weight: Tensor) -> Tensor:
-    """The weight as conv2d's op should see it: where no gradient can reach it (grad mode off), a
-    detached view (same storage), whose prepared form the weight cache may keep
-    (csrc/common/weight_cache.h: checked against a digest of the weight's bytes on every call) and
-    which tells "auto" that this is inference."""
-    if not torch.is_grad_enabled() and weight.requires_grad:
+def _weight_for_call(weight: Tensor) -> Tensor:
+    """A weight as conv2d's and the RNN layers' ops should see it: where no gradient can reach it (grad
+    mode off), a detached view (same storage), whose prepared form (a Winograd transform, packed
+    panels) the weight cache may keep (csrc/common/weight_cache.h: checked against a digest of the
+    weight's bytes on every call) and which tells conv2d's "auto" that this is inference."""
+    if weight is not None and not torch.is_grad_enabled() and weight.requires_grad:
         return weight.detach()
     return weight
 
@@ -225,7 +225,8 @@ def lstm_cell(input: Tensor, hx: tuple[Tensor, Tensor], w_ih: Tensor, w_hh: Tens
     if input.dtype in _HALF:
         x, h32, c32, *ws = _widened("lstm_cell", input, [h, c, w_ih, w_hh, b_ih, b_hh])
         return tuple(t.to(input.dtype) for t in lstm_cell(x, (h32, c32), *ws))
-    _, hy, cy, _ = ops.lstm_layer(input, _steps(1, input.shape[0]), h, c, w_ih, w_hh, b_ih, b_hh, None, False)
+    _, hy, cy, _ = ops.lstm_layer(input, _steps(1, input.shape[0]), h, c, _weight_for_call(w_ih),
+                                  _weight_for_call(w_hh), b_ih, b_hh, None, False)
     return hy, cy
 
 
@@ -241,7 +242,8 @@ def gru_cell(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor
     _cell_state("gru_cell", "hx", hx, input.shape[0], w_ih.shape[0] // 3)
     if input.dtype in _HALF:
         return gru_cell(*_widened("gru_cell", input, [hx, w_ih, w_hh, b_ih, b_hh])).to(input.dtype)
-    _, hy, _ = ops.gru_layer(input, _steps(1, input.shape[0]), hx, w_ih, w_hh, b_ih, b_hh, False)
+    _, hy, _ = ops.gru_layer(input, _steps(1, input.shape[0]), hx, _weight_for_call(w_ih), _weight_for_call(w_hh),
+                             b_ih, b_hh, False)
     return hy
 
 
@@ -290,7 +292,7 @@ def _rnn(mode: str, input: Tensor, hx: list[Tensor], params, has_biases: bool, n
         outs = []
         for d in range(dirs):
             k = layer * dirs + d
-            w = params[k * per:(k + 1) * per]
+            w = [_weight_for_call(p) for p in params[k * per:(k + 1) * per]]
             b_ih, b_hh = (w[2], w[3]) if has_biases else (None, None)
             if mode == "lstm":
                 out, hy, cy, _ = ops.lstm_layer(data, steps, hx[0][k], hx[1][k], w[0], w[1], b_ih, b_hh,

@@ -112,7 +112,7 @@ class Conv2d(torch.nn.Conv2d):
         if self.padding_mode == "zeros" and not isinstance(self.padding, str):
             # The common case straight to the op: the constructor has checked the arguments and made
             # them pairs, which is what fastconv.functional.conv2d would do again on every call.
-            return _conv2d_op(input, F._conv2d_weight_for_call(weight), bias, self.stride, self.padding,
+            return _conv2d_op(input, F._weight_for_call(weight), bias, self.stride, self.padding,
                               self.dilation, self.groups, self.algorithm)
         if self.padding_mode != "zeros":
             padded = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)

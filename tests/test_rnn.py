@@ -463,17 +463,32 @@ def test_convert_swaps_recurrent_layers():
     assert type(same.lstm) is fastconv.nn.LSTM and same.lstm.weight_hr_l1_reverse is before and same.lstm.training
 
 
-def test_no_stale_packed_weights():
-    """The packed weights are not kept across calls: any write to a weight, through .data (which the
-    weight cache cannot see) included, shows in the next call, in inference as in training."""
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "LSTM", "GRU"])
+def test_no_stale_packed_weights(kind):
+    """In inference the packed weights are kept in the weight cache (hits counted) and every write to a
+    weight shows in the next call — through .data, which no version counter sees, in place under
+    no_grad, a copy_ — as do writes in training, where nothing is kept."""
     torch.manual_seed(0)
-    ref, cell = _pair("LSTMCell", 8, 40, dtype=torch.float32)
-    x, h = torch.randn(5, 8), (torch.randn(5, 40), torch.randn(5, 40))
+    cell = kind.endswith("Cell")
+    ref, fc = _pair(kind, 8, 40, dtype=torch.float32, **({} if cell else dict(num_layers=2)))
+    x = torch.randn(5, 8) if cell else torch.randn(3, 5, 8)
+    name = "weight_hh" if cell else "weight_hh_l1"
+    writes = (lambda m: getattr(m, name).data.mul_(0.5), lambda m: getattr(m, name.replace("hh", "ih")).add_(0.1),
+              lambda m: getattr(m, name).data.copy_(torch.randn_like(getattr(m, name))))
+    fastconv._C.weight_cache_clear()
     with torch.no_grad():
-        for write in (lambda m: m.weight_hh.data.mul_(0.5), lambda m: m.weight_ih.add_(0.1),
-                      lambda m: m.weight_hh.data.copy_(torch.randn_like(m.weight_hh))):
+        torch.testing.assert_close(_flat(fc(x)), _flat(ref(x)))
+        for write in writes:
             torch.manual_seed(1)
             write(ref)
             torch.manual_seed(1)
-            write(cell)
-            torch.testing.assert_close(cell(x, h), ref(x, h))
+            write(fc)
+            hits = fastconv._C.weight_cache_stats()["hits"]
+            torch.testing.assert_close(_flat(fc(x)), _flat(ref(x)))
+            torch.testing.assert_close(_flat(fc(x)), _flat(ref(x)))
+            assert fastconv._C.weight_cache_stats()["hits"] > hits   # the second call found its packed weights
+    torch.manual_seed(2)
+    writes[2](ref)
+    torch.manual_seed(2)
+    writes[2](fc)
+    torch.testing.assert_close(_flat(fc(x)), _flat(ref(x)))

@@ -1,5 +1,6 @@
 // The cache of prepared weights (CPU): Winograd's transformed filters U = G g G^T, for the forward pass
-// and (flipped, transposed) for grad_input; im2col's packed filters; autocast's casts.
+// and (flipped, transposed) for grad_input; im2col's packed filters; the RNN layers' packed weights;
+// autocast's casts.
 //
 // A model in eval mode calls a convolution again and again with the same weight: its transform is
 // computed once and kept (ResNet-18 at batch 1 runs ~2x faster with it on a 2-vCPU EPYC).
@@ -81,6 +82,9 @@ class WeightCache {
   // The bfloat16 direct convolution's filter panels (cpu/conv2d_bf16_direct.cpp): one layout on every
   // ISA, so no for_isa.
   static int64_t bf16_direct_filters() { return 3; }
+  // An RNN weight's column-sliced packed-B form (cpu/rnn.cpp): which of W_ih^T, W_hh^T, W_hh, W_hr^T,
+  // W_hr (0-4) and the number of slices (one per thread when packed).
+  static int64_t rnn_packed(int which, int64_t slices) { return (int64_t(1) << 41) + slices * 8 + which; }
   // The weight cast to another dtype (autocast.cpp): one tensor for as long as the weight's bytes
   // stay the same, so that what is prepared from the cast (a Winograd transform) is cached in turn.
   static int64_t cast_to(at::ScalarType dtype) { return 1000 + static_cast<int64_t>(dtype); }
@@ -93,6 +97,10 @@ class WeightCache {
     return weight.device().is_cpu() && !weight.requires_grad() && weight.is_non_overlapping_and_dense() &&
            weight.numel() > 0;
   }
+
+  // Whether get() may keep a transform of `weight`: cacheable, and the cache not turned off (a
+  // compute() that sees false builds in scratch memory, as for a trained weight).
+  bool may_keep(const at::Tensor& weight) const { return cacheable(weight) && limit_bytes_.load() > 0; }
 
   // Exact comparison (a copy per entry) instead of the digest; changing it empties the cache. Returns
   // the previous setting.

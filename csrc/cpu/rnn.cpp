@@ -1,8 +1,8 @@
 // CPU glue and drivers of the LSTM and GRU layers (fastconv::lstm_layer, gru_layer and their
 // backwards) on the GEMM engine. The structure of a layer, in the engine's vocabulary:
 //
-//   forward   W_ih^T and W_hh^T packed once per call (the engine's prepacked B) in column slices, one
-//             per thread; one large GEMM for the input projection of
+//   forward   W_ih^T and W_hh^T packed (the engine's prepacked B) in column slices, one per thread,
+//             once per call or, in inference, kept in the weight cache; one large GEMM for the input projection of
 //             every time step, x W_ih^T + bias, straight into the gate buffer; then per step two
 //             parallel regions: the recurrent GEMM h W_hh^T
 //             accumulated into the gates, each thread on its slice of columns (so each streams only
@@ -28,6 +28,7 @@
 
 #include "common/rnn.h"
 #include "common/rnn_args.h"
+#include "common/weight_cache.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/isa.h"
 #include "cpu/memory.h"
@@ -67,15 +68,17 @@ void gemm_into(int64_t m, int64_t n, int64_t k, const T* a, int64_t rs_a, int64_
   gemm<T>(g);
 }
 
-// A weight's op(B) for the GEMM engine, W^T (forward: x W^T) or W (backward: dgates W), packed once per
-// call in column slices, one per thread: a step's GEMM is thin (M = the batch), so it runs as one
-// parallel region over the slices and each thread streams only its share of the weight from the cache
-// (re-reading the whole weight per thread cost more than the arithmetic). Not kept across calls: the
-// weight cache cannot see writes through `.data` (issue 13), and a packed weight that outlived such a
-// write would give a wrong answer without a word.
+// A weight's op(B) for the GEMM engine, W^T (forward: x W^T) or W (backward: dgates W), packed in column
+// slices, one per thread: a step's GEMM is thin (M = the batch), so it runs as one parallel region over
+// the slices and each thread streams only its share of the weight from the cache (re-reading the whole
+// weight per thread cost more than the arithmetic). A weight that does not require grad (inference:
+// an LSTMCell decoding token by token) keeps its packed form in the WeightCache (common/weight_cache.h),
+// checked against a digest of its bytes on every call, which sees every write, through `.data`
+// included; a packed cell's weights cost as much as its step's GEMMs to pack, and about a tenth of that
+// to digest. A trained weight is packed per call into scratch memory.
 template <typename T>
 struct SlicedB {
-  at::Tensor storage;                 // the packed panels (the calling thread's scratch memory)
+  at::Tensor storage;                 // the packed panels (a cache entry, or the calling thread's scratch memory)
   int64_t k = 0, n = 0, width = 0;    // slice s: columns [s * width, min(n, (s + 1) * width))
   std::vector<const T*> packed;       // slice s's panels (the engine's b_packed layout of its columns)
 };
@@ -85,31 +88,45 @@ enum class RnnWeight { ih_t = 0, hh_t = 1, hh = 2, hr_t = 3, hr = 4 };   // *_t:
 template <typename T>
 SlicedB<T> packed_weight(const at::Tensor& weight, RnnWeight which, int64_t slices) {
   const bool transposed = which == RnnWeight::ih_t || which == RnnWeight::hh_t || which == RnnWeight::hr_t;
-  const at::Tensor w = weight.contiguous();
-  const int64_t rows = w.size(0), cols = w.size(1);
+  const int64_t rows = weight.size(0), cols = weight.size(1);
   SlicedB<T> b;
   b.k = transposed ? cols : rows;
   b.n = transposed ? rows : cols;
-  const int64_t rs_b = transposed ? 1 : cols, cs_b = transposed ? cols : 1;
   const int64_t nr = gemm_tile<T>().nr, panels = (b.n + nr - 1) / nr;
   slices = std::max<int64_t>(1, std::min(slices, panels));
   b.width = (panels + slices - 1) / slices * nr;
-  const Scratch slot = which == RnnWeight::ih_t ? Scratch::rnn_w_ih
-                       : (which == RnnWeight::hh_t || which == RnnWeight::hh) ? Scratch::rnn_w_hh
-                                                                              : Scratch::rnn_w_hr;
   const int64_t elems = gemm_packed_b_elems<T>(b.k, b.n);   // whole panels: every slice starts 64-byte aligned
-  b.storage = at::from_blob(scratch<T>(slot, elems), {elems}, w.options());
-  T* dst = b.storage.template data_ptr<T>();
+  const auto pack = [&](T* dst) {
+    const at::Tensor w = weight.contiguous();
+    for (int64_t j0 = 0; j0 < b.n; j0 += b.width) {
+      GemmArgs<T> g{};
+      g.k = b.k;
+      g.n = std::min(b.width, b.n - j0);
+      g.b = w.data_ptr<T>() + j0 * (transposed ? cols : 1);
+      g.rs_b = transposed ? 1 : cols;
+      g.cs_b = transposed ? cols : 1;
+      gemm_pack_b<T>(g, dst);
+      dst += gemm_packed_b_elems<T>(b.k, g.n);
+    }
+  };
+  if (WeightCache::instance().may_keep(weight)) {
+    const int64_t variant = WeightCache::for_isa(WeightCache::rnn_packed(int(which), slices), int(active_isa()));
+    b.storage = WeightCache::instance().get(weight, variant, [&] {
+      at::Tensor t = at::empty({elems}, weight.options());
+      pack(t.data_ptr<T>());
+      return t;
+    });
+  } else {
+    const Scratch slot = which == RnnWeight::ih_t ? Scratch::rnn_w_ih
+                         : (which == RnnWeight::hh_t || which == RnnWeight::hh) ? Scratch::rnn_w_hh
+                                                                                : Scratch::rnn_w_hr;
+    b.storage = at::from_blob(scratch<T>(slot, elems), {elems}, weight.options());
+    pack(b.storage.template data_ptr<T>());
+  }
+  const T* at = b.storage.template data_ptr<T>();
   for (int64_t j0 = 0; j0 < b.n; j0 += b.width) {
-    GemmArgs<T> g{};
-    g.k = b.k;
-    g.n = std::min(b.width, b.n - j0);
-    g.b = w.data_ptr<T>() + j0 * cs_b;
-    g.rs_b = rs_b;
-    g.cs_b = cs_b;
-    gemm_pack_b<T>(g, dst);
-    b.packed.push_back(dst);
-    dst += gemm_packed_b_elems<T>(b.k, g.n);
+    b.packed.push_back(at);
+    at += gemm_packed_b_elems<T>(b.k, std::min(b.width, b.n - j0));
   }
   return b;
 }

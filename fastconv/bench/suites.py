@@ -375,9 +375,14 @@ def rnn_cases(device: str, quick: bool) -> list[Case]:
                     return m(x)
             return run
 
-        cases.append(Case(op="LSTM fwd autocast", shape=f"T{T} B{B} I{I} H{H}", dtype="bfloat16",
-                          fastconv=under_autocast(ours), torch=under_autocast(ref),
-                          flops=2.0 * T * B * (I + H) * 4 * H, peak_gflops=peak, note="float32 inside"))
+        try:   # torch's side is oneDNN's bfloat16 LSTM, which some CPUs (AVX2 only) cannot create
+            under_autocast(ref)()
+        except RuntimeError as e:
+            print(f"LSTM fwd autocast: row left out, torch's own raised on this CPU: {str(e).splitlines()[0]}")
+        else:
+            cases.append(Case(op="LSTM fwd autocast", shape=f"T{T} B{B} I{I} H{H}", dtype="bfloat16",
+                              fastconv=under_autocast(ours), torch=under_autocast(ref),
+                              flops=2.0 * T * B * (I + H) * 4 * H, peak_gflops=peak, note="float32 inside"))
     return cases
 
 
