@@ -463,6 +463,23 @@ def test_convert_swaps_recurrent_layers():
     assert type(same.lstm) is fastconv.nn.LSTM and same.lstm.weight_hr_l1_reverse is before and same.lstm.training
 
 
+def test_weight_cache_keeps_parameters_not_per_call_copies():
+    """Under no_grad a cell's packed weights are kept from their second call on (the first may be a
+    tensor made for that call alone); the float32 copies that a bfloat16 cell makes on every call are
+    never kept (each would cost an allocation and a digest, and die)."""
+    torch.manual_seed(0)
+    x, h = torch.randn(4, 8), (torch.randn(4, 16), torch.randn(4, 16))
+    for dtype, entries in ((torch.float32, 2), (torch.bfloat16, 0)):
+        cell = fastconv.nn.LSTMCell(8, 16, dtype=dtype)
+        fastconv._C.weight_cache_clear()
+        with torch.no_grad():
+            outs = [cell(x.to(dtype), tuple(t.to(dtype) for t in h)) for _ in range(3)]
+        stats = fastconv._C.weight_cache_stats()
+        assert (stats["entries"], stats["misses"], stats["hits"]) == (entries, entries, entries), (dtype, stats)
+        for out in outs[1:]:
+            torch.testing.assert_close(out, outs[0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "LSTM", "GRU"])
 def test_no_stale_packed_weights(kind):
     """In inference the packed weights are kept in the weight cache (hits counted) and every write to a

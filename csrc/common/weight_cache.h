@@ -102,6 +102,29 @@ class WeightCache {
   // compute() that sees false builds in scratch memory, as for a trained weight).
   bool may_keep(const at::Tensor& weight) const { return cacheable(weight) && limit_bytes_.load() > 0; }
 
+  // Whether `weight` in `variant` was asked about before while its storage lived (it has an entry, or
+  // an earlier call of this function noted a sighting, as this one does when not). A prepared form is
+  // worth keeping when the next call asks for it again; a weight made for one call (the float32 copy
+  // of a half-precision RNN weight, fastconv/functional.py) dies first, and keeping its packed form
+  // would cost an allocation and a digest per call for nothing. cpu/rnn.cpp asks before get(); the
+  // convolutions, whose weights are a module's parameters or casts kept by this cache, do not.
+  bool seen_before(const at::Tensor& weight, int64_t variant) {
+    std::unique_lock<std::shared_mutex> lock(mu_);
+    for (const auto& e : entries_) {
+      if (e->matches(weight, variant) && !e->storage.expired()) return true;
+    }
+    std::vector<Key> keep;
+    for (auto& k : sightings_) {
+      if (k.storage.expired()) continue;
+      if (k.matches(weight, variant)) return true;
+      keep.push_back(std::move(k));
+    }
+    sightings_ = std::move(keep);
+    if (sightings_.size() >= kMaxSightings) sightings_.erase(sightings_.begin());
+    sightings_.emplace_back(weight, variant);
+    return false;
+  }
+
   // Exact comparison (a copy per entry) instead of the digest; changing it empties the cache. Returns
   // the previous setting.
   bool set_verify(bool on) {
@@ -169,6 +192,7 @@ class WeightCache {
   void clear() {
     std::unique_lock<std::shared_mutex> lock(mu_);
     entries_.clear();
+    sightings_.clear();
     hits_ = misses_ = uncached_ = 0;
   }
 
@@ -180,21 +204,15 @@ class WeightCache {
   }
 
  private:
-  struct Entry {
-    Entry(const at::Tensor& w, int64_t variant_, const cpu::WeightDigest& digest_, at::Tensor copy_, at::Tensor u_,
-          uint64_t now)
+  // What identifies a weight and variant: its storage (weakly held), address, dtype, shape and strides.
+  struct Key {
+    Key(const at::Tensor& w, int64_t variant_)
         : storage(w.storage().getWeakStorageImpl()),
           variant(variant_),
           data(w.data_ptr()),
           dtype(w.scalar_type()),
           sizes(w.sizes().vec()),
-          strides(w.strides().vec()),
-          digest(digest_),
-          exact(copy_.defined()),
-          copy(std::move(copy_)),
-          u(std::move(u_)),
-          bytes(static_cast<int64_t>(u.nbytes() + (exact ? copy.nbytes() : 0))),
-          used(now) {}
+          strides(w.strides().vec()) {}
     bool matches(const at::Tensor& w, int64_t v) const {
       return variant == v && data == w.data_ptr() && dtype == w.scalar_type() &&
              storage._unsafe_get_target() == w.storage().unsafeGetStorageImpl() && sizes == w.sizes() &&
@@ -205,6 +223,18 @@ class WeightCache {
     const void* data;
     c10::ScalarType dtype;
     std::vector<int64_t> sizes, strides;
+  };
+
+  struct Entry : Key {
+    Entry(const at::Tensor& w, int64_t variant_, const cpu::WeightDigest& digest_, at::Tensor copy_, at::Tensor u_,
+          uint64_t now)
+        : Key(w, variant_),
+          digest(digest_),
+          exact(copy_.defined()),
+          copy(std::move(copy_)),
+          u(std::move(u_)),
+          bytes(static_cast<int64_t>(u.nbytes() + (exact ? copy.nbytes() : 0))),
+          used(now) {}
     cpu::WeightDigest digest;   // of the weight's bytes when u was made
     bool exact;                 // made in verify mode: `copy` holds those bytes instead
     at::Tensor copy;
@@ -272,6 +302,8 @@ class WeightCache {
 
   std::shared_mutex mu_;
   std::vector<std::shared_ptr<Entry>> entries_;
+  static constexpr size_t kMaxSightings = 256;   // the oldest sighting goes first beyond this
+  std::vector<Key> sightings_;                  // seen_before's notes, weights without an entry yet
   std::atomic<int64_t> limit_bytes_{0};
   std::atomic<bool> verify_{false};
   std::atomic<int64_t> hits_{0}, misses_{0}, uncached_{0};

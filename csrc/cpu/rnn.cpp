@@ -72,10 +72,11 @@ void gemm_into(int64_t m, int64_t n, int64_t k, const T* a, int64_t rs_a, int64_
 // slices, one per thread: a step's GEMM is thin (M = the batch), so it runs as one parallel region over
 // the slices and each thread streams only its share of the weight from the cache (re-reading the whole
 // weight per thread cost more than the arithmetic). A weight that does not require grad (inference:
-// an LSTMCell decoding token by token) keeps its packed form in the WeightCache (common/weight_cache.h),
-// checked against a digest of its bytes on every call, which sees every write, through `.data`
-// included; a packed cell's weights cost as much as its step's GEMMs to pack, and about a tenth of that
-// to digest. A trained weight is packed per call into scratch memory.
+// an LSTMCell decoding token by token) keeps its packed form in the WeightCache (common/weight_cache.h)
+// from its second call on, checked against a digest of its bytes on every call, which sees every
+// write, through `.data` included: packing reads the weight and writes as much again, the digest only
+// reads it. A trained weight, and one met for the first time (it may be a copy made for this call
+// alone), is packed into scratch memory.
 template <typename T>
 struct SlicedB {
   at::Tensor storage;                 // the packed panels (a cache entry, or the calling thread's scratch memory)
@@ -109,9 +110,10 @@ SlicedB<T> packed_weight(const at::Tensor& weight, RnnWeight which, int64_t slic
       dst += gemm_packed_b_elems<T>(b.k, g.n);
     }
   };
-  if (WeightCache::instance().may_keep(weight)) {
-    const int64_t variant = WeightCache::for_isa(WeightCache::rnn_packed(int(which), slices), int(active_isa()));
-    b.storage = WeightCache::instance().get(weight, variant, [&] {
+  WeightCache& cache = WeightCache::instance();
+  const int64_t variant = WeightCache::for_isa(WeightCache::rnn_packed(int(which), slices), int(active_isa()));
+  if (cache.may_keep(weight) && cache.seen_before(weight, variant)) {   // a weight for one call only is not kept
+    b.storage = cache.get(weight, variant, [&] {
       at::Tensor t = at::empty({elems}, weight.options());
       pack(t.data_ptr<T>());
       return t;
