@@ -89,10 +89,15 @@ for isa in reversed(fastconv._C.tested_cpu_isas()):
             lengths = torch.linspace(T, 1, B).round().long()
             m(pack_padded_sequence(x, lengths))[0].data.sum().backward(); n += 1
             with torch.no_grad():
-                m(x); n += 1   # inference
+                for _ in range(3):
+                    m(x); n += 1   # inference: packed weights in scratch, then kept by the weight cache, then a hit
         for cell in (fastconv.nn.LSTMCell(I, H, dtype=dt), fastconv.nn.GRUCell(I, H, dtype=dt)):
-            out = cell(torch.randn(B, I, dtype=dt, requires_grad=True))
+            xc = torch.randn(B, I, dtype=dt, requires_grad=True)
+            out = cell(xc)
             (out[0] if isinstance(out, tuple) else out).sum().backward(); n += 1
+            out = cell(xc)   # double backward (a gradient penalty)
+            (g,) = torch.autograd.grad((out[0] if isinstance(out, tuple) else out).tanh().sum(), xc, create_graph=True)
+            g.square().sum().backward(); n += 1
 # The CUDA tensor-core GEMMs' block algorithms (mma.sync; TMA + wgmma) on their CPU emulations
 # (ISA-independent: once), both layouts of each operand, edges, a copied operand and a c.
 for (m, nn_, kk), ta, tb in itertools.product([(1,1,1),(129,127,33),(7,260,70)], [False, True], [False, True]):
