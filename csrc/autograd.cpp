@@ -1,4 +1,4 @@
-// Autograd for fastconv's CNN ops in C++: one torch::autograd::Function per op, registered at the
+// Autograd for fastconv's ops in C++: one torch::autograd::Function per op, registered at the
 // Autograd dispatch key (torchvision's pattern for its ops). A call that needs a gradient then records
 // its graph node without leaving C++; through torch.library.register_autograd it went C++ -> Python ->
 // C++ on every call, which cost a small convolution (1x4x4x4, 3x3) about 22 us of its 38.
@@ -13,8 +13,9 @@
 // Outputs that are bookkeeping (max-pool's indices, batch norm's saved statistics) are marked
 // non-differentiable: no gradient flows through them, loudly.
 //
-// The LSTM and GRU layers keep their autograd in Python (fastconv/ops.py): their calls are long (a
-// whole sequence), so the round trip does not show.
+// The LSTM and GRU layers here too since 2026-12-06 #15 (their Python autograd made a tiny LSTMCell's
+// call with grad 1.56x torch's): their backward ops take the biases, which the double backward in
+// fastconv/ops.py needs (the gradients depend on them through the saved gates).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
@@ -302,6 +303,120 @@ at::Tensor gemm_autograd(const at::Tensor& a, const at::Tensor& b, const std::op
   return GemmFunction::apply(a, b, c, trans_a, trans_b, alpha, beta, out_dtype);
 }
 
+// ------------------------------------------------------------------------------------------------
+// RNN layers: (output, hy[, cy], workspace) of one layer and direction; the workspace (what the
+// backward needs) is not differentiable. The backward op's output_mask from the inputs that need one:
+// (input, the initial states, the weights and biases together).
+// ------------------------------------------------------------------------------------------------
+using OptTensor = std::optional<at::Tensor>;
+using LstmSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const OptTensor&, const OptTensor&, const OptTensor&, bool);
+using LstmBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+    const at::Tensor&, const at::Tensor&, bool, std::array<bool, 3>);
+using GruSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                             const at::Tensor&, const at::Tensor&, const OptTensor&,
+                                                             const OptTensor&, bool);
+using GruBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, const OptTensor&, const OptTensor&, const at::Tensor&, const at::Tensor&, bool,
+    std::array<bool, 3>);
+
+bool defined(const OptTensor& t) { return t.has_value() && t->defined(); }
+at::Tensor or_empty(const OptTensor& t) { return defined(t) ? *t : at::Tensor(); }
+at::Tensor or_zeros(const at::Tensor& grad, const at::Tensor& like) { return grad.defined() ? grad : at::zeros_like(like); }
+at::Tensor if_on(bool on, const at::Tensor& t) { return on ? t : at::Tensor(); }
+
+struct LstmLayerFunction : torch::autograd::Function<LstmLayerFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& batch_sizes,
+                               const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+                               const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                               const OptTensor& w_hr, bool reverse) {
+    static const auto op = find_op<LstmSig>("fastconv::lstm_layer");
+    at::Tensor out, hy, cy, ws;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      std::tie(out, hy, cy, ws) = op.call(x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+    }
+    ctx->mark_non_differentiable({ws});
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({x, batch_sizes, hx, cx, w_ih, w_hh, or_empty(b_ih), or_empty(b_hh), or_empty(w_hr), out,
+                            ws});
+    ctx->saved_data["reverse"] = reverse;
+    return {out, hy, cy, ws};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = find_op<LstmBackwardSig>("fastconv::lstm_layer_backward");
+    const auto v = ctx->get_saved_variables();   // x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, ws
+    const Edges e(true, true, true, true, true, true, v[6].defined(), v[7].defined(), v[8].defined());
+    const std::array<bool, 3> mask{needs(ctx, e.index[0]), needs(ctx, e.index[2]) || needs(ctx, e.index[3]),
+                                   needs(ctx, e.index[4]) || needs(ctx, e.index[5]) || needs(ctx, e.index[6]) ||
+                                       needs(ctx, e.index[7]) || needs(ctx, e.index[8])};
+    if (!grads[0].defined() && !grads[1].defined() && !grads[2].defined()) return variable_list(10);
+    const BackwardOpCall where;
+    auto [gx, ghx, gcx, gw_ih, gw_hh, gb, gw_hr] =
+        op.call(or_zeros(grads[0], v[9]), or_zeros(grads[1], v[2]), or_zeros(grads[2], v[3]), v[0], v[1], v[2], v[3],
+                v[4], v[5], present(v[6]), present(v[7]), present(v[8]), v[9], v[10],
+                ctx->saved_data["reverse"].toBool(), mask);
+    return {if_on(mask[0], gx), at::Tensor(), if_on(mask[1], ghx), if_on(mask[1], gcx), if_on(mask[2], gw_ih),
+            if_on(mask[2], gw_hh), if_on(mask[2] && v[6].defined(), gb), if_on(mask[2] && v[7].defined(), gb),
+            if_on(mask[2] && v[8].defined(), gw_hr), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_autograd(
+    const at::Tensor& x, const at::Tensor& batch_sizes, const at::Tensor& hx, const at::Tensor& cx,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr,
+    bool reverse) {
+  auto outs = LstmLayerFunction::apply(x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+  return {outs[0], outs[1], outs[2], outs[3]};
+}
+
+struct GruLayerFunction : torch::autograd::Function<GruLayerFunction> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& batch_sizes,
+                               const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                               const OptTensor& b_ih, const OptTensor& b_hh, bool reverse) {
+    static const auto op = find_op<GruSig>("fastconv::gru_layer");
+    at::Tensor out, hy, ws;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      std::tie(out, hy, ws) = op.call(x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+    }
+    ctx->mark_non_differentiable({ws});
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({x, batch_sizes, hx, w_ih, w_hh, or_empty(b_ih), or_empty(b_hh), out, ws});
+    ctx->saved_data["reverse"] = reverse;
+    return {out, hy, ws};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = find_op<GruBackwardSig>("fastconv::gru_layer_backward");
+    const auto v = ctx->get_saved_variables();   // x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out, ws
+    const Edges e(true, true, true, true, true, v[5].defined(), v[6].defined());
+    const std::array<bool, 3> mask{needs(ctx, e.index[0]), needs(ctx, e.index[2]),
+                                   needs(ctx, e.index[3]) || needs(ctx, e.index[4]) || needs(ctx, e.index[5]) ||
+                                       needs(ctx, e.index[6])};
+    if (!grads[0].defined() && !grads[1].defined()) return variable_list(8);
+    const BackwardOpCall where;
+    auto [gx, ghx, gw_ih, gw_hh, gb_ih, gb_hh] =
+        op.call(or_zeros(grads[0], v[7]), or_zeros(grads[1], v[2]), v[0], v[1], v[2], v[3], v[4], present(v[5]),
+                present(v[6]), v[7], v[8], ctx->saved_data["reverse"].toBool(), mask);
+    return {if_on(mask[0], gx), at::Tensor(), if_on(mask[1], ghx), if_on(mask[2], gw_ih), if_on(mask[2], gw_hh),
+            if_on(mask[2] && v[5].defined(), gb_ih), if_on(mask[2] && v[6].defined(), gb_hh), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_autograd(const at::Tensor& x, const at::Tensor& batch_sizes,
+                                                                  const at::Tensor& hx, const at::Tensor& w_ih,
+                                                                  const at::Tensor& w_hh, const OptTensor& b_ih,
+                                                                  const OptTensor& b_hh, bool reverse) {
+  auto outs = GruLayerFunction::apply(x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse);
+  return {outs[0], outs[1], outs[2]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastconv, Autograd, m) {
@@ -309,6 +424,8 @@ TORCH_LIBRARY_IMPL(fastconv, Autograd, m) {
   m.impl("max_pool2d_with_indices", &max_pool2d_autograd);
   m.impl("batch_norm", &batch_norm_autograd);
   m.impl("gemm", &gemm_autograd);
+  m.impl("lstm_layer", &lstm_layer_autograd);
+  m.impl("gru_layer", &gru_layer_autograd);
 }
 
 }  // namespace fastconv

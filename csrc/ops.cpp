@@ -62,17 +62,20 @@ TORCH_LIBRARY(fastconv, m) {
   // first (the backward direction of a bidirectional layer). workspace is what the backward needs
   // (csrc/cpu/rnn.cpp says what). Backward output_mask: (grad_input, grad_hx [and grad_cx], weights and
   // biases); masked-off outputs are empty. LSTM grad_bias is the gradient of bias_ih and of bias_hh
-  // alike; grad_w_hr is empty without a projection.
+  // alike (and of a zero bias where the layer has none); grad_w_hr is empty without a projection. The
+  // backward ops take the layer's biases, checked but not read (the workspace holds what they added):
+  // their own gradients (double backward, fastconv/ops.py) depend on them.
   m.def("lstm_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
         "Tensor? b_hh, Tensor? w_hr, bool reverse) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
   m.def("lstm_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor batch_sizes, "
-        "Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor output, Tensor workspace, bool reverse, "
-        "bool[3] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, "
+        "Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor output, "
+        "Tensor workspace, bool reverse, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, "
         "Tensor grad_w_hh, Tensor grad_bias, Tensor grad_w_hr)");
   m.def("gru_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
         "bool reverse) -> (Tensor output, Tensor hy, Tensor workspace)");
   m.def("gru_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor batch_sizes, Tensor hx, "
-        "Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, bool[3] output_mask) -> "
+        "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor output, Tensor workspace, bool reverse, "
+        "bool[3] output_mask) -> "
         "(Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
 }
 

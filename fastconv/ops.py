@@ -421,8 +421,8 @@ def _lstm_layer_fake(x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, rever
 
 
 @torch.library.register_fake("fastconv::lstm_layer_backward")
-def _lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, x, batch_sizes, hx, cx, w_ih, w_hh, w_hr, output,
-                              workspace, reverse, output_mask):
+def _lstm_layer_backward_fake(grad_output, grad_hy, grad_cy, x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
+                              output, workspace, reverse, output_mask):
     H, P = _rnn_layer_shapes("lstm_layer_backward", 4, x, batch_sizes, hx, w_ih, w_hh, w_hr)
 
     def maybe(on: bool, shape):
@@ -440,8 +440,8 @@ def _gru_layer_fake(x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
 
 
 @torch.library.register_fake("fastconv::gru_layer_backward")
-def _gru_layer_backward_fake(grad_output, grad_hy, x, batch_sizes, hx, w_ih, w_hh, output, workspace, reverse,
-                             output_mask):
+def _gru_layer_backward_fake(grad_output, grad_hy, x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, output, workspace,
+                             reverse, output_mask):
     H, _ = _rnn_layer_shapes("gru_layer_backward", 3, x, batch_sizes, hx, w_ih, w_hh, None)
 
     def maybe(on: bool, shape):
@@ -451,73 +451,13 @@ def _gru_layer_backward_fake(grad_output, grad_hy, x, batch_sizes, hx, w_ih, w_h
             maybe(output_mask[2], w_hh.shape), maybe(output_mask[2], (3 * H,)), maybe(output_mask[2], (3 * H,)))
 
 
-def _zeros_if_none(grad, like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if grad is None else grad
-
-
-def _lstm_layer_setup_context(ctx, inputs, output):
-    x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
-    out, hy, cy, workspace = output
-    ctx.save_for_backward(x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, workspace)
-    ctx.reverse = reverse
-    ctx.mark_non_differentiable(workspace)
-
-
-def _lstm_layer_backward(ctx, g_out, g_hy, g_cy, _g_ws):
-    x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, workspace = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    mask = [bool(need[0]), bool(need[2] or need[3]), bool(any(need[4:9]))]
-    with torch.no_grad():
-        gx, ghx, gcx, gw_ih, gw_hh, gb, gw_hr = torch.ops.fastconv.lstm_layer_backward.default(
-            _zeros_if_none(g_out, out), _zeros_if_none(g_hy, hx), _zeros_if_none(g_cy, cx), x, batch_sizes, hx, cx,
-            w_ih, w_hh, w_hr, out, workspace, ctx.reverse, mask)
-    w = mask[2]
-    grads = (gx if mask[0] else None, None, ghx if mask[1] else None, gcx if mask[1] else None,
-             gw_ih if w else None, gw_hh if w else None, gb if w and b_ih is not None else None,
-             gb if w and b_hh is not None else None, gw_hr if w and w_hr is not None else None, None)
-    if not torch.is_grad_enabled():
-        return grads
-    # create_graph: the values above, with the derivatives of the recurrence written in differentiable ops
-    return _rnn_differentiable_grads(_lstm_layer_math, (x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                        ctx.reverse), (g_out, g_hy, g_cy), grads)
-
-
-torch.library.register_autograd("fastconv::lstm_layer", _lstm_layer_backward, setup_context=_lstm_layer_setup_context)
-
-
-def _gru_layer_setup_context(ctx, inputs, output):
-    x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse = inputs
-    out, hy, workspace = output
-    ctx.save_for_backward(x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out, workspace)
-    ctx.reverse = reverse
-    ctx.mark_non_differentiable(workspace)
-
-
-def _gru_layer_backward(ctx, g_out, g_hy, _g_ws):
-    x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, out, workspace = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    mask = [bool(need[0]), bool(need[2]), bool(any(need[3:7]))]
-    with torch.no_grad():
-        gx, ghx, gw_ih, gw_hh, gb_ih, gb_hh = torch.ops.fastconv.gru_layer_backward.default(
-            _zeros_if_none(g_out, out), _zeros_if_none(g_hy, hx), x, batch_sizes, hx, w_ih, w_hh, out, workspace,
-            ctx.reverse, mask)
-    w = mask[2]
-    grads = (gx if mask[0] else None, None, ghx if mask[1] else None, gw_ih if w else None, gw_hh if w else None,
-             gb_ih if w and b_ih is not None else None, gb_hh if w and b_hh is not None else None, None)
-    if not torch.is_grad_enabled():
-        return grads
-    return _rnn_differentiable_grads(_gru_layer_math, (x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, ctx.reverse),
-                                     (g_out, g_hy), grads)
-
-
-torch.library.register_autograd("fastconv::gru_layer", _gru_layer_backward, setup_context=_gru_layer_setup_context)
-
-
-# ------------------------------------------------------------------------------------------------
-# RNN double backward: under create_graph=True the layers' gradients keep the kernels' values and take
-# their derivatives from the recurrence rewritten in differentiable ops — fastconv's gemm (its own
-# double backward) for the products, torch elementwise glue for the gates — and torch's autograd.
-# ------------------------------------------------------------------------------------------------
+# The layers' own autograd is C++ (csrc/autograd.cpp). Their backward ops' autograd (double backward:
+# gradient penalties, Hessian-vector products) is here: the gradients of the backward op's outputs,
+# taken by torch's autograd through the recurrence rewritten in differentiable ops — fastconv's gemm
+# (its own double backward) for the products, torch elementwise glue for the gates. The recurrence is
+# computed again from the inputs, weights and biases, so it covers every dependence, the saved gates'
+# included; output and workspace are taken as what the forward made of those (they get no gradient).
+# Eager only: the steps' sizes are data (batch_sizes), which a traced graph cannot loop over.
 def _rnn_steps(x: Tensor, batch_sizes: Tensor, h0: list[Tensor], step, reverse: bool):
     """Run ``step(rows of x, states cut to the step's batch) -> (output rows, new states)`` over a packed
     sequence as the layer ops do: step t holds batch_sizes[t] rows, a row's state carries over from the
@@ -536,13 +476,10 @@ def _rnn_steps(x: Tensor, batch_sizes: Tensor, h0: list[Tensor], step, reverse: 
     return out, states
 
 
-def _plus(a: Tensor, b) -> Tensor:
-    return a if b is None else a + b
-
-
-def _lstm_layer_math(x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
-    """lstm_layer's (output, hy, cy) in differentiable ops (torch's gate order i, f, g, o)."""
-    xw = _plus(_plus(gemm(x, w_ih, trans_b=True), b_ih), b_hh)
+def _lstm_layer_math(x, batch_sizes, hx, cx, w_ih, w_hh, gate_bias: Tensor, w_hr, reverse):
+    """lstm_layer's (output, hy, cy) in differentiable ops (torch's gate order i, f, g, o); gate_bias is
+    what the biases add to the gates' pre-activations."""
+    xw = gemm(x, w_ih, trans_b=True) + gate_bias
 
     def step(xw_t, hc):
         h, c = hc
@@ -558,12 +495,12 @@ def _lstm_layer_math(x, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, rever
 
 def _gru_layer_math(x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
     """gru_layer's (output, hy) in differentiable ops (gate order r, z, n; n = tanh(x_n + r * h_n))."""
-    xw = _plus(gemm(x, w_ih, trans_b=True), b_ih)
+    xw = gemm(x, w_ih, trans_b=True) + b_ih
 
     def step(xw_t, hs):
         (h,) = hs
         x_r, x_z, x_n = xw_t.chunk(3, 1)
-        h_r, h_z, h_n = _plus(gemm(h, w_hh, trans_b=True), b_hh).chunk(3, 1)
+        h_r, h_z, h_n = (gemm(h, w_hh, trans_b=True) + b_hh).chunk(3, 1)
         r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
         h = torch.lerp(torch.tanh(x_n + r * h_n), h, z)
         return h, (h,)
@@ -572,38 +509,90 @@ def _gru_layer_math(x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse):
     return out, hy
 
 
-def _rnn_differentiable_grads(math, inputs: tuple, grad_outputs: tuple, grads: tuple) -> tuple:
-    """``grads`` (the layer backward's, from the kernels), each plus ``d - d.detach()`` where d is the same
-    gradient taken by autograd through ``math(*inputs)`` with create_graph: equal values, and the
-    derivatives of d. Each input enters the math through its own view, so a tensor passed in two places
-    (hx and cx the same zeros, say) gets each place's gradient, as the kernels give them."""
-    wanted = [i for i, g in enumerate(grads) if g is not None and inputs[i].requires_grad]
-    ins = [t.view_as(t) if i in wanted else t for i, t in enumerate(inputs)]
-    outs = math(*ins)
-    pairs = [(o, g) for o, g in zip(outs, grad_outputs) if g is not None and o.requires_grad]
-    if not pairs:
-        return grads
-    ds = torch.autograd.grad([o for o, _ in pairs], [ins[i] for i in wanted], [g for _, g in pairs],
-                             create_graph=True, allow_unused=True)
-    result = list(grads)
-    for i, d in zip(wanted, ds):
-        if d is not None:
-            result[i] = grads[i] + (d - d.detach())
-    return tuple(result)
+def _second_order(ctx, tensors: list, positions: list, first_order, ggs: tuple) -> list:
+    """The double backward of an RNN backward op. ``tensors``: its tensor inputs (None where absent) at
+    ``positions`` in its schema; ``first_order(vars) -> [(output index, first-order gradient)]`` recomputes its outputs
+    from per-slot variables of those tensors (a tensor passed in two places, hx and cx the same zeros,
+    keeps each place's gradient); ``ggs``: the gradients of its outputs. Returns the gradients of the
+    tensor inputs (None where not needed)."""
+    wanted = [i for i, t in enumerate(tensors) if t is not None and ctx.needs_input_grad[positions[i]]]
+    result = [None] * len(tensors)
+    if not wanted or all(gg is None for gg in ggs):
+        return result
+    create = torch.is_grad_enabled()
+    with torch.enable_grad():
+        vs = [None if t is None else t.view_as(t) if create and i in wanted else
+              t.detach().requires_grad_(t.is_floating_point()) for i, t in enumerate(tensors)]
+        pairs = [(g, ggs[k]) for k, g in first_order(vs)
+                 if g is not None and g.requires_grad and ggs[k] is not None and ggs[k].numel() > 0]
+        if pairs:
+            grads = torch.autograd.grad([g for g, _ in pairs], [vs[i] for i in wanted], [gg for _, gg in pairs],
+                                        allow_unused=True, create_graph=create)
+            for i, g in zip(wanted, grads):
+                result[i] = torch.zeros_like(tensors[i]) if g is None else g
+    for i in wanted:
+        if result[i] is None:
+            result[i] = torch.zeros_like(tensors[i])
+    return result
 
 
-def _rnn_double_backward(op: str):
-    def refuse(ctx, *grads):
-        raise RuntimeError(f"fastconv::{op}: double backward through this op called directly is not implemented "
-                           f"(it has no bias inputs, on which its gradients depend); the layer's own autograd "
-                           f"(fastconv::{op.removesuffix('_backward')}, what fastconv.nn and fastconv.functional "
-                           f"call) takes gradients of gradients under create_graph=True")
-    return refuse
+def _grads_of(outs, grad_outputs, targets):
+    """First-order gradients of ``outs`` with respect to ``targets`` (None entries stay None), as a
+    differentiable graph."""
+    pairs = [(o, g) for o, g in zip(outs, grad_outputs) if o.requires_grad]
+    present = [t for t in targets if t is not None]
+    if not pairs or not present:
+        return [None] * len(targets)
+    got = iter(torch.autograd.grad([o for o, _ in pairs], present, [g for _, g in pairs], create_graph=True,
+                                   allow_unused=True))
+    return [None if t is None else next(got) for t in targets]
 
 
-def _no_context(ctx, inputs, output):
-    pass
+def _lstm_layer_backward_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:4], *inputs[5:12])   # all but batch_sizes, output, workspace
+    ctx.batch_sizes, ctx.reverse, ctx.mask = inputs[4], inputs[14], inputs[15]
 
 
-for _name in ("lstm_layer_backward", "gru_layer_backward"):
-    torch.library.register_autograd(f"fastconv::{_name}", _rnn_double_backward(_name), setup_context=_no_context)
+def _lstm_layer_double_backward(ctx, *ggs):
+    g_out, g_hy, g_cy, x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = ctx.saved_tensors
+    H = w_ih.shape[0] // 4
+
+    def first_order(v):
+        g_out, g_hy, g_cy, x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = v
+        gate_bias = x.new_zeros(4 * H).requires_grad_()   # grad_bias is the gradient of what the biases add
+        total = gate_bias + sum(b for b in (b_ih, b_hh) if b is not None)
+        outs = _lstm_layer_math(x, ctx.batch_sizes, hx, cx, w_ih, w_hh, total, w_hr, ctx.reverse)
+        firsts = _grads_of(outs, (g_out, g_hy, g_cy), [x, hx, cx, w_ih, w_hh, gate_bias, w_hr])
+        return [(k, g) for k, g in enumerate(firsts)
+                if ctx.mask[0 if k == 0 else 1 if k in (1, 2) else 2]]
+
+    r = _second_order(ctx, [g_out, g_hy, g_cy, x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr],
+                      [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11], first_order, ggs)
+    return (*r[:4], None, *r[4:], None, None, None, None)
+
+
+def _gru_layer_backward_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:3], *inputs[4:9])   # all but batch_sizes, output, workspace
+    ctx.batch_sizes, ctx.reverse, ctx.mask = inputs[3], inputs[11], inputs[12]
+
+
+def _gru_layer_double_backward(ctx, *ggs):
+    g_out, g_hy, x, hx, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors
+    H = w_ih.shape[0] // 3
+
+    def first_order(v):
+        g_out, g_hy, x, hx, w_ih, w_hh, b_ih, b_hh = v
+        # an absent bias is a zero one, whose gradient the op returns all the same
+        b_ih, b_hh = (x.new_zeros(3 * H).requires_grad_() if b is None else b for b in (b_ih, b_hh))
+        outs = _gru_layer_math(x, ctx.batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, ctx.reverse)
+        firsts = _grads_of(outs, (g_out, g_hy), [x, hx, w_ih, w_hh, b_ih, b_hh])
+        return [(k, g) for k, g in enumerate(firsts) if ctx.mask[min(k, 2)]]
+
+    r = _second_order(ctx, [g_out, g_hy, x, hx, w_ih, w_hh, b_ih, b_hh], [0, 1, 2, 4, 5, 6, 7, 8], first_order, ggs)
+    return (*r[:3], None, *r[3:], None, None, None, None)
+
+
+torch.library.register_autograd("fastconv::lstm_layer_backward", _lstm_layer_double_backward,
+                                setup_context=_lstm_layer_backward_setup)
+torch.library.register_autograd("fastconv::gru_layer_backward", _gru_layer_double_backward,
+                                setup_context=_gru_layer_backward_setup)

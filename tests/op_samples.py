@@ -4,8 +4,9 @@ Every new schema in csrc/ops.cpp needs an entry here: test_ops_contract.py fails
 none. Each entry maps the op's name to a function (device) -> list of (args, kwargs).
 
 Samples of backward ops include inputs that require grad, so that opcheck differentiates them (double
-backward) and a missing formula cannot hide. Ops whose double backward refuses with an error are in
-REFUSES_DOUBLE_BACKWARD: their requires-grad samples are checked for that error instead."""
+backward) and a missing formula cannot hide. Ops whose double backward runs in eager mode only are in
+EAGER_DOUBLE_BACKWARD: their requires-grad samples are checked without opcheck's AOT-dispatch test, and
+differentiated eagerly."""
 
 from __future__ import annotations
 
@@ -179,14 +180,14 @@ def _lstm_layer(device):
 def _lstm_layer_backward(device):
     samples = []
     for (x, bs, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, rev), _ in _lstm_layer(device):
-        out, hy, cy, ws = torch.ops.fastconv.lstm_layer(x.detach(), bs, hx.detach(), cx.detach(), w_ih.detach(),
-                                                        w_hh.detach(), None, None,
-                                                        None if w_hr is None else w_hr.detach(), rev)
+        x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr = (None if t is None else t.detach()
+                                                   for t in (x, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr))
+        out, hy, cy, ws = torch.ops.fastconv.lstm_layer(x, bs, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, rev)
         grads = [torch.randn_like(t) for t in (out, hy, cy)]
-        samples.append(((*grads, x.detach(), bs, hx.detach(), cx.detach(), w_ih.detach(), w_hh.detach(),
-                         None if w_hr is None else w_hr.detach(), out, ws, rev, [True, True, True]), {}))
-    args = list(samples[0][0])
-    args[0] = args[0].requires_grad_(True)   # grad_output
+        samples.append(((*grads, x, bs, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, out, ws, rev, [True, True, True]), {}))
+    args = list(samples[2][0])   # reverse, with biases and a projection
+    for i in (0, 3, 7, 9, 11):   # grad_output, input, w_ih, b_ih, w_hr: the double backward
+        args[i] = args[i].clone().requires_grad_(True)
     samples.append((tuple(args), {}))
     return samples
 
@@ -204,13 +205,13 @@ def _gru_layer(device):
 def _gru_layer_backward(device):
     samples = []
     for (x, bs, hx, w_ih, w_hh, b_ih, b_hh, rev), _ in _gru_layer(device):
-        out, hy, ws = torch.ops.fastconv.gru_layer(x.detach(), bs, hx.detach(), w_ih.detach(), w_hh.detach(), None,
-                                                   None, rev)
+        x, hx, w_ih, w_hh, b_ih, b_hh = (None if t is None else t.detach() for t in (x, hx, w_ih, w_hh, b_ih, b_hh))
+        out, hy, ws = torch.ops.fastconv.gru_layer(x, bs, hx, w_ih, w_hh, b_ih, b_hh, rev)
         grads = [torch.randn_like(t) for t in (out, hy)]
-        samples.append(((*grads, x.detach(), bs, hx.detach(), w_ih.detach(), w_hh.detach(), out, ws, rev,
-                         [True, False, True]), {}))
-    args = list(samples[0][0])
-    args[0] = args[0].requires_grad_(True)   # grad_output
+        samples.append(((*grads, x, bs, hx, w_ih, w_hh, b_ih, b_hh, out, ws, rev, [True, False, True]), {}))
+    args = list(samples[2][0])   # reverse, with biases
+    for i in (0, 2, 4, 6, 8):   # grad_output, input, hx, w_hh, b_hh: the double backward
+        args[i] = args[i].clone().requires_grad_(True)
     samples.append((tuple(args), {}))
     return samples
 
@@ -220,7 +221,7 @@ SAMPLES["fastconv::lstm_layer_backward"] = _lstm_layer_backward
 SAMPLES["fastconv::gru_layer"] = _gru_layer
 SAMPLES["fastconv::gru_layer_backward"] = _gru_layer_backward
 
-# Double backward through these raises a RuntimeError saying so (torch's fallback would warn and
-# return zeros): their requires-grad samples are checked for the error.
-REFUSES_DOUBLE_BACKWARD = {"fastconv::lstm_layer_backward",
-                           "fastconv::gru_layer_backward"}
+# Their double backward runs in eager mode only (the RNN steps' sizes are data, which a traced graph
+# cannot loop over): their requires-grad samples skip opcheck's AOT-dispatch test, and run a double
+# backward eagerly instead.
+EAGER_DOUBLE_BACKWARD = {"fastconv::lstm_layer_backward", "fastconv::gru_layer_backward"}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fastconv  # noqa: F401  (loads the op table)
-from op_samples import REFUSES_DOUBLE_BACKWARD, SAMPLES
+from op_samples import EAGER_DOUBLE_BACKWARD, SAMPLES
 
 
 def registered_ops() -> list[str]:
@@ -34,18 +34,21 @@ def test_opcheck(name, device):
     op = getattr(getattr(torch.ops, ns), op_name).default
     for args, kwargs in SAMPLES[name](device):
         needs_grad = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-        if name in REFUSES_DOUBLE_BACKWARD and needs_grad:
+        if name in EAGER_DOUBLE_BACKWARD and needs_grad:
+            torch.library.opcheck(op, args, kwargs, test_utils=("test_schema", "test_autograd_registration",
+                                                                "test_faketensor"))
+            leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
             outs = [o for o in op(*args, **kwargs) if o.requires_grad]
-            with pytest.raises(RuntimeError, match="double backward .* is not implemented"):
-                torch.autograd.grad(sum(o.sum() for o in outs), [a for a in args if isinstance(a, torch.Tensor)
-                                                                  and a.requires_grad])
+            grads = torch.autograd.grad(sum((o * torch.randn_like(o)).sum() for o in outs), leaves)
+            assert all(g.shape == a.shape and torch.isfinite(g).all() and g.abs().sum() > 0
+                       for g, a in zip(grads, leaves))
             continue
         torch.library.opcheck(op, args, kwargs)
 
 
 @pytest.mark.parametrize("name", sorted(n for n in SAMPLES if n.endswith("_backward")))
 def test_backward_samples_require_grad(name):
-    # So that opcheck (or the refusal check above) differentiates every backward op.
+    # So that opcheck (or the eager check above) differentiates every backward op.
     assert any(isinstance(a, torch.Tensor) and a.requires_grad for args, _ in SAMPLES[name]("cpu") for a in args)
 
 
@@ -82,13 +85,32 @@ def test_cnn_ops_autograd_is_cpp(name):
             torch.autograd.grad(outs[1].float().sum(), x)
 
 
-@pytest.mark.parametrize("name", sorted(CPP_AUTOGRAD))
+# The RNN layers too (a cell is a one-step layer): (output, hy[, cy]) differentiable, the workspace not.
+CPP_AUTOGRAD_RNN = {
+    "lstm_layer": lambda x: torch.ops.fastconv.lstm_layer(x.flatten(1), torch.tensor([1, 1]), torch.zeros(1, 4),
+                                                          torch.zeros(1, 4), torch.randn(16, 192), torch.randn(16, 4),
+                                                          torch.randn(16), None, None, False),
+    "gru_layer": lambda x: torch.ops.fastconv.gru_layer(x.flatten(1), torch.tensor([2]), torch.zeros(2, 4),
+                                                        torch.randn(12, 192), torch.randn(12, 4), None, None, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CPP_AUTOGRAD_RNN))
+def test_rnn_ops_autograd_is_cpp(name):
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    *states, workspace = CPP_AUTOGRAD_RNN[name](x)
+    for t in states:
+        assert "CppNode" in t.grad_fn.name(), t.grad_fn.name()
+    assert not workspace.requires_grad
+
+
+@pytest.mark.parametrize("name", sorted(CPP_AUTOGRAD) + sorted(CPP_AUTOGRAD_RNN))
 def test_plain_backward_runs_no_python(name):
     # Without create_graph the backward calls its backward op below the Autograd key: the backward ops'
     # Python autograd (fastconv/ops.py, there for double backward) would only have redispatched, at
     # ~30 us a call. No Python function may run between the engine's start and its end.
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    out = CPP_AUTOGRAD[name](x)
+    out = (CPP_AUTOGRAD | CPP_AUTOGRAD_RNN)[name](x)
     loss = (out[0] if isinstance(out, (tuple, list)) else out).sum()
     called = []
     sys.setprofile(lambda frame, event, arg: called.append(frame.f_code.co_filename) if event == "call" else None)
@@ -124,3 +146,28 @@ def test_cpp_autograd_mask_follows_which_inputs_need_grad():
     w2 = w1.detach().clone().requires_grad_(True)
     (g_ref,) = torch.autograd.grad(torch.nn.functional.batch_norm(xx, None, None, w2, None, True).square().sum(), w2)
     torch.testing.assert_close(g, g_ref)
+
+
+def test_rnn_autograd_mask_follows_which_inputs_need_grad():
+    # The LSTM layer with one bias absent and a projection, one input at a time requiring grad: the
+    # absent bias has no edge, so the edges after it move down; each gradient must land on its input.
+    # The reference is the same recurrence in differentiable torch ops (fastconv/ops.py's math).
+    from fastconv.ops import _lstm_layer_math
+    torch.manual_seed(0)
+    d = dict(dtype=torch.float64)
+    steps = torch.tensor([2, 2, 1])
+    args = [torch.randn(5, 3, **d), torch.randn(2, 2, **d), torch.randn(2, 4, **d), torch.randn(16, 3, **d),
+            torch.randn(16, 2, **d), torch.randn(16, **d), torch.randn(2, 4, **d)]   # x, hx, cx, w_ih, w_hh, b_hh, w_hr
+    for k in range(len(args)):
+        ours = [t.clone().requires_grad_(i == k) for i, t in enumerate(args)]
+        x, hx, cx, w_ih, w_hh, b_hh, w_hr = ours
+        out, hy, cy, _ = torch.ops.fastconv.lstm_layer(x, steps, hx, cx, w_ih, w_hh, None, b_hh, w_hr, False)
+        (out.square().sum() + hy.sum() + cy.sum()).backward()
+        ref = [t.clone().requires_grad_(i == k) for i, t in enumerate(args)]
+        x, hx, cx, w_ih, w_hh, b_hh, w_hr = ref
+        out, hy, cy = _lstm_layer_math(x, steps, hx, cx, w_ih, w_hh, b_hh, w_hr, False)
+        (out.square().sum() + hy.sum() + cy.sum()).backward()
+        for i, (a, b) in enumerate(zip(ours, ref)):
+            assert (a.grad is None) == (i != k)
+            if i == k:
+                torch.testing.assert_close(a.grad, b.grad)

@@ -379,19 +379,34 @@ def test_gradgradcheck_cells_and_reverse(mode, device):
         assert torch.autograd.gradgradcheck(F.gru_cell, (x, h, *w))
 
 
-def test_backward_ops_refuse_double_backward_when_called_directly(device):
-    """The raw backward ops take no biases (their gradients depend on them through the workspace), so
-    differentiating them directly would be wrong: they refuse, naming the layer op that does it."""
-    kw = dict(device=device, dtype=torch.float64)
-    x, h = torch.randn(2, 3, **kw), torch.randn(2, 4, **kw)
-    w_ih, w_hh = torch.randn(16, 3, **kw), torch.randn(16, 4, **kw)
-    steps = torch.tensor([2])
-    out, hy, cy, ws = torch.ops.fastconv.lstm_layer(x, steps, h, h, w_ih, w_hh, None, None, None, False)
-    g = torch.ones_like(out).requires_grad_(True)
-    grads = torch.ops.fastconv.lstm_layer_backward(g, torch.zeros_like(h), torch.zeros_like(h), x, steps, h, h,
-                                                   w_ih, w_hh, None, out, ws, False, [True, True, True])
-    with pytest.raises(RuntimeError, match=r"fastconv::lstm_layer_backward: double backward .*fastconv::lstm_layer\b"):
-        grads[0].sum().backward()
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_backward_ops_are_differentiable(mode, device):
+    """The raw backward ops, fed what their forward op made of the same inputs, are differentiable in
+    every input (their biases included, which their kernels do not read: the saved gates hold them):
+    gradcheck (float64) of forward-then-backward as one function, reverse and packed, LSTM with a
+    projection."""
+    torch.manual_seed(0)
+    kw = dict(device=device, dtype=torch.float64, requires_grad=True)
+    steps, G, P = torch.tensor([3, 2, 2]), (4 if mode == "lstm" else 3), (2 if mode == "lstm" else 4)
+    x, h, c = torch.randn(7, 3, **kw), torch.randn(3, P, **kw), torch.randn(3, 4, **kw)
+    w_ih, w_hh, b_ih, b_hh = (torch.randn(G * 4, 3, **kw), torch.randn(G * 4, P, **kw), torch.randn(G * 4, **kw),
+                              torch.randn(G * 4, **kw))
+    w_hr = torch.randn(2, 4, **kw)
+    torch.manual_seed(1)
+    g_out, g_h, g_c = torch.randn(7, P, **kw), torch.randn(3, P, **kw), torch.randn(3, 4, **kw)
+    if mode == "lstm":
+        def fn(g_out, g_h, g_c, x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr):
+            out, _, _, ws = torch.ops.fastconv.lstm_layer(x, steps, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, True)
+            return torch.ops.fastconv.lstm_layer_backward(g_out, g_h, g_c, x, steps, h, c, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                          out, ws, True, [True, True, True])
+        args = (g_out, g_h, g_c, x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr)
+    else:
+        def fn(g_out, g_h, x, h, w_ih, w_hh, b_ih, b_hh):
+            out, _, ws = torch.ops.fastconv.gru_layer(x, steps, h, w_ih, w_hh, b_ih, b_hh, True)
+            return torch.ops.fastconv.gru_layer_backward(g_out, g_h, x, steps, h, w_ih, w_hh, b_ih, b_hh, out, ws, True,
+                                                         [True, True, True])
+        args = (g_out, g_h, x, h, w_ih, w_hh, b_ih, b_hh)
+    assert torch.autograd.gradcheck(fn, args)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -106,10 +106,11 @@ inline RnnLayerShape check_lstm_layer_backward(const char* op, const at::Tensor&
                                                const at::Tensor& grad_hy, const at::Tensor& grad_cy,
                                                const at::Tensor& input, const at::Tensor& batch_sizes,
                                                const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
-                                               const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
-                                               const at::Tensor& output, const at::Tensor& workspace) {
-  const RnnLayerShape s = check_rnn_layer(op, 4, input, batch_sizes, hx, cx, w_ih, w_hh, std::nullopt, std::nullopt,
-                                          w_hr);
+                                               const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                                               const std::optional<at::Tensor>& b_hh,
+                                               const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
+                                               const at::Tensor& workspace) {
+  const RnnLayerShape s = check_rnn_layer(op, 4, input, batch_sizes, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
   const bool proj = w_hr.has_value() && w_hr->defined();
   const std::pair<const at::Tensor*, std::vector<int64_t>> expect[] = {
       {&grad_output, {s.N, s.Hout}}, {&grad_hy, {s.B, s.Hout}}, {&grad_cy, {s.B, s.H}}, {&output, {s.N, s.Hout}},
@@ -125,9 +126,11 @@ inline RnnLayerShape check_lstm_layer_backward(const char* op, const at::Tensor&
 inline RnnLayerShape check_gru_layer_backward(const char* op, const at::Tensor& grad_output, const at::Tensor& grad_hy,
                                               const at::Tensor& input, const at::Tensor& batch_sizes,
                                               const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                              const at::Tensor& output, const at::Tensor& workspace) {
-  const RnnLayerShape s = check_rnn_layer(op, 3, input, batch_sizes, hx, std::nullopt, w_ih, w_hh, std::nullopt,
-                                          std::nullopt, std::nullopt);
+                                              const std::optional<at::Tensor>& b_ih,
+                                              const std::optional<at::Tensor>& b_hh, const at::Tensor& output,
+                                              const at::Tensor& workspace) {
+  const RnnLayerShape s = check_rnn_layer(op, 3, input, batch_sizes, hx, std::nullopt, w_ih, w_hh, b_ih, b_hh,
+                                          std::nullopt);
   const std::pair<const at::Tensor*, std::vector<int64_t>> expect[] = {
       {&grad_output, {s.N, s.H}}, {&grad_hy, {s.B, s.H}}, {&output, {s.N, s.H}},
       {&workspace, {s.N, gru_workspace_cols(s)}}};

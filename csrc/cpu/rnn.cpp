@@ -286,10 +286,11 @@ at::Tensor weight_grad(const at::Tensor& da, const T* xp, int64_t ld_x, int64_t 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy, const at::Tensor& input,
     const at::Tensor& batch_sizes, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
-    const at::Tensor& workspace, bool reverse, std::array<bool, 3> output_mask) {
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& w_hr, const at::Tensor& output, const at::Tensor& workspace, bool reverse,
+    std::array<bool, 3> output_mask) {
   const RnnLayerShape s = check_lstm_layer_backward(kLstmBackward, grad_output, grad_hy, grad_cy, input, batch_sizes,
-                                                    hx, cx, w_ih, w_hh, w_hr, output, workspace);
+                                                    hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, output, workspace);
   const bool proj = w_hr.has_value() && w_hr->defined();
   at::Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous), dc = grad_cy.clone(at::MemoryFormat::Contiguous);   // end as grad_hx, grad_cx
   at::Tensor dgates = at::empty({s.N, 4 * s.H}, input.options());
@@ -398,10 +399,11 @@ void gru_backward(const RnnLayerShape& s, bool reverse, const at::Tensor& gout, 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input, const at::Tensor& batch_sizes,
-    const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
-    const at::Tensor& workspace, bool reverse, std::array<bool, 3> output_mask) {
+    const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const at::Tensor& output, const at::Tensor& workspace, bool reverse,
+    std::array<bool, 3> output_mask) {
   const RnnLayerShape s = check_gru_layer_backward(kGruBackward, grad_output, grad_hy, input, batch_sizes, hx, w_ih,
-                                                   w_hh, output, workspace);
+                                                   w_hh, b_ih, b_hh, output, workspace);
   at::Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);
   at::Tensor dax = at::empty({s.N, 3 * s.H}, input.options()), dah = at::empty({s.N, 3 * s.H}, input.options());
   advise_huge_pages(dax);

@@ -92,10 +92,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& grad_cy, const at::Tensor& input,
     const at::Tensor& batch_sizes, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
-    const at::Tensor& workspace, bool reverse, std::array<bool, 3> output_mask) {
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& w_hr, const at::Tensor& output, const at::Tensor& workspace, bool reverse,
+    std::array<bool, 3> output_mask) {
   const RnnLayerShape s = check_lstm_layer_backward(kLstmBackward, grad_output, grad_hy, grad_cy, input, batch_sizes,
-                                                    hx, cx, w_ih, w_hh, w_hr, output, workspace);
+                                                    hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr, output, workspace);
   const bool proj = w_hr.has_value() && w_hr->defined();
   const int64_t H = s.H, P = s.Hout, ldw = lstm_workspace_cols(s, proj);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -187,10 +188,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_layer_cuda(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& grad_hy, const at::Tensor& input, const at::Tensor& batch_sizes,
-    const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
-    const at::Tensor& workspace, bool reverse, std::array<bool, 3> output_mask) {
+    const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const at::Tensor& output, const at::Tensor& workspace, bool reverse,
+    std::array<bool, 3> output_mask) {
   const RnnLayerShape s = check_gru_layer_backward(kGruBackward, grad_output, grad_hy, input, batch_sizes, hx, w_ih,
-                                                   w_hh, output, workspace);
+                                                   w_hh, b_ih, b_hh, output, workspace);
   const int64_t H = s.H;
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
