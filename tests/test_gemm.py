@@ -123,6 +123,22 @@ def test_threads_share_out_columns_or_rows_bit_for_bit_cpu_isas(cpu_isa):
         torch.set_num_threads(before)
 
 
+def test_bottom_edge_tiles_are_bit_identical_to_full_ones_cpu_isas(cpu_isa):
+    # A last row tile of at most 2 or 4 rows multiplies only those rows (gemm_kernels.inc:
+    # tile_for_rows), the same FMAs per element in the same order: each of its rows must equal the same
+    # row computed inside a full tile, bit for bit (M = 32: a 2-row edge on 6-row tiles; 28: 4 rows).
+    g = torch.Generator().manual_seed(3)
+    for dtype, (m, k, n) in itertools.product((torch.float32, torch.float64), [(32, 300, 70), (28, 513, 40),
+                                                                               (34, 9, 17)]):
+        a = torch.randn(m, k, generator=g, dtype=dtype)
+        b = torch.randn(k, n, generator=g, dtype=dtype)
+        full = gemm(a, b)
+        for start in range(0, m, 3):   # windows that put each row at every position of a tile
+            window = gemm(a[start:start + 12], b)
+            assert torch.equal(window, full[start:start + 12]), (dtype, m, k, n, start)
+        check(a, b, None, False, False, 1.0, 0.0)
+
+
 def test_large_multi_block(device):
     a, b, c = operands(300, 3100, 600, False, True, torch.float32, device)   # several MC, NC, KC blocks
     check(a, b, c, False, True, 1.0, 0.5)
