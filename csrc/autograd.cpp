@@ -326,7 +326,9 @@ using GruBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor
 
 bool defined(const OptTensor& t) { return t.has_value() && t->defined(); }
 at::Tensor or_empty(const OptTensor& t) { return defined(t) ? *t : at::Tensor(); }
-at::Tensor or_zeros(const at::Tensor& grad, const at::Tensor& like) { return grad.defined() ? grad : at::zeros_like(like); }
+at::Tensor or_zeros(const at::Tensor& grad, const at::Tensor& like) {
+  return grad.defined() ? grad : at::zeros_like(like);
+}
 at::Tensor if_on(bool on, const at::Tensor& t) { return on ? t : at::Tensor(); }
 
 struct LstmLayerFunction : torch::autograd::Function<LstmLayerFunction> {

@@ -69,8 +69,8 @@ TORCH_LIBRARY(fastconv, m) {
         "Tensor? b_hh, Tensor? w_hr, bool reverse) -> (Tensor output, Tensor hy, Tensor cy, Tensor workspace)");
   m.def("lstm_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor batch_sizes, "
         "Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, Tensor output, "
-        "Tensor workspace, bool reverse, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, "
-        "Tensor grad_w_hh, Tensor grad_bias, Tensor grad_w_hr)");
+        "Tensor workspace, bool reverse, bool[3] output_mask) -> (Tensor grad_input, Tensor grad_hx, "
+        "Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_w_hr)");
   m.def("gru_layer(Tensor input, Tensor batch_sizes, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
         "bool reverse) -> (Tensor output, Tensor hy, Tensor workspace)");
   m.def("gru_layer_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor batch_sizes, Tensor hx, "
