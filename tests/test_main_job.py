@@ -209,3 +209,31 @@ def test_bench_models_section_runs_both_sides():
                 run()
                 assert any(not torch.equal(a, p) for a, p in zip(before, params)), case.op
                 assert all(torch.isfinite(p).all() for p in params), case.op
+
+
+def test_bench_times_a_very_slow_side_by_one_call(monkeypatch):
+    """A side whose warm-up call takes over SLOW_CALL_S (torch's half-precision GEMM on an AVX2-only CPU:
+    53 s a call at 2048^3) is timed by that call alone, the other side as usual, and the row says so;
+    rows under the limit are timed in interleaved rounds."""
+    import time
+
+    from fastconv.bench import runner
+
+    monkeypatch.setattr(runner, "SLOW_CALL_S", 0.05)
+    calls = {"fast": 0, "slow": 0}
+
+    def fast():
+        calls["fast"] += 1
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.1)
+
+    rows = runner.run_cases([runner.Case(op="x", shape="s", dtype="float32", fastconv=fast, torch=slow)], rounds=3,
+                            min_run_time=0.01, log=lambda *a: None)
+    assert calls["slow"] == 1 and calls["fast"] > 1
+    assert rows[0]["torch_ms"] >= 100 and "one warm-up call" in rows[0]["timing"]
+    calls.update(fast=0, slow=0)
+    rows = runner.run_cases([runner.Case(op="x", shape="s", dtype="float32", fastconv=fast, torch=fast)], rounds=3,
+                            min_run_time=0.01, log=lambda *a: None)
+    assert "timing" not in rows[0] and calls["fast"] > 6
