@@ -213,8 +213,8 @@ def test_bench_models_section_runs_both_sides():
 
 def test_bench_times_a_very_slow_side_by_one_call(monkeypatch):
     """A side whose warm-up call takes over SLOW_CALL_S (torch's half-precision GEMM on an AVX2-only CPU:
-    53 s a call at 2048^3) is timed by that call alone, the other side as usual, and the row says so;
-    rows under the limit are timed in interleaved rounds."""
+    53 s a call at 2048^3) is called once (that call is its time), the other side as usual, and the row
+    says so; rows under the limit are timed in interleaved rounds. Counts calls, asserts no speed."""
     import time
 
     from fastconv.bench import runner
@@ -232,7 +232,7 @@ def test_bench_times_a_very_slow_side_by_one_call(monkeypatch):
     rows = runner.run_cases([runner.Case(op="x", shape="s", dtype="float32", fastconv=fast, torch=slow)], rounds=3,
                             min_run_time=0.01, log=lambda *a: None)
     assert calls["slow"] == 1 and calls["fast"] > 1
-    assert rows[0]["torch_ms"] >= 100 and "one warm-up call" in rows[0]["timing"]
+    assert "one warm-up call" in rows[0]["timing"]
     calls.update(fast=0, slow=0)
     rows = runner.run_cases([runner.Case(op="x", shape="s", dtype="float32", fastconv=fast, torch=fast)], rounds=3,
                             min_run_time=0.01, log=lambda *a: None)

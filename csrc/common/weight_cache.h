@@ -136,7 +136,7 @@ class WeightCache {
 
   // The prepared form of `weight` in variant `variant`, from the cache or from compute().
   at::Tensor get(const at::Tensor& weight, int64_t variant, const std::function<at::Tensor()>& compute) {
-    if (!cacheable(weight) || limit_bytes_.load() == 0) return compute();
+    if (!may_keep(weight)) return compute();
     const uint64_t now = ++clock_;
     std::shared_ptr<Entry> found;
     {
